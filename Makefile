@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` (demo) and `make test`.
+# Everything else (environment, Kafka jars, broker) is created on demand.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+KAFKA_PORT  ?= 9092
+PYTEST_ARGS ?=
+
+# pytest exits 5 when a subset selects no tests; that is not a failure.
+PYTEST = $(BIN)/pytest $(PYTEST_ARGS)
+ALLOW_EMPTY = || [ $$? -eq 5 ]
+
+.PHONY: install test chaos run bench kafka-start kafka-stop clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(PYTEST) -m "not chaos" tests $(ALLOW_EMPTY)
+
+chaos: install
+	$(PYTEST) -m chaos tests $(ALLOW_EMPTY)
+
+run: install
+	$(BIN)/eos kafka start --port $(KAFKA_PORT) >/dev/null
+	@echo "Local Kafka broker running at localhost:$(KAFKA_PORT) (stop it with: $(BIN)/eos kafka stop --port $(KAFKA_PORT))"
+
+kafka-start: install
+	$(BIN)/eos kafka start --port $(KAFKA_PORT)
+
+kafka-stop: install
+	$(BIN)/eos kafka stop --port $(KAFKA_PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output

@@ -1,0 +1,40 @@
+"""The `eos` command line: one group, one module per sub-command family."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from service.errors import EosError
+from service.cli.kafka_cmd import kafka
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """Exactly-once stream processing on Kafka."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+cli.add_command(kafka)
+
+
+def main() -> None:
+    """Console entry point: product errors become one clear line and exit code 1."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EosError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,71 @@
+"""The product's exception hierarchy.
+
+Every error a user can meet names what happened, where (topic, partition, offset,
+checkpoint, file) and, where we know it, what to do about it. Catching `EosError`
+catches everything the product raises on purpose; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EosError(Exception):
+    """Base of every error the product raises on purpose."""
+
+
+class ConfigurationError(EosError):
+    """The user asked for something that cannot work; fix the command line or job."""
+
+
+class LocalKafkaError(EosError):
+    """The locally managed Kafka broker could not be fetched, started or reached."""
+
+
+class RecordError(EosError):
+    """A record could not be processed. Carries where it came from, so the message
+    alone is enough to find the record with any Kafka tool."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        operator: str | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.operator = operator
+        self.cause = cause
+        where = f"topic {topic!r} partition {partition} offset {offset}"
+        if operator:
+            where += f" (operator {operator!r})"
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"cannot process record at {where}: {reason}{detail}")
+
+
+class CheckpointError(EosError):
+    """A checkpoint could not be taken, persisted or committed. The transaction that
+    would have committed it is aborted; the worker rewinds to the last completed one."""
+
+
+class SnapshotMissingError(EosError):
+    """A committed offset names a snapshot that cannot be restored. Never answered by
+    starting empty: that would silently lose state."""
+
+
+class CorruptSnapshotError(SnapshotMissingError):
+    """A snapshot file exists but does not match the checksum its manifest recorded."""
+
+
+class ProducerFencedError(EosError):
+    """Another instance of this worker slot took over the transactional id or the
+    group membership. This instance must stop: continuing would fight the new owner."""
+
+
+class TransactionAbortedError(EosError):
+    """The open transaction had to be aborted; work since the last completed checkpoint
+    is discarded and the worker rewinds."""

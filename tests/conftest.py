@@ -1,0 +1,33 @@
+"""Shared fixtures: one real Kafka broker per test session, fresh topics per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.harness.broker import session_broker
+from tests.harness.kafka import create_topics, unique_name
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[tuple]:
+    with session_broker() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_broker) -> str:
+    return kafka_broker[0]
+
+
+@pytest.fixture
+def new_topic(bootstrap: str) -> Callable[..., str]:
+    """Creates a topic with a unique name for this test and returns the name."""
+
+    def make(prefix: str = "t", partitions: int = 4) -> str:
+        name = unique_name(prefix)
+        create_topics(bootstrap, [name], partitions)
+        return name
+
+    return make

@@ -1,0 +1,83 @@
+"""Plain confluent-kafka helpers for tests: topics with unique names, producing input,
+reading a topic to its end. Independent of the product's own Kafka code on purpose."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        operation_timeout=30,
+    )
+    for future in futures.values():
+        future.result(timeout=60)
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+            partition: int | None = None) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "partitioner": "murmur2_random", "enable.idempotence": True})
+    count = 0
+    for key, value in records:
+        kwargs = {"partition": partition} if partition is not None else {}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    remaining = producer.flush(60)
+    assert remaining == 0, f"{remaining} records were not delivered to {topic}"
+    return count
+
+
+def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
+             timeout: float = 60.0, with_meta: bool = False) -> list:
+    """Reads every record of `topic` from the beginning up to its current end (the last
+    stable offset for read_committed). Returns (key, value) or, with `with_meta`,
+    (partition, offset, key, value) tuples."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": unique_name("reader"),
+        "isolation.level": isolation,
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    })
+    try:
+        metadata = consumer.list_topics(topic, timeout=30)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        pending = set(partitions)
+        out: list = []
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(pending)} did not reach their end")
+            for msg in consumer.consume(10000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                        continue
+                    raise RuntimeError(f"reading {topic}: {err}")
+                if with_meta:
+                    out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+                else:
+                    out.append((msg.key(), msg.value()))
+        return out
+    finally:
+        consumer.close()
