@@ -9,6 +9,7 @@ import click
 
 from service.errors import EosError
 from service.cli.kafka_cmd import kafka
+from service.cli.run_cmd import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +25,7 @@ def cli(log_level: str) -> None:
 
 
 cli.add_command(kafka)
+cli.add_command(run)
 
 
 def main() -> None:

@@ -1,0 +1,258 @@
+"""The output side of a worker: one producer wrapper that alone knows transactions,
+fencing and when a producer must be recreated.
+
+Two implementations share one interface, chosen by the processing guarantee:
+
+- `TransactionalProducer` (exactly-once): outputs and consumer offsets are committed
+  in one Kafka transaction per checkpoint.
+- `AtLeastOnceProducer`: outputs are flushed, then offsets committed through the
+  consumer; a crash in between replays (and duplicates) the epoch's outputs.
+
+librdkafka does not implement KIP-890, so after a transactional call times out the
+producer's state is unknown: it is closed and replaced rather than retried blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from service.errors import ProducerFencedError, TransactionAbortedError
+
+log = logging.getLogger(__name__)
+
+_FENCING_CODES = {
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+_RETRIES = 5
+
+ProduceFn = Callable[..., None]
+
+
+def base_producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
+    """Settings for throughput without per-record callbacks: delivery reports only for
+    failures, large local queues, Java-compatible key partitioning."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "partitioner": "murmur2_random",
+        "delivery.report.only.error": True,
+    }
+    config.update(extra)
+    return config
+
+
+class OutputCommitter(Protocol):
+    """What the checkpoint coordinator needs from the output side."""
+
+    def start(self) -> None: ...
+
+    def produce_fn(self) -> ProduceFn: ...
+
+    def poll(self) -> None: ...
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _error_of(exc: KafkaException) -> KafkaError:
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
+def _delivery_failed(holder: list[KafkaError]) -> Callable[[KafkaError | None, Any], None]:
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        if err is not None and not holder:
+            where = f"{msg.topic()}[{msg.partition()}]" if msg is not None else "?"
+            log.error("delivery to %s failed: %s", where, err)
+            holder.append(err)
+
+    return on_delivery
+
+
+def _make_produce(producer: Producer) -> ProduceFn:
+    """`produce` that waits for queue space instead of failing when the queue is full."""
+    raw_produce = producer.produce
+    poll = producer.poll
+
+    def produce(topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1) -> None:
+        try:
+            raw_produce(topic, value, key, partition)
+        except BufferError:
+            while True:
+                poll(0.05)
+                try:
+                    raw_produce(topic, value, key, partition)
+                    return
+                except BufferError:
+                    continue
+
+    return produce
+
+
+class TransactionalProducer:
+    """Exactly-once output: one open transaction per checkpoint epoch."""
+
+    def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
+                 transaction_timeout_ms: int, call_timeout_s: float) -> None:
+        self.transactional_id = transactional_id
+        self.call_timeout_s = call_timeout_s
+        self._config = base_producer_config(bootstrap, extra)
+        self._config.update({
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": transaction_timeout_ms,
+            "enable.idempotence": True,
+        })
+        self._delivery_errors: list[KafkaError] = []
+        self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
+        self._producer: Producer | None = None
+        self._produce: ProduceFn | None = None
+
+    def start(self) -> None:
+        """Creates the producer, fences any older instance of this slot (aborting its
+        dangling transaction) and opens the first transaction."""
+        self._producer = Producer(self._config)
+        self._produce = _make_produce(self._producer)
+        self._call("init_transactions", lambda: self._producer.init_transactions(self.call_timeout_s))
+        self._producer.begin_transaction()
+
+    def produce_fn(self) -> ProduceFn:
+        assert self._produce is not None, "producer not started"
+        return self._produce
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+        if self._delivery_errors:
+            err = self._delivery_errors[0]
+            self._delivery_errors.clear()
+            self.abort()
+            raise TransactionAbortedError(f"an output record could not be delivered: {err}")
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> None:
+        """Commits outputs and `offsets` atomically, then opens the next transaction.
+        Raises TransactionAbortedError (rewind) or ProducerFencedError (stop)."""
+        producer = self._producer
+        if offsets:
+            self._call("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), self.call_timeout_s))
+        self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
+        if self._delivery_errors:  # reported during the commit's flush; it still failed
+            err = self._delivery_errors[0]
+            self._delivery_errors.clear()
+            self.abort()
+            raise TransactionAbortedError(f"an output record could not be delivered: {err}")
+        producer.begin_transaction()
+
+    def abort(self) -> None:
+        """Aborts the open transaction; replaces the producer if even that fails."""
+        if self._producer is None:
+            return
+        try:
+            self._producer.abort_transaction(self.call_timeout_s)
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if err.code() in _FENCING_CODES:
+                raise ProducerFencedError(self._fenced_message(err)) from None
+            log.warning("abort_transaction failed (%s); recreating the producer", err)
+            self._recreate()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(0)
+            self._producer = None
+
+    def _recreate(self) -> None:
+        try:
+            self._producer.purge() if self._producer is not None else None
+        except Exception:  # noqa: BLE001 - the old producer is being discarded anyway
+            pass
+        self._producer = None
+        self.start()
+
+    def _fenced_message(self, err: KafkaError) -> str:
+        return (f"transactional id {self.transactional_id!r} was taken over by a newer instance "
+                f"of this worker slot ({err.str()}); this instance stops")
+
+    def _call(self, what: str, call: Callable[[], None]) -> None:
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = _error_of(exc)
+                if err.code() in _FENCING_CODES:
+                    raise ProducerFencedError(self._fenced_message(err)) from None
+                if err.retriable() and attempt < _RETRIES and err.code() != KafkaError._TIMED_OUT:
+                    log.warning("%s: retriable error %s (attempt %d)", what, err, attempt)
+                    time.sleep(min(0.2 * attempt, 1.0))
+                    continue
+                if err.txn_requires_abort():
+                    log.warning("%s failed, aborting the transaction: %s", what, err)
+                    self.abort()
+                    raise TransactionAbortedError(f"{what} failed: {err.str()}") from None
+                log.warning("%s failed (%s); recreating the producer", what, err)
+                self._recreate()
+                raise TransactionAbortedError(f"{what} failed: {err.str()}") from None
+
+
+class AtLeastOnceProducer:
+    """At-least-once output: flush everything, then commit offsets with the consumer."""
+
+    def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float) -> None:
+        self.call_timeout_s = call_timeout_s
+        self._config = base_producer_config(bootstrap, extra)
+        self._config["enable.idempotence"] = True
+        self._delivery_errors: list[KafkaError] = []
+        self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
+        self._producer: Producer | None = None
+        self._produce: ProduceFn | None = None
+
+    def start(self) -> None:
+        self._producer = Producer(self._config)
+        self._produce = _make_produce(self._producer)
+
+    def produce_fn(self) -> ProduceFn:
+        assert self._produce is not None, "producer not started"
+        return self._produce
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> None:
+        remaining = self._producer.flush(self.call_timeout_s)
+        if remaining or self._delivery_errors:
+            errors = list(self._delivery_errors)
+            self._delivery_errors.clear()
+            raise TransactionAbortedError(
+                f"outputs not delivered before committing offsets ({remaining} pending, errors: {errors})")
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                err = _error_of(exc)
+                if err.code() in _FENCING_CODES:
+                    raise ProducerFencedError(f"group membership was taken over: {err.str()}") from None
+                raise TransactionAbortedError(f"offset commit failed: {err.str()}") from None
+
+    def abort(self) -> None:
+        """Nothing to abort: outputs already sent stay (that is at-least-once)."""
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.call_timeout_s)
+            self._producer = None

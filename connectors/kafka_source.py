@@ -1,0 +1,133 @@
+"""The input side of a worker: one consumer in the job's group, reading every stage's
+input topic `read_committed`, never committing on its own.
+
+Offsets are committed only inside the checkpoint's transaction (or, at-least-once,
+after the checkpoint's outputs are flushed). Rebalance callbacks are handed to a
+listener that only delegates; the logic lives with the tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from service.errors import ProducerFencedError
+
+log = logging.getLogger(__name__)
+
+
+class RebalanceListener(Protocol):
+    def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Returns the partitions with the offsets to start from."""
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None: ...
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None: ...
+
+
+def consumer_config(bootstrap: str, group: str, worker_id: str, *, session_timeout_ms: int,
+                    max_poll_interval_ms: int, auto_offset_reset: str, static_membership: bool,
+                    extra: dict[str, str]) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": auto_offset_reset,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 5)),
+        "max.poll.interval.ms": max_poll_interval_ms,
+        "queued.max.messages.kbytes": 65536,
+        "fetch.wait.max.ms": 50,
+        "client.id": f"{group}-{worker_id}",
+    }
+    if static_membership:
+        config["group.instance.id"] = worker_id
+    config.update(extra)
+    return config
+
+
+class KafkaSource:
+    """A consumer subscribed to the job's input topics, with rebalances delegated."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.consumer = Consumer(config)
+        self._listener: RebalanceListener | None = None
+        reset = str(config.get("auto.offset.reset", "earliest"))
+        self.reset_offset = OFFSET_END if reset in ("latest", "largest", "end") else OFFSET_BEGINNING
+
+    def subscribe(self, topics: Iterable[str], listener: RebalanceListener) -> None:
+        self._listener = listener
+        self.consumer.subscribe(
+            list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        positioned = self._listener.on_assign(partitions) if partitions else []
+        consumer.incremental_assign(positioned)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._listener.on_revoke(partitions)
+        consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions:
+            self._listener.on_lost(partitions)
+        consumer.incremental_unassign(partitions)
+
+    def consume(self, max_records: int, timeout: float) -> list:
+        """A batch of records; errors that only inform are logged, fatal ones raised."""
+        msgs = self.consumer.consume(max_records, timeout)
+        if not msgs:
+            return msgs
+        if any(m.error() is not None for m in msgs):
+            return [m for m in msgs if not self._is_error(m)]
+        return msgs
+
+    def _is_error(self, msg: Any) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        if err.code() == KafkaError.FENCED_INSTANCE_ID:
+            raise ProducerFencedError(
+                f"group instance id {self.config.get('group.instance.id')!r} was taken over by a newer "
+                "instance of this worker slot; this instance stops")
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consumer: %s", err)
+        return True
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return self.consumer.committed(partitions, timeout=timeout)
+
+    def seek(self, partition: TopicPartition) -> None:
+        """Repositions an assigned partition; one whose fetcher has not started yet
+        (seek answers 'erroneous state') is re-assigned at the offset instead."""
+        try:
+            self.consumer.seek(partition)
+        except KafkaException as exc:
+            log.debug("seek %s[%d] failed (%s); re-assigning", partition.topic, partition.partition, exc)
+            bare = TopicPartition(partition.topic, partition.partition)
+            self.consumer.incremental_unassign([bare])
+            self.consumer.incremental_assign([partition])
+
+    def partitions_of(self, topic: str, timeout: float = 10.0) -> int:
+        metadata = self.consumer.list_topics(topic, timeout=timeout)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            return 0
+        return len(info.partitions)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer: %s", exc)

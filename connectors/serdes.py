@@ -1,0 +1,109 @@
+"""How record keys and values become bytes on Kafka, and back.
+
+A serde is two plain callables so the hot path can bind them once and call them
+without attribute lookups. Deserialisation failures raise `SerdeError`, which the
+runtime turns into an error naming the record's topic, partition and offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pickle
+
+import orjson
+
+from statestore.keys import decode_key, encode_key
+
+
+class SerdeError(ValueError):
+    """Bytes could not be turned into a value (or a value into bytes) by a serde."""
+
+
+@dataclass(frozen=True)
+class Serde:
+    name: str
+    serialize: Callable[[Any], bytes | None]
+    deserialize: Callable[[bytes | None], Any]
+
+
+def _json_loads(data: bytes | None) -> Any:
+    if data is None:
+        raise SerdeError("value is null (a tombstone) but the JSON serde needs a document")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SerdeError(f"not valid JSON ({exc.msg} at byte {exc.pos})") from None
+
+
+def _json_dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerdeError(f"cannot serialise {type(value).__name__} as JSON: {exc}") from None
+
+
+def _utf8_decode(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SerdeError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _utf8_encode(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def _bytes_identity(value: Any) -> Any:
+    return value
+
+
+def _bytes_serialize(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise SerdeError(f"the BYTES serde needs bytes, got {type(value).__name__}")
+
+
+def _key_decode(data: bytes | None) -> Any:
+    if data is None:
+        raise SerdeError("repartition record has no key")
+    try:
+        return decode_key(data)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SerdeError(f"not a key written by this job ({exc})") from None
+
+
+def _pickle_loads(data: bytes | None) -> Any:
+    if data is None:
+        raise SerdeError("value is null but the internal pickle serde needs data")
+    try:
+        return pickle.loads(data)  # noqa: S301 - written by this job into its own topic
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
+        raise SerdeError(f"not a value written by this job ({type(exc).__name__}: {exc})") from None
+
+
+def _pickle_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=5)
+
+
+JSON = Serde("json", _json_dumps, _json_loads)
+STRING = Serde("string", _utf8_encode, _utf8_decode)
+BYTES = Serde("bytes", _bytes_serialize, _bytes_identity)
+# Internal: the stable key encoding used by repartition topics and state.
+KEY = Serde("key", encode_key, _key_decode)
+# Internal: values re-keyed by `key_by` after the value changed (any Python object).
+PICKLE = Serde("pickle", _pickle_dumps, _pickle_loads)
+
+BY_NAME: dict[str, Serde] = {s.name: s for s in (JSON, STRING, BYTES, KEY, PICKLE)}

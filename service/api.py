@@ -1,0 +1,167 @@
+"""The Job API: how a user describes a pipeline.
+
+    job = Job("running-sum")
+    (job.source("orders", value=JSON)
+        .key_by(lambda order: order["user"])
+        .aggregate(add_order, initial=dict)
+        .sink("totals", key=STRING, value=JSON))
+
+Building a job only records a graph of operator specs; nothing runs until a worker
+plans it into stages and tasks. Every operator has a `uid` that names its state in
+checkpoints and savepoints. It defaults to the operator's kind and position, which is
+stable as long as the pipeline's shape is; set it explicitly before changing the shape
+of a job whose state must survive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.serdes import BYTES, Serde
+from service.errors import ConfigurationError
+from statestore.codecs import JSON_CODEC, ValueCodec
+
+
+@dataclass(eq=False)
+class Node:
+    """One operator in the job graph."""
+
+    kind: str
+    uid: str
+    fn: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+    children: list[Node] = field(default_factory=list)
+
+    @property
+    def stateful(self) -> bool:
+        return self.kind in STATEFUL_KINDS
+
+
+STATEFUL_KINDS = {"aggregate", "reduce", "process"}
+# Kinds after which the record value is no longer the source's bytes.
+VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process"}
+
+
+class Params(Mapping[str, str]):
+    """Job parameters from `-p NAME=VALUE`; a missing one is a clear error."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"the job needs parameter {name!r}: pass -p {name}=VALUE "
+                f"(given: {', '.join(sorted(self._values)) or 'none'})") from None
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class Job:
+    """A named pipeline: one or more sources and what follows them."""
+
+    def __init__(self, name: str) -> None:
+        if not name or any(c in name for c in "/\\ \t"):
+            raise ConfigurationError(f"job name {name!r} must be non-empty without '/', '\\' or spaces")
+        self.name = name
+        self.sources: list[Node] = []
+        self._uids: set[str] = set()
+        self._position = 0
+
+    def source(self, topic: str, *, value: Serde = BYTES, key: Serde = BYTES,
+               uid: str | None = None) -> Stream:
+        """Reads a Kafka topic. The stream is keyed by the record key (deserialised with
+        `key`); use `key_by` to key it by something else."""
+        node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value})
+        self.sources.append(node)
+        return Stream(self, node)
+
+    def _node(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None) -> Node:
+        self._position += 1
+        uid = uid or f"{kind}-{self._position}"
+        if uid in self._uids:
+            raise ConfigurationError(f"operator uid {uid!r} is used twice in job {self.name!r}")
+        self._uids.add(uid)
+        return Node(kind, uid, fn, options or {})
+
+
+class Stream:
+    """A stream of records; stateless transformations keep its key."""
+
+    def __init__(self, job: Job, node: Node) -> None:
+        self._job = job
+        self._node = node
+
+    def _then(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None,
+              cls: type[Stream] | None = None) -> Any:
+        node = self._job._node(kind, uid, fn, options)
+        self._node.children.append(node)
+        return (cls or type(self))(self._job, node)
+
+    def map(self, fn: Callable[[Any], Any], *, uid: str | None = None) -> Stream:
+        return self._then("map", uid, fn)
+
+    def filter(self, predicate: Callable[[Any], bool], *, uid: str | None = None) -> Stream:
+        return self._then("filter", uid, predicate)
+
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, uid: str | None = None) -> Stream:
+        return self._then("flat_map", uid, fn)
+
+    def key_by(self, key_fn: Callable[[Any], Any], *, uid: str | None = None,
+               value: Serde | None = None, partitions: int | None = None) -> KeyedStream:
+        """Re-keys the stream. Records travel through an internal repartition topic,
+        inside the same transaction, so each key's state lives in exactly one task.
+        `value` is the serde for that topic (default: the source's bytes when the value
+        is unchanged, else pickle); `partitions` its partition count (default: the
+        source topic's)."""
+        return self._then("key_by", uid, key_fn,
+                          {"value_serde": value, "partitions": partitions}, cls=KeyedStream)
+
+    def key_by_record_key(self) -> KeyedStream:
+        """Treats the record key as the state key, without repartitioning. Correct when
+        the input topic is partitioned by that key (as Kafka producers do by default)."""
+        return KeyedStream(self._job, self._node)
+
+    def sink(self, topic: str, *, key: Serde = BYTES, value: Serde = BYTES,
+             uid: str | None = None) -> None:
+        """Writes to a Kafka topic inside the worker's transaction."""
+        self._then("sink", uid, None, {"topic": topic, "key_serde": key, "value_serde": value})
+
+
+class KeyedStream(Stream):
+    """A stream whose records each belong to one key: stateful operators live here."""
+
+    def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
+                  uid: str | None = None, codec: ValueCodec = JSON_CODEC) -> KeyedStream:
+        """Folds each record into its key's accumulator and emits the new accumulator.
+        `initial` is a value (copied per key) or a zero-argument factory."""
+        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec})
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, uid: str | None = None,
+               codec: ValueCodec = JSON_CODEC) -> KeyedStream:
+        """Like aggregate, with the key's first record as the initial accumulator."""
+        return self._then("reduce", uid, fn, {"codec": codec})
+
+    def process(self, factory: Callable[[], Any], *, uid: str | None = None) -> KeyedStream:
+        """Runs a `KeyedProcessFunction` (made by `factory`, once per task) that reads and
+        writes named keyed state and yields any number of outputs per record."""
+        return self._then("process", uid, factory)
+
+
+class KeyedProcessFunction:
+    """Base for general stateful operators. `open` declares state through the context;
+    `process` is called per record with the current key set."""
+
+    def open(self, ctx: Any) -> None:
+        """Declare state here, e.g. `self.total = ctx.value_state("total")`."""
+
+    def process(self, key: Any, value: Any, ctx: Any) -> Iterable[Any] | None:
+        raise NotImplementedError

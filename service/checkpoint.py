@@ -1,0 +1,230 @@
+"""The life of a checkpoint, in one place (Flink's PendingCheckpoint -> CompletedCheckpoint).
+
+For checkpoint n, in one worker:
+
+  PENDING      sources inject Barrier(n): each task's records so far belong to n
+  FLUSHED      operators' write-back caches are written to RocksDB
+  SNAPSHOTTED  each stateful task takes a local RocksDB checkpoint (hard links)
+  PERSISTED    new files are in checkpoint storage, then each manifest (last, atomic)
+  COMMITTED    offsets (metadata naming n and its snapshot) and outputs commit in
+               one Kafka transaction; only now is n complete
+  FAILED       anything above went wrong: the transaction aborts, every task rewinds
+               to its last completed checkpoint, and the failure counts toward the
+               tolerable limit
+
+The invariant exactly-once rests on: snapshot n is durable before the transaction
+that commits n's offsets. A crash anywhere before COMMITTED leaves the offsets at n-1,
+and snapshot n an orphan that nothing references.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from connectors.kafka_sink import OutputCommitter
+from service.errors import CheckpointError, EosError, ProducerFencedError
+from service.faults import FaultInjector
+from service.metrics import WorkerMetrics
+from service.recovery import format_metadata
+from service.task import CompletedCheckpoint, Task
+from service.task_manager import TaskManager
+from statestore.manifest import Manifest
+from statestore.retention import snapshot_name
+from statestore.storage.base import StorageError
+
+log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 50
+
+
+class Phase(enum.Enum):
+    PENDING = "pending"
+    FLUSHED = "flushed"
+    SNAPSHOTTED = "snapshotted"
+    PERSISTED = "persisted"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """The in-band marker a source injects: records before it belong to checkpoint n."""
+
+    checkpoint_id: int
+    offset: int | None
+
+
+@dataclass
+class CheckpointRecord:
+    checkpoint_id: int
+    reason: str
+    started_at: float
+    phase: Phase = Phase.PENDING
+    duration_s: float = 0.0
+    alignment_s: float = 0.0
+    tasks: int = 0
+    size_bytes: int = 0
+    uploaded_bytes: int = 0
+    state_keys: int = 0
+    error: str | None = None
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+class CheckpointCoordinator:
+    def __init__(self, manager: TaskManager, committer: OutputCommitter, consumer: object,
+                 *, job: str, worker: str, token: str, interval_s: float, timeout_s: float,
+                 min_pause_s: float, tolerable_failures: int, metrics: WorkerMetrics,
+                 faults: FaultInjector) -> None:
+        self.manager = manager
+        self.committer = committer
+        self.consumer = consumer
+        self.job, self.worker, self.token = job, worker, token
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.min_pause_s = min_pause_s
+        self.tolerable_failures = tolerable_failures
+        self.metrics = metrics
+        self.faults = faults
+        self.history: deque[CheckpointRecord] = deque(maxlen=HISTORY_SIZE)
+        self.consecutive_failures = 0
+        self.last_id = 0
+        self._last_started = time.monotonic()
+        self._last_ended = time.monotonic()
+
+    def due(self) -> bool:
+        if self.interval_s <= 0:
+            return False
+        now = time.monotonic()
+        return now - self._last_started >= self.interval_s and now - self._last_ended >= self.min_pause_s
+
+    def trigger(self, reason: str = "interval") -> CheckpointRecord | None:
+        """Runs one checkpoint of every task that made progress. Returns its record, or
+        None when nothing changed since the last one."""
+        tasks = [t for t in self.manager.tasks.values() if t.changed]
+        self._last_started = time.monotonic()
+        if not tasks:
+            self._last_ended = self._last_started
+            return None
+        checkpoint_id = 1 + max([self.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        record = CheckpointRecord(checkpoint_id, reason, time.time(), tasks=len(tasks))
+        self.history.append(record)
+        began = time.monotonic()
+        try:
+            manifests = self._run(record, tasks, began)
+        except ProducerFencedError:
+            raise
+        except (EosError, StorageError, OSError, KafkaException) as exc:
+            self._failed(record, exc, began)
+            return record
+        finally:
+            self._last_ended = time.monotonic()
+        self._completed(record, tasks, manifests, began)
+        return record
+
+    def _run(self, record: CheckpointRecord, tasks: list[Task], began: float) -> dict[str, Manifest]:
+        n = record.checkpoint_id
+        barriers = {t.id: Barrier(n, t.next_offset) for t in tasks}
+        record.alignment_s = time.monotonic() - began
+        self.faults.hit("after_barrier")
+
+        stateful = [t for t in tasks if t.state is not None]
+        for task in stateful:
+            task.state.flush()
+        record.phase = Phase.FLUSHED
+        self.faults.hit("after_flush")
+
+        name = snapshot_name(n, self.token)
+        local_dirs = {t.id: t.state.snapshot_local(name) for t in stateful}
+        record.phase = Phase.SNAPSHOTTED
+        self.faults.hit("after_snapshot")
+
+        manifests: dict[str, Manifest] = {}
+        for task in stateful:
+            retention = self.manager.retention[(task.topic, task.partition)]
+            build = partial(Manifest, job=self.job, task=task.id, topic=task.topic,
+                            partition=task.partition, checkpoint_id=n, snapshot=name,
+                            worker=self.worker, created_at=record.started_at,
+                            source_offset=barriers[task.id].offset,
+                            lineage=retention.lineage_for_next())
+            info = task.state.persist(local_dirs[task.id], build, task.completed.manifest,
+                                      before_manifest=self._mid_manifest_fault(task))
+            manifests[task.id] = task.attempted_manifest = info.manifest
+            record.size_bytes += info.manifest.total_bytes
+            record.uploaded_bytes += info.manifest.uploaded_bytes
+            record.state_keys += sum(info.manifest.state_keys.values())
+        record.phase = Phase.PERSISTED
+        self.faults.hit("after_persist")
+
+        elapsed = time.monotonic() - began
+        if elapsed > self.timeout_s:
+            raise CheckpointError(
+                f"checkpoint {n} took {elapsed:.1f}s before commit, over its {self.timeout_s:.0f}s timeout")
+        offsets = []
+        for task in tasks:
+            snapshot = manifests[task.id].snapshot if task.id in manifests else None
+            offsets.append(TopicPartition(task.topic, task.partition, barriers[task.id].offset,
+                                          metadata=format_metadata(n, snapshot)))
+            record.offsets[task.id] = barriers[task.id].offset
+        self.committer.commit(offsets, self.consumer)
+        record.phase = Phase.COMMITTED
+        self.faults.hit("after_commit")
+        return manifests
+
+    def _mid_manifest_fault(self, task: Task):
+        """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind
+        (as a store without atomic writes might) before the process dies."""
+        if self.faults.phase != "mid_manifest":
+            return None
+        storage = task.state.persister.storage
+
+        def before_write(key: str, data: bytes) -> None:
+            self.faults.hit("mid_manifest", lambda: storage.put_bytes(key, data[: len(data) // 2]))
+
+        return before_write
+
+    def _completed(self, record: CheckpointRecord, tasks: list[Task],
+                   manifests: dict[str, Manifest], began: float) -> None:
+        n = record.checkpoint_id
+        self.last_id = n
+        self.consecutive_failures = 0
+        for task in tasks:
+            manifest = manifests.get(task.id)
+            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest)
+            task.attempted_manifest = None
+            task.records_since_checkpoint = 0
+            if manifest is not None:
+                task.state.directory.prune_snapshots(keep={manifest.snapshot})
+                self.manager.retention[(task.topic, task.partition)].completed(manifest)
+        record.duration_s = time.monotonic() - began
+        m = self.metrics
+        m.labels(m.checkpoints_completed).inc()
+        m.labels(m.checkpoint_last_duration).set(record.duration_s)
+        m.labels(m.checkpoint_duration).observe(record.duration_s)
+        m.labels(m.checkpoint_last_size).set(record.size_bytes)
+        m.labels(m.checkpoint_last_uploaded).set(record.uploaded_bytes)
+        m.labels(m.checkpoint_alignment).set(record.alignment_s)
+        m.labels(m.last_checkpoint_id).set(n)
+        log.debug("checkpoint %d committed: %d tasks, %.3fs, %d bytes uploaded", n, record.tasks,
+                  record.duration_s, record.uploaded_bytes)
+
+    def _failed(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
+        record.phase = Phase.FAILED
+        record.error = f"{type(exc).__name__}: {exc}"
+        record.duration_s = time.monotonic() - began
+        self.consecutive_failures += 1
+        self.metrics.labels(self.metrics.checkpoints_failed).inc()
+        log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id,
+                    self.consecutive_failures, record.error)
+        self.committer.abort()
+        if self.consecutive_failures > self.tolerable_failures:
+            raise CheckpointError(
+                f"{self.consecutive_failures} consecutive checkpoints failed, more than the "
+                f"{self.tolerable_failures} tolerated; last error: {record.error}") from exc
+        self.manager.rewind_all()

@@ -1,0 +1,61 @@
+"""`eos run JOB.py ...`: run one worker of a job until stopped."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from service.config import AT_LEAST_ONCE, EXACTLY_ONCE, WorkerConfig, default_worker_id, parse_duration, \
+    parse_key_values
+from service.job_loader import load_job
+from service.worker import Worker
+
+
+@click.command("run")
+@click.argument("job_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", required=True,
+              help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+@click.option("--group", default=None, help="Consumer group, and the job's identity in Kafka and "
+              "checkpoint storage (default: the job's name).")
+@click.option("--state-dir", type=click.Path(path_type=Path), required=True,
+              help="Local directory for task state (RocksDB).")
+@click.option("--checkpoint-storage", required=True, help="file:///path or s3://bucket/prefix.")
+@click.option("--checkpoint-interval", default="1s", show_default=True,
+              help="Time between checkpoints (0 disables them; at-least-once only).")
+@click.option("--checkpoint-timeout", default="60s", show_default=True)
+@click.option("--min-pause", default="0s", show_default=True, help="Minimum pause between checkpoints.")
+@click.option("--tolerable-failures", default=3, show_default=True,
+              help="Consecutive failed checkpoints tolerated before the worker stops.")
+@click.option("--checkpoints-retained", default=3, show_default=True)
+@click.option("--worker-id", default=default_worker_id, show_default="hostname",
+              help="Stable worker slot: transactional id and static group membership.")
+@click.option("-p", "--param", "params", multiple=True, help="Job parameter NAME=VALUE (repeatable).")
+@click.option("--processing-guarantee", type=click.Choice([EXACTLY_ONCE, AT_LEAST_ONCE]),
+              default=EXACTLY_ONCE, show_default=True)
+@click.option("--kafka-config", "kafka_config", multiple=True,
+              help="librdkafka setting KEY=VALUE passed to every client (repeatable).")
+@click.option("--session-timeout", default="10s", show_default=True)
+@click.option("--state-cache", default=256, show_default=True, help="Write-back cache budget in MiB.")
+def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
+        checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
+        tolerable_failures: int, checkpoints_retained: int, worker_id: str, params: tuple[str, ...],
+        processing_guarantee: str, kafka_config: tuple[str, ...], session_timeout: str,
+        state_cache: int) -> None:
+    """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
+    parsed_params = parse_key_values(params, "-p")
+    timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
+    config = WorkerConfig(
+        job_file=job_file, bootstrap_servers=bootstrap_servers, state_dir=state_dir,
+        checkpoint_storage=checkpoint_storage, group=group, worker_id=worker_id,
+        params=parsed_params, processing_guarantee=processing_guarantee,
+        checkpoint_interval_s=parse_duration(checkpoint_interval, "--checkpoint-interval"),
+        checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
+        tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
+        transaction_timeout_s=max(120.0, 2 * timeout_s),
+        session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
+        state_cache_bytes=state_cache << 20,
+        kafka_config=parse_key_values(kafka_config, "--kafka-config"))
+    job = load_job(job_file, parsed_params)
+    sys.exit(Worker(config, job).run())

@@ -1,0 +1,82 @@
+"""Everything a worker is told from outside, checked once at start."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import ConfigurationError
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'500ms', '1s', '2m', '1.5' (seconds) -> seconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigurationError(f"{what}: {text!r} is not a duration like 500ms, 1s or 2m")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"{what}: {pair!r} is not NAME=VALUE")
+        result[name.strip()] = value
+    return result
+
+
+def default_worker_id() -> str:
+    return socket.gethostname().split(".")[0] or "worker"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    job_file: Path
+    bootstrap_servers: str
+    state_dir: Path
+    checkpoint_storage: str
+    group: str | None = None
+    worker_id: str = field(default_factory=default_worker_id)
+    params: dict[str, str] = field(default_factory=dict)
+    processing_guarantee: str = EXACTLY_ONCE
+    checkpoint_interval_s: float = 1.0
+    checkpoint_timeout_s: float = 60.0
+    min_pause_s: float = 0.0
+    tolerable_failures: int = 3
+    checkpoints_retained: int = 3
+    incremental_checkpoints: bool = True
+    transaction_timeout_s: float = 120.0
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+    auto_offset_reset: str = "earliest"
+    static_membership: bool = True
+    state_cache_bytes: int = 256 << 20
+    consume_batch: int = 5000
+    kafka_config: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.processing_guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):
+            raise ConfigurationError(
+                f"--processing-guarantee must be {EXACTLY_ONCE} or {AT_LEAST_ONCE}, "
+                f"not {self.processing_guarantee!r}")
+        if self.checkpoint_interval_s <= 0 and self.processing_guarantee == EXACTLY_ONCE:
+            raise ConfigurationError(
+                "--checkpoint-interval 0 disables checkpoints, which exactly-once needs; "
+                "use --processing-guarantee at-least-once to run without them")
+        if self.checkpoint_timeout_s * 1.5 > self.transaction_timeout_s:
+            raise ConfigurationError(
+                f"the transaction timeout ({self.transaction_timeout_s}s) must comfortably exceed "
+                f"the checkpoint timeout ({self.checkpoint_timeout_s}s)")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.worker_id):
+            raise ConfigurationError(f"--worker-id {self.worker_id!r} may hold only letters, digits, '.', '_', '-'")
+        if self.checkpoints_retained < 1:
+            raise ConfigurationError("--checkpoints-retained must be at least 1")

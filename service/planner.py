@@ -1,0 +1,114 @@
+"""Turns a job graph into stages (Kafka Streams' sub-topologies).
+
+A stage starts at a topic (a source, or a repartition topic) and runs every operator
+until the next `key_by`, which ends it by writing to the repartition topic that starts
+the next stage. A task is one partition of one stage.
+
+When nothing between a stage's start and a `key_by` changes the record value (only
+filters), the `key_by` forwards the record's original bytes and the next stage reads
+them with the source's serde: no second serialisation on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from connectors.serdes import KEY, PICKLE, Serde
+from service.api import VALUE_CHANGING_KINDS, Job, Node
+from service.errors import ConfigurationError
+
+
+@dataclass
+class Stage:
+    id: str
+    topic: str
+    key_serde: Serde
+    value_serde: Serde
+    root: Node
+    repartition: bool
+    # The first stage's source topic: repartition topics take its partition count.
+    origin_topic: str
+    partitions: int | None = None
+    stateful_uids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    job: Job
+    group: str
+    stages: list[Stage]
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [s.topic for s in self.stages]
+
+    @property
+    def repartition_stages(self) -> list[Stage]:
+        return [s for s in self.stages if s.repartition]
+
+    @property
+    def sink_topics(self) -> list[str]:
+        return sorted({n.options["topic"] for s in self.stages for n in _walk_stage(s.root)
+                       if n.kind == "sink"})
+
+    def stage_of(self, topic: str) -> Stage:
+        for stage in self.stages:
+            if stage.topic == topic:
+                return stage
+        raise KeyError(topic)
+
+    @property
+    def operator_uids(self) -> list[str]:
+        return [n.uid for s in self.stages for n in _walk_stage(s.root)]
+
+
+def repartition_topic(group: str, key_by_uid: str) -> str:
+    return f"{group}-{key_by_uid}-repartition"
+
+
+def _walk_stage(root: Node):
+    """Nodes of one stage below its root, not crossing into the next stage."""
+    for child in root.children:
+        yield child
+        if child.kind != "key_by":
+            yield from _walk_stage(child)
+
+
+def plan(job: Job, group: str) -> Plan:
+    if not job.sources:
+        raise ConfigurationError(f"job {job.name!r} has no source")
+    stages: list[Stage] = []
+    seen_topics: set[str] = set()
+
+    def add_stage(stage: Stage) -> None:
+        if stage.topic in seen_topics:
+            raise ConfigurationError(
+                f"topic {stage.topic!r} is read by two stages of job {job.name!r}; "
+                "read it once and branch the stream instead")
+        seen_topics.add(stage.topic)
+        stages.append(stage)
+        _walk(stage, stage.root, value_changed=False)
+
+    def _walk(stage: Stage, node: Node, value_changed: bool) -> None:
+        for child in node.children:
+            if child.stateful:
+                stage.stateful_uids.append(child.uid)
+            if child.kind == "key_by":
+                passthrough = not value_changed and child.options.get("value_serde") is None
+                serde = stage.value_serde if passthrough else (child.options.get("value_serde") or PICKLE)
+                child.options["topic"] = repartition_topic(group, child.uid)
+                child.options["passthrough"] = passthrough
+                child.options["repartition_serde"] = serde
+                add_stage(Stage(
+                    id=child.uid, topic=child.options["topic"], key_serde=KEY, value_serde=serde,
+                    root=child, repartition=True, origin_topic=stage.origin_topic,
+                    partitions=child.options.get("partitions")))
+            else:
+                _walk(stage, child, value_changed or child.kind in VALUE_CHANGING_KINDS)
+
+    for source in job.sources:
+        opts = source.options
+        add_stage(Stage(id=source.uid, topic=opts["topic"], key_serde=opts["key_serde"],
+                        value_serde=opts["value_serde"], root=source, repartition=False,
+                        origin_topic=opts["topic"]))
+    return Plan(job, group, stages)

@@ -1,0 +1,142 @@
+"""Owns the worker's tasks: creates and restores them on assignment, hands them to a
+checkpoint before release on revocation, drops them on loss, rewinds them after an
+aborted transaction.
+
+It is the rebalance listener's only delegate (Kafka Streams' TaskManager role), kept
+small by leaving checkpoint mechanics to the coordinator and state to TaskState.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import TopicPartition
+
+from connectors.kafka_source import KafkaSource
+from connectors.kafka_sink import OutputCommitter
+from service.config import WorkerConfig
+from service.metrics import WorkerMetrics
+from service.planner import Plan
+from service.recovery import restore_task
+from service.task import Task, task_id
+from statestore.digests import DigestCache
+from statestore.manifest import Manifest
+from statestore.retention import RetainedSnapshots
+from statestore.snapshots import task_prefix
+from statestore.state_dir import TaskDirectory
+from statestore.storage.base import CheckpointStorage
+from statestore.task_state import TaskState
+
+log = logging.getLogger(__name__)
+
+COMMITTED_TIMEOUT_S = 30.0
+
+
+class TaskManager:
+    def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource,
+                 committer: OutputCommitter, storage: CheckpointStorage, token: str,
+                 metrics: WorkerMetrics) -> None:
+        self.plan = plan
+        self.config = config
+        self.source = source
+        self.committer = committer
+        self.storage = storage
+        self.token = token
+        self.metrics = metrics
+        self.digests = DigestCache()
+        self.tasks: dict[tuple[str, int], Task] = {}
+        self.retention: dict[tuple[str, int], RetainedSnapshots] = {}
+        # Set by the worker: runs a checkpoint of every task (before partitions go).
+        self.checkpoint_all: Callable[[str], None] = lambda reason: None
+        self.ready = False
+
+    # -- rebalance listener -------------------------------------------------------
+
+    def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        began = time.monotonic()
+        new = [self._create(tp.topic, tp.partition) for tp in partitions]
+        positioned = self._restore(new)
+        self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
+        self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
+        log.info("assigned %s (restored in %.2fs)", ", ".join(t.id for t in new), time.monotonic() - began)
+        self.ready = True
+        return positioned
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        log.info("revoking %s: checkpointing before release",
+                 ", ".join(task_id(tp.topic, tp.partition) for tp in partitions))
+        self.checkpoint_all("revoke")
+        self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        log.warning("lost %s without a chance to commit: aborting and rewinding the rest",
+                    ", ".join(task_id(tp.topic, tp.partition) for tp in partitions))
+        self.committer.abort()
+        self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
+        self.rewind_all()
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def _create(self, topic: str, partition: int) -> Task:
+        stage = self.plan.stage_of(topic)
+        state = None
+        if stage.stateful_uids:
+            tid = task_id(topic, partition)
+            directory = TaskDirectory(self.config.state_dir, self.plan.group, tid, self.token)
+            state = TaskState(directory, self.storage, self.plan.group, tid, self.digests,
+                              incremental=self.config.incremental_checkpoints)
+            self.retention[(topic, partition)] = RetainedSnapshots(
+                self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
+                state.restorer.load_manifest,
+                shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
+        task = Task(stage, partition, state)
+        self.tasks[(topic, partition)] = task
+        return task
+
+    def _restore(self, tasks: list[Task], known: dict[str, Manifest] | None = None) -> list[TopicPartition]:
+        """Restores `tasks` from their committed offsets; returns where to consume from."""
+        if not tasks:
+            return []
+        committed = self.source.committed([TopicPartition(t.topic, t.partition) for t in tasks],
+                                          timeout=COMMITTED_TIMEOUT_S)
+        by_tp = {(c.topic, c.partition): c for c in committed}
+        produce = self.committer.produce_fn()
+        positions = []
+        for task in tasks:
+            restored = restore_task(task, by_tp[(task.topic, task.partition)], known)
+            task.start(restored.completed, produce)
+            retention = self.retention.get((task.topic, task.partition))
+            if retention is not None:
+                retention.restored(restored.completed.manifest)
+            offset = restored.completed.offset
+            positions.append(TopicPartition(task.topic, task.partition,
+                                            offset if offset is not None else self.source.reset_offset))
+        return positions
+
+    def rewind_all(self) -> None:
+        """Back to the last committed checkpoint: the open transaction was aborted, so
+        every task's state and position since then is void."""
+        tasks = list(self.tasks.values())
+        known = {}
+        for task in tasks:
+            if task.state is not None:
+                task.state.discard_working_db()
+            for manifest in (task.completed.manifest, task.attempted_manifest):
+                if manifest is not None:
+                    known[manifest.snapshot] = manifest
+        for position in self._restore(tasks, known):
+            self.source.seek(position)
+        log.info("rewound %d tasks to their last committed checkpoint", len(tasks))
+
+    def _close(self, keys: list[tuple[str, int]], keep_working_dir: bool) -> None:
+        for key in keys:
+            task = self.tasks.pop(key, None)
+            self.retention.pop(key, None)
+            if task is not None and task.state is not None:
+                task.state.close(remove_working_dir=not keep_working_dir)
+        self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
+
+    def close_all(self) -> None:
+        self._close(list(self.tasks), keep_working_dir=False)

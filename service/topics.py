@@ -1,0 +1,65 @@
+"""Checks and creates the topics a job needs before any record is read.
+
+Input and output topics belong to the user and must exist. Repartition topics belong
+to the job: they are created with the partition count of the job's source topic (or
+the count given to `key_by`), and an existing one with another count is an error,
+because keys would land on other partitions than their state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from service.errors import ConfigurationError
+from service.planner import Plan
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 30.0
+
+
+def _partition_counts(admin: AdminClient, topics: list[str]) -> dict[str, int]:
+    metadata = admin.list_topics(timeout=TIMEOUT_S)
+    counts = {}
+    for name in topics:
+        info = metadata.topics.get(name)
+        if info is not None and info.error is None:
+            counts[name] = len(info.partitions)
+    return counts
+
+
+def ensure_topics(plan: Plan, admin_config: dict[str, object]) -> dict[str, int]:
+    """Returns the partition count of every topic the job reads or writes."""
+    admin = AdminClient(admin_config)
+    external = [s.topic for s in plan.stages if not s.repartition] + plan.sink_topics
+    counts = _partition_counts(admin, external + [s.topic for s in plan.repartition_stages])
+    missing = [t for t in external if t not in counts]
+    if missing:
+        raise ConfigurationError(
+            f"job {plan.job.name!r} needs topic(s) {', '.join(sorted(set(missing)))}, which do not exist "
+            "on the cluster; create them first (input and output topics are not created automatically)")
+    to_create = []
+    for stage in plan.repartition_stages:
+        wanted = stage.partitions or counts[stage.origin_topic]
+        have = counts.get(stage.topic)
+        if have is None:
+            to_create.append(NewTopic(stage.topic, num_partitions=wanted, replication_factor=-1))
+            counts[stage.topic] = wanted
+        elif stage.partitions is not None and have != stage.partitions:
+            raise ConfigurationError(
+                f"repartition topic {stage.topic!r} has {have} partitions but key_by {stage.id!r} asks "
+                f"for {stage.partitions}; keys would move away from their state. Restore from a "
+                "savepoint into a new group to change it.")
+    if to_create:
+        futures = admin.create_topics(to_create, operation_timeout=TIMEOUT_S)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=TIMEOUT_S)
+                log.info("created repartition topic %s (%d partitions)", name, counts[name])
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ConfigurationError(f"cannot create repartition topic {name!r}: {exc}") from exc
+    return counts

@@ -1,0 +1,182 @@
+"""One worker process: one consumer, one producer, all its tasks in one loop.
+
+    consume a batch -> run each partition's records through its task's chain
+    -> (checkpoint due?) -> coordinator runs a checkpoint -> repeat
+
+Single-threaded on purpose: there is no lock anywhere on the record path, and a
+checkpoint never races with processing because processing stops while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import uuid
+from typing import Any
+
+from connectors.kafka_sink import AtLeastOnceProducer, OutputCommitter, TransactionalProducer
+from connectors.kafka_source import KafkaSource, consumer_config
+from service.api import Job
+from service.checkpoint import CheckpointCoordinator
+from service.config import EXACTLY_ONCE, WorkerConfig
+from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
+from service.faults import FaultInjector
+from service.metrics import WorkerMetrics
+from service.planner import plan
+from service.task_manager import TaskManager
+from service.topics import ensure_topics
+from statestore.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_RECORD_ERROR = 2
+EXIT_FENCED = 3
+EXIT_CHECKPOINTS_FAILING = 4
+EXIT_ERROR = 1
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, job: Job, metrics: WorkerMetrics | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.job = job
+        self.group = config.group or job.name
+        self.plan = plan(job, self.group)
+        self.metrics = metrics or WorkerMetrics(self.group, config.worker_id)
+        # A fresh token per process incarnation: names its snapshots and working dirs, so
+        # nothing it writes can collide with a predecessor or a zombie of the same slot.
+        self.token = uuid.uuid4().hex[:8]
+        self._stop_requested = False
+        self.committer: OutputCommitter | None = None
+        self.source: KafkaSource | None = None
+        self.manager: TaskManager | None = None
+        self.coordinator: CheckpointCoordinator | None = None
+        self.last_error: str | None = None
+
+    def request_stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: finish the batch, take a final checkpoint, exit 0."""
+        if not self._stop_requested:
+            log.info("stop requested: finishing with a final checkpoint")
+        self._stop_requested = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            self._start()
+            self._loop()
+            self._finish()
+            return EXIT_OK
+        except RecordError as exc:
+            return self._fail(exc, EXIT_RECORD_ERROR, "stopping on a bad record")
+        except ProducerFencedError as exc:
+            return self._fail(exc, EXIT_FENCED, "fenced", abort=False)
+        except CheckpointError as exc:
+            return self._fail(exc, EXIT_CHECKPOINTS_FAILING, "checkpoints keep failing")
+        except EosError as exc:
+            return self._fail(exc, EXIT_ERROR, "stopping")
+        finally:
+            self._close()
+
+    def _start(self) -> None:
+        c = self.config
+        kafka = dict(c.kafka_config)
+        ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka})
+        storage = open_storage(c.checkpoint_storage)
+        call_timeout = max(10.0, c.checkpoint_timeout_s)
+        if c.processing_guarantee == EXACTLY_ONCE:
+            self.committer = TransactionalProducer(
+                c.bootstrap_servers, f"{self.group}-{c.worker_id}", extra=kafka,
+                transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout)
+        else:
+            self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=kafka, call_timeout_s=call_timeout)
+        self.committer.start()
+        self.source = KafkaSource(consumer_config(
+            c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
+            max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
+            static_membership=c.static_membership, extra=kafka))
+        self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token, self.metrics)
+        self.coordinator = CheckpointCoordinator(
+            self.manager, self.committer, self.source.consumer, job=self.plan.job.name,
+            worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
+            timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s,
+            tolerable_failures=c.tolerable_failures, metrics=self.metrics, faults=FaultInjector())
+        self.manager.checkpoint_all = self.coordinator.trigger
+        self.source.subscribe(self.plan.input_topics, self.manager)
+        log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
+                 self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
+
+    def _loop(self) -> None:
+        source, committer, coordinator = self.source, self.committer, self.coordinator
+        batch = self.config.consume_batch
+        records_in = {t: self.metrics.labels(self.metrics.records_in, topic=t) for t in self.plan.input_topics}
+        while not self._stop_requested:
+            msgs = source.consume(batch, 0.1)
+            if msgs:
+                self._dispatch(msgs, records_in)
+                self._bound_cache()
+            committer.poll()
+            if coordinator.due():
+                coordinator.trigger()
+
+    def _dispatch(self, msgs: list, records_in: dict) -> None:
+        """Splits the batch into runs of one partition and hands each to its task."""
+        tasks = self.manager.tasks
+        start = 0
+        first = msgs[0]
+        current = (first.topic(), first.partition())
+        for i in range(1, len(msgs)):
+            m = msgs[i]
+            tp = (m.topic(), m.partition())
+            if tp != current:
+                self._run_task(tasks.get(current), msgs[start:i], current, records_in)
+                start, current = i, tp
+        self._run_task(tasks.get(current), msgs[start:] if start else msgs, current, records_in)
+
+    @staticmethod
+    def _run_task(task: Any, run: list, tp: tuple[str, int], records_in: dict) -> None:
+        if task is None:
+            return  # the partition was revoked after these records were fetched
+        task.process(run)
+        records_in[tp[0]].inc(len(run))
+
+    def _bound_cache(self) -> None:
+        stateful = [t.state for t in self.manager.tasks.values() if t.state is not None]
+        if not stateful:
+            return
+        budget = self.config.state_cache_bytes // len(stateful)
+        for state in stateful:
+            if state.cached_bytes() > budget:
+                state.spill()
+
+    def _finish(self) -> None:
+        if self.coordinator is None:
+            return
+        record = self.coordinator.trigger("shutdown")
+        if record is not None and record.error:
+            raise CheckpointError(f"the final checkpoint failed: {record.error}")
+        last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        log.info("stopped cleanly; last completed checkpoint %d", last)
+
+    def _fail(self, exc: EosError, code: int, what: str, abort: bool = True) -> int:
+        self.last_error = str(exc)
+        log.error("%s: %s", what, exc)
+        if abort and self.committer is not None:
+            try:
+                self.committer.abort()
+            except EosError as abort_exc:
+                log.warning("aborting the open transaction: %s", abort_exc)
+        return code
+
+    def _close(self) -> None:
+        if self.manager is not None:
+            # Closing the consumer revokes its partitions; after a failure that must not
+            # turn into a checkpoint of the failed epoch's work.
+            self.manager.checkpoint_all = lambda reason: None
+            self.manager.close_all()
+        if self.source is not None:
+            self.source.close()
+        if self.committer is not None:
+            self.committer.close()

@@ -1,0 +1,101 @@
+"""One RocksDB instance per task, a column family per operator state.
+
+The write-ahead log is disabled: durability comes from checkpoints, not from RocksDB.
+After a crash the working database is thrown away and rebuilt from the last completed
+checkpoint, so anything RocksDB would have recovered from its WAL is, by definition,
+state of an uncommitted epoch that must not survive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import rocksdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CF = "default"
+
+
+def _options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_write_buffer_size(16 << 20)
+    opts.set_max_write_buffer_number(3)
+    opts.set_max_background_jobs(2)
+    opts.set_keep_log_file_num(2)
+    opts.set_max_log_file_size(1 << 20)
+    return opts
+
+
+class TaskStore:
+    """The RocksDB database of one task. Only the state layer (tables) writes to it."""
+
+    def __init__(self, path: Path, column_families: Iterable[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        wanted = set(column_families)
+        existing = set()
+        if (self.path / "CURRENT").exists():
+            existing = set(rocksdict.Rdict.list_cf(str(self.path), rocksdict.Options(raw_mode=True)))
+        families = {name: _options() for name in (wanted | existing) - {DEFAULT_CF}}
+        self._db = rocksdict.Rdict(str(self.path), _options(), column_families=families)
+        write_opts = rocksdict.WriteOptions()
+        write_opts.disable_wal = True
+        self._db.set_write_options(write_opts)
+        self._handles = {name: self._db.get_column_family_handle(name) for name in families}
+        self._views = {name: self._db.get_column_family(name) for name in families}
+        self.column_families = sorted(families)
+
+    def ensure_column_family(self, cf: str) -> None:
+        if cf not in self._handles:
+            self._db.create_column_family(cf, _options())
+            self._handles[cf] = self._db.get_column_family_handle(cf)
+            self._views[cf] = self._db.get_column_family(cf)
+            self.column_families = sorted(self._handles)
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        return self._views[cf].get(key)
+
+    def write(self, cf_writes: Iterable[tuple[str, bytes, bytes | None]]) -> int:
+        """Writes (column family, key, value-or-None-to-delete) triples as one atomic batch."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        count = 0
+        handles = self._handles
+        for cf, key, value in cf_writes:
+            if value is None:
+                batch.delete(key, handles[cf])
+            else:
+                batch.put(key, value, handles[cf])
+            count += 1
+        if count:
+            self._db.write(batch)
+        return count
+
+    def items(self, cf: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Entries of a column family whose key starts with `prefix`, in key order."""
+        it = self._views[cf].iter()
+        it.seek(prefix) if prefix else it.seek_to_first()
+        while it.valid():
+            key = it.key()
+            if prefix and not key.startswith(prefix):
+                break
+            yield key, it.value()
+            it.next()
+
+    def estimate_keys(self, cf: str) -> int:
+        return int(self._views[cf].property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def checkpoint(self, target: Path) -> None:
+        """A consistent, hard-linked copy of the database (memtables flushed first)."""
+        rocksdict.Checkpoint(self._db).create_checkpoint(str(target))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._views.clear()
+            self._handles.clear()
+            self._db.close()
+            self._db = None  # type: ignore[assignment]

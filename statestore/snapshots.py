@@ -1,0 +1,164 @@
+"""Moving task snapshots between the local disk and checkpoint storage.
+
+Persisting is incremental by default: SST files are content-addressed under the task's
+`shared/` prefix and uploaded only when the previous manifest does not already hold
+them; the few small files that describe the database (MANIFEST, CURRENT, OPTIONS) go
+into the snapshot's own directory. The manifest goes last.
+
+Restoring verifies every byte against the manifest's digests, preferring intact local
+copies (hard-linked, so a restart on the same machine downloads only what is missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import CorruptSnapshotError, SnapshotMissingError
+from statestore.digests import DigestCache, sha256_file
+from statestore.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError
+from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+SHARED = "shared"
+
+
+def task_prefix(job: str, task: str) -> str:
+    return f"{job}/tasks/{task}"
+
+
+def manifest_key(prefix: str, snapshot: str) -> str:
+    return f"{prefix}/{snapshot}/{MANIFEST_NAME}"
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    files: int
+    reused_local: int
+    downloaded: int
+    downloaded_bytes: int
+    seconds: float
+
+
+class SnapshotPersister:
+    """Uploads local RocksDB checkpoints of one task and writes their manifests."""
+
+    def __init__(self, storage: CheckpointStorage, prefix: str, digests: DigestCache,
+                 incremental: bool = True) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.digests = digests
+        self.incremental = incremental
+
+    def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None) -> tuple[list[FileEntry], int]:
+        """Uploads what storage does not hold yet; returns the file entries and bytes sent."""
+        known = {}
+        if previous is not None and self.incremental:
+            known = {f.sha256: f for f in previous.files if f.key.startswith(SHARED + "/")}
+        entries, sent = [], 0
+        for path in sorted(local_dir.iterdir()):
+            size = path.stat().st_size
+            digest = self.digests.digest(path)
+            if self.incremental and path.suffix == ".sst":
+                key = f"{SHARED}/{digest}.sst"
+                if digest not in known:
+                    self.storage.put_file(f"{self.prefix}/{key}", path)
+                    sent += size
+            else:
+                key = f"{snapshot}/{path.name}"
+                self.storage.put_file(f"{self.prefix}/{key}", path)
+                sent += size
+            entries.append(FileEntry(name=path.name, key=key, size=size, sha256=digest))
+        return entries, sent
+
+    def write_manifest(self, manifest: Manifest,
+                       before_write: Callable[[str, bytes], None] | None = None) -> None:
+        key = manifest_key(self.prefix, manifest.snapshot)
+        data = manifest.to_bytes()
+        if before_write is not None:
+            before_write(key, data)
+        self.storage.put_atomic(key, data)
+
+
+class SnapshotRestorer:
+    """Reads manifests and rebuilds a task's database directory from a snapshot."""
+
+    def __init__(self, storage: CheckpointStorage, prefix: str, digests: DigestCache) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.digests = digests
+
+    def load_manifest(self, snapshot: str) -> Manifest:
+        key = manifest_key(self.prefix, snapshot)
+        where = self.storage.describe(key)
+        try:
+            data = self.storage.get_bytes(key)
+        except ObjectNotFound:
+            raise SnapshotMissingError(
+                f"snapshot {snapshot} is referenced by the committed offsets but its manifest "
+                f"{where} does not exist; refusing to start with empty state") from None
+        except StorageError as exc:
+            raise SnapshotMissingError(f"cannot read manifest {where}: {exc}") from exc
+        try:
+            return Manifest.from_bytes(data, where)
+        except ManifestError as exc:
+            raise CorruptSnapshotError(str(exc)) from None
+
+    def restore(self, manifest: Manifest, target: Path, local_dirs: list[Path]) -> RestoreStats:
+        began = time.monotonic()
+        local_index: dict[tuple[str, int], list[Path]] = {}
+        for directory in local_dirs:
+            for path in directory.iterdir():
+                local_index.setdefault((path.name, path.stat().st_size), []).append(path)
+        reused = downloaded = downloaded_bytes = 0
+        for entry in manifest.files:
+            dest = target / entry.name
+            if self._reuse_local(entry, dest, local_index.get((entry.name, entry.size), [])):
+                reused += 1
+                continue
+            self._download(entry, dest)
+            downloaded += 1
+            downloaded_bytes += entry.size
+        return RestoreStats(len(manifest.files), reused, downloaded, downloaded_bytes,
+                            time.monotonic() - began)
+
+    def _reuse_local(self, entry: FileEntry, dest: Path, candidates: list[Path]) -> bool:
+        for candidate in candidates:
+            try:
+                if self.digests.digest(candidate) != entry.sha256:
+                    continue
+                if candidate.suffix == ".sst":
+                    os.link(candidate, dest)
+                else:
+                    shutil.copyfile(candidate, dest)
+                    self.digests.remember(dest, entry.sha256)
+                return True
+            except OSError:
+                continue
+        return False
+
+    def _download(self, entry: FileEntry, dest: Path) -> None:
+        key = f"{self.prefix}/{entry.key}"
+        where = self.storage.describe(key)
+        try:
+            self.storage.get_file(key, dest)
+        except ObjectNotFound:
+            raise SnapshotMissingError(
+                f"file {where} listed in the snapshot's manifest is missing from checkpoint storage"
+            ) from None
+        except StorageError as exc:
+            raise SnapshotMissingError(f"cannot download {where}: {exc}") from exc
+        actual_size = dest.stat().st_size
+        digest = sha256_file(dest)
+        if actual_size != entry.size or digest != entry.sha256:
+            dest.unlink(missing_ok=True)
+            raise CorruptSnapshotError(
+                f"file {where} is corrupt: expected {entry.size} bytes with sha256 "
+                f"{entry.sha256[:16]}..., found {actual_size} bytes with sha256 {digest[:16]}...")
+        self.digests.remember(dest, digest)

@@ -1,0 +1,149 @@
+"""Checkpoint storage on a (shared) file system: `file:///path`.
+
+Durability is explicit: files are fsynced and so is their directory, because a rename
+that the kernel has not yet written out could vanish with a power loss and leave a
+committed offset pointing at nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from statestore.storage.base import ObjectNotFound, StorageError, StoredObject
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStorage:
+    """Objects are files under a root directory; keys are relative paths."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.url = f"file://{self.root}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        except OSError as exc:
+            raise StorageError(f"cannot create checkpoint storage directory {self.root}: {exc}") from exc
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise StorageError(f"key {key!r} escapes checkpoint storage {self.root}")
+        return path
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _prepare(self, key: str) -> tuple[Path, Path]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        return path, tmp
+
+    def _commit(self, tmp: Path, path: Path) -> None:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def put_file(self, key: str, source: Path) -> None:
+        path, tmp = self._prepare(key)
+        try:
+            with open(source, "rb") as src, open(tmp, "wb", opener=_private_opener) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            self._commit(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.put_atomic(key, data)
+
+    def put_atomic(self, key: str, data: bytes) -> None:
+        path, tmp = self._prepare(key)
+        try:
+            with open(tmp, "wb", opener=_private_opener) as dst:
+                dst.write(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            self._commit(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {path}: {exc}") from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{path} does not exist") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+
+    def get_file(self, key: str, target: Path) -> None:
+        path = self._path(key)
+        try:
+            shutil.copyfile(path, target)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{path} does not exist") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self._path(key)} does not exist") from None
+
+    def list(self, prefix: str) -> list[str]:
+        return [entry.key for entry in self.list_entries(prefix)]
+
+    def list_entries(self, prefix: str) -> list[StoredObject]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        entries = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.endswith(".tmp") and name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append(StoredObject(str(path.relative_to(self.root)), st.st_size, st.st_mtime))
+        return sorted(entries, key=lambda e: e.key)
+
+    def delete(self, keys: list[str]) -> None:
+        parents = set()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            parents.add(path.parent)
+        for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            while parent != self.root:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, FILE_MODE)

@@ -1,0 +1,130 @@
+"""The state manager of one task: its RocksDB, its cached tables, its snapshots.
+
+Kafka Streams' ProcessorStateManager is the model: the task asks it to flush, to
+snapshot, to persist; it never touches Kafka, and the runtime never touches RocksDB
+files. Tables are created on first use, so operators declare state lazily in `open`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from statestore.codecs import ValueCodec
+from statestore.digests import DigestCache
+from statestore.manifest import Manifest
+from statestore.rocks import TaskStore
+from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, task_prefix
+from statestore.state_dir import TaskDirectory
+from statestore.storage.base import CheckpointStorage
+from statestore.tables import MapTable, ValueTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What a persisted snapshot produced, for the manifest's caller and for metrics."""
+
+    manifest: Manifest
+    persist_seconds: float
+
+
+class TaskState:
+    def __init__(self, directory: TaskDirectory, storage: CheckpointStorage, job: str, task: str,
+                 digests: DigestCache, incremental: bool = True) -> None:
+        self.directory = directory
+        self.job = job
+        self.task = task
+        prefix = task_prefix(job, task)
+        self.persister = SnapshotPersister(storage, prefix, digests, incremental)
+        self.restorer = SnapshotRestorer(storage, prefix, digests)
+        self.store: TaskStore | None = None
+        self.tables: dict[str, ValueTable | MapTable] = {}
+        self._acquired = False
+
+    def open(self, manifest: Manifest | None) -> RestoreStats | None:
+        """Builds a fresh working database, from `manifest`'s snapshot when given."""
+        if not self._acquired:
+            working = self.directory.acquire()
+            self._acquired = True
+        else:
+            working = self.directory.reset_working_dir()
+        stats = None
+        families: list[str] = []
+        if manifest is not None:
+            stats = self.restorer.restore(manifest, working, self.directory.local_snapshots())
+            families = list(manifest.column_families)
+        self.store = TaskStore(working, families)
+        self.tables = {}
+        return stats
+
+    def value_table(self, cf: str, codec: ValueCodec) -> ValueTable:
+        return self._table(cf, codec, ValueTable)  # type: ignore[return-value]
+
+    def map_table(self, cf: str, codec: ValueCodec) -> MapTable:
+        return self._table(cf, codec, MapTable)  # type: ignore[return-value]
+
+    def _table(self, cf: str, codec: ValueCodec, kind: type) -> ValueTable | MapTable:
+        table = self.tables.get(cf)
+        if table is None:
+            self.store.ensure_column_family(cf)
+            table = self.tables[cf] = kind(self.store, cf, codec)
+        elif not isinstance(table, kind):
+            raise TypeError(f"state {cf!r} is used both as {type(table).__name__} and {kind.__name__}")
+        return table
+
+    def flush(self) -> int:
+        """Writes every table's pending changes to RocksDB as one batch."""
+        writes = []
+        for table in self.tables.values():
+            if table.dirty:
+                writes.extend(table.drain_writes())
+        return self.store.write(writes)
+
+    def cached_bytes(self) -> int:
+        return sum(t.entry_bytes() for t in self.tables.values())
+
+    def spill(self) -> None:
+        """Frees the cache: flush, then forget. Later reads go to RocksDB."""
+        self.flush()
+        for table in self.tables.values():
+            table.evict()
+
+    def snapshot_local(self, snapshot: str) -> Path:
+        target = self.directory.snapshot_dir(snapshot)
+        self.store.checkpoint(target)
+        return target
+
+    def persist(self, local_dir: Path, build_manifest: Callable[..., Manifest],
+                previous: Manifest | None,
+                before_manifest: Callable[[str, bytes], None] | None = None) -> SnapshotInfo:
+        began = time.monotonic()
+        files, sent = self.persister.upload(local_dir, local_dir.name, previous)
+        manifest = build_manifest(files=tuple(files), uploaded_bytes=sent,
+                                  column_families=tuple(self.store.column_families),
+                                  state_keys=self.state_keys())
+        self.persister.write_manifest(manifest, before_manifest)
+        return SnapshotInfo(manifest, time.monotonic() - began)
+
+    def state_keys(self) -> dict[str, int]:
+        return {cf: self.store.estimate_keys(cf) for cf in self.store.column_families}
+
+    def close(self, remove_working_dir: bool = True) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.tables = {}
+        if self._acquired:
+            self.directory.release(remove_working_dir)
+            self._acquired = False
+
+    def discard_working_db(self) -> None:
+        """Closes the database without releasing the directory: a rewind follows."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.tables = {}

@@ -1,0 +1,91 @@
+"""Runs `eos run` as a real OS process, so tests can SIGKILL, SIGSTOP and restart it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EOS = [sys.executable, "-m", "service.cli"]
+
+
+@dataclass
+class WorkerSpec:
+    bootstrap: str
+    group: str
+    state_dir: Path
+    storage: str
+    params: dict[str, str]
+    job: Path = REPO / "examples" / "running_sum.py"
+    worker_id: str = "w1"
+    interval: str = "500ms"
+    guarantee: str = "exactly-once"
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        argv = [*EOS, "run", str(self.job), "--bootstrap-servers", self.bootstrap, "--group", self.group,
+                "--state-dir", str(self.state_dir), "--checkpoint-storage", self.storage,
+                "--checkpoint-interval", self.interval, "--worker-id", self.worker_id,
+                "--processing-guarantee", self.guarantee, *self.extra_args]
+        for name, value in self.params.items():
+            argv += ["-p", f"{name}={value}"]
+        return argv
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, log_path: Path, fault: str | None = None) -> None:
+        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env.pop("EOS_FAULT", None)
+        if fault:
+            env["EOS_FAULT"] = fault
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(spec.argv(), cwd=REPO, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.returncode is not None:
+                self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
