@@ -31,3 +31,15 @@ def new_topic(bootstrap: str) -> Callable[..., str]:
         return name
 
     return make
+
+
+from tests.harness.s3_server import S3Server, running_s3_server  # noqa: E402 - appended fixture
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto, separate process) shared by the session; its
+    default bucket is `s3_server.bucket`. Restarting it loses every object."""
+    with running_s3_server() as server:
+        yield server
+
