@@ -173,7 +173,10 @@ class TransactionalProducer:
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(0)
+            try:
+                self._producer.flush(0)
+            except KafkaException as exc:  # fenced or failed: nothing left to save
+                log.debug("closing the producer: %s", exc)
             self._producer = None
 
     def _recreate(self) -> None:

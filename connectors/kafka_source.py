@@ -96,11 +96,12 @@ class KafkaSource:
             return False
         if err.code() == KafkaError._PARTITION_EOF:
             return True
-        if err.code() == KafkaError.FENCED_INSTANCE_ID:
+        fatal = err.fatal() or err.code() == KafkaError._FATAL
+        if err.code() == KafkaError.FENCED_INSTANCE_ID or (fatal and "fenced" in err.str().lower()):
             raise ProducerFencedError(
                 f"group instance id {self.config.get('group.instance.id')!r} was taken over by a newer "
-                "instance of this worker slot; this instance stops")
-        if err.fatal():
+                f"instance of this worker slot ({err.str()}); this instance stops")
+        if fatal:
             raise KafkaException(err)
         log.warning("consumer: %s", err)
         return True

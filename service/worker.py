@@ -77,6 +77,9 @@ class Worker:
             return self._fail(exc, EXIT_CHECKPOINTS_FAILING, "checkpoints keep failing")
         except EosError as exc:
             return self._fail(exc, EXIT_ERROR, "stopping")
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected client failure
+            log.exception("unexpected failure")
+            return self._fail(exc, EXIT_ERROR, "stopping")
         finally:
             self._close()
 
@@ -160,7 +163,7 @@ class Worker:
         last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         log.info("stopped cleanly; last completed checkpoint %d", last)
 
-    def _fail(self, exc: EosError, code: int, what: str, abort: bool = True) -> int:
+    def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:
         self.last_error = str(exc)
         log.error("%s: %s", what, exc)
         if abort and self.committer is not None:

@@ -16,10 +16,13 @@ def make_orders(count: int, users: int = 50, seed: int = 7, start_id: int = 0) -
             for i in range(start_id, start_id + count)}
 
 
-def encode(order: Order) -> tuple[bytes, bytes]:
+def encode(order: Order, key_by_user: bool = False) -> tuple[bytes, bytes]:
     value = json.dumps({"id": order.id, "user": order.user, "amount": order.amount}).encode()
-    return f"order-{order.id}".encode(), value
+    key = order.user if key_by_user else f"order-{order.id}"
+    return key.encode(), value
 
 
-def produce_orders(bootstrap: str, topic: str, orders: dict[int, Order]) -> None:
-    produce(bootstrap, topic, (encode(o) for o in orders.values()))
+def produce_orders(bootstrap: str, topic: str, orders: dict[int, Order], key_by_user: bool = False) -> None:
+    """`key_by_user` puts each user's orders in one partition, in order: then the
+    per-user output sequence is deterministic and two runs can be compared exactly."""
+    produce(bootstrap, topic, (encode(o, key_by_user) for o in orders.values()))

@@ -1,0 +1,95 @@
+"""A running-sum scenario against the real broker: topics, an input feeder that keeps
+producing while workers come and go, worker processes, and the oracle at the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.harness.kafka import create_topics, read_all, unique_name
+from tests.harness.oracle import OracleReport, Order, check_running_sum
+from tests.harness.worker_process import WorkerProcess, WorkerSpec, wait_for
+from tests.harness.workload import make_orders, produce_orders
+
+
+@dataclass
+class RunningSum:
+    bootstrap: str
+    workdir: Path
+    records: int = 20_000
+    users: int = 200
+    partitions: int = 4
+    chunk: int = 500
+    chunk_pause_s: float = 0.5
+    storage: str | None = None
+    key_by_user: bool = False
+    spec_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input = unique_name("orders")
+        self.output = unique_name("totals")
+        self.group = unique_name("running-sum")
+        create_topics(self.bootstrap, [self.input, self.output], self.partitions)
+        self.orders: dict[int, Order] = make_orders(self.records, self.users)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._feeder: threading.Thread | None = None
+        self.workers_started = 0
+
+    def spec(self, **overrides) -> WorkerSpec:
+        values = dict(
+            bootstrap=self.bootstrap, group=self.group, state_dir=self.workdir / "state",
+            storage=self.storage or f"file://{self.workdir / 'checkpoints'}",
+            params={"input": self.input, "output": self.output})
+        values.update(self.spec_overrides)
+        values.update(overrides)
+        return WorkerSpec(**values)
+
+    def start_feeding(self, orders: dict[int, Order] | None = None) -> None:
+        """Produces the input in chunks over time, so kills land mid-stream."""
+        items = list((orders or self.orders).values())
+
+        def feed() -> None:
+            for i in range(0, len(items), self.chunk):
+                produce_orders(self.bootstrap, self.input, {o.id: o for o in items[i:i + self.chunk]},
+                               self.key_by_user)
+                time.sleep(self.chunk_pause_s)
+
+        self._feeder = threading.Thread(target=feed, daemon=True)
+        self._feeder.start()
+
+    def feed_all_now(self, orders: dict[int, Order] | None = None) -> None:
+        produce_orders(self.bootstrap, self.input, orders or self.orders, self.key_by_user)
+
+    def wait_fed(self) -> None:
+        if self._feeder is not None:
+            self._feeder.join(600)
+
+    def start_worker(self, fault: str | None = None, **overrides) -> WorkerProcess:
+        self.workers_started += 1
+        spec = self.spec(**overrides)
+        return WorkerProcess(spec, self.workdir / f"{spec.worker_id}.log", fault=fault)
+
+    def outputs(self) -> list:
+        return read_all(self.bootstrap, self.output)
+
+    def ids_seen(self) -> set[int]:
+        import json
+
+        return {json.loads(v)["last_id"] for _, v in self.outputs()}
+
+    def wait_complete(self, worker: WorkerProcess | None, timeout: float = 180,
+                      expected: set[int] | None = None) -> None:
+        """Until every expected id has an output (or the worker died)."""
+        want = expected if expected is not None else set(self.orders)
+
+        def done() -> bool:
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+            return want <= self.ids_seen()
+
+        wait_for(done, timeout, 1.0, "every input id to appear in the output")
+
+    def check(self, orders: dict[int, Order] | None = None) -> OracleReport:
+        return check_running_sum(orders or self.orders, self.outputs())

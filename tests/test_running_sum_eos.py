@@ -1,0 +1,114 @@
+"""Exactly-once of the running-sum job, proven by killing real worker processes.
+
+Every test runs `eos run examples/running_sum.py` as an OS process against the real
+broker and checks the committed output with the independent oracle.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from service.faults import PHASES
+from tests.harness.scenario import RunningSum
+
+pytestmark = pytest.mark.kafka
+
+
+def _random_kills(scenario: RunningSum, kills: int, seed: int, **spec) -> None:
+    rng = random.Random(seed)
+    scenario.start_feeding()
+    for _ in range(kills):
+        worker = scenario.start_worker(**spec)
+        time.sleep(rng.uniform(1.0, 3.5))
+        assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
+        worker.kill()
+    scenario.wait_fed()
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=20_000)
+    _random_kills(scenario, kills=10, seed=11)
+    final = scenario.start_worker()
+    scenario.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == 20_000
+
+
+def test_oracle_catches_at_least_once_under_the_same_kills(bootstrap, tmp_path):
+    """The oracle's self-test: without transactions, kills replay committed outputs."""
+    scenario = RunningSum(bootstrap, tmp_path, records=20_000)
+    _random_kills(scenario, kills=10, seed=11, guarantee="at-least-once")
+    final = scenario.start_worker(guarantee="at-least-once")
+    scenario.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = scenario.check()
+    assert not report.ok, "the oracle accepted an at-least-once run with kills: it is too weak"
+    assert report.duplicates > 0 or report.repeated_ids, report.summary()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_kill_at_checkpoint_phase(bootstrap, tmp_path, phase):
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
+    scenario.start_feeding()
+    doomed = scenario.start_worker(fault=f"{phase}@3")
+    assert doomed.wait(120) == -signal.SIGKILL, f"fault {phase} did not fire:\n{doomed.log_tail()}"
+    assert f"killing this worker at {phase}" in doomed.log_tail(), doomed.log_tail()
+    survivor = scenario.start_worker()
+    scenario.wait_fed()
+    scenario.wait_complete(survivor)
+    assert survivor.terminate() == 0, survivor.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
+def test_frozen_worker_is_fenced_by_its_replacement(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
+    scenario.start_feeding()
+    zombie = scenario.start_worker()
+    time.sleep(3)
+    zombie.signal(signal.SIGSTOP)
+    replacement = scenario.start_worker()
+    time.sleep(5)  # the replacement processes while the zombie is frozen
+    zombie.signal(signal.SIGCONT)
+    assert zombie.wait(60) == 3, f"the zombie was not fenced:\n{zombie.log_tail()}"
+    assert "taken over" in zombie.log_tail(), zombie.log_tail()
+    scenario.wait_fed()
+    scenario.wait_complete(replacement)
+    assert replacement.terminate() == 0, replacement.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
+def test_graceful_stop_and_restart_equals_an_uninterrupted_run(bootstrap, tmp_path):
+    # Keyed by user, each user's orders sit in one partition in order, so the output
+    # per user is deterministic and two runs can be compared record for record.
+    interrupted = RunningSum(bootstrap, tmp_path / "interrupted", records=5_000, key_by_user=True)
+    interrupted.start_feeding()
+    for _ in range(3):
+        worker = interrupted.start_worker()
+        time.sleep(2.5)
+        assert worker.terminate() == 0, worker.log_tail()
+    worker = interrupted.start_worker()
+    interrupted.wait_fed()
+    interrupted.wait_complete(worker)
+    assert worker.terminate() == 0
+
+    uninterrupted = RunningSum(bootstrap, tmp_path / "uninterrupted", records=5_000, key_by_user=True)
+    uninterrupted.feed_all_now()
+    worker = uninterrupted.start_worker()
+    uninterrupted.wait_complete(worker)
+    assert worker.terminate() == 0
+
+    def per_user(outputs):
+        result: dict = {}
+        for key, value in outputs:
+            result.setdefault(key, []).append(value)
+        return result
+
+    assert per_user(interrupted.outputs()) == per_user(uninterrupted.outputs())
