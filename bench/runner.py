@@ -124,6 +124,33 @@ register(
 )
 
 
+def _eos_args(ctx: RunContext, job: Path, guarantee: str) -> list[str]:
+    return [MAIN_PY, "-m", "service.cli", "--log-level", "WARNING", "run", str(job),
+            "--bootstrap-servers", ctx.bootstrap, "--group", ctx.group,
+            "--state-dir", str(ctx.workdir / "eos-state"),
+            "--checkpoint-storage", f"file://{ctx.workdir / 'eos-checkpoints'}",
+            "--checkpoint-interval", f"{ctx.commit_interval}s", "--worker-id", "bench",
+            "--processing-guarantee", guarantee,
+            "-p", f"input={ctx.input_topic}", "-p", f"output={ctx.output_topic}"]
+
+
+register(
+    "eos-exactly-once",
+    lambda ctx: _eos_args(ctx, REPO / "examples" / "running_sum.py", "exactly-once"),
+    description="eos running_sum (key_by -> repartition topic), exactly-once, RocksDB state",
+)
+register(
+    "eos-at-least-once",
+    lambda ctx: _eos_args(ctx, REPO / "examples" / "running_sum.py", "at-least-once"),
+    description="eos running_sum (key_by -> repartition topic), at-least-once",
+)
+register(
+    "eos-exactly-once-prekeyed",
+    lambda ctx: _eos_args(ctx, BENCH_DIR / "running_sum_prekeyed.py", "exactly-once"),
+    description="eos running sum keyed by the record key (input keyed by user): no repartition",
+)
+
+
 # --------------------------------------------------------------------------- one run
 
 

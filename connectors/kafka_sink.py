@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -37,6 +38,16 @@ _RETRIES = 5
 ProduceFn = Callable[..., None]
 
 
+@dataclass(frozen=True)
+class Produce:
+    """How operators send records: `fast` is the client's own produce (no wrapper on
+    the hot path); when it raises BufferError (local queue full) they call `blocking`,
+    which serves delivery reports until there is room."""
+
+    fast: ProduceFn
+    blocking: ProduceFn
+
+
 def base_producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
     """Settings for throughput without per-record callbacks: delivery reports only for
     failures, large local queues, Java-compatible key partitioning."""
@@ -44,6 +55,7 @@ def base_producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any
         "bootstrap.servers": bootstrap,
         "linger.ms": 5,
         "batch.num.messages": 10000,
+        "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "partitioner": "murmur2_random",
@@ -58,7 +70,7 @@ class OutputCommitter(Protocol):
 
     def start(self) -> None: ...
 
-    def produce_fn(self) -> ProduceFn: ...
+    def produce_fn(self) -> Produce: ...
 
     def poll(self) -> None: ...
 
@@ -84,24 +96,19 @@ def _delivery_failed(holder: list[KafkaError]) -> Callable[[KafkaError | None, A
     return on_delivery
 
 
-def _make_produce(producer: Producer) -> ProduceFn:
-    """`produce` that waits for queue space instead of failing when the queue is full."""
+def _make_produce(producer: Producer) -> Produce:
     raw_produce = producer.produce
     poll = producer.poll
 
-    def produce(topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1) -> None:
-        try:
-            raw_produce(topic, value, key, partition)
-        except BufferError:
-            while True:
+    def blocking(topic: str, value: bytes | None, key: bytes | None = None, *args: Any) -> None:
+        while True:
+            try:
+                raw_produce(topic, value, key, *args)
+                return
+            except BufferError:
                 poll(0.05)
-                try:
-                    raw_produce(topic, value, key, partition)
-                    return
-                except BufferError:
-                    continue
 
-    return produce
+    return Produce(raw_produce, blocking)
 
 
 class TransactionalProducer:
@@ -120,7 +127,7 @@ class TransactionalProducer:
         self._delivery_errors: list[KafkaError] = []
         self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
         self._producer: Producer | None = None
-        self._produce: ProduceFn | None = None
+        self._produce: Produce | None = None
 
     def start(self) -> None:
         """Creates the producer, fences any older instance of this slot (aborting its
@@ -130,7 +137,7 @@ class TransactionalProducer:
         self._call("init_transactions", lambda: self._producer.init_transactions(self.call_timeout_s))
         self._producer.begin_transaction()
 
-    def produce_fn(self) -> ProduceFn:
+    def produce_fn(self) -> Produce:
         assert self._produce is not None, "producer not started"
         return self._produce
 
@@ -223,13 +230,13 @@ class AtLeastOnceProducer:
         self._delivery_errors: list[KafkaError] = []
         self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
         self._producer: Producer | None = None
-        self._produce: ProduceFn | None = None
+        self._produce: Produce | None = None
 
     def start(self) -> None:
         self._producer = Producer(self._config)
         self._produce = _make_produce(self._producer)
 
-    def produce_fn(self) -> ProduceFn:
+    def produce_fn(self) -> Produce:
         assert self._produce is not None, "producer not started"
         return self._produce
 

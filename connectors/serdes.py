@@ -1,8 +1,10 @@
 """How record keys and values become bytes on Kafka, and back.
 
-A serde is two plain callables so the hot path can bind them once and call them
-without attribute lookups. Deserialisation failures raise `SerdeError`, which the
-runtime turns into an error naming the record's topic, partition and offset.
+A serde is plain callables so the hot path can bind them once and call them without
+attribute lookups. Each direction has a fast callable (the C function itself, e.g.
+`orjson.loads`) and a careful one: the hot path calls the fast one and only when it
+raises asks the careful one, which either copes (a null key) or raises a `SerdeError`
+that says why. The runtime adds the record's topic, partition and offset.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ class Serde:
     name: str
     serialize: Callable[[Any], bytes | None]
     deserialize: Callable[[bytes | None], Any]
+    fast_serialize: Callable[[Any], bytes | None] | None = None
+    fast_deserialize: Callable[[bytes | None], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fast_serialize is None:
+            object.__setattr__(self, "fast_serialize", self.serialize)
+        if self.fast_deserialize is None:
+            object.__setattr__(self, "fast_deserialize", self.deserialize)
 
 
 def _json_loads(data: bytes | None) -> Any:
@@ -98,8 +108,8 @@ def _pickle_dumps(value: Any) -> bytes:
     return pickle.dumps(value, protocol=5)
 
 
-JSON = Serde("json", _json_dumps, _json_loads)
-STRING = Serde("string", _utf8_encode, _utf8_decode)
+JSON = Serde("json", _json_dumps, _json_loads, orjson.dumps, orjson.loads)
+STRING = Serde("string", _utf8_encode, _utf8_decode, str.encode, bytes.decode)
 BYTES = Serde("bytes", _bytes_serialize, _bytes_identity)
 # Internal: the stable key encoding used by repartition topics and state.
 KEY = Serde("key", encode_key, _key_decode)

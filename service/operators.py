@@ -13,6 +13,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from connectors.kafka_sink import Produce
 from service.api import Node
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
@@ -36,7 +37,7 @@ class ChainContext:
 
     __slots__ = ("produce", "state", "raw")
 
-    def __init__(self, produce: Callable[..., None], state: Any) -> None:
+    def __init__(self, produce: Produce, state: Any) -> None:
         self.produce = produce
         self.state = state
         self.raw: bytes | None = None
@@ -108,7 +109,8 @@ def _flat_map(node: Node, ctx: ChainContext) -> Push:
 
 def _key_by(node: Node, ctx: ChainContext) -> Push:
     """Ends the stage: the record goes to the repartition topic, keyed by the new key."""
-    fn, uid, produce = node.fn, node.uid, ctx.produce
+    fn, uid = node.fn, node.uid
+    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
     topic = node.options["topic"]
     if node.options["passthrough"]:
         def push(key: Any, value: Any) -> None:
@@ -116,7 +118,10 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
                 new_key = encode_key(fn(value))
             except Exception as exc:
                 raise OperatorFailure(uid, exc) from exc
-            produce(topic, ctx.raw, new_key)
+            try:
+                produce(topic, ctx.raw, new_key)
+            except BufferError:
+                produce_blocking(topic, ctx.raw, new_key)
 
         return push
     serialize = node.options["repartition_serde"].serialize
@@ -127,7 +132,10 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
             data = serialize(value)
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
-        produce(topic, data, new_key)
+        try:
+            produce(topic, data, new_key)
+        except BufferError:
+            produce_blocking(topic, data, new_key)
 
     return push_serialized
 
@@ -194,18 +202,29 @@ def _process(node: Node, ctx: ChainContext) -> Push:
 
 
 def _sink(node: Node, ctx: ChainContext) -> Push:
-    uid, produce = node.uid, ctx.produce
+    uid = node.uid
+    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
     topic = node.options["topic"]
-    serialize_key = node.options["key_serde"].serialize
-    serialize_value = node.options["value_serde"].serialize
+    key_serde, value_serde = node.options["key_serde"], node.options["value_serde"]
+    fast_key, careful_key = key_serde.fast_serialize, key_serde.serialize
+    fast_value, careful_value = value_serde.fast_serialize, value_serde.serialize
 
     def push(key: Any, value: Any) -> None:
         try:
-            key_bytes = serialize_key(key)
-            value_bytes = serialize_value(value)
+            try:
+                key_bytes = fast_key(key)
+            except Exception:
+                key_bytes = careful_key(key)
+            try:
+                value_bytes = fast_value(value)
+            except Exception:
+                value_bytes = careful_value(value)
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
-        produce(topic, value_bytes, key_bytes)
+        try:
+            produce(topic, value_bytes, key_bytes)
+        except BufferError:
+            produce_blocking(topic, value_bytes, key_bytes)
 
     return push
 

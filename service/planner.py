@@ -30,6 +30,8 @@ class Stage:
     origin_topic: str
     partitions: int | None = None
     stateful_uids: list[str] = field(default_factory=list)
+    # A key_by of this stage forwards the record's original bytes.
+    forwards_raw: bool = False
 
 
 @dataclass
@@ -99,6 +101,7 @@ def plan(job: Job, group: str) -> Plan:
                 child.options["topic"] = repartition_topic(group, child.uid)
                 child.options["passthrough"] = passthrough
                 child.options["repartition_serde"] = serde
+                stage.forwards_raw = stage.forwards_raw or passthrough
                 add_stage(Stage(
                     id=child.uid, topic=child.options["topic"], key_serde=KEY, value_serde=serde,
                     root=child, repartition=True, origin_topic=stage.origin_topic,

@@ -46,8 +46,9 @@ class Task:
         self.attempted_manifest: Manifest | None = None
         self._push = None
         self._ctx: ChainContext | None = None
-        self._deserialize_key = None if stage.key_serde is BYTES else stage.key_serde.deserialize
-        self._deserialize_value = None if stage.value_serde is BYTES else stage.value_serde.deserialize
+        key_serde, value_serde = stage.key_serde, stage.value_serde
+        self._key_serde = None if key_serde is BYTES else key_serde
+        self._value_serde = None if value_serde is BYTES else value_serde
 
     @property
     def stateful(self) -> bool:
@@ -66,22 +67,40 @@ class Task:
     def process(self, msgs: list) -> None:
         """Runs records of this task's partition through the chain, in order."""
         push, ctx = self._push, self._ctx
-        deserialize_key, deserialize_value = self._deserialize_key, self._deserialize_value
+        forwards_raw = self.stage.forwards_raw
+        fast_key = careful_key = fast_value = careful_value = None
+        if self._key_serde is not None:
+            fast_key, careful_key = self._key_serde.fast_deserialize, self._key_serde.deserialize
+        if self._value_serde is not None:
+            fast_value, careful_value = self._value_serde.fast_deserialize, self._value_serde.deserialize
         msg = None
+        part = "key"
         try:
             for msg in msgs:
-                raw = msg.value()
-                ctx.raw = raw
                 key = msg.key()
-                if deserialize_key is not None:
-                    key = deserialize_key(key)
-                push(key, raw if deserialize_value is None else deserialize_value(raw))
+                if fast_key is not None:
+                    part = "key"
+                    try:
+                        key = fast_key(key)
+                    except Exception:
+                        key = careful_key(key)
+                value = msg.value()
+                if forwards_raw:
+                    ctx.raw = value
+                if fast_value is not None:
+                    part = "value"
+                    try:
+                        value = fast_value(value)
+                    except Exception:
+                        value = careful_value(value)
+                push(key, value)
         except OperatorFailure as exc:
             raise RecordError(str(exc.cause) or type(exc.cause).__name__, topic=msg.topic(),
                               partition=msg.partition(), offset=msg.offset(), operator=exc.uid,
                               cause=exc.cause) from exc.cause
         except SerdeError as exc:
-            raise RecordError(f"cannot deserialise with the {self.stage.value_serde.name} serde: {exc}",
+            serde = self._key_serde if part == "key" else self._value_serde
+            raise RecordError(f"cannot deserialise the record {part} with the {serde.name} serde: {exc}",
                               topic=msg.topic(), partition=msg.partition(),
                               offset=msg.offset()) from exc
         self.next_offset = msgs[-1].offset() + 1
