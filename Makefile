@@ -27,9 +27,10 @@ test: install
 chaos: install
 	$(PYTEST) -m chaos tests $(ALLOW_EMPTY)
 
+# The demo: a local broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the running-sum job,
+# a generator feeding it, progress and results. DEMO_ARGS=--keep-running leaves it up.
 run: install
-	$(BIN)/eos kafka start --port $(KAFKA_PORT) >/dev/null
-	@echo "Local Kafka broker running at localhost:$(KAFKA_PORT) (stop it with: $(BIN)/eos kafka stop --port $(KAFKA_PORT))"
+	$(BIN)/eos --log-level WARNING demo --port $(KAFKA_PORT) $(DEMO_ARGS)
 
 kafka-start: install
 	$(BIN)/eos kafka start --port $(KAFKA_PORT)

@@ -10,6 +10,7 @@ import click
 from service.errors import EosError
 from service.cli.kafka_cmd import kafka
 from service.cli.run_cmd import run
+from service.cli.demo_cmd import demo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +27,7 @@ def cli(log_level: str) -> None:
 
 cli.add_command(kafka)
 cli.add_command(run)
+cli.add_command(demo)
 
 
 def main() -> None:

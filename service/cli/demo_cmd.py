@@ -1,0 +1,162 @@
+"""`eos demo`: the running-sum pipeline end to end on one machine (what `make run` runs).
+
+Starts a local broker unless one is given, creates the demo topics, runs a worker of
+examples/running_sum.py as a separate process, feeds it orders while showing progress
+(produced, committed outputs, completed checkpoint), then prints some results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import click
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from tqdm import tqdm
+
+from service.local_kafka import BrokerSettings, LocalBroker
+from service.recovery import parse_metadata
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=30).topics
+    new = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+    for future in admin.create_topics(new).values() if new else []:
+        future.result(60)
+
+
+def _feed(bootstrap: str, topic: str, records: int, rate: float, users: int, bar: tqdm,
+          stop: threading.Event) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    rng = random.Random()
+    started = time.monotonic()
+    for i in range(records):
+        if stop.is_set():
+            break
+        order = {"id": i, "user": f"user-{rng.randrange(users)}", "amount": rng.randint(1, 100)}
+        producer.produce(topic, json.dumps(order).encode(), f"order-{i}".encode())
+        if i % 500 == 499:
+            producer.poll(0)
+            bar.update(500)
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush(30)
+    bar.update(records - bar.n)
+
+
+class _OutputWatcher:
+    """Counts committed outputs (read_committed) and reads the group's checkpoint id."""
+
+    def __init__(self, bootstrap: str, output: str, group: str, input_topic: str) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-watch-{uuid.uuid4().hex[:6]}",
+                                  "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False})
+        self.consumer.subscribe([output])
+        self.offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        self.input_topic = input_topic
+        self.count = 0
+        self.latest: dict[str, dict] = {}
+
+    def poll(self) -> None:
+        for msg in self.consumer.consume(5000, 0.2):
+            if msg.error() is None:
+                self.count += 1
+                value = json.loads(msg.value())
+                self.latest[value["user"]] = value
+
+    def checkpoint_id(self) -> int:
+        try:
+            parts = self.offsets.list_topics(self.input_topic, timeout=5).topics[self.input_topic].partitions
+            committed = self.offsets.committed([TopicPartition(self.input_topic, p) for p in parts], timeout=5)
+        except Exception:  # noqa: BLE001 - progress display only
+            return 0
+        refs = [parse_metadata(c.metadata) for c in committed]
+        return max([r.checkpoint_id for r in refs if r is not None], default=0)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.offsets.close()
+
+
+@click.command("demo")
+@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None,
+              help="Use this broker instead of starting a local one.")
+@click.option("--port", default=9092, show_default=True, help="Port of the local broker to start.")
+@click.option("--records", default=100_000, show_default=True)
+@click.option("--rate", default=5_000.0, show_default=True, help="Orders per second.")
+@click.option("--users", default=1_000, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".eos/demo"), show_default=True)
+@click.option("--keep-running/--stop-at-end", default=False, show_default=True,
+              help="Leave the worker running after the input is processed (Ctrl-C stops it).")
+def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, users: int,
+         workdir: Path, keep_running: bool) -> None:
+    """Run the running-sum demo pipeline and show its progress."""
+    if not bootstrap_servers:
+        click.echo(f"starting a local Kafka broker on port {port} (first start fetches it from Maven Central)...")
+        bootstrap_servers = LocalBroker(BrokerSettings(port=port)).start()
+    run_id = uuid.uuid4().hex[:6]
+    input_topic, output_topic, group = f"demo-orders-{run_id}", f"demo-totals-{run_id}", f"running-sum-demo-{run_id}"
+    _create_topics(bootstrap_servers, [input_topic, output_topic], partitions=4)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"worker-{run_id}.log"
+    cmd = [sys.executable, "-m", "service.cli", "run", str(REPO / "examples" / "running_sum.py"),
+           "--bootstrap-servers", bootstrap_servers, "--group", group,
+           "--state-dir", str(workdir / "state"),
+           "--checkpoint-storage", f"file://{(workdir / 'checkpoints').resolve()}",
+           "--checkpoint-interval", "1s", "--worker-id", "demo-1",
+           "-p", f"input={input_topic}", "-p", f"output={output_topic}"]
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    click.echo(f"\nbroker:        {bootstrap_servers}\n"
+               f"topics:        {input_topic} -> {output_topic}\n"
+               f"worker log:    {log_path}\n"
+               f"checkpoints:   {workdir / 'checkpoints'}\n")
+    watcher = _OutputWatcher(bootstrap_servers, output_topic, group, input_topic)
+    stop = threading.Event()
+    produced = tqdm(total=records, desc="orders produced ", unit="rec", position=0)
+    committed = tqdm(total=records, desc="outputs committed", unit="rec", position=1)
+    feeder = threading.Thread(target=_feed, args=(bootstrap_servers, input_topic, records, rate, users,
+                                                  produced, stop), daemon=True)
+    feeder.start()
+    try:
+        last_check = 0.0
+        while watcher.count < records:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited with {worker.returncode}; see {log_path}")
+            watcher.poll()
+            committed.update(watcher.count - committed.n)
+            if time.monotonic() - last_check > 1:
+                last_check = time.monotonic()
+                committed.set_postfix_str(f"checkpoint {watcher.checkpoint_id()}")
+        produced.close()
+        committed.close()
+        click.echo("\nlatest running totals (user: sum / count):")
+        for user in sorted(watcher.latest)[:10]:
+            v = watcher.latest[user]
+            click.echo(f"  {user:>10}: {v['sum']:>8} / {v['count']}")
+        if keep_running:
+            click.echo("\nthe worker keeps running (Ctrl-C stops it)")
+            worker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        watcher.close()
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(60)
+            click.echo(f"worker stopped with a final checkpoint (exit {code})")
