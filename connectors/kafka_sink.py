@@ -100,10 +100,10 @@ def _make_produce(producer: Producer) -> Produce:
     raw_produce = producer.produce
     poll = producer.poll
 
-    def blocking(topic: str, value: bytes | None, key: bytes | None = None, *args: Any) -> None:
+    def blocking(topic: str, value: bytes | None, key: bytes | None = None, *args: Any, **kwargs: Any) -> None:
         while True:
             try:
-                raw_produce(topic, value, key, *args)
+                raw_produce(topic, value, key, *args, **kwargs)
                 return
             except BufferError:
                 poll(0.05)

@@ -33,6 +33,7 @@ class Node:
     fn: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     children: list[Node] = field(default_factory=list)
+    on_error: str | None = None  # None: the job's default policy
 
     @property
     def stateful(self) -> bool:
@@ -40,6 +41,10 @@ class Node:
 
 
 STATEFUL_KINDS = {"aggregate", "reduce", "process"}
+# What happens to a record on which an operator (or the source's serde) fails:
+# stop the job (default), send the original record to the job's dead-letter topic in
+# the same transaction, or log it and go on (only when explicitly chosen).
+ERROR_POLICIES = ("fail", "dead-letter", "skip-and-log")
 # Kinds after which the record value is no longer the source's bytes.
 VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process"}
 
@@ -77,20 +82,26 @@ class Job:
         self._position = 0
 
     def source(self, topic: str, *, value: Serde = BYTES, key: Serde = BYTES,
-               uid: str | None = None) -> Stream:
+               uid: str | None = None, on_error: str | None = None) -> Stream:
         """Reads a Kafka topic. The stream is keyed by the record key (deserialised with
-        `key`); use `key_by` to key it by something else."""
-        node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value})
+        `key`); use `key_by` to key it by something else. `on_error` applies to records
+        the serdes cannot read."""
+        node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value},
+                          on_error=on_error)
         self.sources.append(node)
         return Stream(self, node)
 
-    def _node(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None) -> Node:
+    def _node(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None,
+              on_error: str | None = None) -> Node:
         self._position += 1
         uid = uid or f"{kind}-{self._position}"
         if uid in self._uids:
             raise ConfigurationError(f"operator uid {uid!r} is used twice in job {self.name!r}")
+        if on_error is not None and on_error not in ERROR_POLICIES:
+            raise ConfigurationError(
+                f"operator {uid!r}: on_error={on_error!r} is not one of {', '.join(ERROR_POLICIES)}")
         self._uids.add(uid)
-        return Node(kind, uid, fn, options or {})
+        return Node(kind, uid, fn, options or {}, on_error=on_error)
 
 
 class Stream:
@@ -101,29 +112,33 @@ class Stream:
         self._node = node
 
     def _then(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None,
-              cls: type[Stream] | None = None) -> Any:
-        node = self._job._node(kind, uid, fn, options)
+              cls: type[Stream] | None = None, on_error: str | None = None) -> Any:
+        node = self._job._node(kind, uid, fn, options, on_error)
         self._node.children.append(node)
         return (cls or type(self))(self._job, node)
 
-    def map(self, fn: Callable[[Any], Any], *, uid: str | None = None) -> Stream:
-        return self._then("map", uid, fn)
+    def map(self, fn: Callable[[Any], Any], *, uid: str | None = None,
+            on_error: str | None = None) -> Stream:
+        return self._then("map", uid, fn, on_error=on_error)
 
-    def filter(self, predicate: Callable[[Any], bool], *, uid: str | None = None) -> Stream:
-        return self._then("filter", uid, predicate)
+    def filter(self, predicate: Callable[[Any], bool], *, uid: str | None = None,
+               on_error: str | None = None) -> Stream:
+        return self._then("filter", uid, predicate, on_error=on_error)
 
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, uid: str | None = None) -> Stream:
-        return self._then("flat_map", uid, fn)
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, uid: str | None = None,
+                 on_error: str | None = None) -> Stream:
+        return self._then("flat_map", uid, fn, on_error=on_error)
 
     def key_by(self, key_fn: Callable[[Any], Any], *, uid: str | None = None,
-               value: Serde | None = None, partitions: int | None = None) -> KeyedStream:
+               value: Serde | None = None, partitions: int | None = None,
+               on_error: str | None = None) -> KeyedStream:
         """Re-keys the stream. Records travel through an internal repartition topic,
         inside the same transaction, so each key's state lives in exactly one task.
         `value` is the serde for that topic (default: the source's bytes when the value
         is unchanged, else pickle); `partitions` its partition count (default: the
         source topic's)."""
-        return self._then("key_by", uid, key_fn,
-                          {"value_serde": value, "partitions": partitions}, cls=KeyedStream)
+        return self._then("key_by", uid, key_fn, {"value_serde": value, "partitions": partitions},
+                          cls=KeyedStream, on_error=on_error)
 
     def key_by_record_key(self) -> KeyedStream:
         """Treats the record key as the state key, without repartitioning. Correct when
@@ -131,29 +146,32 @@ class Stream:
         return KeyedStream(self._job, self._node)
 
     def sink(self, topic: str, *, key: Serde = BYTES, value: Serde = BYTES,
-             uid: str | None = None) -> None:
+             uid: str | None = None, on_error: str | None = None) -> None:
         """Writes to a Kafka topic inside the worker's transaction."""
-        self._then("sink", uid, None, {"topic": topic, "key_serde": key, "value_serde": value})
+        self._then("sink", uid, None, {"topic": topic, "key_serde": key, "value_serde": value},
+                   on_error=on_error)
 
 
 class KeyedStream(Stream):
     """A stream whose records each belong to one key: stateful operators live here."""
 
     def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
-                  uid: str | None = None, codec: ValueCodec = JSON_CODEC) -> KeyedStream:
+                  uid: str | None = None, codec: ValueCodec = JSON_CODEC,
+                  on_error: str | None = None) -> KeyedStream:
         """Folds each record into its key's accumulator and emits the new accumulator.
         `initial` is a value (copied per key) or a zero-argument factory."""
-        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec})
+        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec}, on_error=on_error)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, uid: str | None = None,
-               codec: ValueCodec = JSON_CODEC) -> KeyedStream:
+               codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
         """Like aggregate, with the key's first record as the initial accumulator."""
-        return self._then("reduce", uid, fn, {"codec": codec})
+        return self._then("reduce", uid, fn, {"codec": codec}, on_error=on_error)
 
-    def process(self, factory: Callable[[], Any], *, uid: str | None = None) -> KeyedStream:
+    def process(self, factory: Callable[[], Any], *, uid: str | None = None,
+                on_error: str | None = None) -> KeyedStream:
         """Runs a `KeyedProcessFunction` (made by `factory`, once per task) that reads and
         writes named keyed state and yields any number of outputs per record."""
-        return self._then("process", uid, factory)
+        return self._then("process", uid, factory, on_error=on_error)
 
 
 class KeyedProcessFunction:

@@ -61,6 +61,7 @@ class WorkerConfig:
     static_membership: bool = True
     state_cache_bytes: int = 256 << 20
     consume_batch: int = 5000
+    error_policy: str = "fail"
     kafka_config: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -43,7 +43,9 @@ class RecordError(EosError):
         where = f"topic {topic!r} partition {partition} offset {offset}"
         if operator:
             where += f" (operator {operator!r})"
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        detail = ""
+        if cause is not None and str(cause) not in reason:
+            detail = f": {type(cause).__name__}: {cause}"
         super().__init__(f"cannot process record at {where}: {reason}{detail}")
 
 

@@ -59,6 +59,12 @@ class Plan:
                 return stage
         raise KeyError(topic)
 
+    def error_overrides(self) -> dict[str, str]:
+        """Operators (sources included) whose job code chose their own error policy."""
+        nodes = [s.root for s in self.stages if not s.repartition]
+        nodes += [n for s in self.stages for n in _walk_stage(s.root)]
+        return {n.uid: n.on_error for n in nodes if n.on_error is not None}
+
     @property
     def operator_uids(self) -> list[str]:
         return [n.uid for s in self.stages for n in _walk_stage(s.root)]

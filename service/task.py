@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.serdes import BYTES, SerdeError
+from service.error_policy import ErrorHandler
 from service.errors import RecordError
 from service.operators import ChainContext, OperatorFailure, build_chain
 from service.planner import Stage
@@ -32,12 +33,14 @@ def task_id(topic: str, partition: int) -> str:
 
 
 class Task:
-    def __init__(self, stage: Stage, partition: int, state: TaskState | None) -> None:
+    def __init__(self, stage: Stage, partition: int, state: TaskState | None,
+                 errors: ErrorHandler) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
         self.id = task_id(stage.topic, partition)
         self.state = state
+        self.errors = errors
         self.next_offset: int | None = None
         self.records_since_checkpoint = 0
         self.completed = CompletedCheckpoint(0, None, None)
@@ -65,7 +68,9 @@ class Task:
         self._push = build_chain(self.stage.root, self._ctx)
 
     def process(self, msgs: list) -> None:
-        """Runs records of this task's partition through the chain, in order."""
+        """Runs records of this task's partition through the chain, in order. A record
+        that fails goes to the error handler; unless its policy is `fail`, processing
+        continues with the next record."""
         push, ctx = self._push, self._ctx
         forwards_raw = self.stage.forwards_raw
         fast_key = careful_key = fast_value = careful_value = None
@@ -73,38 +78,45 @@ class Task:
             fast_key, careful_key = self._key_serde.fast_deserialize, self._key_serde.deserialize
         if self._value_serde is not None:
             fast_value, careful_value = self._value_serde.fast_deserialize, self._value_serde.deserialize
+        records = iter(msgs)
         msg = None
-        part = "key"
-        try:
-            for msg in msgs:
-                key = msg.key()
-                if fast_key is not None:
-                    part = "key"
-                    try:
-                        key = fast_key(key)
-                    except Exception:
-                        key = careful_key(key)
-                value = msg.value()
-                if forwards_raw:
-                    ctx.raw = value
-                if fast_value is not None:
-                    part = "value"
-                    try:
-                        value = fast_value(value)
-                    except Exception:
-                        value = careful_value(value)
-                push(key, value)
-        except OperatorFailure as exc:
-            raise RecordError(str(exc.cause) or type(exc.cause).__name__, topic=msg.topic(),
-                              partition=msg.partition(), offset=msg.offset(), operator=exc.uid,
-                              cause=exc.cause) from exc.cause
-        except SerdeError as exc:
-            serde = self._key_serde if part == "key" else self._value_serde
-            raise RecordError(f"cannot deserialise the record {part} with the {serde.name} serde: {exc}",
-                              topic=msg.topic(), partition=msg.partition(),
-                              offset=msg.offset()) from exc
+        while True:
+            try:
+                for msg in records:
+                    key = msg.key()
+                    if fast_key is not None:
+                        try:
+                            key = fast_key(key)
+                        except Exception:
+                            key = careful_key(key)
+                    value = msg.value()
+                    if forwards_raw:
+                        ctx.raw = value
+                    if fast_value is not None:
+                        try:
+                            value = fast_value(value)
+                        except Exception:
+                            value = careful_value(value)
+                    push(key, value)
+                break
+            except (OperatorFailure, SerdeError) as exc:
+                self.errors.handle(self._record_error(msg, exc), msg, ctx.produce)
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
+
+    def _record_error(self, msg: Any, exc: Exception) -> RecordError:
+        where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+        if isinstance(exc, OperatorFailure):
+            return RecordError(f"{type(exc.cause).__name__}: {exc.cause}", operator=exc.uid,
+                               cause=exc.cause, **where)
+        part, serde = "value", self._value_serde
+        if self._key_serde is not None:
+            try:
+                self._key_serde.deserialize(msg.key())
+            except SerdeError:
+                part, serde = "key", self._key_serde
+        return RecordError(f"cannot deserialise the record {part} with the {serde.name} serde: {exc}",
+                           operator=self.stage.root.uid, cause=exc, **where)
 
     @property
     def changed(self) -> bool:

@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 from connectors.kafka_source import KafkaSource
 from connectors.kafka_sink import OutputCommitter
 from service.config import WorkerConfig
+from service.error_policy import ErrorHandler
 from service.metrics import WorkerMetrics
 from service.planner import Plan
 from service.recovery import restore_task
@@ -37,7 +38,7 @@ COMMITTED_TIMEOUT_S = 30.0
 class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource,
                  committer: OutputCommitter, storage: CheckpointStorage, token: str,
-                 metrics: WorkerMetrics) -> None:
+                 metrics: WorkerMetrics, errors: ErrorHandler) -> None:
         self.plan = plan
         self.config = config
         self.source = source
@@ -45,6 +46,7 @@ class TaskManager:
         self.storage = storage
         self.token = token
         self.metrics = metrics
+        self.errors = errors
         self.digests = DigestCache()
         self.tasks: dict[tuple[str, int], Task] = {}
         self.retention: dict[tuple[str, int], RetainedSnapshots] = {}
@@ -91,7 +93,7 @@ class TaskManager:
                 self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
                 state.restorer.load_manifest,
                 shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
-        task = Task(stage, partition, state)
+        task = Task(stage, partition, state, self.errors)
         self.tasks[(topic, partition)] = task
         return task
 

@@ -31,11 +31,14 @@ def _partition_counts(admin: AdminClient, topics: list[str]) -> dict[str, int]:
     return counts
 
 
-def ensure_topics(plan: Plan, admin_config: dict[str, object]) -> dict[str, int]:
-    """Returns the partition count of every topic the job reads or writes."""
+def ensure_topics(plan: Plan, admin_config: dict[str, object],
+                  dead_letter_topic: str | None = None) -> dict[str, int]:
+    """Returns the partition count of every topic the job reads or writes. The
+    dead-letter topic, when the job uses one, is created like a repartition topic."""
     admin = AdminClient(admin_config)
     external = [s.topic for s in plan.stages if not s.repartition] + plan.sink_topics
-    counts = _partition_counts(admin, external + [s.topic for s in plan.repartition_stages])
+    owned = [s.topic for s in plan.repartition_stages] + ([dead_letter_topic] if dead_letter_topic else [])
+    counts = _partition_counts(admin, external + owned)
     missing = [t for t in external if t not in counts]
     if missing:
         raise ConfigurationError(
@@ -53,13 +56,17 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object]) -> dict[str, int]
                 f"repartition topic {stage.topic!r} has {have} partitions but key_by {stage.id!r} asks "
                 f"for {stage.partitions}; keys would move away from their state. Restore from a "
                 "savepoint into a new group to change it.")
+    if dead_letter_topic and dead_letter_topic not in counts:
+        wanted = counts[plan.stages[0].topic]
+        to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
+        counts[dead_letter_topic] = wanted
     if to_create:
         futures = admin.create_topics(to_create, operation_timeout=TIMEOUT_S)
         for name, future in futures.items():
             try:
                 future.result(timeout=TIMEOUT_S)
-                log.info("created repartition topic %s (%d partitions)", name, counts[name])
+                log.info("created topic %s (%d partitions)", name, counts[name])
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise ConfigurationError(f"cannot create repartition topic {name!r}: {exc}") from exc
+                    raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
     return counts

@@ -20,6 +20,7 @@ from connectors.kafka_source import KafkaSource, consumer_config
 from service.api import Job
 from service.checkpoint import CheckpointCoordinator
 from service.config import EXACTLY_ONCE, WorkerConfig
+from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
 from service.metrics import WorkerMetrics
@@ -86,7 +87,10 @@ class Worker:
     def _start(self) -> None:
         c = self.config
         kafka = dict(c.kafka_config)
-        ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka})
+        errors = ErrorHandler(c.error_policy, self.plan.error_overrides(), dead_letter_topic(self.group),
+                              on_dead_letter=self.metrics.labels(self.metrics.dlq_records).inc)
+        ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+                      errors.dlq_topic if errors.uses_dead_letter else None)
         storage = open_storage(c.checkpoint_storage)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         if c.processing_guarantee == EXACTLY_ONCE:
@@ -100,7 +104,8 @@ class Worker:
             c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
             max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
             static_membership=c.static_membership, extra=kafka))
-        self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token, self.metrics)
+        self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
+                                   self.metrics, errors)
         self.coordinator = CheckpointCoordinator(
             self.manager, self.committer, self.source.consumer, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,

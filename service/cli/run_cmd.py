@@ -38,11 +38,14 @@ from service.worker import Worker
               help="librdkafka setting KEY=VALUE passed to every client (repeatable).")
 @click.option("--session-timeout", default="10s", show_default=True)
 @click.option("--state-cache", default=256, show_default=True, help="Write-back cache budget in MiB.")
+@click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
+              show_default=True, help="What to do with a record that cannot be processed, for operators "
+              "whose job code does not choose (dead-letter: to the topic {group}-dlq, exactly-once).")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
         tolerable_failures: int, checkpoints_retained: int, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], session_timeout: str,
-        state_cache: int) -> None:
+        state_cache: int, error_policy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
     timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
@@ -55,7 +58,7 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         transaction_timeout_s=max(120.0, 2 * timeout_s),
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
-        state_cache_bytes=state_cache << 20,
+        state_cache_bytes=state_cache << 20, error_policy=error_policy,
         kafka_config=parse_key_values(kafka_config, "--kafka-config"))
     job = load_job(job_file, parsed_params)
     sys.exit(Worker(config, job).run())

@@ -45,10 +45,10 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
 
 
 def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
-             timeout: float = 60.0, with_meta: bool = False) -> list:
+             timeout: float = 60.0, with_meta: bool = False, with_headers: bool = False) -> list:
     """Reads every record of `topic` from the beginning up to its current end (the last
     stable offset for read_committed). Returns (key, value) or, with `with_meta`,
-    (partition, offset, key, value) tuples."""
+    (partition, offset, key, value) or, with `with_headers`, (key, value, headers) tuples."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": unique_name("reader"),
@@ -76,6 +76,8 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
                     raise RuntimeError(f"reading {topic}: {err}")
                 if with_meta:
                     out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
+                elif with_headers:
+                    out.append((msg.key(), msg.value(), msg.headers() or []))
                 else:
                     out.append((msg.key(), msg.value()))
         return out

@@ -1,0 +1,78 @@
+"""Poison records under the dead-letter policy: good records stay exactly-once, and the
+dead-letter topic holds each poison record exactly once, across SIGKILLs."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import pytest
+
+from tests.harness.kafka import produce, read_all, unique_name
+from tests.harness.scenario import RunningSum
+from tests.harness.workload import encode
+
+pytestmark = pytest.mark.kafka
+
+
+def _poison(i: int) -> tuple[bytes | None, bytes | None]:
+    kind = i % 4
+    if kind == 0:
+        return b"p%d" % i, b"not json %d" % i                                # not JSON
+    if kind == 1:
+        return b"p%d" % i, json.dumps({"id": -i, "amount": 1, "tag": i}).encode()  # no user
+    if kind == 2:
+        return b"p%d" % i, json.dumps({"id": -i, "user": "user-1", "amount": "x", "tag": i}).encode()
+    return b"p%d" % i, json.dumps([i, "a list, not an order"]).encode()     # wrong shape
+
+
+def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, spec_overrides={
+        "extra_args": ["--error-policy", "dead-letter"]})
+    poison = [_poison(i) for i in range(1, 61)]
+    orders = list(scenario.orders.values())
+
+    def feed() -> None:
+        for chunk in range(12):
+            good = [encode(o) for o in orders[chunk * 500:(chunk + 1) * 500]]
+            bad = poison[chunk * 5:(chunk + 1) * 5]
+            produce(bootstrap, scenario.input, good[:250] + bad + good[250:])
+            time.sleep(0.4)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    rng = random.Random(5)
+    for _ in range(4):
+        worker = scenario.start_worker()
+        time.sleep(rng.uniform(1.0, 2.5))
+        worker.kill()
+    feeder.join()
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    time.sleep(1.5)
+    assert worker.terminate() == 0, worker.log_tail()
+
+    report = scenario.check()
+    assert report.ok, report.summary()
+    dead = read_all(bootstrap, f"{scenario.group}-dlq", with_headers=True)
+    values = [value for _, value, _ in dead]
+    assert sorted(values) == sorted(v for _, v in poison), "dead-letter topic differs from the poison set"
+    for key, value, headers in dead:
+        h = dict(headers)
+        assert h["eos.source.topic"] in (scenario.input.encode(), f"{scenario.group}-by-user-repartition".encode())
+        assert int(h["eos.source.offset"]) >= 0 and h["eos.error.class"] and h["eos.error.message"]
+        assert h["eos.operator"] in (b"orders", b"by-user", b"totals"), h
+
+
+def test_skip_and_log_must_be_chosen_and_logs_each_skip(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=200, spec_overrides={
+        "extra_args": ["--error-policy", "skip-and-log"]})
+    scenario.feed_all_now()
+    produce(bootstrap, scenario.input, [(b"bad", b"{broken")])
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    assert worker.terminate() == 0
+    assert "skipping record" in worker.log_tail(200) and "not valid JSON" in worker.log_tail(200)
+    assert scenario.check().ok
