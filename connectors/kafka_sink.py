@@ -128,13 +128,31 @@ class TransactionalProducer:
         self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
         self._producer: Producer | None = None
         self._produce: Produce | None = None
+        self.healthy = False
 
     def start(self) -> None:
         """Creates the producer, fences any older instance of this slot (aborting its
-        dangling transaction) and opens the first transaction."""
+        dangling transaction) and opens the first transaction. While the cluster cannot
+        be reached it waits, with backoff, rather than give up."""
         self._producer = Producer(self._config)
         self._produce = _make_produce(self._producer)
-        self._call("init_transactions", lambda: self._producer.init_transactions(self.call_timeout_s))
+        delay = 0.5
+        while True:
+            try:
+                self._producer.init_transactions(self.call_timeout_s)
+                break
+            except KafkaException as exc:
+                err = _error_of(exc)
+                if err.code() in _FENCING_CODES:
+                    raise ProducerFencedError(self._fenced_message(err)) from None
+                if err.fatal() and not err.retriable():
+                    raise TransactionAbortedError(f"cannot initialise transactions: {err.str()}") from None
+                self.healthy = False
+                log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
+                            "retrying in %.1fs", self.transactional_id, err.str(), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.healthy = True
         self._producer.begin_transaction()
 
     def produce_fn(self) -> Produce:
@@ -165,18 +183,13 @@ class TransactionalProducer:
         producer.begin_transaction()
 
     def abort(self) -> None:
-        """Aborts the open transaction; replaces the producer if even that fails."""
-        if self._producer is None:
-            return
-        try:
-            self._producer.abort_transaction(self.call_timeout_s)
-            self._producer.begin_transaction()
-        except KafkaException as exc:
-            err = _error_of(exc)
-            if err.code() in _FENCING_CODES:
-                raise ProducerFencedError(self._fenced_message(err)) from None
-            log.warning("abort_transaction failed (%s); recreating the producer", err)
-            self._recreate()
+        """Aborts the open transaction by replacing the producer: `init_transactions`
+        makes the coordinator abort whatever this transactional id left open. A plain
+        `abort_transaction` can return success locally after a broker outage while the
+        coordinator still holds the transaction open, which then blocks every later
+        call of this producer until the transaction times out."""
+        self._discard()
+        self.start()
 
     def close(self) -> None:
         if self._producer is not None:
@@ -186,13 +199,13 @@ class TransactionalProducer:
                 log.debug("closing the producer: %s", exc)
             self._producer = None
 
-    def _recreate(self) -> None:
-        try:
-            self._producer.purge() if self._producer is not None else None
-        except Exception:  # noqa: BLE001 - the old producer is being discarded anyway
-            pass
+    def _discard(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.purge()
+            except Exception:  # noqa: BLE001 - the old producer is being discarded anyway
+                pass
         self._producer = None
-        self.start()
 
     def _fenced_message(self, err: KafkaError) -> str:
         return (f"transactional id {self.transactional_id!r} was taken over by a newer instance "
@@ -211,12 +224,8 @@ class TransactionalProducer:
                     log.warning("%s: retriable error %s (attempt %d)", what, err, attempt)
                     time.sleep(min(0.2 * attempt, 1.0))
                     continue
-                if err.txn_requires_abort():
-                    log.warning("%s failed, aborting the transaction: %s", what, err)
-                    self.abort()
-                    raise TransactionAbortedError(f"{what} failed: {err.str()}") from None
-                log.warning("%s failed (%s); recreating the producer", what, err)
-                self._recreate()
+                log.warning("%s failed (%s); aborting the transaction", what, err)
+                self.abort()
                 raise TransactionAbortedError(f"{what} failed: {err.str()}") from None
 
 

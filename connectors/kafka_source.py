@@ -9,6 +9,7 @@ listener that only delegates; the logic lives with the tasks.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -123,8 +124,20 @@ class KafkaSource:
         log.warning("consumer: %s", err)
         return True
 
-    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        return self.consumer.committed(partitions, timeout=timeout)
+    def committed_with_retry(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        """Committed offsets (with metadata); waits out an unreachable cluster with
+        backoff, since nothing can be restored without them."""
+        delay = 0.5
+        while True:
+            try:
+                return self.consumer.committed(partitions, timeout=timeout)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.fatal():
+                    raise
+                log.warning("waiting for committed offsets (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def seek(self, partition: TopicPartition) -> None:
         """Repositions an assigned partition; one whose fetcher has not started yet

@@ -101,8 +101,8 @@ class TaskManager:
         """Restores `tasks` from their committed offsets; returns where to consume from."""
         if not tasks:
             return []
-        committed = self.source.committed([TopicPartition(t.topic, t.partition) for t in tasks],
-                                          timeout=COMMITTED_TIMEOUT_S)
+        committed = self.source.committed_with_retry(
+            [TopicPartition(t.topic, t.partition) for t in tasks], timeout=COMMITTED_TIMEOUT_S)
         by_tp = {(c.topic, c.partition): c for c in committed}
         produce = self.committer.produce_fn()
         positions = []

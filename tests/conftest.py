@@ -10,6 +10,14 @@ from tests.harness.broker import session_broker
 from tests.harness.kafka import create_topics, unique_name
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test():
+    from tests.harness.worker_process import WorkerProcess
+
+    yield
+    WorkerProcess.kill_leftovers()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[tuple]:
     with session_broker() as handle:
@@ -43,3 +51,25 @@ def s3_server() -> Iterator[S3Server]:
     with running_s3_server() as server:
         yield server
 
+
+
+@pytest.fixture
+def private_broker(tmp_path_factory):
+    """A broker of this test's own, for tests that stop and restart it."""
+    import os
+    import socket
+
+    from service.local_kafka import BrokerSettings, LocalBroker
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("stopping the broker needs the locally managed one")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = LocalBroker(BrokerSettings(port=port, controller_port=port + 1 if port < 65000 else port - 1,
+                                        data_dir=tmp_path_factory.mktemp("private-kafka")))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

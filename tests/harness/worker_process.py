@@ -39,6 +39,9 @@ class WorkerSpec:
 
 
 class WorkerProcess:
+    # Every process started by the current test, so a failing test leaves none behind.
+    started: list[WorkerProcess] = []
+
     def __init__(self, spec: WorkerSpec, log_path: Path, fault: str | None = None) -> None:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
         env.pop("EOS_FAULT", None)
@@ -48,6 +51,15 @@ class WorkerProcess:
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(spec.argv(), cwd=REPO, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        WorkerProcess.started.append(self)
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for process in cls.started:
+            if process.alive():
+                os.kill(process.pid, signal.SIGCONT)  # a frozen one must wake to die cleanly
+                process.kill()
+        cls.started.clear()
 
     @property
     def pid(self) -> int:
