@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -32,6 +33,46 @@ def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str,
             raise ConfigurationError(f"{what}: {pair!r} is not NAME=VALUE")
         result[name.strip()] = value
     return result
+
+
+SECRET_PREFIXES = ("@env:", "@file:")
+
+
+def resolve_value(name: str, value: str) -> str:
+    """`@env:VAR` and `@file:PATH` keep secrets (SASL passwords, TLS key passwords) off
+    the command line, where `ps` shows them to every user of the machine."""
+    if value.startswith("@env:"):
+        var = value[len("@env:"):]
+        if var not in os.environ:
+            raise ConfigurationError(f"--kafka-config {name}: environment variable {var} is not set")
+        return os.environ[var]
+    if value.startswith("@file:"):
+        path = Path(value[len("@file:"):])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--kafka-config {name}: cannot read {path}: {exc.strerror}") from None
+    return value
+
+
+def load_kafka_config(pairs: tuple[str, ...] | list[str], files: tuple[Path, ...] | list[Path] = ()) -> dict[str, str]:
+    """librdkafka settings from `KEY=VALUE` files (lines; '#' comments) and flags; flags
+    win. Values may be `@env:VAR` or `@file:PATH`."""
+    lines: list[str] = []
+    for path in files:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigurationError(f"--kafka-config-file {path}: {exc.strerror}") from None
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    merged = parse_key_values(lines, "--kafka-config-file") | parse_key_values(pairs, "--kafka-config")
+    return {name: resolve_value(name, value) for name, value in merged.items()}
+
+
+def redacted(config: dict[str, object]) -> dict[str, object]:
+    """A copy safe to log: anything that looks like a secret is masked."""
+    return {k: ("*****" if any(w in k for w in ("password", "secret", "token", "key")) else v)
+            for k, v in config.items()}
 
 
 def default_worker_id() -> str:

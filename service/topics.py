@@ -21,8 +21,24 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 30.0
 
 
-def _partition_counts(admin: AdminClient, topics: list[str]) -> dict[str, int]:
-    metadata = admin.list_topics(timeout=TIMEOUT_S)
+def _admin(config: dict[str, object]) -> tuple[AdminClient, list[str]]:
+    """An admin client that remembers what librdkafka reported (e.g. a failed SASL
+    handshake), so a failure can say why, not just that the transport failed."""
+    reported: list[str] = []
+    admin = AdminClient({**config, "error_cb": lambda err: reported.append(err.str())})
+    return admin, reported
+
+
+def _partition_counts(admin: AdminClient, topics: list[str], reported: list[str],
+                      bootstrap: object) -> dict[str, int]:
+    try:
+        metadata = admin.list_topics(timeout=TIMEOUT_S)
+    except KafkaException as exc:
+        admin.poll(0)  # serves error_cb with what went wrong underneath
+        cause = reported[-1] if reported else exc.args[0].str()
+        raise ConfigurationError(
+            f"cannot read the cluster's metadata from {bootstrap}: {cause}. Check the bootstrap "
+            "address and the security settings (--kafka-config / --kafka-config-file)") from None
     counts = {}
     for name in topics:
         info = metadata.topics.get(name)
@@ -35,10 +51,10 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
                   dead_letter_topic: str | None = None) -> dict[str, int]:
     """Returns the partition count of every topic the job reads or writes. The
     dead-letter topic, when the job uses one, is created like a repartition topic."""
-    admin = AdminClient(admin_config)
+    admin, reported = _admin(admin_config)
     external = [s.topic for s in plan.stages if not s.repartition] + plan.sink_topics
     owned = [s.topic for s in plan.repartition_stages] + ([dead_letter_topic] if dead_letter_topic else [])
-    counts = _partition_counts(admin, external + owned)
+    counts = _partition_counts(admin, external + owned, reported, admin_config.get("bootstrap.servers"))
     missing = [t for t in external if t not in counts]
     if missing:
         raise ConfigurationError(

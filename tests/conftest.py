@@ -53,23 +53,39 @@ def s3_server() -> Iterator[S3Server]:
 
 
 
-@pytest.fixture
-def private_broker(tmp_path_factory):
-    """A broker of this test's own, for tests that stop and restart it."""
-    import os
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_broker_factory(tmp_path_factory):
+    """Starts brokers of this test's own (for tests that stop them, or need listeners the
+    shared one lacks); stops them at the end."""
+    import os
 
     from service.local_kafka import BrokerSettings, LocalBroker
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip("stopping the broker needs the locally managed one")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    broker = LocalBroker(BrokerSettings(port=port, controller_port=port + 1 if port < 65000 else port - 1,
-                                        data_dir=tmp_path_factory.mktemp("private-kafka")))
-    broker.start()
-    try:
-        yield broker
-    finally:
+        pytest.skip("needs a locally managed broker of its own")
+    started = []
+
+    def start(**settings) -> LocalBroker:
+        broker = LocalBroker(BrokerSettings(port=_free_port(), controller_port=_free_port(),
+                                            data_dir=tmp_path_factory.mktemp("private-kafka"), **settings))
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+def private_broker(private_broker_factory):
+    """A broker of this test's own, for tests that stop and restart it."""
+    return private_broker_factory()

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import click
 
-from service.config import AT_LEAST_ONCE, EXACTLY_ONCE, WorkerConfig, default_worker_id, parse_duration, \
-    parse_key_values
+from service.config import (
+    AT_LEAST_ONCE,
+    EXACTLY_ONCE,
+    WorkerConfig,
+    default_worker_id,
+    load_kafka_config,
+    parse_duration,
+    parse_key_values,
+)
 from service.job_loader import load_job
 from service.worker import Worker
 
@@ -35,7 +42,10 @@ from service.worker import Worker
 @click.option("--processing-guarantee", type=click.Choice([EXACTLY_ONCE, AT_LEAST_ONCE]),
               default=EXACTLY_ONCE, show_default=True)
 @click.option("--kafka-config", "kafka_config", multiple=True,
-              help="librdkafka setting KEY=VALUE passed to every client (repeatable).")
+              help="librdkafka setting KEY=VALUE passed to every client (repeatable); VALUE may be "
+              "@env:VAR or @file:PATH to keep secrets off the command line.")
+@click.option("--kafka-config-file", "kafka_config_files", multiple=True, type=click.Path(path_type=Path),
+              help="File of KEY=VALUE librdkafka settings (e.g. SASL/TLS); --kafka-config wins.")
 @click.option("--session-timeout", default="10s", show_default=True)
 @click.option("--state-cache", default=256, show_default=True, help="Write-back cache budget in MiB.")
 @click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
@@ -44,7 +54,8 @@ from service.worker import Worker
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
         tolerable_failures: int, checkpoints_retained: int, worker_id: str, params: tuple[str, ...],
-        processing_guarantee: str, kafka_config: tuple[str, ...], session_timeout: str,
+        processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
+        session_timeout: str,
         state_cache: int, error_policy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
@@ -59,6 +70,6 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         transaction_timeout_s=max(120.0, 2 * timeout_s),
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
         state_cache_bytes=state_cache << 20, error_policy=error_policy,
-        kafka_config=parse_key_values(kafka_config, "--kafka-config"))
+        kafka_config=load_kafka_config(kafka_config, kafka_config_files))
     job = load_job(job_file, parsed_params)
     sys.exit(Worker(config, job).run())

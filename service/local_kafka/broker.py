@@ -52,15 +52,17 @@ logger.request.level = WARN
 
 @dataclass
 class BrokerSettings:
-    """Where and how the local broker runs. `extra` overrides or adds server properties
-    (e.g. a SASL listener); `jaas_config` is written next to them when given."""
+    """Where and how the local broker runs. `sasl_port` adds a SASL_PLAINTEXT listener
+    (SCRAM-SHA-256) whose users, `scram_users` (name -> password), are created when the
+    storage is formatted. `extra` overrides or adds server properties."""
 
     port: int = 9092
     data_dir: Path | None = None
     controller_port: int | None = None
     heap: str = "1g"
+    sasl_port: int | None = None
+    scram_users: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
-    jaas_config: str | None = None
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else cache_root() / "kafka-data" / str(self.port)
@@ -97,6 +99,14 @@ def _server_properties(settings: BrokerSettings, log_dir: Path) -> dict[str, str
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": "5000",
         "log.retention.check.interval.ms": "60000",
     }
+    if settings.sasl_port:
+        sasl = f"SASL_PLAINTEXT://localhost:{settings.sasl_port}"
+        props["listeners"] += f",{sasl}"
+        props["advertised.listeners"] += f",{sasl}"
+        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256"
+        props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;")
     props.update(settings.extra)
     return props
 
@@ -170,7 +180,9 @@ class LocalBroker:
             if self._wait_ready(self.pid(), timeout=READY_TIMEOUT_S):
                 log.info("reusing local Kafka broker at %s (pid %s)", self.bootstrap, self.pid())
                 return self.bootstrap
-        for port in (self.settings.port, self.settings.resolved_controller_port()):
+        for port in (self.settings.port, self.settings.resolved_controller_port(), self.settings.sasl_port):
+            if not port:
+                continue
             if _port_open(port):
                 raise LocalKafkaError(
                     f"port {port} is already taken by another process; choose another with "
@@ -188,8 +200,6 @@ class LocalBroker:
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir}",
         ]
-        if self.settings.jaas_config:
-            cmd.append(f"-Djava.security.auth.login.config={self.data_dir / 'jaas.conf'}")
         cmd += ["-cp", dist.classpath, "kafka.Kafka", str(config)]
         with open(self.stdout_file, "ab") as out:
             proc = subprocess.Popen(
@@ -241,10 +251,6 @@ class LocalBroker:
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(log_file=self.log_file))
-        if self.settings.jaas_config:
-            jaas = self.data_dir / "jaas.conf"
-            jaas.write_text(self.settings.jaas_config)
-            jaas.chmod(0o600)
         return config
 
     def _format_storage(self, java: str, dist: KafkaDistribution, config: Path) -> None:
@@ -255,6 +261,8 @@ class LocalBroker:
         cmd = [java, "-cp", dist.classpath,
                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
+        for user, password in self.settings.scram_users.items():
+            cmd += ["--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise LocalKafkaError(
