@@ -49,6 +49,10 @@ class RecordError(EosError):
         super().__init__(f"cannot process record at {where}: {reason}{detail}")
 
 
+class StateStoreError(EosError):
+    """The local state store failed (disk full, read-only or vanished state directory)."""
+
+
 class CheckpointError(EosError):
     """A checkpoint could not be taken, persisted or committed. The transaction that
     would have committed it is aborted; the worker rewinds to the last completed one."""

@@ -51,10 +51,10 @@ class Restored:
 
 
 def restore_task(task: Task, committed: TopicPartition,
-                 known: dict[str, Manifest] | None = None) -> Restored:
-    """Opens the task's state at the checkpoint its committed offset names. Manifests
-    in `known` (this process wrote or read them) are used without reading storage, so a
-    rewind works while checkpoint storage is unreachable."""
+                 known: list[Manifest] | None = None) -> Restored:
+    """Opens the task's state at the checkpoint its committed offset names. The task's
+    manifests in `known` (this process wrote or read them) are used without reading
+    storage, so a rewind works while checkpoint storage is unreachable."""
     began = time.monotonic()
     where = f"topic {task.topic!r} partition {task.partition}"
     if committed.offset < 0:
@@ -74,7 +74,7 @@ def restore_task(task: Task, committed: TopicPartition,
     stats = None
     if task.state is not None:
         if reference.snapshot is not None:
-            manifest = (known or {}).get(reference.snapshot) \
+            manifest = next((m for m in known or () if m.snapshot == reference.snapshot), None) \
                 or task.state.restorer.load_manifest(reference.snapshot)
             _check_manifest(manifest, task, committed.offset, reference)
         stats = task.state.open(manifest)

@@ -97,7 +97,8 @@ class TaskManager:
         self.tasks[(topic, partition)] = task
         return task
 
-    def _restore(self, tasks: list[Task], known: dict[str, Manifest] | None = None) -> list[TopicPartition]:
+    def _restore(self, tasks: list[Task],
+                 known: dict[str, list[Manifest]] | None = None) -> list[TopicPartition]:
         """Restores `tasks` from their committed offsets; returns where to consume from."""
         if not tasks:
             return []
@@ -107,7 +108,7 @@ class TaskManager:
         produce = self.committer.produce_fn()
         positions = []
         for task in tasks:
-            restored = restore_task(task, by_tp[(task.topic, task.partition)], known)
+            restored = restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id))
             task.start(restored.completed, produce)
             retention = self.retention.get((task.topic, task.partition))
             if retention is not None:
@@ -121,13 +122,11 @@ class TaskManager:
         """Back to the last committed checkpoint: the open transaction was aborted, so
         every task's state and position since then is void."""
         tasks = list(self.tasks.values())
-        known = {}
+        known: dict[str, list[Manifest]] = {}
         for task in tasks:
             if task.state is not None:
                 task.state.discard_working_db()
-            for manifest in (task.completed.manifest, task.attempted_manifest):
-                if manifest is not None:
-                    known[manifest.snapshot] = manifest
+            known[task.id] = [m for m in (task.completed.manifest, task.attempted_manifest) if m is not None]
         for position in self._restore(tasks, known):
             self.source.seek(position)
         log.info("rewound %d tasks to their last committed checkpoint", len(tasks))

@@ -8,15 +8,40 @@ state of an uncommitted epoch that must not survive.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import rocksdict
+
+from service.errors import StateStoreError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CF = "default"
+
+T = TypeVar("T")
+
+
+def _io(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """rocksdict raises bare Exceptions for I/O failures (disk full, read-only file
+    system); this turns them into StateStoreError naming the database directory."""
+
+    def wrap(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def call(self: "TaskStore", *args: object, **kwargs: object) -> T:
+            try:
+                return method(self, *args, **kwargs)
+            except StateStoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see above
+                raise StateStoreError(f"state store {self.path}: cannot {what}: {exc}") from exc
+
+        return call
+
+    return wrap
 
 
 def _options() -> rocksdict.Options:
@@ -34,6 +59,7 @@ def _options() -> rocksdict.Options:
 class TaskStore:
     """The RocksDB database of one task. Only the state layer (tables) writes to it."""
 
+    @_io("open the database")
     def __init__(self, path: Path, column_families: Iterable[str]) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -50,6 +76,7 @@ class TaskStore:
         self._views = {name: self._db.get_column_family(name) for name in families}
         self.column_families = sorted(families)
 
+    @_io("create a column family")
     def ensure_column_family(self, cf: str) -> None:
         if cf not in self._handles:
             self._db.create_column_family(cf, _options())
@@ -60,6 +87,7 @@ class TaskStore:
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self._views[cf].get(key)
 
+    @_io("write")
     def write(self, cf_writes: Iterable[tuple[str, bytes, bytes | None]]) -> int:
         """Writes (column family, key, value-or-None-to-delete) triples as one atomic batch."""
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -89,13 +117,18 @@ class TaskStore:
     def estimate_keys(self, cf: str) -> int:
         return int(self._views[cf].property_int_value("rocksdb.estimate-num-keys") or 0)
 
+    @_io("take a checkpoint")
     def checkpoint(self, target: Path) -> None:
         """A consistent, hard-linked copy of the database (memtables flushed first)."""
         rocksdict.Checkpoint(self._db).create_checkpoint(str(target))
 
     def close(self) -> None:
+        """Best effort: the working database is thrown away after a failure anyway."""
         if self._db is not None:
             self._views.clear()
             self._handles.clear()
-            self._db.close()
-            self._db = None  # type: ignore[assignment]
+            db, self._db = self._db, None
+            try:
+                db.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. a final flush on a full disk
+                log.warning("closing %s: %s", self.path, exc)

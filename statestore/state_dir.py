@@ -18,6 +18,8 @@ import os
 import shutil
 from pathlib import Path
 
+from service.errors import StateStoreError
+
 log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
@@ -29,7 +31,10 @@ class TaskDirectory:
     def __init__(self, root: Path, job: str, task: str, token: str) -> None:
         self.path = Path(root) / job / task
         self.token = token
-        self.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        except OSError as exc:
+            raise StateStoreError(f"cannot create state directory {self.path}: {exc.strerror}") from exc
         self._lock_fd: int | None = None
 
     @property
@@ -38,6 +43,12 @@ class TaskDirectory:
 
     def acquire(self) -> Path:
         """Locks and returns a fresh, empty working directory; clears dead incarnations'."""
+        try:
+            return self._acquire()
+        except OSError as exc:
+            raise StateStoreError(f"state directory {self.path} is not usable: {exc.strerror}") from exc
+
+    def _acquire(self) -> Path:
         lock_path = self.path / f"db-{self.token}.lock"
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,7 +62,10 @@ class TaskDirectory:
     def reset_working_dir(self) -> Path:
         """Empties the working directory for a rebuild (rewind after an abort)."""
         shutil.rmtree(self.working_dir, ignore_errors=True)
-        self.working_dir.mkdir(mode=DIR_MODE)
+        try:
+            self.working_dir.mkdir(mode=DIR_MODE)
+        except OSError as exc:
+            raise StateStoreError(f"state directory {self.path} is not usable: {exc.strerror}") from exc
         return self.working_dir
 
     def snapshot_dir(self, snapshot: str) -> Path:
