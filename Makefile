@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PYTEST = $(BIN)/pytest $(PYTEST_ARGS)
 ALLOW_EMPTY = || [ $$? -eq 5 ]
 
-.PHONY: install test chaos run bench kafka-start kafka-stop clean
+.PHONY: install test chaos soak run bench kafka-start kafka-stop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ chaos: install
 
 # The demo: a local broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the running-sum job,
 # a generator feeding it, progress and results. DEMO_ARGS=--keep-running leaves it up.
+# Ten minutes of input under SIGKILLs, zombies and a broker restart (own broker).
+soak: install
+	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-10}
+
 run: install
 	$(BIN)/eos --log-level WARNING demo --port $(KAFKA_PORT) $(DEMO_ARGS)
 

@@ -1,0 +1,154 @@
+"""`make soak`: minutes of continuous input while workers are SIGKILLed, stopped,
+frozen and replaced, and the broker itself is restarted; then the oracle.
+
+Runs against a broker of its own (it restarts it). Prints records in, out, lost,
+duplicated and the faults survived, and writes them to docs/soak/result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from service.local_kafka import BrokerSettings, LocalBroker
+from tests.harness.scenario import RunningSum
+from tests.harness.worker_process import WorkerProcess, wait_for
+from tests.harness.workload import make_orders, produce_orders
+
+REPO = Path(__file__).resolve().parents[1]
+SLOTS = ("w1", "w2")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Soak:
+    def __init__(self, minutes: float, rate: int, seed: int, workdir: Path) -> None:
+        self.deadline = time.monotonic() + minutes * 60
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.broker = LocalBroker(BrokerSettings(port=_free_port(), controller_port=_free_port(),
+                                                 data_dir=workdir / "kafka"))
+        self.broker.start()
+        self.scenario = RunningSum(self.broker.bootstrap, workdir / "run", records=0, users=500)
+        self.workers: dict[str, WorkerProcess] = {}
+        self.faults: dict[str, int] = {"sigkill": 0, "sigterm": 0, "zombie": 0, "broker_restart": 0}
+        self.produced = 0
+        self._stop_feeding = threading.Event()
+
+    def feed(self) -> None:
+        """Orders at a steady rate until told to stop; survives the broker's restarts."""
+        next_id = 0
+        while not self._stop_feeding.is_set():
+            batch = make_orders(self.rate // 4, users=500, seed=next_id, start_id=next_id)
+            try:
+                produce_orders(self.broker.bootstrap, self.scenario.input, batch)
+            except Exception as exc:  # noqa: BLE001 - the broker may be down; try again
+                print(f"  feeder: {exc}; retrying", flush=True)
+                time.sleep(1)
+                continue
+            self.scenario.orders.update(batch)
+            next_id += len(batch)
+            self.produced = next_id
+            time.sleep(0.25)
+
+    def start(self, slot: str) -> None:
+        self.workers[slot] = self.scenario.start_worker(worker_id=slot)
+
+    def event(self) -> None:
+        kind = self.rng.choices(["sigkill", "sigterm", "zombie", "broker_restart"], weights=[5, 2, 2, 1])[0]
+        slot = self.rng.choice(SLOTS)
+        worker = self.workers[slot]
+        print(f"[{time.strftime('%H:%M:%S')}] {kind} {slot if kind != 'broker_restart' else ''}", flush=True)
+        if kind == "sigkill":
+            worker.kill()
+            time.sleep(self.rng.uniform(0, 2))
+            self.start(slot)
+        elif kind == "sigterm":
+            worker.terminate(120)
+            self.start(slot)
+        elif kind == "zombie":
+            worker.signal(signal.SIGSTOP)
+            self.start(slot)
+            time.sleep(self.rng.uniform(3, 8))
+            worker.signal(signal.SIGCONT)
+            code = worker.wait(120)
+            if code not in (3, 0):
+                print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
+        else:
+            self.broker.stop()
+            time.sleep(15)
+            self.broker.start()
+        self.faults[kind] += 1
+        for name, proc in self.workers.items():  # anything that died on its own comes back
+            if not proc.alive():
+                print(f"  {name} exited with {proc.proc.returncode}; restarting", flush=True)
+                self.start(name)
+
+    def run(self) -> dict:
+        feeder = threading.Thread(target=self.feed, daemon=True)
+        feeder.start()
+        for slot in SLOTS:
+            self.start(slot)
+        while time.monotonic() < self.deadline:
+            time.sleep(self.rng.uniform(8, 20))
+            self.event()
+        self._stop_feeding.set()
+        feeder.join(120)
+        for slot, proc in self.workers.items():
+            if not proc.alive():
+                self.start(slot)
+        wait_for(lambda: set(self.scenario.orders) <= self.scenario.ids_seen(), 600, 2.0, "the soak to drain")
+        for proc in self.workers.values():
+            proc.terminate(120)
+        report = self.scenario.check()
+        self.broker.stop()
+        return {
+            "records_in": len(self.scenario.orders),
+            "records_out": report.outputs,
+            "lost": len(report.missing_ids),
+            "duplicated": report.duplicates + len(report.repeated_ids),
+            "oracle_ok": report.ok,
+            "oracle": report.summary(),
+            "faults_survived": self.faults,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=int, default=2000, help="orders per second")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "soak" / "result.json")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="eos-soak-"))
+    started = time.time()
+    try:
+        result = Soak(args.minutes, args.rate, args.seed, workdir).run()
+    finally:
+        WorkerProcess.kill_leftovers()
+    result.update(minutes=args.minutes, rate=args.rate, seed=args.seed,
+                  duration_s=round(time.time() - started), date=time.strftime("%Y-%m-%d"),
+                  machine={"cpus": __import__("os").cpu_count(), "python": platform.python_version()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if result["oracle_ok"] and result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
