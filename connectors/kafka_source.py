@@ -86,7 +86,8 @@ class KafkaSource:
             list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        positioned = self._listener.on_assign(partitions) if partitions else []
+        # The listener hears even an empty assignment: it means the worker has joined.
+        positioned = self._listener.on_assign(partitions)
         consumer.incremental_assign(positioned)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

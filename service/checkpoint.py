@@ -23,6 +23,7 @@ import enum
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -93,6 +94,9 @@ class CheckpointCoordinator:
         self.metrics = metrics
         self.faults = faults
         self.history: deque[CheckpointRecord] = deque(maxlen=HISTORY_SIZE)
+        # The checkpoint running right now, for the status page (read from its thread).
+        self.current: CheckpointRecord | None = None
+        self.on_error: Callable[[str], None] = lambda message: None
         self.consecutive_failures = 0
         self.last_id = 0
         self._last_started = time.monotonic()
@@ -115,6 +119,7 @@ class CheckpointCoordinator:
         checkpoint_id = 1 + max([self.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         record = CheckpointRecord(checkpoint_id, reason, time.time(), tasks=len(tasks))
         self.history.append(record)
+        self.current = record
         began = time.monotonic()
         try:
             manifests = self._run(record, tasks, began)
@@ -125,6 +130,7 @@ class CheckpointCoordinator:
             return record
         finally:
             self._last_ended = time.monotonic()
+            self.current = None
         self._completed(record, tasks, manifests, began)
         return record
 
@@ -211,13 +217,30 @@ class CheckpointCoordinator:
         m.labels(m.checkpoint_last_uploaded).set(record.uploaded_bytes)
         m.labels(m.checkpoint_alignment).set(record.alignment_s)
         m.labels(m.last_checkpoint_id).set(n)
+        self._publish_state_keys()
         log.debug("checkpoint %d committed: %d tasks, %.3fs, %d bytes uploaded", n, record.tasks,
                   record.duration_s, record.uploaded_bytes)
+
+    def _publish_state_keys(self) -> None:
+        """eos_state_keys per operator: the latest manifest of every task of this worker
+        (idle tasks keep their last one), column families `{uid}:{name}` summed by uid."""
+        per_operator = {uid: 0 for stage in self.manager.plan.stages for uid in stage.stateful_uids}
+        for task in self.manager.tasks.values():
+            manifest = task.completed.manifest
+            if manifest is None:
+                continue
+            for family, keys in manifest.state_keys.items():
+                uid, sep, _ = family.rpartition(":")
+                if sep:
+                    per_operator[uid] = per_operator.get(uid, 0) + keys
+        for uid, keys in per_operator.items():
+            self.metrics.labels(self.metrics.state_keys, operator=uid).set(keys)
 
     def _failed(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
         record.phase = Phase.FAILED
         record.error = f"{type(exc).__name__}: {exc}"
         record.duration_s = time.monotonic() - began
+        self.on_error(f"checkpoint {record.checkpoint_id} failed: {record.error}")
         self.consecutive_failures += 1
         self.metrics.labels(self.metrics.checkpoints_failed).inc()
         log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id,

@@ -104,6 +104,16 @@ class WorkerConfig:
     consume_batch: int = 5000
     error_policy: str = "fail"
     kafka_config: dict[str, str] = field(default_factory=dict)
+    # Monitoring: no port, no HTTP server and no client statistics; 0 picks a free port.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    control_token: str | None = None
+    control_allow: tuple[str, ...] = ()
+    stats_interval_ms: int = 1000
+
+    @property
+    def monitoring(self) -> bool:
+        return self.http_port is not None
 
     def validate(self) -> None:
         if self.processing_guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):
@@ -122,3 +132,8 @@ class WorkerConfig:
             raise ConfigurationError(f"--worker-id {self.worker_id!r} may hold only letters, digits, '.', '_', '-'")
         if self.checkpoints_retained < 1:
             raise ConfigurationError("--checkpoints-retained must be at least 1")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigurationError(f"--http-port {self.http_port} is not a TCP port (0-65535; 0 picks a free one)")
+        if bool(self.control_token) != bool(self.control_allow):
+            raise ConfigurationError("remote control needs both --control-allow (the callers' networks) "
+                                     "and --control-token; give both or neither")

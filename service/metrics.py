@@ -1,7 +1,12 @@
 """Prometheus metrics of one worker, named as Flink names them where Flink has a name.
 
-Counters on the hot path are bumped per batch or per checkpoint, never per record:
-a prometheus-client counter takes a lock on every increment.
+Nothing here is touched per record: counters are bumped per batch or per checkpoint
+(a prometheus-client counter takes a lock on every increment), consumer lag and
+records out come from librdkafka's statistics once per interval (see kafka_stats.py).
+
+Labels: `job` (the group, the job's identity), `worker`, and where it means something
+`topic`, `partition` or `operator`. All are bounded by the job's shape (its topics,
+their partitions and its operator uids), never by data.
 """
 
 from __future__ import annotations
@@ -39,15 +44,34 @@ class WorkerMetrics:
                                           "Time from trigger until every task saw the barrier.")
         self.last_checkpoint_id = gauge("eos_last_checkpoint_id", "Id of the last completed checkpoint.")
         self.records_in = counter("eos_records_in", "Records consumed.", ("topic",))
-        self.records_out = counter("eos_records_out", "Records produced.", ("topic",))
-        self.consumer_lag = gauge("eos_consumer_lag", "Records behind the end of the partition.",
-                                  ("topic", "partition"))
-        self.restarts = counter("eos_restarts", "Restarts of the worker's processing after a failure.")
+        self.records_out = counter("eos_records_out", "Records sent to Kafka (including those of "
+                                   "transactions that later aborted).", ("topic",))
+        self.consumer_lag = gauge("eos_consumer_lag", "Records between the worker's position and the "
+                                  "partition's last stable offset.", ("topic", "partition"))
+        self.restarts = counter("eos_restarts", "Restarts from the last completed checkpoint after a "
+                                "failure: rewinds in this process, and starts of this worker slot after "
+                                "an unclean exit of its previous process.")
         self.recovery_duration = gauge("eos_last_recovery_duration_seconds",
                                        "Duration of the last state recovery.")
-        self.state_keys = gauge("eos_state_keys", "Keys in state (RocksDB estimate).", ("operator",))
+        self.state_keys = gauge("eos_state_keys", "Keys in state (RocksDB estimate) at the last "
+                                "checkpoint, summed over this worker's tasks.", ("operator",))
         self.dlq_records = counter("eos_dlq_records", "Records sent to the dead-letter topic.")
         self.tasks = gauge("eos_tasks", "Tasks (stage partitions) this worker runs.")
+        # Series without extra labels exist from the start, so a scrape shows 0 rather
+        # than nothing before the first failure or restart.
+        for metric in (self.checkpoints_completed, self.checkpoints_failed, self.checkpoint_duration,
+                       self.restarts, self.dlq_records, self.tasks, self.last_checkpoint_id):
+            self.labels(metric)
 
     def labels(self, metric, **extra: str):
         return metric.labels(job=self.job, worker=self.worker, **extra)
+
+    def exported_names(self) -> set[str]:
+        """Every sample name a scrape can show (counter `_total`, histogram `_bucket`...),
+        for checking dashboards and alerts against what exists."""
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "gauge": ("",), "summary": ("", "_sum", "_count", "_created")}
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+        return names

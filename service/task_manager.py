@@ -52,11 +52,17 @@ class TaskManager:
         self.retention: dict[tuple[str, int], RetainedSnapshots] = {}
         # Set by the worker: runs a checkpoint of every task (before partitions go).
         self.checkpoint_all: Callable[[str], None] = lambda reason: None
+        self.on_error: Callable[[str], None] = lambda message: None
+        # True once the first assignment (even an empty one) is restored.
         self.ready = False
+        self.rewinds = 0
 
     # -- rebalance listener -------------------------------------------------------
 
     def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        if not partitions:  # a rebalance that gave this worker nothing (new)
+            self.ready = True
+            return []
         began = time.monotonic()
         new = [self._create(tp.topic, tp.partition) for tp in partitions]
         positioned = self._restore(new)
@@ -73,8 +79,9 @@ class TaskManager:
         self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
-        log.warning("lost %s without a chance to commit: aborting and rewinding the rest",
-                    ", ".join(task_id(tp.topic, tp.partition) for tp in partitions))
+        lost = ", ".join(task_id(tp.topic, tp.partition) for tp in partitions)
+        log.warning("lost %s without a chance to commit: aborting and rewinding the rest", lost)
+        self.on_error(f"lost partitions {lost} (session timeout?): work since the last checkpoint was aborted")
         self.committer.abort()
         self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
         self.rewind_all()
@@ -122,6 +129,8 @@ class TaskManager:
         """Back to the last committed checkpoint: the open transaction was aborted, so
         every task's state and position since then is void."""
         tasks = list(self.tasks.values())
+        self.rewinds += 1
+        self.metrics.labels(self.metrics.restarts).inc()
         known: dict[str, list[Manifest]] = {}
         for task in tasks:
             if task.state is not None:
@@ -138,6 +147,10 @@ class TaskManager:
             if task is not None and task.state is not None:
                 task.state.close(remove_working_dir=not keep_working_dir)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
+
+    def positions(self) -> dict[tuple[str, int], int | None]:
+        """Where each assigned task continues: its next offset (None: from the reset policy)."""
+        return {key: task.next_offset for key, task in list(self.tasks.items())}
 
     def close_all(self) -> None:
         self._close(list(self.tasks), keep_working_dir=False)

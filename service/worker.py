@@ -23,8 +23,11 @@ from service.config import EXACTLY_ONCE, WorkerConfig
 from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
+from service.incarnation import Incarnations
 from service.metrics import WorkerMetrics
+from service.monitoring import WorkerMonitor
 from service.planner import plan
+from service.status import FAILED, RUNNING, STOPPED, STOPPING
 from service.task_manager import TaskManager
 from service.topics import ensure_topics
 from statestore.storage import open_storage
@@ -55,6 +58,8 @@ class Worker:
         self.manager: TaskManager | None = None
         self.coordinator: CheckpointCoordinator | None = None
         self.last_error: str | None = None
+        self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
+        self.incarnations = Incarnations(config.state_dir, self.group, config.worker_id)
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the batch, take a final checkpoint, exit 0."""
@@ -65,10 +70,17 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        code = EXIT_ERROR
         try:
+            self.monitor.count_restarts(self.incarnations.begin())
+            self.monitor.start_server()
             self._start()
+            self.monitor.set_state(RUNNING)
             self._loop()
+            self.monitor.set_state(STOPPING)
             self._finish()
+            code = EXIT_OK
+            self.monitor.set_state(STOPPED)
             return EXIT_OK
         except RecordError as exc:
             return self._fail(exc, EXIT_RECORD_ERROR, "stopping on a bad record")
@@ -83,6 +95,8 @@ class Worker:
             return self._fail(exc, EXIT_ERROR, "stopping")
         finally:
             self._close()
+            self.incarnations.end(clean=code == EXIT_OK)
+            self.monitor.stop()
 
     def _start(self) -> None:
         c = self.config
@@ -93,17 +107,20 @@ class Worker:
                       errors.dlq_topic if errors.uses_dead_letter else None)
         storage = open_storage(c.checkpoint_storage)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
+        producer_extra = {**kafka, **self.monitor.producer_settings()}
         if c.processing_guarantee == EXACTLY_ONCE:
             self.committer = TransactionalProducer(
-                c.bootstrap_servers, f"{self.group}-{c.worker_id}", extra=kafka,
+                c.bootstrap_servers, f"{self.group}-{c.worker_id}", extra=producer_extra,
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout)
         else:
-            self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=kafka, call_timeout_s=call_timeout)
+            self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=producer_extra,
+                                                 call_timeout_s=call_timeout)
         self.committer.start()
+        consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
             c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
             max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
-            static_membership=c.static_membership, extra=kafka))
+            static_membership=c.static_membership, extra=consumer_extra))
         self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
                                    self.metrics, errors)
         self.coordinator = CheckpointCoordinator(
@@ -112,22 +129,29 @@ class Worker:
             timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s,
             tolerable_failures=c.tolerable_failures, metrics=self.metrics, faults=FaultInjector())
         self.manager.checkpoint_all = self.coordinator.trigger
+        self.monitor.attach(self.manager, self.coordinator)
         self.source.subscribe(self.plan.input_topics, self.manager)
         log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
                  self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
 
+    def _positions(self) -> dict[tuple[str, int], int | None]:
+        return self.manager.positions() if self.manager is not None else {}
+
     def _loop(self) -> None:
-        source, committer, coordinator = self.source, self.committer, self.coordinator
+        source, committer, coordinator, monitor = self.source, self.committer, self.coordinator, self.monitor
         batch = self.config.consume_batch
         records_in = {t: self.metrics.labels(self.metrics.records_in, topic=t) for t in self.plan.input_topics}
         while not self._stop_requested:
             msgs = source.consume(batch, 0.1)
             if msgs:
+                monitor.records_in += len(msgs)
                 self._dispatch(msgs, records_in)
                 self._bound_cache()
             committer.poll()
             if coordinator.due():
                 coordinator.trigger()
+                monitor.publish()
+            monitor.tick()
 
     def _dispatch(self, msgs: list, records_in: dict) -> None:
         """Splits the batch into runs of one partition and hands each to its task."""
@@ -171,6 +195,7 @@ class Worker:
     def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:
         self.last_error = str(exc)
         log.error("%s: %s", what, exc)
+        self.monitor.set_state(FAILED, error=f"{what}: {exc}")
         if abort and self.committer is not None:
             try:
                 self.committer.abort()

@@ -51,12 +51,22 @@ from service.worker import Worker
 @click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
               show_default=True, help="What to do with a record that cannot be processed, for operators "
               "whose job code does not choose (dead-letter: to the topic {group}-dlq, exactly-once).")
+@click.option("--http-host", default="127.0.0.1", show_default=True,
+              help="Address the status page, /metrics and /healthz listen on (0.0.0.0 in a container).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the status page, /metrics and /healthz; 0 picks a free port; "
+                   "absent: no HTTP server and no client statistics.")
+@click.option("--control-token", envvar="EOS_CONTROL_TOKEN", default=None,
+              help="Bearer token remote callers of control endpoints must present (env EOS_CONTROL_TOKEN).")
+@click.option("--control-allow", multiple=True, metavar="CIDR",
+              help="Network remote control callers may come from (repeatable); needs --control-token. "
+                   "Without both, control endpoints answer local callers only.")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
         tolerable_failures: int, checkpoints_retained: int, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
-        session_timeout: str,
-        state_cache: int, error_policy: str) -> None:
+        session_timeout: str, state_cache: int, error_policy: str, http_host: str, http_port: int | None,
+        control_token: str | None, control_allow: tuple[str, ...]) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
     timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
@@ -70,6 +80,8 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         transaction_timeout_s=max(120.0, 2 * timeout_s),
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
         state_cache_bytes=state_cache << 20, error_policy=error_policy,
-        kafka_config=load_kafka_config(kafka_config, kafka_config_files))
+        kafka_config=load_kafka_config(kafka_config, kafka_config_files),
+        http_host=http_host, http_port=http_port, control_token=control_token or None,
+        control_allow=tuple(control_allow))
     job = load_job(job_file, parsed_params)
     sys.exit(Worker(config, job).run())

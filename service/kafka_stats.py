@@ -1,0 +1,116 @@
+"""Consumer lag and records out, read from librdkafka's statistics.
+
+librdkafka emits a JSON report every `statistics.interval.ms`, served by the client's
+own poll/consume calls on the worker's loop thread. Reading it there costs one JSON
+parse per interval and nothing per record, which is why lag and output counts come
+from here rather than from the processing path or extra broker requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import orjson
+
+from service.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_MS = 1000
+_UNASSIGNED = "-1"  # librdkafka's internal partition for records not yet partitioned
+
+TopicPartitionKey = tuple[str, int]
+
+
+class ConsumerLag:
+    """The consumer's `stats_cb`: per assigned partition, records between the worker's
+    position and the last stable offset (what a `read_committed` reader can reach).
+
+    The position is librdkafka's `app_offset` (past the last record handed to the
+    worker, and past transaction markers, so a drained transactional partition shows
+    0); before the first record it is the task's start offset from `positions()`.
+    """
+
+    def __init__(self, metrics: WorkerMetrics, positions: Callable[[], dict[TopicPartitionKey, int | None]]) -> None:
+        self.metrics = metrics
+        self.positions = positions
+        self.lag: dict[TopicPartitionKey, int] = {}  # replaced whole, never mutated: read by other threads
+
+    def __call__(self, stats_json: str) -> None:
+        try:
+            self._update(orjson.loads(stats_json))
+        except Exception:  # noqa: BLE001 - a callback must never break consume()
+            log.warning("could not read the consumer's statistics", exc_info=True)
+
+    def _update(self, stats: dict) -> None:
+        assigned = self.positions()
+        lag: dict[TopicPartitionKey, int] = {}
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for pid, p in topic_stats.get("partitions", {}).items():
+                if pid == _UNASSIGNED:
+                    continue
+                key = (topic, int(pid))
+                if key not in assigned:
+                    continue
+                value = partition_lag(p, assigned[key])
+                if value is not None:
+                    lag[key] = value
+        m = self.metrics
+        for key in self.lag.keys() - lag.keys():
+            try:
+                m.consumer_lag.remove(m.job, m.worker, key[0], str(key[1]))
+            except KeyError:
+                pass
+        for (topic, partition), value in lag.items():
+            m.labels(m.consumer_lag, topic=topic, partition=str(partition)).set(value)
+        self.lag = lag
+
+
+def partition_lag(p: dict, start_offset: int | None) -> int | None:
+    """Lag of one partition from its statistics, or None while its end is unknown."""
+    end = p.get("ls_offset", -1)
+    if end < 0:
+        end = p.get("hi_offset", -1)
+    if end < 0:
+        return None
+    position = p.get("app_offset", -1)
+    if position < 0:
+        position = start_offset if start_offset is not None else p.get("lo_offset", -1)
+    if position is None or position < 0:
+        return None
+    return max(0, end - position)
+
+
+class RecordsOut:
+    """The producer's `stats_cb`: records transmitted per topic, as counter increments.
+
+    A recreated producer (after a timed-out transactional call) starts its counts at
+    zero under a new client name; deltas are kept per client so the counter only grows.
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.total = 0
+        self._client: str | None = None
+        self._sent: dict[str, int] = {}
+
+    def __call__(self, stats_json: str) -> None:
+        try:
+            self._update(orjson.loads(stats_json))
+        except Exception:  # noqa: BLE001 - a callback must never break poll() or a commit
+            log.warning("could not read the producer's statistics", exc_info=True)
+
+    def _update(self, stats: dict) -> None:
+        client = stats.get("name")
+        if client != self._client:
+            self._client, self._sent = client, {}
+        m = self.metrics
+        for topic, topic_stats in stats.get("topics", {}).items():
+            sent = sum(p.get("txmsgs", 0) for pid, p in topic_stats.get("partitions", {}).items()
+                       if pid != _UNASSIGNED)
+            delta = sent - self._sent.get(topic, 0)
+            if delta > 0:
+                m.labels(m.records_out, topic=topic).inc(delta)
+                self.total += delta
+                self._sent[topic] = sent

@@ -1,0 +1,95 @@
+"""What a worker shows about itself: immutable snapshots of plain data.
+
+The worker's loop builds a `WorkerStatus` a few times a second and after every
+checkpoint, and publishes it by replacing one reference on the `StatusBoard`. The HTTP
+threads only ever read that reference, so they need no lock and the loop never waits
+for a reader: a reader sees one consistent snapshot, at most a fraction of a second old.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    task: str
+    stage: str
+    topic: str
+    partition: int
+    stateful: bool
+    position: int | None  # next offset this worker processes; None before the first record
+    checkpoint_id: int  # its last completed checkpoint
+    lag: int | None
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    checkpoint_id: int
+    reason: str
+    started_at: float  # epoch seconds
+    duration_s: float
+    tasks: int
+    size_bytes: int
+    uploaded_bytes: int
+    state_keys: int
+    result: str  # committed | failed | in progress (phase name)
+    error: str | None
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    job: str
+    group: str
+    worker: str
+    state: str
+    ready: bool
+    started_at: float
+    published_at: float
+    processing_guarantee: str
+    checkpoint_interval_s: float
+    checkpoint_storage: str
+    last_checkpoint_id: int = 0
+    tasks: tuple[TaskStatus, ...] = ()
+    checkpoints: tuple[CheckpointStatus, ...] = ()  # newest first
+    records_in: int = 0
+    records_out: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass
+class StatusBoard:
+    """Holds the latest snapshot and the loop's heartbeat. Written only by the worker's
+    loop thread; both attributes are single references, replaced atomically."""
+
+    current: WorkerStatus
+    heartbeat: float = field(default_factory=time.monotonic)  # monotonic time of the last loop pass
+    stall_after_s: float = 120.0
+
+    def publish(self, status: WorkerStatus) -> None:
+        self.current = status
+
+    def beat(self, now: float) -> None:
+        self.heartbeat = now
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why): ready once the first assignment is recovered, for as long as
+        the loop keeps turning."""
+        status = self.current
+        if status.state != RUNNING:
+            return False, f"worker is {status.state}"
+        if not status.ready:
+            return False, "recovering: the first partition assignment is not restored yet"
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > self.stall_after_s:
+            return False, f"the processing loop has not turned for {stalled:.0f}s"
+        return True, "ok"
