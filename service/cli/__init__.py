@@ -11,6 +11,7 @@ from service.errors import EosError
 from service.cli.kafka_cmd import kafka
 from service.cli.run_cmd import run
 from service.cli.demo_cmd import demo
+from service.cli.generate_cmd import generate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +29,7 @@ def cli(log_level: str) -> None:
 cli.add_command(kafka)
 cli.add_command(run)
 cli.add_command(demo)
+cli.add_command(generate)
 
 
 def main() -> None:

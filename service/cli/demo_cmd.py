@@ -1,16 +1,17 @@
 """`eos demo`: the running-sum pipeline end to end on one machine (what `make run` runs).
 
 Starts a local broker unless one is given, creates the demo topics, runs a worker of
-examples/running_sum.py as a separate process, feeds it orders while showing progress
-(produced, committed outputs, completed checkpoint), then prints some results.
+examples/running_sum.py as a separate process with its status page and metrics on
+`--http-port`, feeds it orders while showing progress (produced, committed outputs,
+completed checkpoint), then prints some results.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +20,11 @@ import uuid
 from pathlib import Path
 
 import click
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
+from service.generator import OrderGenerator
 from service.local_kafka import BrokerSettings, LocalBroker
 from service.recovery import parse_metadata
 
@@ -39,22 +41,19 @@ def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
 
 def _feed(bootstrap: str, topic: str, records: int, rate: float, users: int, bar: tqdm,
           stop: threading.Event) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    rng = random.Random()
-    started = time.monotonic()
-    for i in range(records):
-        if stop.is_set():
-            break
-        order = {"id": i, "user": f"user-{rng.randrange(users)}", "amount": rng.randint(1, 100)}
-        producer.produce(topic, json.dumps(order).encode(), f"order-{i}".encode())
-        if i % 500 == 499:
-            producer.poll(0)
-            bar.update(500)
-            ahead = (i + 1) / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-    producer.flush(30)
-    bar.update(records - bar.n)
+    OrderGenerator(bootstrap, topic, rate=rate, users=users).run(records, stop, bar.update)
+
+
+def _free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` if nothing listens there, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise click.ClickException("no free TCP port for the worker's status page")
 
 
 class _OutputWatcher:
@@ -101,8 +100,10 @@ class _OutputWatcher:
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".eos/demo"), show_default=True)
 @click.option("--keep-running/--stop-at-end", default=False, show_default=True,
               help="Leave the worker running after the input is processed (Ctrl-C stops it).")
+@click.option("--http-port", default=8080, show_default=True,
+              help="Port of the worker's status page and metrics (another free one if taken).")
 def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, users: int,
-         workdir: Path, keep_running: bool) -> None:
+         workdir: Path, keep_running: bool, http_port: int) -> None:
     """Run the running-sum demo pipeline and show its progress."""
     if not bootstrap_servers:
         click.echo(f"starting a local Kafka broker on port {port} (first start fetches it from Maven Central)...")
@@ -112,11 +113,13 @@ def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, us
     _create_topics(bootstrap_servers, [input_topic, output_topic], partitions=4)
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"worker-{run_id}.log"
+    http_port = _free_port(http_port)
     cmd = [sys.executable, "-m", "service.cli", "run", str(REPO / "examples" / "running_sum.py"),
            "--bootstrap-servers", bootstrap_servers, "--group", group,
            "--state-dir", str(workdir / "state"),
            "--checkpoint-storage", f"file://{(workdir / 'checkpoints').resolve()}",
            "--checkpoint-interval", "1s", "--worker-id", "demo-1",
+           "--http-port", str(http_port),
            "-p", f"input={input_topic}", "-p", f"output={output_topic}"]
     with open(log_path, "ab") as log:
         worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -124,7 +127,9 @@ def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, us
     click.echo(f"\nbroker:        {bootstrap_servers}\n"
                f"topics:        {input_topic} -> {output_topic}\n"
                f"worker log:    {log_path}\n"
-               f"checkpoints:   {workdir / 'checkpoints'}\n")
+               f"checkpoints:   {workdir / 'checkpoints'}\n"
+               f"status page:   http://127.0.0.1:{http_port}/\n"
+               f"metrics:       http://127.0.0.1:{http_port}/metrics\n")
     watcher = _OutputWatcher(bootstrap_servers, output_topic, group, input_topic)
     stop = threading.Event()
     produced = tqdm(total=records, desc="orders produced ", unit="rec", position=0)
@@ -149,8 +154,11 @@ def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, us
             v = watcher.latest[user]
             click.echo(f"  {user:>10}: {v['sum']:>8} / {v['count']}")
         if keep_running:
-            click.echo("\nthe worker keeps running (Ctrl-C stops it)")
+            click.echo(f"\nthe worker keeps running (Ctrl-C stops it); status page http://127.0.0.1:{http_port}/")
             worker.wait()
+        else:
+            click.echo("\n(--keep-running, or `make run DEMO_ARGS=--keep-running`, keeps the worker and its "
+                       "status page up)")
     except KeyboardInterrupt:
         pass
     finally:
