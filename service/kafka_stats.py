@@ -27,9 +27,11 @@ class ConsumerLag:
     """The consumer's `stats_cb`: per assigned partition, records between the worker's
     position and the last stable offset (what a `read_committed` reader can reach).
 
-    The position is librdkafka's `app_offset` (past the last record handed to the
-    worker, and past transaction markers, so a drained transactional partition shows
-    0); before the first record it is the task's start offset from `positions()`.
+    The callback runs inside `consume()`, after the previous batch was processed, so
+    the task's next offset from `positions()` is the worker's true position. The
+    report's `app_offset` (taken when the report was made, never later than that)
+    only adds the transaction markers librdkafka skipped, so a drained transactional
+    partition shows 0 rather than 1.
     """
 
     def __init__(self, metrics: WorkerMetrics, positions: Callable[[], dict[TopicPartitionKey, int | None]]) -> None:
@@ -67,17 +69,19 @@ class ConsumerLag:
         self.lag = lag
 
 
-def partition_lag(p: dict, start_offset: int | None) -> int | None:
-    """Lag of one partition from its statistics, or None while its end is unknown."""
+def partition_lag(p: dict, next_offset: int | None) -> int | None:
+    """Lag of one partition from its statistics and the task's next offset (None before
+    its first record from a partition without a committed offset), or None while the
+    partition's end or the position is unknown."""
     end = p.get("ls_offset", -1)
     if end < 0:
         end = p.get("hi_offset", -1)
     if end < 0:
         return None
-    position = p.get("app_offset", -1)
+    position = max(next_offset if next_offset is not None else -1, p.get("app_offset", -1))
     if position < 0:
-        position = start_offset if start_offset is not None else p.get("lo_offset", -1)
-    if position is None or position < 0:
+        position = p.get("lo_offset", -1)
+    if position < 0:
         return None
     return max(0, end - position)
 

@@ -100,6 +100,8 @@ class WorkerMonitor:
     # -- called by the worker's loop --------------------------------------------------
 
     def tick(self) -> None:
+        if self.server is None:
+            return
         now = time.monotonic()
         self.board.heartbeat = now
         if now >= self._next_publish:
@@ -115,8 +117,14 @@ class WorkerMonitor:
         self.publish()
 
     def publish(self) -> None:
+        if not self.config.monitoring:
+            return
         self._next_publish = time.monotonic() + PUBLISH_EVERY_S
-        self.board.publish(self._status(self.state))
+        status = self._status(self.state)
+        self.board.publish(status)
+        # Restored tasks carry their checkpoint id: a restarted worker shows it before
+        # its own first checkpoint completes.
+        self.metrics.labels(self.metrics.last_checkpoint_id).set(status.last_checkpoint_id)
 
     # -- read by HTTP threads ---------------------------------------------------------
 

@@ -28,7 +28,8 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{background:#dff3e4;color:#1c6b34}.bad{background:#fbe2e2;color:#9b1c1c}.wait{background:#fff1d6;color:#8a5a00}
 .figures{display:flex;gap:28px;flex-wrap:wrap}.figures div{min-width:120px}
 .figures b{display:block;font-size:20px;font-variant-numeric:tabular-nums}.figures span{color:#5b6575;font-size:12px}
-td.error{white-space:normal;color:#9b1c1c;font-size:12px}
+td.error{white-space:normal;color:#9b1c1c;font-size:12px}td.topic{white-space:normal;word-break:break-all}
+section{overflow-x:auto}
 pre{white-space:pre-wrap;margin:0;color:#9b1c1c}
 footer{color:#7a8494;font-size:12px;padding:0 24px 20px}
 """
@@ -106,15 +107,15 @@ def _tasks(status: WorkerStatus) -> str:
     if not status.tasks:
         return '<section><h2>Tasks</h2><p>no partitions assigned</p></section>'
     rows = "".join(
-        f"<tr><td>{escape(t.task)}</td><td>{escape(t.stage)}</td><td>{escape(t.topic)}</td>"
+        f'<tr data-task="{escape(t.task)}"><td>{escape(t.stage)}</td><td class="topic">{escape(t.topic)}</td>'
         f'<td class="num">{t.partition}</td><td>{"yes" if t.stateful else "no"}</td>'
         f'<td class="num">{_count(t.position)}</td><td class="num lag">{_count(t.lag)}</td>'
         f'<td class="num">{t.checkpoint_id}</td></tr>'
-        for t in sorted(status.tasks, key=lambda t: (t.topic, t.partition)))
-    return ('<section><h2>Tasks and partitions</h2><table id="tasks"><thead><tr><th>task</th><th>stage</th>'
-            '<th>topic</th><th class="num">partition</th><th>stateful</th><th class="num">position</th>'
-            '<th class="num">consumer lag</th><th class="num">checkpoint</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table></section>")
+        for t in sorted(status.tasks, key=lambda t: (t.stage, t.topic, t.partition)))
+    return (f'<section><h2>Tasks and partitions ({len(status.tasks)})</h2><table id="tasks"><thead><tr>'
+            '<th>stage</th><th>topic</th><th class="num">partition</th><th>stateful</th>'
+            '<th class="num">position</th><th class="num">consumer lag</th><th class="num">checkpoint</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table></section>")
 
 
 def _history(checkpoints: tuple[CheckpointStatus, ...]) -> str:
@@ -131,7 +132,7 @@ def _history(checkpoints: tuple[CheckpointStatus, ...]) -> str:
     return ('<section><h2>Recent checkpoints</h2><table id="checkpoint-history"><thead><tr>'
             '<th class="num">id</th><th>reason</th><th>start</th><th class="num">duration</th>'
             '<th class="num">tasks</th><th class="num">size</th><th class="num">uploaded</th>'
-            '<th class="num">state keys</th><th>result</th><th>error</th></tr></thead>'
+            '<th class="num" title="RocksDB estimate">state keys (est.)</th><th>result</th><th>error</th></tr></thead>'
             f"<tbody>{rows}</tbody></table></section>")
 
 
