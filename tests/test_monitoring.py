@@ -1,12 +1,13 @@
 """Monitoring of a real worker: a real Prometheus scrapes it, a real browser reads its
 status page, and both stay right across a SIGKILL and restart.
 
-The job is the running sum slowed to ~1000 records/s, so the backlog the tests feed
-shows up as lag for a few seconds before it falls to 0.
+The job is the running sum slowed to ~1000 records/s, so input fed faster than that
+shows up as lag for a few seconds before it falls to 0. Each test runs its own worker.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import urllib.error
@@ -31,15 +32,17 @@ class Monitored:
     """A running-sum scenario whose worker serves HTTP on a known port, scraped every
     second by its own Prometheus."""
 
-    def __init__(self, bootstrap: str, workdir: Path, records: int, throttle_ms: int = 1) -> None:
-        prometheus_binary()  # skips before anything starts when Prometheus is missing
+    def __init__(self, bootstrap: str, workdir: Path, records: int, throttle_ms: int = 1,
+                 scraped: bool = True) -> None:
+        if scraped:
+            prometheus_binary()  # skips before anything starts when Prometheus is missing
         self.port = free_port()
         self.scenario = RunningSum(bootstrap, workdir, records=records, users=100, spec_overrides={
             "job": THROTTLED_JOB, "interval": "500ms", "extra_args": ["--http-port", str(self.port)]})
         self.scenario.spec_overrides["params"] = {"input": self.scenario.input,
                                                   "output": self.scenario.output,
                                                   "throttle_ms": str(throttle_ms)}
-        self.prometheus = PrometheusServer(workdir / "prometheus", [f"127.0.0.1:{self.port}"])
+        self.prometheus = PrometheusServer(workdir / "prometheus", [f"127.0.0.1:{self.port}"]) if scraped else None
         self.selector = f'{{job="{self.scenario.group}",worker="w1"}}'
         self.worker: WorkerProcess | None = None
 
@@ -49,9 +52,6 @@ class Monitored:
     def start_worker(self) -> WorkerProcess:
         self.worker = self.scenario.start_worker()
         return self.worker
-
-    def metric(self, name: str, wrap: str = "{}") -> float | None:
-        return self.prometheus.value(wrap.format(name + self.selector))
 
     def wait_metric(self, promql: str, predicate, timeout: float = 90, what: str = "") -> float:
         seen: list[float | None] = [None]
@@ -71,80 +71,88 @@ class Monitored:
     def close(self) -> None:
         if self.worker is not None and self.worker.alive():
             self.worker.kill()
-        self.prometheus.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
 
 
-def _get(url: str) -> tuple[int, str]:
+def _get(url: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
 
 
-@pytest.fixture(scope="module")
-def monitored(bootstrap, tmp_path_factory):
-    """One worker fed 4,000 records at twice the rate it can process, scraped the whole time."""
-    run = Monitored(bootstrap, tmp_path_factory.mktemp("monitored"), records=4_000)
+def test_prometheus_sees_checkpoints_increase_and_lag_fall_to_zero(bootstrap, tmp_path):
+    """One worker fed 4,000 records at twice the rate it can process, scraped every second."""
+    run = Monitored(bootstrap, tmp_path, records=4_000)
     try:
         run.start_worker()
         run.wait_metric("min(up)", lambda v: v == 1, what="Prometheus to reach the worker")
         run.scenario.chunk, run.scenario.chunk_pause_s = 400, 0.2
         run.scenario.start_feeding()
+        completed = f"eos_checkpoints_completed_total{run.selector}"
+        first = run.wait_metric(completed, lambda v: v >= 1, what="a first completed checkpoint in Prometheus")
+        run.wait_metric(completed, lambda v: v > first, what="the checkpoint count to grow")
         run.scenario.wait_fed()
-        run.scenario.wait_complete(run.worker, timeout=120)
-        yield run
+        run.scenario.wait_complete(run.worker)
+        run.wait_metric(f"sum(eos_consumer_lag{run.selector})", lambda v: v == 0,
+                        what="the consumer lag to fall to 0")
+        peak = run.prometheus.value(f"max(max_over_time(eos_consumer_lag{run.selector}[10m]))")
+        assert peak > 0, "Prometheus never saw the backlog as lag"
+        partitions = run.prometheus.query(f"eos_consumer_lag{run.selector}")
+        assert {r["metric"]["topic"] for r in partitions} == {run.scenario.input,
+                                                              f"{run.scenario.group}-by-user-repartition"}
+        assert len(partitions) == 8  # 4 input + 4 repartition partitions, one series each
+        run.wait_metric(f'eos_records_out_total{{job="{run.scenario.group}",topic="{run.scenario.output}"}}',
+                        lambda v: v >= 4_000, what="records out to count the whole output")
+        run.wait_metric(f'eos_state_keys{{job="{run.scenario.group}",operator="totals"}}', lambda v: v > 0,
+                        what="the totals operator's state keys")
+        assert run.worker.terminate() == 0, run.worker.log_tail()
     finally:
         run.close()
 
 
-def test_prometheus_sees_checkpoints_completed_increasing(monitored):
-    name = f"eos_checkpoints_completed_total{monitored.selector}"
-    first = monitored.wait_metric(name, lambda v: v >= 1, what="a first completed checkpoint in Prometheus")
-    # Completed output alone does not end the checkpoints: feed more and watch the count grow.
-    more = make_orders(300, 100, seed=3, start_id=10_000)
-    monitored.scenario.feed_all_now(more)
-    monitored.wait_metric(name, lambda v: v > first, what="the checkpoint count to grow")
-    assert monitored.prometheus.value(f"max_over_time(eos_last_checkpoint_id{monitored.selector}[10m])") >= 2
+def _worker_with_checkpoints(bootstrap: str, tmp_path: Path) -> Monitored:
+    """A worker that has completed at least two checkpoints and processed its input."""
+    run = Monitored(bootstrap, tmp_path, records=1_000, throttle_ms=0, scraped=False)
+    run.scenario.feed_all_now()
+    run.start_worker()
+    run.scenario.wait_complete(run.worker)
+    wait_for(lambda: json.loads(_get(run.url("/status.json"))[1])["last_checkpoint_id"] >= 2, 60, 0.5,
+             "two completed checkpoints")
+    return run
 
 
-def test_prometheus_sees_consumer_lag_fall_to_zero(monitored):
-    peak = monitored.prometheus.value(f"max(max_over_time(eos_consumer_lag{monitored.selector}[10m]))")
-    assert peak is not None and peak > 0, "Prometheus never saw the backlog as lag"
-    monitored.wait_metric(f"sum(eos_consumer_lag{monitored.selector})", lambda v: v == 0,
-                          what="the consumer lag to fall to 0")
-    partitions = monitored.prometheus.query(f"eos_consumer_lag{monitored.selector}")
-    assert {r["metric"]["topic"] for r in partitions} == {monitored.scenario.input,
-                                                          f"{monitored.scenario.group}-by-user-repartition"}
-    assert len(partitions) == 8  # 4 input + 4 repartition partitions, one series each
+def test_status_page_in_chromium_shows_completed_checkpoints(bootstrap, tmp_path):
+    browser.chromium_binary()  # skips before anything starts when Chromium is missing
+    run = _worker_with_checkpoints(bootstrap, tmp_path)
+    try:
+        shot = browser.screenshot(run.url("/"), tmp_path / "status-page.png")
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, OUTPUT_DIR / "status-page.png")
+        dom = browser.dump_dom(run.url("/"))
+        history = browser.table_rows(dom, "checkpoint-history")
+        committed = [int(cells[0]) for cls, cells in history if "committed" in cls.split()]
+        assert len(committed) >= 2, f"history table: {history}"
+        assert committed == sorted(committed, reverse=True), "newest checkpoint first"
+        tasks = browser.table_rows(dom, "tasks")
+        assert len(tasks) == 8 and all(cells[5] == "0" for _, cells in tasks), tasks  # lag column
+    finally:
+        run.close()
 
 
-def test_records_out_and_state_keys_reach_prometheus(monitored):
-    out = monitored.wait_metric(
-        f'eos_records_out_total{{job="{monitored.scenario.group}",topic="{monitored.scenario.output}"}}',
-        lambda v: v >= 4_000, what="records out to count the whole output")
-    assert out >= 4_000
-    monitored.wait_metric(f'eos_state_keys{{job="{monitored.scenario.group}",operator="totals"}}',
-                          lambda v: v > 0, what="the totals operator's state keys")
-
-
-def test_status_page_in_chromium_shows_completed_checkpoints(monitored, tmp_path):
-    shot = browser.screenshot(monitored.url("/"), tmp_path / "status-page.png")
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, OUTPUT_DIR / "status-page.png")
-    dom = browser.dump_dom(monitored.url("/"))
-    history = browser.table_rows(dom, "checkpoint-history")
-    committed = [int(cells[0]) for cls, cells in history if "committed" in cls.split()]
-    assert len(committed) >= 2, f"history table: {history}"
-    assert committed == sorted(committed, reverse=True), "newest checkpoint first"
-    tasks = browser.table_rows(dom, "tasks")
-    assert len(tasks) == 8 and all(cells[5] == "0" for _, cells in tasks), tasks  # lag column
-
-
-def test_healthz_answers_200_while_running_and_unknown_paths_404(monitored):
-    assert _get(monitored.url("/healthz")) == (200, "ok\n")
-    status, body = _get(monitored.url("/no-such-page"))
-    assert status == 404 and "/no-such-page" in body
+def test_healthz_answers_200_while_running_and_unknown_paths_404(bootstrap, tmp_path):
+    run = _worker_with_checkpoints(bootstrap, tmp_path)
+    try:
+        assert _get(run.url("/healthz")) == (200, "ok\n")
+        status, body = _get(run.url("/no-such-page"))
+        assert status == 404 and "/no-such-page" in body
+        status, _ = _get(run.url("/healthz"), method="POST")
+        assert status == 405
+    finally:
+        run.close()
 
 
 def test_metrics_stay_right_across_sigkill_and_restart(bootstrap, tmp_path):
