@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 import uuid
 from typing import Any
 

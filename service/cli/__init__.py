@@ -6,6 +6,7 @@ import logging
 import sys
 
 import click
+from confluent_kafka import KafkaException
 
 from service.errors import EosError
 from service.cli.kafka_cmd import kafka
@@ -43,4 +44,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except EosError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KafkaException as exc:
+        click.echo(f"error: Kafka: {exc.args[0].str() if exc.args else exc} "
+                   "(is the broker running and the bootstrap address right?)", err=True)
         sys.exit(1)

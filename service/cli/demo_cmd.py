@@ -90,6 +90,10 @@ class _OutputWatcher:
         self.offsets.close()
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command("demo")
 @click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None,
               help="Use this broker instead of starting a local one.")
@@ -130,6 +134,7 @@ def demo(bootstrap_servers: str | None, port: int, records: int, rate: float, us
                f"checkpoints:   {workdir / 'checkpoints'}\n"
                f"status page:   http://127.0.0.1:{http_port}/\n"
                f"metrics:       http://127.0.0.1:{http_port}/metrics\n")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: the worker gets a final checkpoint
     watcher = _OutputWatcher(bootstrap_servers, output_topic, group, input_topic)
     stop = threading.Event()
     produced = tqdm(total=records, desc="orders produced ", unit="rec", position=0)
