@@ -15,6 +15,16 @@ For checkpoint n, in one worker:
 The invariant exactly-once rests on: snapshot n is durable before the transaction
 that commits n's offsets. A crash anywhere before COMMITTED leaves the offsets at n-1,
 and snapshot n an orphan that nothing references.
+
+The knobs mean what Flink's mean: the interval runs from the start of one checkpoint
+to the start of the next; the min pause from the end of one to the start of the next;
+the timeout bounds the time until every snapshot is durable (Flink's acknowledgement),
+after which the commit is the notification that n is complete; more consecutive
+failures than tolerated stop the worker.
+
+With checkpoints disabled (at-least-once only) the same life cycle runs without the
+state phases: offsets alone are committed every OFFSET_COMMIT_INTERVAL_S, and a
+stateful task restarts with empty state.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from functools import partial
 from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka_sink import OutputCommitter
-from service.errors import CheckpointError, EosError, ProducerFencedError
+from service.config import OFFSET_COMMIT_INTERVAL_S
+from service.errors import CheckpointError, CheckpointTimeoutError, EosError, ProducerFencedError
 from service.faults import FaultInjector
 from service.metrics import WorkerMetrics
 from service.recovery import format_metadata
@@ -87,7 +98,9 @@ class CheckpointCoordinator:
         self.committer = committer
         self.consumer = consumer
         self.job, self.worker, self.token = job, worker, token
-        self.interval_s = interval_s
+        # interval 0: no state snapshots, offsets alone are committed periodically.
+        self.snapshots = interval_s > 0
+        self.interval_s = interval_s if self.snapshots else OFFSET_COMMIT_INTERVAL_S
         self.timeout_s = timeout_s
         self.min_pause_s = min_pause_s
         self.tolerable_failures = tolerable_failures
@@ -103,8 +116,6 @@ class CheckpointCoordinator:
         self._last_ended = time.monotonic()
 
     def due(self) -> bool:
-        if self.interval_s <= 0:
-            return False
         now = time.monotonic()
         return now - self._last_started >= self.interval_s and now - self._last_ended >= self.min_pause_s
 
@@ -140,7 +151,8 @@ class CheckpointCoordinator:
         record.alignment_s = time.monotonic() - began
         self.faults.hit("after_barrier")
 
-        stateful = [t for t in tasks if t.state is not None]
+        stateful = [t for t in tasks if t.state is not None] if self.snapshots else []
+        deadline = began + self.timeout_s
         for task in stateful:
             task.state.flush()
         record.phase = Phase.FLUSHED
@@ -160,7 +172,8 @@ class CheckpointCoordinator:
                             source_offset=barriers[task.id].offset,
                             lineage=retention.lineage_for_next())
             info = task.state.persist(local_dirs[task.id], build, task.completed.manifest,
-                                      before_manifest=self._mid_manifest_fault(task))
+                                      before_manifest=self._mid_manifest_fault(task),
+                                      deadline=deadline)
             manifests[task.id] = task.attempted_manifest = info.manifest
             record.size_bytes += info.manifest.total_bytes
             record.uploaded_bytes += info.manifest.uploaded_bytes
@@ -170,8 +183,9 @@ class CheckpointCoordinator:
 
         elapsed = time.monotonic() - began
         if elapsed > self.timeout_s:
-            raise CheckpointError(
-                f"checkpoint {n} took {elapsed:.1f}s before commit, over its {self.timeout_s:.0f}s timeout")
+            raise CheckpointTimeoutError(
+                f"checkpoint {n} took {elapsed:.1f}s until its snapshots were durable, over its "
+                f"{self.timeout_s:g}s timeout")
         offsets = []
         for task in tasks:
             snapshot = manifests[task.id].snapshot if task.id in manifests else None

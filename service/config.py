@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import ConfigurationError
+from statestore.storage import S3Settings
 
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
+INCREMENTAL = "incremental"
+FULL = "full"
+# With checkpoints disabled (at-least-once only), offsets alone are committed this often:
+# Kafka's own auto-commit default.
+OFFSET_COMMIT_INTERVAL_S = 5.0
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -94,7 +100,9 @@ class WorkerConfig:
     min_pause_s: float = 0.0
     tolerable_failures: int = 3
     checkpoints_retained: int = 3
-    incremental_checkpoints: bool = True
+    checkpoint_mode: str = INCREMENTAL
+    fallback_to_older_checkpoint: bool = False
+    s3: S3Settings = field(default_factory=S3Settings)
     transaction_timeout_s: float = 120.0
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
@@ -115,6 +123,14 @@ class WorkerConfig:
     def monitoring(self) -> bool:
         return self.http_port is not None
 
+    @property
+    def checkpoints_enabled(self) -> bool:
+        return self.checkpoint_interval_s > 0
+
+    @property
+    def incremental_checkpoints(self) -> bool:
+        return self.checkpoint_mode == INCREMENTAL
+
     def validate(self) -> None:
         if self.processing_guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):
             raise ConfigurationError(
@@ -130,6 +146,13 @@ class WorkerConfig:
                 f"the checkpoint timeout ({self.checkpoint_timeout_s}s)")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.worker_id):
             raise ConfigurationError(f"--worker-id {self.worker_id!r} may hold only letters, digits, '.', '_', '-'")
+        if self.checkpoint_mode not in (INCREMENTAL, FULL):
+            raise ConfigurationError(
+                f"--checkpoint-mode must be {INCREMENTAL} or {FULL}, not {self.checkpoint_mode!r}")
+        if self.checkpoint_timeout_s <= 0:
+            raise ConfigurationError("--checkpoint-timeout must be positive")
+        if self.tolerable_failures < 0:
+            raise ConfigurationError("--tolerable-failures must be 0 or more")
         if self.checkpoints_retained < 1:
             raise ConfigurationError("--checkpoints-retained must be at least 1")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:

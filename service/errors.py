@@ -58,6 +58,10 @@ class CheckpointError(EosError):
     would have committed it is aborted; the worker rewinds to the last completed one."""
 
 
+class CheckpointTimeoutError(CheckpointError):
+    """A checkpoint's snapshot was not durable within --checkpoint-timeout."""
+
+
 class SnapshotMissingError(EosError):
     """A committed offset names a snapshot that cannot be restored. Never answered by
     starting empty: that would silently lose state."""
@@ -65,6 +69,11 @@ class SnapshotMissingError(EosError):
 
 class CorruptSnapshotError(SnapshotMissingError):
     """A snapshot file exists but does not match the checksum its manifest recorded."""
+
+
+class SnapshotUnreachableError(SnapshotMissingError):
+    """Checkpoint storage could not be read (unreachable, permissions): whether the
+    snapshot is intact is unknown, so this never counts as missing or corrupt."""
 
 
 class ProducerFencedError(EosError):

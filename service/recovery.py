@@ -4,6 +4,12 @@ The committed offset of a task's input partition is the single source of truth: 
 metadata names the checkpoint (and snapshot) committed in the same transaction. A
 reference that cannot be honoured is a loud error, never an empty start, because an
 empty start would silently drop every key's history while offsets moved on.
+
+Asked to (`--fallback-to-older-checkpoint`), recovery instead restores the newest
+intact older snapshot of the task and returns the offset to replay from: the task then
+reprocesses its input from that snapshot's offset up to the committed one with its
+outputs muted (they are committed already), which rebuilds exactly the lost state when
+the job's functions are deterministic.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
-from service.errors import CorruptSnapshotError, SnapshotMissingError
+from service.errors import CorruptSnapshotError, SnapshotMissingError, SnapshotUnreachableError
 from service.task import CompletedCheckpoint, Task
 from statestore.manifest import Manifest
+from statestore.retention import checkpoint_id_of
 from statestore.snapshots import RestoreStats
+from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +56,18 @@ class Restored:
     completed: CompletedCheckpoint
     stats: RestoreStats | None
     seconds: float
+    # Set after a fallback: the restored state belongs to this (older) offset, and the
+    # records from here up to completed.offset must be replayed without outputs.
+    replay_from: int | None = None
 
 
 def restore_task(task: Task, committed: TopicPartition,
-                 known: list[Manifest] | None = None) -> Restored:
+                 known: list[Manifest] | None = None, fallback: bool = False) -> Restored:
     """Opens the task's state at the checkpoint its committed offset names. The task's
     manifests in `known` (this process wrote or read them) are used without reading
-    storage, so a rewind works while checkpoint storage is unreachable."""
+    storage, so a rewind works while checkpoint storage is unreachable. With `fallback`,
+    a missing or corrupt snapshot is replaced by the newest intact older one (see the
+    module doc)."""
     began = time.monotonic()
     where = f"topic {task.topic!r} partition {task.partition}"
     if committed.offset < 0:
@@ -73,17 +86,78 @@ def restore_task(task: Task, committed: TopicPartition,
     manifest: Manifest | None = None
     stats = None
     if task.state is not None:
-        if reference.snapshot is not None:
-            manifest = next((m for m in known or () if m.snapshot == reference.snapshot), None) \
-                or task.state.restorer.load_manifest(reference.snapshot)
-            _check_manifest(manifest, task, committed.offset, reference)
-        stats = task.state.open(manifest)
+        if reference.snapshot is None:
+            log.warning("%s: committed offset %d carries no state snapshot (written with "
+                        "checkpoints disabled); its state starts EMPTY", task.id, committed.offset)
+        else:
+            try:
+                manifest = next((m for m in known or () if m.snapshot == reference.snapshot), None) \
+                    or task.state.restorer.load_manifest(reference.snapshot)
+                _check_manifest(manifest, task, committed.offset, reference)
+                stats = task.state.open(manifest)
+            except SnapshotUnreachableError:
+                raise  # storage is down, not the snapshot: falling back would be wrong
+            except SnapshotMissingError as exc:
+                if not fallback:
+                    raise
+                return _fall_back(task, committed, reference, manifest, exc, began)
+        if manifest is None:
+            stats = task.state.open(None)
     elapsed = time.monotonic() - began
     if manifest is not None:
         log.info("restored %s from checkpoint %d (%s) in %.3fs: %d files, %d reused locally, "
                  "%d downloaded", task.id, reference.checkpoint_id, reference.snapshot, elapsed,
                  stats.files, stats.reused_local, stats.downloaded)
     return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, manifest), stats, elapsed)
+
+
+def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointReference,
+               broken: Manifest | None, cause: SnapshotMissingError, began: float) -> Restored:
+    """Restores the newest older snapshot that is intact. The broken manifest's lineage
+    (its retained predecessors) is tried first; without a readable manifest, every
+    older manifest in storage is a candidate, newest first."""
+    log.warning("%s: %s; falling back to an older checkpoint (--fallback-to-older-checkpoint)",
+                task.id, cause)
+    restorer = task.state.restorer
+    if broken is not None:
+        candidates = list(broken.lineage)
+    else:
+        try:
+            stored = restorer.stored_snapshots()
+        except StorageError as exc:
+            raise SnapshotUnreachableError(f"{cause}; cannot list older snapshots: {exc}") from exc
+        candidates = [name for name in reversed(stored)
+                      if (checkpoint_id_of(name) or 0) < reference.checkpoint_id]
+    failures = []
+    for snapshot in candidates:
+        try:
+            older = restorer.load_manifest(snapshot)
+            _check_older(older, task, committed.offset, reference)
+            stats = task.state.open(older)
+        except SnapshotUnreachableError:
+            raise
+        except SnapshotMissingError as exc:
+            log.warning("%s: older snapshot %s cannot be restored either: %s", task.id, snapshot, exc)
+            failures.append(f"{snapshot}: {exc}")
+            continue
+        elapsed = time.monotonic() - began
+        log.warning("%s: restored older checkpoint %d (%s) at offset %d in %.3fs; replaying offsets "
+                    "%d..%d without emitting outputs", task.id, older.checkpoint_id, snapshot,
+                    older.source_offset, elapsed, older.source_offset, committed.offset - 1)
+        return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, older), stats,
+                        elapsed, replay_from=older.source_offset)
+    tried = "; ".join(failures) if failures else "there is no older snapshot of this task in storage"
+    raise SnapshotMissingError(f"{cause}; no older checkpoint to fall back to ({tried})") from cause
+
+
+def _check_older(older: Manifest, task: Task, offset: int, reference: CheckpointReference) -> None:
+    """An older snapshot must be this task's, from before the committed checkpoint."""
+    if (older.topic, older.partition) != (task.topic, task.partition):
+        raise CorruptSnapshotError(f"snapshot {older.snapshot} belongs to {older.topic}[{older.partition}]")
+    if older.checkpoint_id >= reference.checkpoint_id or older.source_offset > offset:
+        raise CorruptSnapshotError(
+            f"snapshot {older.snapshot} (checkpoint {older.checkpoint_id}, offset {older.source_offset}) "
+            f"is not older than the committed checkpoint {reference.checkpoint_id} at offset {offset}")
 
 
 def _check_manifest(manifest: Manifest, task: Task, offset: int, reference: CheckpointReference) -> None:

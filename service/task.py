@@ -7,9 +7,11 @@ topic, partition, offset and, when a user function raised, the operator's uid.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.kafka_sink import Produce
 from connectors.serdes import BYTES, SerdeError
 from service.error_policy import ErrorHandler
 from service.errors import RecordError
@@ -17,6 +19,16 @@ from service.operators import ChainContext, OperatorFailure, build_chain
 from service.planner import Stage
 from statestore.manifest import Manifest
 from statestore.task_state import TaskState
+
+
+log = logging.getLogger(__name__)
+
+
+def _muted(*_: Any) -> None:
+    """Where outputs go while a task replays input whose outputs are committed already."""
+
+
+MUTED = Produce(_muted, _muted)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,10 @@ class Task:
         # The manifest of a checkpoint persisted but not (yet known to be) committed:
         # if its commit's outcome was ambiguous, Kafka's committed offset decides.
         self.attempted_manifest: Manifest | None = None
+        # While set, records below this offset are replayed with outputs muted: their
+        # outputs were committed before the state that belonged to them was lost.
+        self.replay_until: int | None = None
+        self._produce: Produce | None = None
         self._push = None
         self._ctx: ChainContext | None = None
         key_serde, value_serde = stage.key_serde, stage.value_serde
@@ -57,13 +73,19 @@ class Task:
     def stateful(self) -> bool:
         return bool(self.stage.stateful_uids)
 
-    def start(self, completed: CompletedCheckpoint, produce: Any) -> None:
+    def start(self, completed: CompletedCheckpoint, produce: Produce,
+              replay_until: int | None = None) -> None:
         """(Re)builds the operator chain over the task's current state, positioned at
-        the given completed checkpoint."""
+        the given completed checkpoint; with `replay_until`, muted up to that offset."""
         self.completed = completed
         self.attempted_manifest = None
         self.next_offset = completed.offset
         self.records_since_checkpoint = 0
+        self._produce = produce
+        self.replay_until = replay_until
+        self._build_chain(MUTED if replay_until is not None else produce)
+
+    def _build_chain(self, produce: Produce) -> None:
         self._ctx = ChainContext(produce, self.state)
         self._push = build_chain(self.stage.root, self._ctx)
 
@@ -71,6 +93,33 @@ class Task:
         """Runs records of this task's partition through the chain, in order. A record
         that fails goes to the error handler; unless its policy is `fail`, processing
         continues with the next record."""
+        if self.replay_until is not None:
+            msgs = self._replay(msgs)
+            if not msgs:
+                return
+        self._run(msgs)
+
+    def _replay(self, msgs: list) -> list:
+        """Runs the records below `replay_until` muted; returns the rest. Once caught up,
+        the chain is rebuilt with real outputs and the task counts as changed, so the
+        next checkpoint replaces the lost snapshot."""
+        end = self.replay_until
+        cut = 0
+        while cut < len(msgs) and msgs[cut].offset() < end:
+            cut += 1
+        if cut:
+            self._run(msgs[:cut])
+        if cut == len(msgs) and self.next_offset < end:
+            return []
+        replayed = self.records_since_checkpoint
+        log.info("%s caught up at offset %d after replaying %d records without outputs",
+                 self.id, end, replayed)
+        self.replay_until = None
+        self.records_since_checkpoint = max(1, replayed)
+        self._build_chain(self._produce)
+        return msgs[cut:]
+
+    def _run(self, msgs: list) -> None:
         push, ctx = self._push, self._ctx
         forwards_raw = self.stage.forwards_raw
         fast_key = careful_key = fast_value = careful_value = None
@@ -120,4 +169,6 @@ class Task:
 
     @property
     def changed(self) -> bool:
-        return self.records_since_checkpoint > 0
+        """Whether the next checkpoint must cover this task. Not while it replays: its
+        committed offset must not move back below what was committed already."""
+        return self.records_since_checkpoint > 0 and self.replay_until is None

@@ -19,6 +19,7 @@ from connectors.kafka_sink import OutputCommitter
 from service.config import WorkerConfig
 from service.error_policy import ErrorHandler
 from service.metrics import WorkerMetrics
+from service.errors import SnapshotMissingError
 from service.planner import Plan
 from service.recovery import restore_task
 from service.task import Task, task_id
@@ -115,15 +116,31 @@ class TaskManager:
         produce = self.committer.produce_fn()
         positions = []
         for task in tasks:
-            restored = restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id))
-            task.start(restored.completed, produce)
+            restored = restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
+                                    fallback=self.config.fallback_to_older_checkpoint)
+            offset = restored.completed.offset
+            replay_until = None
+            if restored.replay_from is not None and restored.replay_from < offset:
+                self._check_replayable(task, restored.replay_from)
+                replay_until, offset = offset, restored.replay_from
+            task.start(restored.completed, produce, replay_until)
             retention = self.retention.get((task.topic, task.partition))
             if retention is not None:
                 retention.restored(restored.completed.manifest)
-            offset = restored.completed.offset
             positions.append(TopicPartition(task.topic, task.partition,
                                             offset if offset is not None else self.source.reset_offset))
         return positions
+
+    def _check_replayable(self, task: Task, replay_from: int) -> None:
+        """A fallback needs the input from the older snapshot's offset on; Kafka's
+        retention may have deleted it, and replaying from later would corrupt state."""
+        low, _ = self.source.consumer.get_watermark_offsets(
+            TopicPartition(task.topic, task.partition), timeout=COMMITTED_TIMEOUT_S)
+        if low > replay_from:
+            raise SnapshotMissingError(
+                f"cannot fall back for {task.id}: the older snapshot needs topic {task.topic!r} "
+                f"partition {task.partition} from offset {replay_from}, but the earliest record "
+                f"left is at offset {low} (deleted by the topic's retention)")
 
     def rewind_all(self) -> None:
         """Back to the last committed checkpoint: the open transaction was aborted, so

@@ -18,7 +18,7 @@ from connectors.kafka_sink import AtLeastOnceProducer, OutputCommitter, Transact
 from connectors.kafka_source import KafkaSource, consumer_config
 from service.api import Job
 from service.checkpoint import CheckpointCoordinator
-from service.config import EXACTLY_ONCE, WorkerConfig
+from service.config import EXACTLY_ONCE, OFFSET_COMMIT_INTERVAL_S, WorkerConfig
 from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
@@ -104,7 +104,14 @@ class Worker:
                               on_dead_letter=self.metrics.labels(self.metrics.dlq_records).inc)
         ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},
                       errors.dlq_topic if errors.uses_dead_letter else None)
-        storage = open_storage(c.checkpoint_storage)
+        storage = open_storage(c.checkpoint_storage, c.s3)
+        if not c.checkpoints_enabled:
+            log.warning(
+                "CHECKPOINTS ARE DISABLED (--checkpoint-interval 0): offsets alone are committed "
+                "every %.0fs, no state is snapshotted, and after a restart, rebalance or failed "
+                "commit every stateful operator starts with EMPTY state at the committed offsets. "
+                "Outputs may repeat (at-least-once) and aggregates restart from scratch.",
+                OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         producer_extra = {**kafka, **self.monitor.producer_settings()}
         if c.processing_guarantee == EXACTLY_ONCE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from service.errors import SnapshotMissingError, SnapshotUnreachableError
 from statestore.manifest import Manifest
 from statestore.snapshots import SHARED
 from statestore.storage.base import CheckpointStorage
@@ -89,18 +90,30 @@ class RetainedSnapshots:
 
     def restored(self, manifest: Manifest | None) -> None:
         """After a restore: re-learn the kept set from the manifest's lineage and clear
-        what crashed or failed attempts left behind."""
+        what crashed or failed attempts left behind. Manifests already in memory are
+        not read again (a rewind works while storage is down), and when a lineage
+        manifest cannot be read for any reason but its absence or damage, nothing is
+        swept: the files it lists are unknown and might be deleted."""
         if manifest is None:
             self.kept = []
             return
+        in_memory = {m.snapshot: m for m in self.kept}
         kept = [manifest]
+        unsure = False
         for snapshot in manifest.lineage[: self.retain - 1]:
             try:
-                kept.append(self._load(snapshot))
-            except Exception as exc:  # noqa: BLE001 - an unreadable old one is just not kept
-                log.warning("retention: lineage snapshot %s of %s is unreadable (%s)",
-                            snapshot, self.prefix, exc)
+                kept.append(in_memory.get(snapshot) or self._load(snapshot))
+            except Exception as exc:  # noqa: BLE001 - anything but a clear loss: be careful
+                if isinstance(exc, SnapshotMissingError) and not isinstance(exc, SnapshotUnreachableError):
+                    log.warning("retention: lineage snapshot %s of %s is lost (%s)",
+                                snapshot, self.prefix, exc)
+                    continue
+                unsure = True
+                log.warning("retention: lineage snapshot %s of %s is unreadable (%s); "
+                            "not sweeping until it is", snapshot, self.prefix, exc)
         self.kept = kept
+        if unsure:
+            return
         try:
             sweep(self.storage, self.prefix, kept, manifest.checkpoint_id, self.shared_grace_s)
         except OSError as exc:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import CorruptSnapshotError, SnapshotMissingError
+from service.errors import CheckpointTimeoutError, CorruptSnapshotError, SnapshotMissingError, \
+    SnapshotUnreachableError
 from statestore.digests import DigestCache, sha256_file
 from statestore.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError
 from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError
@@ -56,8 +57,10 @@ class SnapshotPersister:
         self.digests = digests
         self.incremental = incremental
 
-    def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None) -> tuple[list[FileEntry], int]:
-        """Uploads what storage does not hold yet; returns the file entries and bytes sent."""
+    def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None,
+               deadline: float | None = None) -> tuple[list[FileEntry], int]:
+        """Uploads what storage does not hold yet; returns the file entries and bytes sent.
+        Past `deadline` (time.monotonic()) it stops with CheckpointTimeoutError."""
         known = {}
         if previous is not None and self.incremental:
             known = {f.sha256: f for f in previous.files if f.key.startswith(SHARED + "/")}
@@ -65,16 +68,18 @@ class SnapshotPersister:
         for path in sorted(local_dir.iterdir()):
             size = path.stat().st_size
             digest = self.digests.digest(path)
+            upload = True
             if self.incremental and path.suffix == ".sst":
                 key = f"{SHARED}/{digest}.sst"
-                if digest not in known:
-                    self.storage.put_file(f"{self.prefix}/{key}", path)
-                    sent += size
+                upload = digest not in known
             else:
                 key = f"{snapshot}/{path.name}"
+            if upload:
+                _check_deadline(deadline, snapshot)
                 self.storage.put_file(f"{self.prefix}/{key}", path)
                 sent += size
             entries.append(FileEntry(name=path.name, key=key, size=size, sha256=digest))
+        _check_deadline(deadline, snapshot)
         return entries, sent
 
     def write_manifest(self, manifest: Manifest,
@@ -84,6 +89,12 @@ class SnapshotPersister:
         if before_write is not None:
             before_write(key, data)
         self.storage.put_atomic(key, data)
+
+
+def _check_deadline(deadline: float | None, snapshot: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise CheckpointTimeoutError(
+            f"snapshot {snapshot} was not in checkpoint storage before the checkpoint timeout")
 
 
 class SnapshotRestorer:
@@ -104,11 +115,21 @@ class SnapshotRestorer:
                 f"snapshot {snapshot} is referenced by the committed offsets but its manifest "
                 f"{where} does not exist; refusing to start with empty state") from None
         except StorageError as exc:
-            raise SnapshotMissingError(f"cannot read manifest {where}: {exc}") from exc
+            raise SnapshotUnreachableError(f"cannot read manifest {where}: {exc}") from exc
         try:
             return Manifest.from_bytes(data, where)
         except ManifestError as exc:
             raise CorruptSnapshotError(str(exc)) from None
+
+    def stored_snapshots(self) -> list[str]:
+        """Names of the snapshots whose manifest exists in storage, oldest first."""
+        suffix = "/" + MANIFEST_NAME
+        names = []
+        for key in self.storage.list(self.prefix):
+            relative = key[len(self.prefix) + 1:]
+            if relative.endswith(suffix) and relative.count("/") == 1:
+                names.append(relative[: -len(suffix)])
+        return sorted(names)
 
     def restore(self, manifest: Manifest, target: Path, local_dirs: list[Path]) -> RestoreStats:
         began = time.monotonic()
@@ -153,7 +174,7 @@ class SnapshotRestorer:
                 f"file {where} listed in the snapshot's manifest is missing from checkpoint storage"
             ) from None
         except StorageError as exc:
-            raise SnapshotMissingError(f"cannot download {where}: {exc}") from exc
+            raise SnapshotUnreachableError(f"cannot download {where}: {exc}") from exc
         actual_size = dest.stat().st_size
         digest = sha256_file(dest)
         if actual_size != entry.size or digest != entry.sha256:

@@ -101,9 +101,10 @@ class TaskState:
 
     def persist(self, local_dir: Path, build_manifest: Callable[..., Manifest],
                 previous: Manifest | None,
-                before_manifest: Callable[[str, bytes], None] | None = None) -> SnapshotInfo:
+                before_manifest: Callable[[str, bytes], None] | None = None,
+                deadline: float | None = None) -> SnapshotInfo:
         began = time.monotonic()
-        files, sent = self.persister.upload(local_dir, local_dir.name, previous)
+        files, sent = self.persister.upload(local_dir, local_dir.name, previous, deadline)
         manifest = build_manifest(files=tuple(files), uploaded_bytes=sent,
                                   column_families=tuple(self.store.column_families),
                                   state_keys=self.state_keys())

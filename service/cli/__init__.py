@@ -15,6 +15,9 @@ from service.cli.demo_cmd import demo
 from service.cli.generate_cmd import generate
 
 
+_CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
@@ -25,6 +28,10 @@ def cli(log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The AWS SDK logs request headers and signing details at DEBUG: never let
+    # credentials-derived material reach the logs, whatever level the user asked for.
+    for name in _CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 cli.add_command(kafka)

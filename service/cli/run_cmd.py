@@ -7,9 +7,13 @@ from pathlib import Path
 
 import click
 
+from service.cli.storage_options import s3_options
 from service.config import (
     AT_LEAST_ONCE,
     EXACTLY_ONCE,
+    FULL,
+    INCREMENTAL,
+    OFFSET_COMMIT_INTERVAL_S,
     WorkerConfig,
     default_worker_id,
     load_kafka_config,
@@ -18,6 +22,7 @@ from service.config import (
 )
 from service.job_loader import load_job
 from service.worker import Worker
+from statestore.storage import S3Settings
 
 
 @click.command("run")
@@ -29,13 +34,26 @@ from service.worker import Worker
 @click.option("--state-dir", type=click.Path(path_type=Path), required=True,
               help="Local directory for task state (RocksDB).")
 @click.option("--checkpoint-storage", required=True, help="file:///path or s3://bucket/prefix.")
+@s3_options
 @click.option("--checkpoint-interval", default="1s", show_default=True,
-              help="Time between checkpoints (0 disables them; at-least-once only).")
-@click.option("--checkpoint-timeout", default="60s", show_default=True)
-@click.option("--min-pause", default="0s", show_default=True, help="Minimum pause between checkpoints.")
+              help="Time from the start of one checkpoint to the start of the next. 0 disables "
+                   f"checkpoints (at-least-once only): offsets alone are committed every "
+                   f"{OFFSET_COMMIT_INTERVAL_S:.0f}s and state is NOT recovered after a restart.")
+@click.option("--checkpoint-timeout", default="60s", show_default=True,
+              help="A checkpoint whose snapshot is not durable by then fails: its transaction "
+                   "aborts and the worker rewinds.")
+@click.option("--min-pause", default="0s", show_default=True,
+              help="Minimum time from the end of one checkpoint to the start of the next.")
 @click.option("--tolerable-failures", default=3, show_default=True,
-              help="Consecutive failed checkpoints tolerated before the worker stops.")
-@click.option("--checkpoints-retained", default=3, show_default=True)
+              help="Consecutive failed checkpoints tolerated; one more stops the worker (exit 4).")
+@click.option("--checkpoints-retained", default=3, show_default=True,
+              help="Completed checkpoints kept per task in storage.")
+@click.option("--checkpoint-mode", type=click.Choice([INCREMENTAL, FULL]), default=INCREMENTAL,
+              show_default=True, help="incremental: upload only SST files storage lacks; "
+              "full: every checkpoint is a self-contained copy.")
+@click.option("--fallback-to-older-checkpoint", is_flag=True,
+              help="If the committed checkpoint's snapshot is missing or corrupt, restore the "
+                   "newest intact older one and replay its input without emitting outputs.")
 @click.option("--worker-id", default=default_worker_id, show_default="hostname",
               help="Stable worker slot: transactional id and static group membership.")
 @click.option("-p", "--param", "params", multiple=True, help="Job parameter NAME=VALUE (repeatable).")
@@ -63,7 +81,8 @@ from service.worker import Worker
                    "Without both, control endpoints answer local callers only.")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
-        tolerable_failures: int, checkpoints_retained: int, worker_id: str, params: tuple[str, ...],
+        tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
+        fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
         session_timeout: str, state_cache: int, error_policy: str, http_host: str, http_port: int | None,
         control_token: str | None, control_allow: tuple[str, ...]) -> None:
@@ -77,6 +96,8 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         checkpoint_interval_s=parse_duration(checkpoint_interval, "--checkpoint-interval"),
         checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
+        checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
+        s3=s3,
         transaction_timeout_s=max(120.0, 2 * timeout_s),
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
         state_cache_bytes=state_cache << 20, error_policy=error_policy,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from service.errors import ConfigurationError
@@ -9,9 +11,21 @@ from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageEr
 from statestore.storage.file import FileStorage
 
 
-def open_storage(url: str) -> CheckpointStorage:
-    """`file:///path` or a plain path; `s3://bucket/prefix` (endpoint and credentials
-    from the usual AWS environment variables)."""
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3-compatible store, from flags; anything left None falls back
+    to the usual AWS environment variables and files. Holds no secret itself: keys
+    come from the environment or from `credentials_file`, so a config can be logged."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    credentials_file: Path | None = None
+
+
+def open_storage(url: str, s3: S3Settings | None = None) -> CheckpointStorage:
+    """`file:///path` or a plain path; `s3://bucket/prefix` (endpoint, region and
+    credentials from `s3`, else from the usual AWS environment variables)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme else url
@@ -22,9 +36,12 @@ def open_storage(url: str) -> CheckpointStorage:
     if parsed.scheme == "s3":
         from statestore.storage.s3 import S3Storage
 
-        return S3Storage.from_url(url)
+        s3 = s3 or S3Settings()
+        return S3Storage.from_url(url, endpoint_url=s3.endpoint_url, region=s3.region,
+                                  profile=s3.profile, credentials_file=s3.credentials_file)
     raise ConfigurationError(
         f"unsupported checkpoint storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 
-__all__ = ["CheckpointStorage", "FileStorage", "ObjectNotFound", "StorageError", "open_storage"]
+__all__ = ["CheckpointStorage", "FileStorage", "ObjectNotFound", "S3Settings", "StorageError",
+           "open_storage"]

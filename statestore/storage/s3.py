@@ -17,6 +17,7 @@ import boto3
 import boto3.exceptions
 import botocore.exceptions
 from botocore.config import Config
+from botocore.credentials import SharedCredentialProvider
 
 from service.errors import ConfigurationError
 from statestore.storage.base import ObjectNotFound, StorageError, StoredObject
@@ -49,12 +50,29 @@ def _env(*names: str) -> str | None:
     return None
 
 
+def _read_credentials_file(path: Path, profile: str) -> tuple[str, str, str | None]:
+    """Keys from a file in the AWS shared-credentials format, read with botocore's own
+    parser. Named explicitly, it wins over AWS_* variables (botocore's chain would not)."""
+    if not path.is_file():
+        raise ConfigurationError(f"S3 credentials file {path} does not exist")
+    try:
+        credentials = SharedCredentialProvider(str(path), profile).load()
+    except _AWS_ERRORS as exc:
+        raise ConfigurationError(f"cannot read S3 credentials file {path}: {exc}") from None
+    if credentials is None:
+        raise ConfigurationError(
+            f"S3 credentials file {path} has no [{profile}] section with aws_access_key_id "
+            "and aws_secret_access_key")
+    return credentials.access_key, credentials.secret_key, credentials.token
+
+
 class S3Storage:
     """Objects live under `prefix/` in one bucket; keys are '/'-separated relative names."""
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, access_key: str | None = None,
-                 secret_key: str | None = None) -> None:
+                 secret_key: str | None = None, profile: str | None = None,
+                 credentials_file: Path | str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -69,11 +87,17 @@ class S3Storage:
             # Virtual-host addressing needs DNS per bucket, which self-hosted stores lack.
             s3={"addressing_style": "path"} if endpoint_url else None,
         )
+        session_token = None
+        if credentials_file is not None and access_key is None:
+            access_key, secret_key, session_token = _read_credentials_file(
+                Path(credentials_file), profile or "default")
+            profile = None  # the profile named a section of that file, not of ~/.aws
         try:
             # A private session: the default one is shared and not thread-safe to create from.
             session = boto3.session.Session(aws_access_key_id=access_key,
                                             aws_secret_access_key=secret_key,
-                                            region_name=region)
+                                            aws_session_token=session_token,
+                                            region_name=region, profile_name=profile)
             self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
         except _AWS_ERRORS as exc:
             raise StorageError(f"cannot set up S3 client for {self.url}: {exc}") from exc
@@ -81,9 +105,10 @@ class S3Storage:
                   endpoint_url or "AWS default", region or "AWS default")
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: str | None) -> S3Storage:
+    def from_url(cls, url: str, **kwargs: object) -> S3Storage:
         """Builds from `s3://bucket/prefix`; kwargs (endpoint_url, region, access_key,
-        secret_key) override the AWS environment variables, e.g. from CLI flags."""
+        secret_key, profile, credentials_file) override the AWS environment variables,
+        e.g. from CLI flags."""
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigurationError(f"checkpoint storage URL {url!r} is not s3://bucket/prefix")
