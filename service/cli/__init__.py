@@ -9,6 +9,7 @@ import click
 from confluent_kafka import KafkaException
 
 from service.errors import EosError
+from service.cli.checkpoints_cmd import checkpoints
 from service.cli.kafka_cmd import kafka
 from service.cli.run_cmd import run
 from service.cli.demo_cmd import demo
@@ -38,6 +39,7 @@ cli.add_command(kafka)
 cli.add_command(run)
 cli.add_command(demo)
 cli.add_command(generate)
+cli.add_command(checkpoints)
 
 
 def main() -> None:
