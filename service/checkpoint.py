@@ -111,7 +111,10 @@ class CheckpointCoordinator:
         self.current: CheckpointRecord | None = None
         self.on_error: Callable[[str], None] = lambda message: None
         self.consecutive_failures = 0
-        self.last_id = 0
+        self.last_id = 0  # last completed (committed) checkpoint
+        # Ids are never reused, not even a failed one's (as in Flink): its snapshot
+        # directory may still exist locally and in storage.
+        self.last_attempted_id = 0
         self._last_started = time.monotonic()
         self._last_ended = time.monotonic()
 
@@ -127,7 +130,9 @@ class CheckpointCoordinator:
         if not tasks:
             self._last_ended = self._last_started
             return None
-        checkpoint_id = 1 + max([self.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        checkpoint_id = 1 + max([self.last_attempted_id]
+                                + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        self.last_attempted_id = checkpoint_id
         record = CheckpointRecord(checkpoint_id, reason, time.time(), tasks=len(tasks))
         self.history.append(record)
         self.current = record
