@@ -7,6 +7,7 @@ broker and checks the committed output with the independent oracle.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 
@@ -18,10 +19,14 @@ from tests.harness.scenario import RunningSum
 pytestmark = pytest.mark.kafka
 
 
-def _random_kills(scenario: RunningSum, kills: int, seed: int, **spec) -> None:
+def _random_kills(scenario: RunningSum, kills: int, seed: int, machines: int = 1, **spec) -> None:
+    """`machines` > 1: successive workers use different state directories, as workers
+    moving between machines do, so restores download from storage."""
     rng = random.Random(seed)
     scenario.start_feeding()
-    for _ in range(kills):
+    for i in range(kills):
+        if machines > 1:
+            spec["state_dir"] = scenario.workdir / f"state-{i % machines}"
         worker = scenario.start_worker(**spec)
         time.sleep(rng.uniform(1.0, 3.5))
         assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
@@ -38,6 +43,23 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(bootstrap, tmp_p
     report = scenario.check()
     assert report.ok, report.summary()
     assert report.outputs == 20_000
+
+
+def test_sigkill_at_random_moments_with_s3_checkpoint_storage(bootstrap, tmp_path, s3_server):
+    """The same guarantee with checkpoints in a real S3-compatible store (moto over HTTP),
+    workers alternating between two state directories so that restores download."""
+    scenario = RunningSum(bootstrap, tmp_path, records=10_000, storage=f"s3://{s3_server.bucket}/{tmp_path.name}",
+                          spec_overrides={"env": s3_server.env()})
+    _random_kills(scenario, kills=6, seed=29, machines=2)
+    final = scenario.start_worker(state_dir=tmp_path / "state-new-machine")
+    scenario.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == 10_000
+    log = final.log_path.read_text()
+    downloads = re.findall(r"from checkpoint \d+ .*: \d+ files, 0 reused locally, ([1-9]\d*) downloaded", log)
+    assert downloads, "the final worker, on a new machine, downloaded nothing from S3"
 
 
 def test_oracle_catches_at_least_once_under_the_same_kills(bootstrap, tmp_path):
