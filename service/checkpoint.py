@@ -34,6 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -49,11 +50,14 @@ from service.task import CompletedCheckpoint, Task
 from service.task_manager import TaskManager
 from statestore.manifest import Manifest
 from statestore.retention import snapshot_name
+from statestore.snapshots import run_all
 from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
 HISTORY_SIZE = 50
+# Storage calls of one checkpoint run this many at a time (uploads, then manifests).
+STORAGE_THREADS = 8
 
 
 class Phase(enum.Enum):
@@ -89,6 +93,39 @@ class CheckpointRecord:
     offsets: dict[str, int] = field(default_factory=dict)
 
 
+class CheckpointStats:
+    """The whole run's checkpoints in a few numbers, for the shutdown summary: how much
+    of the worker's time the synchronous phase took (processing stops meanwhile)."""
+
+    SAMPLE = 10_000
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.completed_count = self.failed_count = 0
+        self.seconds = 0.0
+        self.durations: deque[float] = deque(maxlen=self.SAMPLE)
+
+    def completed(self, seconds: float) -> None:
+        self.completed_count += 1
+        self.seconds += seconds
+        self.durations.append(seconds)
+
+    def failed(self, seconds: float) -> None:
+        self.failed_count += 1
+        self.seconds += seconds
+
+    def summary(self) -> str:
+        wall = max(1e-9, time.monotonic() - self.started)
+        ordered = sorted(self.durations)
+
+        def pct(q: float) -> float:
+            return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+        return (f"{self.completed_count} checkpoints completed, {self.failed_count} failed; duration p50 "
+                f"{pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms; {100 * self.seconds / wall:.1f}% of "
+                f"{wall:.0f}s spent in checkpoints")
+
+
 class CheckpointCoordinator:
     def __init__(self, manager: TaskManager, committer: OutputCommitter, consumer: object,
                  *, job: str, worker: str, token: str, interval_s: float, timeout_s: float,
@@ -110,6 +147,8 @@ class CheckpointCoordinator:
         # The checkpoint running right now, for the status page (read from its thread).
         self.current: CheckpointRecord | None = None
         self.on_error: Callable[[str], None] = lambda message: None
+        self.pool = ThreadPoolExecutor(max_workers=STORAGE_THREADS, thread_name_prefix="eos-storage")
+        self.stats = CheckpointStats()
         self.consecutive_failures = 0
         self.last_id = 0  # last completed (committed) checkpoint
         # Ids are never reused, not even a failed one's (as in Flink): its snapshot
@@ -117,6 +156,10 @@ class CheckpointCoordinator:
         self.last_attempted_id = 0
         self._last_started = time.monotonic()
         self._last_ended = time.monotonic()
+
+    def close(self) -> None:
+        """Abandons storage calls of a failed checkpoint that are still running."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def due(self) -> bool:
         now = time.monotonic()
@@ -168,7 +211,13 @@ class CheckpointCoordinator:
         record.phase = Phase.SNAPSHOTTED
         self.faults.hit("after_snapshot")
 
+        # Every task's new files at once, then every manifest at once: on an object store
+        # a checkpoint costs round trips in sequence, not bytes.
+        plans = {t.id: t.state.plan_upload(local_dirs[t.id], t.completed.manifest) for t in stateful}
+        run_all([call for t in stateful for call in t.state.persister.upload_calls(plans[t.id])],
+                self.pool, deadline, f"checkpoint {n}")
         manifests: dict[str, Manifest] = {}
+        writes = []
         for task in stateful:
             retention = self.manager.retention[(task.topic, task.partition)]
             build = partial(Manifest, job=self.job, task=task.id, topic=task.topic,
@@ -176,13 +225,14 @@ class CheckpointCoordinator:
                             worker=self.worker, created_at=record.started_at,
                             source_offset=barriers[task.id].offset,
                             lineage=retention.lineage_for_next())
-            info = task.state.persist(local_dirs[task.id], build, task.completed.manifest,
-                                      before_manifest=self._mid_manifest_fault(task),
-                                      deadline=deadline)
-            manifests[task.id] = task.attempted_manifest = info.manifest
-            record.size_bytes += info.manifest.total_bytes
-            record.uploaded_bytes += info.manifest.uploaded_bytes
-            record.state_keys += sum(info.manifest.state_keys.values())
+            manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
+            writes.append(partial(task.state.persister.write_manifest, manifest, self._mid_manifest_fault(task)))
+            record.size_bytes += manifest.total_bytes
+            record.uploaded_bytes += manifest.uploaded_bytes
+            record.state_keys += sum(manifest.state_keys.values())
+        run_all(writes, self.pool, deadline, f"checkpoint {n}'s manifests")
+        for task in stateful:
+            task.attempted_manifest = manifests[task.id]
         record.phase = Phase.PERSISTED
         self.faults.hit("after_persist")
 
@@ -219,6 +269,7 @@ class CheckpointCoordinator:
         n = record.checkpoint_id
         self.last_id = n
         self.consecutive_failures = 0
+        retention = []
         for task in tasks:
             manifest = manifests.get(task.id)
             task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest)
@@ -226,8 +277,15 @@ class CheckpointCoordinator:
             task.records_since_checkpoint = 0
             if manifest is not None:
                 task.state.directory.prune_snapshots(keep={manifest.snapshot})
-                self.manager.retention[(task.topic, task.partition)].completed(manifest)
+                retention.append(partial(self.manager.retention[(task.topic, task.partition)].completed,
+                                         manifest))
+        # Tasks' deletions are independent (separate prefixes); each task's must finish
+        # before its next upload, which may re-create a file it deletes.
+        for future in [self.pool.submit(call) for call in retention]:
+            if future.exception() is not None:
+                log.warning("retention after checkpoint %d failed: %s", n, future.exception())
         record.duration_s = time.monotonic() - began
+        self.stats.completed(record.duration_s)
         m = self.metrics
         m.labels(m.checkpoints_completed).inc()
         m.labels(m.checkpoint_last_duration).set(record.duration_s)
@@ -260,6 +318,7 @@ class CheckpointCoordinator:
         record.error = f"{type(exc).__name__}: {exc}"
         record.duration_s = time.monotonic() - began
         self.on_error(f"checkpoint {record.checkpoint_id} failed: {record.error}")
+        self.stats.failed(record.duration_s)
         self.consecutive_failures += 1
         self.metrics.labels(self.metrics.checkpoints_failed).inc()
         log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id,

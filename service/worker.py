@@ -196,7 +196,7 @@ class Worker:
         if record is not None and record.error:
             raise CheckpointError(f"the final checkpoint failed: {record.error}")
         last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
-        log.info("stopped cleanly; last completed checkpoint %d", last)
+        log.info("stopped cleanly; last completed checkpoint %d; %s", last, self.coordinator.stats.summary())
 
     def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:
         self.last_error = str(exc)
@@ -219,3 +219,5 @@ class Worker:
             self.source.close()
         if self.committer is not None:
             self.committer.close()
+        if self.coordinator is not None:
+            self.coordinator.close()

@@ -44,10 +44,28 @@ def _io(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return wrap
 
 
+# Sorted runs that trigger a universal compaction (see _options).
+COMPACTION_TRIGGER = 8
+BLOOM_BITS_PER_KEY = 10
+
+
 def _options() -> rocksdict.Options:
+    """Tuned for incremental checkpoints, which upload every SST file a checkpoint has
+    that the previous one had not. Leveled compaction rewrites the whole of level 1
+    each time level 0 fills up, so with keys changing all over the key space every few
+    checkpoints upload the entire state; universal compaction merges runs of similar
+    size and rewrites the big one rarely. Measured with 100k keys and 1% changed per
+    checkpoint over 200 checkpoints (docs/checkpoints.md): mean upload 344 -> 100 KiB,
+    p99 checkpoint 117 -> 31 ms, for about 1.6x the stored size. Bloom filters keep
+    point reads (cache misses) fast across the extra sorted runs."""
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_compaction_style(rocksdict.DBCompactionStyle.universal())
+    opts.set_level_zero_file_num_compaction_trigger(COMPACTION_TRIGGER)
+    table = rocksdict.BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    opts.set_block_based_table_factory(table)
     opts.set_write_buffer_size(16 << 20)
     opts.set_max_write_buffer_number(3)
     opts.set_max_background_jobs(2)

@@ -1,9 +1,8 @@
 """Moving task snapshots between the local disk and checkpoint storage.
 
-Persisting is incremental by default: SST files are content-addressed under the task's
+Persisting is incremental by default: files are content-addressed under the task's
 `shared/` prefix and uploaded only when the previous manifest does not already hold
-them; the few small files that describe the database (MANIFEST, CURRENT, OPTIONS) go
-into the snapshot's own directory. The manifest goes last.
+them. The manifest goes last.
 
 Restoring verifies every byte against the manifest's digests, preferring intact local
 copies (hard-linked, so a restart on the same machine downloads only what is missing).
@@ -16,7 +15,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Executor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from service.errors import CheckpointTimeoutError, CorruptSnapshotError, SnapshotMissingError, \
@@ -47,8 +48,36 @@ class RestoreStats:
     seconds: float
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    key: str  # relative to the task's prefix
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What one snapshot consists of and which of its files storage lacks."""
+
+    snapshot: str
+    entries: tuple[FileEntry, ...]
+    uploads: tuple[PendingUpload, ...]
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(u.size for u in self.uploads)
+
+
 class SnapshotPersister:
-    """Uploads local RocksDB checkpoints of one task and writes their manifests."""
+    """Uploads local RocksDB checkpoints of one task and writes their manifests.
+
+    Incremental: every file is content-addressed under `shared/` and uploaded only when
+    the previous manifest does not list its digest. RocksDB never changes a file once
+    written (SSTs, OPTIONS) and rewrites small ones (MANIFEST, CURRENT) under the same
+    name, so addressing by content rather than by name is what makes files shareable;
+    a checkpoint with few changes uploads its new SSTs and one small MANIFEST file.
+    Full: every file goes into the snapshot's own directory, every time.
+    """
 
     def __init__(self, storage: CheckpointStorage, prefix: str, digests: DigestCache,
                  incremental: bool = True) -> None:
@@ -57,30 +86,31 @@ class SnapshotPersister:
         self.digests = digests
         self.incremental = incremental
 
-    def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None,
-               deadline: float | None = None) -> tuple[list[FileEntry], int]:
-        """Uploads what storage does not hold yet; returns the file entries and bytes sent.
-        Past `deadline` (time.monotonic()) it stops with CheckpointTimeoutError."""
-        known = {}
+    def plan(self, local_dir: Path, snapshot: str, previous: Manifest | None) -> UploadPlan:
+        known = set()
         if previous is not None and self.incremental:
-            known = {f.sha256: f for f in previous.files if f.key.startswith(SHARED + "/")}
-        entries, sent = [], 0
+            known = {f.key for f in previous.files if f.key.startswith(SHARED + "/")}
+        entries, uploads = [], []
         for path in sorted(local_dir.iterdir()):
             size = path.stat().st_size
             digest = self.digests.digest(path)
-            upload = True
-            if self.incremental and path.suffix == ".sst":
-                key = f"{SHARED}/{digest}.sst"
-                upload = digest not in known
-            else:
-                key = f"{snapshot}/{path.name}"
-            if upload:
-                _check_deadline(deadline, snapshot)
-                self.storage.put_file(f"{self.prefix}/{key}", path)
-                sent += size
+            key = f"{SHARED}/{digest}{path.suffix}" if self.incremental else f"{snapshot}/{path.name}"
+            if key not in known:
+                uploads.append(PendingUpload(key, path, size))
+                known.add(key)  # two files with the same content: one upload
             entries.append(FileEntry(name=path.name, key=key, size=size, sha256=digest))
-        _check_deadline(deadline, snapshot)
-        return entries, sent
+        return UploadPlan(snapshot, tuple(entries), tuple(uploads))
+
+    def upload_calls(self, plan: UploadPlan) -> list[Callable[[], None]]:
+        return [partial(self.storage.put_file, f"{self.prefix}/{u.key}", u.path) for u in plan.uploads]
+
+    def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None,
+               deadline: float | None = None, pool: Executor | None = None) -> tuple[list[FileEntry], int]:
+        """Uploads what storage does not hold yet; returns the file entries and bytes sent.
+        Past `deadline` (time.monotonic()) it stops with CheckpointTimeoutError."""
+        plan = self.plan(local_dir, snapshot, previous)
+        run_all(self.upload_calls(plan), pool, deadline, f"snapshot {snapshot}")
+        return list(plan.entries), plan.upload_bytes
 
     def write_manifest(self, manifest: Manifest,
                        before_write: Callable[[str, bytes], None] | None = None) -> None:
@@ -91,10 +121,36 @@ class SnapshotPersister:
         self.storage.put_atomic(key, data)
 
 
-def _check_deadline(deadline: float | None, snapshot: str) -> None:
+def run_all(calls: list[Callable[[], None]], pool: Executor | None, deadline: float | None, what: str) -> None:
+    """Runs storage calls, in parallel on `pool` when given, all within `deadline`.
+
+    Storage round trips, not bandwidth, dominate small checkpoints on an object store,
+    so their number in sequence is what a checkpoint costs. On a timeout the calls
+    still running are abandoned: whatever they write is unreferenced and retention
+    removes it."""
+    if pool is None or len(calls) <= 1:
+        for call in calls:
+            _check_deadline(deadline, what)
+            call()
+        _check_deadline(deadline, what)
+        return
+    futures = [pool.submit(call) for call in calls]
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    done, pending = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
+    for future in done:
+        if future.exception() is not None:
+            for other in pending:
+                other.cancel()
+            raise future.exception()
+    if pending:
+        for other in pending:
+            other.cancel()
+        raise CheckpointTimeoutError(f"{what} was not in checkpoint storage before the checkpoint timeout")
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
-        raise CheckpointTimeoutError(
-            f"snapshot {snapshot} was not in checkpoint storage before the checkpoint timeout")
+        raise CheckpointTimeoutError(f"{what} was not in checkpoint storage before the checkpoint timeout")
 
 
 class SnapshotRestorer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,8 @@ from statestore.codecs import ValueCodec
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
 from statestore.rocks import TaskStore
-from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, task_prefix
+from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, UploadPlan, run_all, \
+    task_prefix
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
 from statestore.tables import MapTable, ValueTable
@@ -99,15 +101,25 @@ class TaskState:
         self.store.checkpoint(target)
         return target
 
+    def plan_upload(self, local_dir: Path, previous: Manifest | None) -> UploadPlan:
+        """The snapshot's files and which of them storage lacks (uploads are the caller's,
+        so a checkpoint can upload every task's files at once)."""
+        return self.persister.plan(local_dir, local_dir.name, previous)
+
+    def manifest_for(self, plan: UploadPlan, build_manifest: Callable[..., Manifest]) -> Manifest:
+        return build_manifest(files=plan.entries, uploaded_bytes=plan.upload_bytes,
+                              column_families=tuple(self.store.column_families),
+                              state_keys=self.state_keys())
+
     def persist(self, local_dir: Path, build_manifest: Callable[..., Manifest],
                 previous: Manifest | None,
                 before_manifest: Callable[[str, bytes], None] | None = None,
-                deadline: float | None = None) -> SnapshotInfo:
+                deadline: float | None = None, pool: Executor | None = None) -> SnapshotInfo:
+        """Uploads one snapshot and writes its manifest (one task on its own)."""
         began = time.monotonic()
-        files, sent = self.persister.upload(local_dir, local_dir.name, previous, deadline)
-        manifest = build_manifest(files=tuple(files), uploaded_bytes=sent,
-                                  column_families=tuple(self.store.column_families),
-                                  state_keys=self.state_keys())
+        plan = self.plan_upload(local_dir, previous)
+        run_all(self.persister.upload_calls(plan), pool, deadline, f"snapshot {plan.snapshot}")
+        manifest = self.manifest_for(plan, build_manifest)
         self.persister.write_manifest(manifest, before_manifest)
         return SnapshotInfo(manifest, time.monotonic() - began)
 

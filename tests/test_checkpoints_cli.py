@@ -120,11 +120,12 @@ def test_verify_names_corrupt_and_missing_files_and_exits_nonzero(storage_url, t
     history = _history(storage_url, tmp_path, checkpoints=3)
     storage = open_storage(storage_url)
     latest, first = history.manifests[-1], history.manifests[0]
-    shared = next(f for f in first.files if f.key.startswith("shared/") and f in latest.files)
+    shared = next(f for f in first.files if f.name.endswith(".sst") and f in latest.files)
     data = bytearray(storage.get_bytes(f"{history.prefix}/{shared.key}"))
     data[len(data) // 2] ^= 0xFF
     storage.put_bytes(f"{history.prefix}/{shared.key}", bytes(data))
-    own = next(f for f in latest.files if f.name.startswith("OPTIONS"))
+    earlier = {f.key for m in history.manifests[:-1] for f in m.files}
+    own = next(f for f in latest.files if f.key not in earlier)
     storage.delete([f"{history.prefix}/{own.key}"])
 
     code, out = _eos("checkpoints", "verify", storage_url, "--job", "job")

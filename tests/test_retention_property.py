@@ -132,7 +132,7 @@ class RetentionHistory(RuleBasedStateMachine):
         n = 1 + max(self.last_attempted, self.completed.checkpoint_id if self.completed else 0)
         local = self._local_dir(snapshot_name(n, self.token))
         for path in sorted(local.iterdir())[:uploaded]:
-            key = f"{SHARED}/{sha256_file(path)}.sst" if path.suffix == ".sst" else f"{local.name}/{path.name}"
+            key = f"{SHARED}/{sha256_file(path)}{path.suffix}"
             self.storage.put_file(f"{PREFIX}/{key}", path)
         self._new_incarnation()
 

@@ -98,8 +98,25 @@ def test_incremental_checkpoint_uploads_only_new_files(tmp_path):
     state.flush()
     second = _manifest(state, 2, offset=2, previous=first)
     assert second.uploaded_bytes < first.uploaded_bytes / 5
-    shared_first = {f.key for f in first.files if f.key.startswith("shared/")}
-    assert shared_first <= {f.key for f in second.files}, "the big SST is referenced, not copied"
+    big_sst = max((f for f in first.files if f.name.endswith(".sst")), key=lambda f: f.size)
+    assert big_sst.key.startswith("shared/") and big_sst in second.files, "the big SST is referenced, not copied"
+
+
+def test_full_checkpoints_are_self_contained(tmp_path):
+    storage = FileStorage(tmp_path / "storage")
+    directory = TaskDirectory(tmp_path / "state", "job", "in-0", "t1")
+    state = TaskState(directory, storage, "job", "in-0", DigestCache(), incremental=False)
+    state.open(None)
+    table = state.value_table("op:acc", JSON_CODEC)
+    for i in range(5_000):
+        table.put(f"key-{i}", i)
+    state.flush()
+    first = _manifest(state, 1, offset=1)
+    table.put("key-1", -1)
+    state.flush()
+    second = _manifest(state, 2, offset=2, previous=first)
+    assert all(f.key.startswith(second.snapshot + "/") for f in second.files)
+    assert second.uploaded_bytes == second.total_bytes > first.total_bytes / 2
 
 
 def test_restore_detects_a_corrupt_file(tmp_path):
