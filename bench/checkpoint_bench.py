@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -41,6 +42,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))
 
 from service.checkpoint import STORAGE_THREADS  # noqa: E402
 from statestore.codecs import JSON_CODEC  # noqa: E402
@@ -193,6 +195,55 @@ def recovery(factory: StorageFactory, scratch: Path, keys: int) -> dict:
             "same_machine_reused": local_stats.reused_local, "same_machine_downloaded": local_stats.downloaded}
 
 
+_SUMMARY = re.compile(r"(\d+) checkpoints completed, (\d+) failed; duration p50 (\d+) ms, p99 (\d+) ms; "
+                      r"([\d.]+)% of (\d+)s spent in checkpoints \(([^)]*)\)")
+
+
+def end_to_end(kind: str, factory: StorageFactory, bootstrap: str, records: int, users: int,
+               interval: str, scratch: Path) -> dict:
+    """The real worker on pre-produced input: throughput, and from its shutdown summary
+    the share of wall time spent in checkpoints and in their uploads."""
+    import subprocess
+
+    import workload
+
+    topic = workload.ensure_input(bootstrap, records, users)
+    run = uuid.uuid4().hex[:8]
+    output, group = f"ckpt-bench-out-{run}", f"ckpt-bench-{run}"
+    workload.create_topic(bootstrap, output)
+    if kind == "file":
+        storage_args = ["--checkpoint-storage", f"file://{scratch / ('e2e-' + run)}"]
+    else:
+        storage_args = ["--checkpoint-storage", f"s3://{factory.bucket}/{group}", "--s3-endpoint-url", factory.endpoint]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    argv = [sys.executable, "-m", "service.cli", "run", str(REPO / "examples" / "running_sum.py"),
+            "--bootstrap-servers", bootstrap, "--group", group, "--state-dir", str(scratch / f"e2e-state-{run}"),
+            *storage_args, "--checkpoint-interval", interval, "--worker-id", "bench",
+            "-p", f"input={topic}", "-p", f"output={output}"]
+    log_path = scratch / f"e2e-{run}.log"
+    watcher = workload.OutputWatcher(bootstrap, output)
+    try:
+        with open(log_path, "wb") as log_file:
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            done = watcher.wait(records, 900, alive=lambda: proc.poll() is None)
+            proc.terminate()
+            proc.wait(120)
+    finally:
+        watcher.close()
+        workload.delete_topics(bootstrap, [t for t in workload.list_topics(bootstrap) if group in t or t == output])
+    text = log_path.read_text(errors="replace")
+    match = _SUMMARY.search(text)
+    if match is None:
+        raise RuntimeError(f"no checkpoint summary in the worker's log:\n{text[-2000:]}")
+    completed, failed, p50, p99, share, wall, steps = match.groups()
+    step_share = {name: float(pct) for name, pct in re.findall(r"(\w+) ([\d.]+)%", steps)}
+    return {"storage": kind, "records": records, "users": users, "interval": interval,
+            "records_per_s": records / (done - started), "checkpoints": int(completed), "failed": int(failed),
+            "duration_p50_ms": int(p50), "duration_p99_ms": int(p99), "checkpoint_share_pct": float(share),
+            "step_share_pct": step_share, "worker_wall_s": int(wall)}
+
+
 @contextlib.contextmanager
 def storages(kinds: list[str], scratch: Path, latency_ms: float) -> Iterator[dict[str, StorageFactory]]:
     factories = {}
@@ -283,6 +334,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "checkpoints.json")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench" / "checkpoints.png")
     parser.add_argument("--quick", action="store_true", help="small sizes, results under bench/results/")
+    parser.add_argument("--bootstrap", default=None, help="Kafka broker for the end-to-end runs (skipped without)")
+    parser.add_argument("--e2e-records", type=int, default=1_000_000)
+    parser.add_argument("--e2e-users", type=int, default=100_000)
+    parser.add_argument("--e2e-reps", type=int, default=2)
+    parser.add_argument("--only-e2e", action="store_true", help="skip the state-store measurements")
     args = parser.parse_args()
     if args.quick:
         args.keys, args.checkpoints, args.recovery_keys = 20_000, 10, 100_000
@@ -294,9 +350,20 @@ def main() -> None:
                                 "recovery_keys": args.recovery_keys, "remote_latency_ms": args.remote_latency_ms,
                                 "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                             "platform": platform.platform()}},
-                     "checkpoints": [], "uploaded_vs_changed": [], "recovery": []}
+                     "checkpoints": [], "uploaded_vs_changed": [], "recovery": [], "end_to_end": []}
     try:
         with storages(kinds, scratch, args.remote_latency_ms) as factories:
+            if args.bootstrap:
+                for rep in range(args.e2e_reps):
+                    for kind, factory in factories.items():
+                        r = end_to_end(kind, factory, args.bootstrap, args.e2e_records, args.e2e_users, "1s", scratch)
+                        results["end_to_end"].append(r)
+                        print(f"{kind:>9} end to end #{rep}: {r['records_per_s']:,.0f} rec/s, {r['checkpoints']} "
+                              f"checkpoints p50 {r['duration_p50_ms']} ms p99 {r['duration_p99_ms']} ms, "
+                              f"{r['checkpoint_share_pct']}% of the time in checkpoints {r['step_share_pct']}",
+                              flush=True)
+            if args.only_e2e:
+                factories = {}
             for kind, factory in factories.items():
                 for incremental in (True, False):
                     s = checkpoint_series(factory, scratch, keys=args.keys, changed=args.changed,
@@ -306,8 +373,8 @@ def main() -> None:
                           f"{s['duration_p99_ms']:7.1f} ms  uploaded p50 {s['uploaded_p50_bytes'] / 1024:8.1f} KiB "
                           f"mean {s['uploaded_mean_bytes'] / 1024:8.1f} KiB  state {s['state_bytes'] / 1024:8.1f} KiB",
                           flush=True)
-            first = next(iter(factories.values()))
-            for fraction in (0.001, 0.003, 0.01, 0.03, 0.1):
+            first = next(iter(factories.values()), None)
+            for fraction in (0.001, 0.003, 0.01, 0.03, 0.1) if first is not None else ():
                 s = checkpoint_series(first, scratch, keys=args.keys, changed=fraction,
                                       checkpoints=max(10, args.checkpoints // 2), incremental=True)
                 del s["rounds"]
@@ -324,8 +391,10 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
-    plot(results, args.plot)
-    print(f"results: {args.out}\nplot: {args.plot}")
+    print(f"results: {args.out}")
+    if results["checkpoints"]:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -91,11 +91,21 @@ class CheckpointRecord:
     state_keys: int = 0
     error: str | None = None
     offsets: dict[str, int] = field(default_factory=dict)
+    # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
+    # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
+    step_s: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.monotonic)
+
+    def step_done(self, step: str) -> None:
+        now = time.monotonic()
+        self.step_s[step] = now - self._mark
+        self._mark = now
 
 
 class CheckpointStats:
     """The whole run's checkpoints in a few numbers, for the shutdown summary: how much
-    of the worker's time the synchronous phase took (processing stops meanwhile)."""
+    of the worker's time the synchronous phase took (processing stops meanwhile), and
+    in which step."""
 
     SAMPLE = 10_000
 
@@ -103,16 +113,18 @@ class CheckpointStats:
         self.started = time.monotonic()
         self.completed_count = self.failed_count = 0
         self.seconds = 0.0
+        self.step_seconds: dict[str, float] = {}
         self.durations: deque[float] = deque(maxlen=self.SAMPLE)
 
-    def completed(self, seconds: float) -> None:
-        self.completed_count += 1
-        self.seconds += seconds
-        self.durations.append(seconds)
-
-    def failed(self, seconds: float) -> None:
-        self.failed_count += 1
-        self.seconds += seconds
+    def add(self, record: CheckpointRecord) -> None:
+        if record.error is None:
+            self.completed_count += 1
+            self.durations.append(record.duration_s)
+        else:
+            self.failed_count += 1
+        self.seconds += record.duration_s
+        for step, seconds in record.step_s.items():
+            self.step_seconds[step] = self.step_seconds.get(step, 0.0) + seconds
 
     def summary(self) -> str:
         wall = max(1e-9, time.monotonic() - self.started)
@@ -121,9 +133,10 @@ class CheckpointStats:
         def pct(q: float) -> float:
             return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
+        steps = ", ".join(f"{step} {100 * seconds / wall:.1f}%" for step, seconds in self.step_seconds.items())
         return (f"{self.completed_count} checkpoints completed, {self.failed_count} failed; duration p50 "
                 f"{pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms; {100 * self.seconds / wall:.1f}% of "
-                f"{wall:.0f}s spent in checkpoints")
+                f"{wall:.0f}s spent in checkpoints ({steps})")
 
 
 class CheckpointCoordinator:
@@ -197,17 +210,20 @@ class CheckpointCoordinator:
         n = record.checkpoint_id
         barriers = {t.id: Barrier(n, t.next_offset) for t in tasks}
         record.alignment_s = time.monotonic() - began
+        record.step_done("barrier")
         self.faults.hit("after_barrier")
 
         stateful = [t for t in tasks if t.state is not None] if self.snapshots else []
         deadline = began + self.timeout_s
         for task in stateful:
             task.state.flush()
+        record.step_done("flush")
         record.phase = Phase.FLUSHED
         self.faults.hit("after_flush")
 
         name = snapshot_name(n, self.token)
         local_dirs = {t.id: t.state.snapshot_local(name) for t in stateful}
+        record.step_done("snapshot")
         record.phase = Phase.SNAPSHOTTED
         self.faults.hit("after_snapshot")
 
@@ -233,6 +249,7 @@ class CheckpointCoordinator:
         run_all(writes, self.pool, deadline, f"checkpoint {n}'s manifests")
         for task in stateful:
             task.attempted_manifest = manifests[task.id]
+        record.step_done("upload")
         record.phase = Phase.PERSISTED
         self.faults.hit("after_persist")
 
@@ -248,6 +265,7 @@ class CheckpointCoordinator:
                                           metadata=format_metadata(n, snapshot)))
             record.offsets[task.id] = barriers[task.id].offset
         self.committer.commit(offsets, self.consumer)
+        record.step_done("commit")
         record.phase = Phase.COMMITTED
         self.faults.hit("after_commit")
         return manifests
@@ -284,8 +302,9 @@ class CheckpointCoordinator:
         for future in [self.pool.submit(call) for call in retention]:
             if future.exception() is not None:
                 log.warning("retention after checkpoint %d failed: %s", n, future.exception())
+        record.step_done("retention")
         record.duration_s = time.monotonic() - began
-        self.stats.completed(record.duration_s)
+        self.stats.add(record)
         m = self.metrics
         m.labels(m.checkpoints_completed).inc()
         m.labels(m.checkpoint_last_duration).set(record.duration_s)
@@ -318,7 +337,7 @@ class CheckpointCoordinator:
         record.error = f"{type(exc).__name__}: {exc}"
         record.duration_s = time.monotonic() - began
         self.on_error(f"checkpoint {record.checkpoint_id} failed: {record.error}")
-        self.stats.failed(record.duration_s)
+        self.stats.add(record)
         self.consecutive_failures += 1
         self.metrics.labels(self.metrics.checkpoints_failed).inc()
         log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id,
