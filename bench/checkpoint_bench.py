@@ -195,6 +195,41 @@ def recovery(factory: StorageFactory, scratch: Path, keys: int) -> dict:
             "same_machine_reused": local_stats.reused_local, "same_machine_downloaded": local_stats.downloaded}
 
 
+def compaction_study(scratch: Path, keys: int, changed: float, checkpoints: int) -> list[dict]:
+    """Leveled compaction (RocksDB's default) against the universal compaction the state
+    store uses, on file storage: what each makes incremental checkpoints upload."""
+    import rocksdict
+
+    import statestore.rocks as rocks
+
+    ours = rocks._options
+
+    def leveled() -> rocksdict.Options:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.create_missing_column_families(True)
+        opts.set_write_buffer_size(16 << 20)
+        return opts
+
+    results = []
+    factory = StorageFactory("file", scratch, None, None)
+    try:
+        for name, options in (("leveled (RocksDB default)", leveled), ("universal + bloom (eos)", ours)):
+            rocks._options = options
+            s = checkpoint_series(factory, scratch, keys=keys, changed=changed, checkpoints=checkpoints,
+                                  incremental=True)
+            s["compaction"] = name
+            del s["rounds"]
+            results.append(s)
+            print(f"{name:>26}: uploaded p50 {s['uploaded_p50_bytes'] / 1024:.0f} KiB mean "
+                  f"{s['uploaded_mean_bytes'] / 1024:.0f} KiB p99 {s['uploaded_p99_bytes'] / 1024:.0f} KiB; "
+                  f"duration p50 {s['duration_p50_ms']:.1f} ms p99 {s['duration_p99_ms']:.1f} ms; "
+                  f"stored {s['state_bytes'] / 1024:.0f} KiB", flush=True)
+    finally:
+        rocks._options = ours
+    return results
+
+
 _SUMMARY = re.compile(r"(\d+) checkpoints completed, (\d+) failed; duration p50 (\d+) ms, p99 (\d+) ms; "
                       r"([\d.]+)% of (\d+)s spent in checkpoints \(([^)]*)\)")
 
@@ -339,6 +374,8 @@ def main() -> None:
     parser.add_argument("--e2e-users", type=int, default=100_000)
     parser.add_argument("--e2e-reps", type=int, default=2)
     parser.add_argument("--only-e2e", action="store_true", help="skip the state-store measurements")
+    parser.add_argument("--compaction-study", type=Path, default=None, metavar="JSON",
+                        help="only compare leveled and universal compaction over 200 checkpoints; write JSON")
     args = parser.parse_args()
     if args.quick:
         args.keys, args.checkpoints, args.recovery_keys = 20_000, 10, 100_000
@@ -346,6 +383,15 @@ def main() -> None:
         args.plot = BENCH_DIR / "results" / "checkpoints-quick.png"
     kinds = [k.strip() for k in args.storages.split(",") if k.strip()]
     scratch = Path(tempfile.mkdtemp(prefix="eos-ckpt-bench-"))
+    if args.compaction_study is not None:
+        try:
+            study = compaction_study(scratch, args.keys, args.changed, 200)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        args.compaction_study.parent.mkdir(parents=True, exist_ok=True)
+        args.compaction_study.write_text(json.dumps({"keys": args.keys, "changed": args.changed,
+                                                     "checkpoints": 200, "series": study}, indent=1))
+        return
     results: dict = {"config": {"keys": args.keys, "changed": args.changed, "checkpoints": args.checkpoints,
                                 "recovery_keys": args.recovery_keys, "remote_latency_ms": args.remote_latency_ms,
                                 "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

@@ -146,7 +146,12 @@ def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointRefer
                     older.source_offset, elapsed, older.source_offset, committed.offset - 1)
         return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, older), stats,
                         elapsed, replay_from=older.source_offset)
-    tried = "; ".join(failures) if failures else "there is no older snapshot of this task in storage"
+    if failures:
+        tried = "; ".join(failures)
+    elif broken is not None:
+        tried = "its manifest lists no retained older snapshot (--checkpoints-retained 1?)"
+    else:
+        tried = "there is no older snapshot of this task in storage"
     raise SnapshotMissingError(f"{cause}; no older checkpoint to fall back to ({tried})") from cause
 
 

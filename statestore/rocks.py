@@ -55,8 +55,8 @@ def _options() -> rocksdict.Options:
     each time level 0 fills up, so with keys changing all over the key space every few
     checkpoints upload the entire state; universal compaction merges runs of similar
     size and rewrites the big one rarely. Measured with 100k keys and 1% changed per
-    checkpoint over 200 checkpoints (docs/checkpoints.md): mean upload 344 -> 100 KiB,
-    p99 checkpoint 117 -> 31 ms, for about 1.6x the stored size. Bloom filters keep
+    checkpoint over 200 checkpoints (docs/checkpoints.md): mean upload 356 -> 99 KiB,
+    largest uploads 2.5 MiB -> 0.7 MiB, for 1.7 times the stored size. Bloom filters keep
     point reads (cache misses) fast across the extra sorted runs."""
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from functools import partial
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings

@@ -139,6 +139,32 @@ def test_restore_detects_a_corrupt_file(tmp_path):
         fresh.open(manifest)
 
 
+def test_restore_reuses_intact_local_files_and_downloads_only_the_rest(tmp_path):
+    storage = FileStorage(tmp_path / "storage")
+    state = _task_state(tmp_path, storage=storage)
+    state.open(None)
+    table = state.value_table("op:acc", JSON_CODEC)
+    for batch in range(3):  # several SSTs
+        for i in range(2_000):
+            table.put(f"k{batch}-{i}", i)
+        state.flush()
+        state.store.checkpoint(tmp_path / f"flush-{batch}")  # forces a memtable flush
+    manifest = _manifest(state, 1, offset=1)
+    state.close()
+    [local] = (tmp_path / "state").rglob(manifest.snapshot)
+    ssts = sorted(p for p in local.iterdir() if p.suffix == ".sst")
+    assert len(ssts) >= 2
+    ssts[0].unlink()  # lost
+    data = bytearray(ssts[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ssts[1].write_bytes(bytes(data))  # same size, wrong content
+
+    fresh = _task_state(tmp_path, token="t2", storage=storage)
+    stats = fresh.open(manifest)
+    assert (stats.downloaded, stats.reused_local) == (2, len(manifest.files) - 2)
+    assert fresh.value_table("op:acc", JSON_CODEC).get("k0-7") == 7
+
+
 def test_manifest_digest_catches_tampering_and_truncation(tmp_path):
     state = _task_state(tmp_path)
     state.open(None)

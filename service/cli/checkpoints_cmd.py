@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -97,7 +98,8 @@ def checkpoints() -> None:
     """Inspect and verify checkpoints in checkpoint storage (read-only)."""
 
 
-def _common(command):
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    """STORAGE_URL, --job, --task and the S3 flags, shared by every sub-command."""
     command = click.option("--task", default=None, help="Only this task ({topic}-{partition}).")(command)
     command = click.option("--job", default=None, help="Only this job (its --group).")(command)
     command = s3_options(command)
@@ -162,7 +164,7 @@ def show_checkpoint(storage_url: str, job: str | None, task: str | None, s3: S3S
             click.echo(f"  {record.problem}; {_human_bytes(record.own_bytes)} stored\n")
             continue
         m = record.manifest
-        stored = {key: obj for key, obj in catalog.shared.items()}
+        stored = dict(catalog.shared)
         own_prefix = f"{catalog.prefix}/"
         for entry in storage.list_entries(f"{catalog.prefix}/{record.snapshot}"):
             stored[entry.key[len(own_prefix):]] = entry
@@ -171,8 +173,8 @@ def show_checkpoint(storage_url: str, job: str | None, task: str | None, s3: S3S
         click.echo(f"  created {_when(m.created_at)} by worker {m.worker}")
         click.echo(f"  size {_human_bytes(m.total_bytes)} ({m.total_bytes} bytes), uploaded "
                    f"{_human_bytes(m.uploaded_bytes)} ({m.uploaded_bytes} bytes)")
-        click.echo(f"  state keys (estimate): " + (", ".join(f"{cf}={n}" for cf, n in sorted(m.state_keys.items()))
-                                                  or "none"))
+        keys = ", ".join(f"{cf}={n}" for cf, n in sorted(m.state_keys.items())) or "none"
+        click.echo(f"  state keys (estimate): {keys}")
         click.echo(f"  lineage: {', '.join(m.lineage) or 'none'}")
         click.echo(f"  files ({len(m.files)}):")
         for entry in m.files:
