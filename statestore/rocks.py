@@ -56,7 +56,7 @@ def _options() -> rocksdict.Options:
     checkpoints upload the entire state; universal compaction merges runs of similar
     size and rewrites the big one rarely. Measured with 100k keys and 1% changed per
     checkpoint over 200 checkpoints (docs/checkpoints.md): mean upload 356 -> 99 KiB,
-    largest uploads 2.5 MiB -> 0.7 MiB, for 1.7 times the stored size. Bloom filters keep
+    p99 upload 2.5 MiB -> 0.7 MiB, for 1.7 times the stored size. Bloom filters keep
     point reads (cache misses) fast across the extra sorted runs."""
     opts = rocksdict.Options(raw_mode=True)
     opts.create_if_missing(True)
