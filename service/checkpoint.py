@@ -94,7 +94,7 @@ class CheckpointRecord:
     # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
     # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
     step_s: dict[str, float] = field(default_factory=dict)
-    _mark: float = field(default_factory=time.monotonic)
+    _mark: float = field(default_factory=lambda: time.monotonic())
 
     def step_done(self, step: str) -> None:
         now = time.monotonic()

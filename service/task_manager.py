@@ -105,8 +105,8 @@ class TaskManager:
         self.tasks[(topic, partition)] = task
         return task
 
-    def _restore(self, tasks: list[Task],
-                 known: dict[str, list[Manifest]] | None = None) -> list[TopicPartition]:
+    def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
+                 rewind: bool = False) -> list[TopicPartition]:
         """Restores `tasks` from their committed offsets; returns where to consume from."""
         if not tasks:
             return []
@@ -126,7 +126,10 @@ class TaskManager:
             task.start(restored.completed, produce, replay_until)
             retention = self.retention.get((task.topic, task.partition))
             if retention is not None:
-                retention.restored(restored.completed.manifest)
+                # A rewind follows a failed checkpoint, often a slow or unreachable store:
+                # listing it now would stall processing, so orphans wait for the next
+                # assignment's sweep.
+                retention.restored(restored.completed.manifest, sweep_orphans=not rewind)
             positions.append(TopicPartition(task.topic, task.partition,
                                             offset if offset is not None else self.source.reset_offset))
         return positions
@@ -153,7 +156,7 @@ class TaskManager:
             if task.state is not None:
                 task.state.discard_working_db()
             known[task.id] = [m for m in (task.completed.manifest, task.attempted_manifest) if m is not None]
-        for position in self._restore(tasks, known):
+        for position in self._restore(tasks, known, rewind=True):
             self.source.seek(position)
         log.info("rewound %d tasks to their last committed checkpoint", len(tasks))
 

@@ -88,12 +88,12 @@ class RetainedSnapshots:
         """What the next manifest records as its retained predecessors."""
         return tuple(m.snapshot for m in self.kept[: self.retain - 1])
 
-    def restored(self, manifest: Manifest | None) -> None:
-        """After a restore: re-learn the kept set from the manifest's lineage and clear
-        what crashed or failed attempts left behind. Manifests already in memory are
-        not read again (a rewind works while storage is down), and when a lineage
-        manifest cannot be read for any reason but its absence or damage, nothing is
-        swept: the files it lists are unknown and might be deleted."""
+    def restored(self, manifest: Manifest | None, sweep_orphans: bool = True) -> None:
+        """After a restore: re-learn the kept set from the manifest's lineage and, with
+        `sweep_orphans`, clear what crashed or failed attempts left behind. Manifests
+        already in memory are not read again (a rewind works while storage is down), and
+        when a lineage manifest cannot be read for any reason but its absence or damage,
+        nothing is swept: the files it lists are unknown and might be deleted."""
         if manifest is None:
             self.kept = []
             return
@@ -112,7 +112,7 @@ class RetainedSnapshots:
                 log.warning("retention: lineage snapshot %s of %s is unreadable (%s); "
                             "not sweeping until it is", snapshot, self.prefix, exc)
         self.kept = kept
-        if unsure:
+        if unsure or not sweep_orphans:
             return
         try:
             sweep(self.storage, self.prefix, kept, manifest.checkpoint_id, self.shared_grace_s)

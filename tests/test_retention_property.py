@@ -60,13 +60,14 @@ class RetentionHistory(RuleBasedStateMachine):
                                            shared_grace_s=0)
         self._restore()
 
-    def _restore(self) -> None:
-        """What a restart or a rewind does: state from the committed snapshot."""
+    def _restore(self, rewind: bool = False) -> None:
+        """What a restart (which sweeps) or a rewind (which does not) does: state from the
+        committed snapshot."""
         self.completed = self.committed
         self.local = {f.name: self.storage.get_bytes(f"{PREFIX}/{f.key}")
                       for f in (self.committed.files if self.committed else ()) if f.name.endswith(".sst")}
-        self.retention.restored(self.committed)
-        self.just_restored = True
+        self.retention.restored(self.committed, sweep_orphans=not rewind)
+        self.just_restored = not rewind
 
     def _local_dir(self, name: str) -> Path:
         directory = self.root / "local" / name
@@ -115,7 +116,7 @@ class RetentionHistory(RuleBasedStateMachine):
         manifest, _ = self._attempt()
         if manifest_written:
             self.persister.write_manifest(manifest)
-        self._restore()
+        self._restore(rewind=True)
 
     @rule()
     def commit_is_ambiguous(self) -> None:
@@ -124,7 +125,7 @@ class RetentionHistory(RuleBasedStateMachine):
         self.persister.write_manifest(manifest)
         self.committed = manifest
         self.depth = self.retain
-        self._restore()
+        self._restore(rewind=True)
 
     @rule(uploaded=st.integers(0, 3))
     def crash_mid_upload_and_restart(self, uploaded: int) -> None:

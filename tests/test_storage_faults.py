@@ -91,3 +91,28 @@ def test_more_failures_than_tolerated_stop_the_worker_loudly_and_a_restart_resum
     assert survivor.terminate() == 0, survivor.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
+
+
+def test_a_checkpoint_slower_than_its_timeout_fails_and_aborts(bootstrap, tmp_path, s3_server, s3_proxy):
+    scenario = _scenario(bootstrap, tmp_path, s3_server, s3_proxy, records=6_000, chunk=400, chunk_pause_s=0.4)
+    scenario.start_feeding()
+    worker = scenario.start_worker(extra_args=["--checkpoint-timeout", "1s", "--tolerable-failures", "100"])
+    wait_for(lambda: _outputs_committed(scenario) > 0, 60, what="a first committed checkpoint")
+
+    s3_proxy.latency_s = 1.5  # every storage request now outlasts the whole timeout
+    wait_for(lambda: "timeout" in worker.log_path.read_text() or not worker.alive(), 60,
+             what="a checkpoint to time out")
+    assert worker.alive(), worker.log_tail()
+    during = _outputs_committed(scenario)
+    time.sleep(4)
+    assert _outputs_committed(scenario) == during, "a checkpoint committed after its timeout"
+    timed_out = [line for line in worker.log_path.read_text().splitlines()
+                 if "failed (" in line and "timeout" in line]
+    assert timed_out and "CheckpointTimeoutError" in timed_out[0], timed_out
+
+    s3_proxy.latency_s = 0.0
+    scenario.wait_fed()
+    scenario.wait_complete(worker)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()

@@ -7,6 +7,7 @@ socket and every open connection (clients see connection refused / reset, as wit
 store that went away), `restore()` listens again on the same port, and the server's
 state is intact. `latency_s` delays the first chunk of every burst sent towards the
 server, about one round trip per request: a local store made to behave like a remote one.
+It may be changed while connections are open.
 """
 
 from __future__ import annotations
@@ -96,16 +97,17 @@ class TcpProxy:
             server.settimeout(None)
             with self._lock:
                 self._open.update((client, server))
-            threading.Thread(target=self._pump, args=(client, server, self.latency_s), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, delay: float) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, delayed: bool) -> None:
         last = 0.0
         try:
             while True:
                 data = source.recv(_CHUNK)
                 if not data:
                     break
+                delay = self.latency_s if delayed else 0.0
                 if delay and time.monotonic() - last > _BURST_GAP_S:
                     time.sleep(delay)
                 sink.sendall(data)

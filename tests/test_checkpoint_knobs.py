@@ -1,0 +1,152 @@
+"""The checkpoint knobs mean what Flink's mean, checked on the coordinator with a clock
+the test controls (the end-to-end behaviour is in the storage fault and chaos tests)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import service.checkpoint as checkpoint_module
+import statestore.snapshots as snapshots_module
+from service.checkpoint import CheckpointCoordinator
+from service.config import OFFSET_COMMIT_INTERVAL_S, WorkerConfig
+from service.errors import CheckpointError, ConfigurationError, TransactionAbortedError
+from service.faults import FaultInjector
+from service.metrics import WorkerMetrics
+from service.task import CompletedCheckpoint
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1024.0  # binary fractions below: exact sums, no rounding at the boundaries
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+class Committer:
+    """Takes `commit_s` of the clock's time per commit; fails while `failing`."""
+
+    def __init__(self, clock: Clock, commit_s: float) -> None:
+        self.clock, self.commit_s = clock, commit_s
+        self.failing = False
+        self.commits = self.aborts = 0
+
+    def commit(self, offsets, consumer) -> None:
+        self.clock.now += self.commit_s
+        if self.failing:
+            raise TransactionAbortedError("commit_transaction failed: broker says no")
+        self.commits += 1
+
+    def abort(self) -> None:
+        self.aborts += 1
+
+
+class Manager:
+    def __init__(self) -> None:
+        self.rewinds = 0
+        self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0,
+                                    completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
+                                    records_since_checkpoint=0, changed=False)
+        self.tasks = {("in", 0): self.task}
+
+    def touch(self) -> None:
+        """Records arrived since the last checkpoint."""
+        self.task.changed = True
+        self.task.next_offset += 10
+
+    def rewind_all(self) -> None:
+        self.rewinds += 1
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(checkpoint_module, "time", clock)
+    monkeypatch.setattr(snapshots_module, "time", clock)  # the checkpoint deadline's clock
+    return clock
+
+
+def _coordinator(clock: Clock, *, interval_s: float = 1.0, min_pause_s: float = 0.0, commit_s: float = 0.0,
+                 tolerable_failures: int = 3) -> tuple[CheckpointCoordinator, Manager, Committer]:
+    manager, committer = Manager(), Committer(clock, commit_s)
+    coordinator = CheckpointCoordinator(
+        manager, committer, consumer=None, job="j", worker="w", token="t", interval_s=interval_s,
+        timeout_s=60, min_pause_s=min_pause_s, tolerable_failures=tolerable_failures,
+        metrics=WorkerMetrics("j", "w"), faults=FaultInjector(""))
+    return coordinator, manager, committer
+
+
+def _at(clock: Clock, coordinator: CheckpointCoordinator, start: float, seconds: float) -> bool:
+    clock.now = start + seconds
+    return coordinator.due()
+
+
+def test_interval_runs_from_the_start_of_one_checkpoint_to_the_start_of_the_next(clock):
+    coordinator, manager, _ = _coordinator(clock, interval_s=1.0, commit_s=0.5)
+    start = clock.now
+    manager.touch()
+    assert coordinator.trigger().error is None  # takes 0.5 s
+    assert not _at(clock, coordinator, start, 0.875)
+    assert _at(clock, coordinator, start, 1.0)
+
+
+def test_min_pause_runs_from_the_end_of_one_checkpoint_to_the_start_of_the_next(clock):
+    coordinator, manager, _ = _coordinator(clock, interval_s=1.0, min_pause_s=0.75, commit_s=0.5)
+    start = clock.now
+    manager.touch()
+    coordinator.trigger()  # ends at +0.5
+    assert not _at(clock, coordinator, start, 1.125)
+    assert _at(clock, coordinator, start, 1.25)
+
+
+def test_failures_in_a_row_beyond_the_tolerated_stop_the_worker_and_a_success_resets_the_count(clock):
+    coordinator, manager, committer = _coordinator(clock, tolerable_failures=1)
+    committer.failing = True
+    manager.touch()
+    assert "broker says no" in coordinator.trigger().error
+    assert (committer.aborts, manager.rewinds, coordinator.consecutive_failures) == (1, 1, 1)
+    committer.failing = False
+    assert coordinator.trigger().error is None
+    assert coordinator.consecutive_failures == 0
+    committer.failing = True
+    manager.touch()
+    coordinator.trigger()
+    manager.touch()
+    with pytest.raises(CheckpointError, match="2 consecutive checkpoints failed, more than the 1 tolerated"):
+        coordinator.trigger()
+
+
+def test_a_failed_checkpoints_id_is_never_reused(clock):
+    coordinator, manager, committer = _coordinator(clock)
+    committer.failing = True
+    manager.touch()
+    failed = coordinator.trigger()
+    committer.failing = False
+    assert coordinator.trigger().checkpoint_id == failed.checkpoint_id + 1
+
+
+def test_without_checkpoints_offsets_alone_are_committed_periodically(clock):
+    coordinator, manager, committer = _coordinator(clock, interval_s=0)
+    start = clock.now
+    manager.touch()
+    assert not _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S - 0.1)
+    assert _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S)
+    assert coordinator.trigger().error is None and committer.commits == 1
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"checkpoint_interval_s": 0}, "exactly-once needs"),
+    ({"checkpoint_mode": "sometimes"}, "--checkpoint-mode must be incremental or full"),
+    ({"checkpoint_timeout_s": 0}, "--checkpoint-timeout must be positive"),
+    ({"tolerable_failures": -1}, "--tolerable-failures must be 0 or more"),
+])
+def test_impossible_knobs_are_refused(tmp_path, changes, message):
+    config = WorkerConfig(job_file=tmp_path / "job.py", bootstrap_servers="x", state_dir=tmp_path,
+                          checkpoint_storage=f"file://{tmp_path}", **changes)
+    with pytest.raises(ConfigurationError, match=message):
+        config.validate()
