@@ -187,9 +187,26 @@ class TransactionalProducer:
         makes the coordinator abort whatever this transactional id left open. A plain
         `abort_transaction` can return success locally after a broker outage while the
         coordinator still holds the transaction open, which then blocks every later
-        call of this producer until the transaction times out."""
+        call of this producer until the transaction times out.
+
+        Unless this producer was fenced: then a new `init_transactions` would fence the
+        instance that took over the slot (a zombie that woke up and failed a checkpoint
+        for another reason, e.g. storage, must stop, not take the slot back)."""
+        self._raise_if_fenced()
         self._discard()
         self.start()
+
+    def _raise_if_fenced(self) -> None:
+        """A fenced producer's state is fatal locally: an abort with no time to wait
+        reports it at once and otherwise starts an abort we are about to discard."""
+        if self._producer is None:
+            return
+        try:
+            self._producer.abort_transaction(0)
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if err.code() in _FENCING_CODES:
+                raise ProducerFencedError(self._fenced_message(err)) from None
 
     def close(self) -> None:
         if self._producer is not None:

@@ -42,7 +42,8 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka_sink import OutputCommitter
 from service.config import OFFSET_COMMIT_INTERVAL_S
-from service.errors import CheckpointError, CheckpointTimeoutError, EosError, ProducerFencedError
+from service.errors import CheckpointError, CheckpointTimeoutError, EosError, ProducerFencedError, \
+    StateStoreError
 from service.faults import FaultInjector
 from service.metrics import WorkerMetrics
 from service.recovery import format_metadata
@@ -195,7 +196,10 @@ class CheckpointCoordinator:
         began = time.monotonic()
         try:
             manifests = self._run(record, tasks, began)
-        except ProducerFencedError:
+        except (ProducerFencedError, StateStoreError):
+            # Fenced: another instance owns the slot. The local state store failing (disk
+            # full, files gone) is no checkpoint hiccup either: as in Flink, a failure of
+            # the synchronous part fails the worker instead of counting as tolerable.
             raise
         except (EosError, StorageError, OSError, KafkaException) as exc:
             self._failed(record, exc, began)

@@ -75,10 +75,34 @@ class TaskDirectory:
         return sorted(p for p in self.path.glob("chk-*") if p.is_dir())
 
     def prune_snapshots(self, keep: set[str]) -> None:
-        """Deletes local snapshot copies except `keep` (by name)."""
+        """Deletes local snapshot copies except `keep` (by name), and never those of
+        another live incarnation: a frozen predecessor that wakes up may be writing one
+        (`chk-...-{token}.tmp`) at this very moment."""
+        others_alive = self._live_tokens() - {self.token}
         for snap in self.local_snapshots():
-            if snap.name not in keep:
+            if snap.name not in keep and _token_of(snap.name) not in others_alive:
                 shutil.rmtree(snap, ignore_errors=True)
+
+    def _live_tokens(self) -> set[str]:
+        """Tokens whose working-directory lock some process holds."""
+        live = set()
+        for lock_path in self.path.glob("db-*.lock"):
+            token = lock_path.name[3:-5]
+            if token == self.token:
+                live.add(token)
+                continue
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                live.add(token)
+            finally:
+                os.close(fd)
+        return live
 
     def release(self, remove_working_dir: bool = True) -> None:
         if remove_working_dir:
@@ -106,3 +130,8 @@ class TaskDirectory:
             if db_dir.is_dir() and not (self.path / f"{db_dir.name}.lock").exists() \
                     and db_dir != self.working_dir:
                 shutil.rmtree(db_dir, ignore_errors=True)
+
+
+def _token_of(snapshot_dir_name: str) -> str:
+    """`chk-{id}-{token}` or its in-progress `chk-{id}-{token}.tmp` -> token."""
+    return snapshot_dir_name.removesuffix(".tmp").rsplit("-", 1)[-1]

@@ -230,3 +230,21 @@ def test_a_live_incarnation_keeps_its_directory_and_a_dead_one_loses_it(tmp_path
     other.acquire()
     assert (live.working_dir / "data").exists(), "a live incarnation's state was removed"
     assert not dead_dir.exists(), "a dead incarnation's state was left behind"
+
+
+def test_pruning_spares_the_snapshots_of_another_live_incarnation(tmp_path):
+    frozen = TaskDirectory(tmp_path, "job", "in-0", "aaaa")
+    frozen.acquire()  # a predecessor that is frozen, not dead: it still holds its lock
+    in_progress = tmp_path / "job" / "in-0" / "chk-0000000006-aaaa.tmp"
+    in_progress.mkdir()
+    dead = tmp_path / "job" / "in-0" / "chk-0000000003-dead"
+    dead.mkdir()
+    current = TaskDirectory(tmp_path, "job", "in-0", "bbbb")
+    current.acquire()
+    old_own, kept = (tmp_path / "job" / "in-0" / f"chk-000000000{n}-bbbb" for n in (7, 8))
+    old_own.mkdir()
+    kept.mkdir()
+
+    current.prune_snapshots(keep={kept.name})
+    assert in_progress.exists(), "a live predecessor's snapshot in progress was deleted under it"
+    assert kept.exists() and not old_own.exists() and not dead.exists()
