@@ -53,6 +53,7 @@ class Manager:
                                     completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
                                     records_since_checkpoint=0, changed=False)
         self.tasks = {("in", 0): self.task}
+        self.plan = SimpleNamespace(stages=[])
 
     def touch(self) -> None:
         """Records arrived since the last checkpoint."""
