@@ -266,7 +266,7 @@ class CheckpointCoordinator:
         for task in tasks:
             snapshot = manifests[task.id].snapshot if task.id in manifests else None
             offsets.append(TopicPartition(task.topic, task.partition, barriers[task.id].offset,
-                                          metadata=format_metadata(n, snapshot)))
+                                          metadata=format_metadata(n, snapshot, task.completed.savepoint)))
             record.offsets[task.id] = barriers[task.id].offset
         self.committer.commit(offsets, self.consumer)
         record.step_done("commit")
@@ -294,7 +294,8 @@ class CheckpointCoordinator:
         retention = []
         for task in tasks:
             manifest = manifests.get(task.id)
-            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest)
+            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest,
+                                                 savepoint=task.completed.savepoint)
             task.attempted_manifest = None
             task.records_since_checkpoint = 0
             if manifest is not None:

@@ -118,6 +118,11 @@ class WorkerConfig:
     control_token: str | None = None
     control_allow: tuple[str, ...] = ()
     stats_interval_ms: int = 1000
+    # Savepoints: where `eos savepoint` writes them unless told otherwise (default
+    # {checkpoint_storage}/{group}/savepoints), and the one to resume from.
+    savepoint_dir: str | None = None
+    from_savepoint: str | None = None
+    allow_non_restored_state: bool = False
 
     @property
     def monitoring(self) -> bool:

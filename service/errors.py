@@ -84,3 +84,13 @@ class ProducerFencedError(EosError):
 class TransactionAbortedError(EosError):
     """The open transaction had to be aborted; work since the last completed checkpoint
     is discarded and the worker rewinds."""
+
+
+class SavepointError(EosError):
+    """A savepoint cannot be taken, read or resumed from: the message names the
+    savepoint (and file, operator or partition) and why."""
+
+
+class CorruptSavepointError(SavepointError):
+    """A savepoint file does not match the size or checksum its manifest recorded."""
+

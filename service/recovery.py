@@ -32,23 +32,28 @@ log = logging.getLogger(__name__)
 METADATA_VERSION = "eos1"
 
 
-def format_metadata(checkpoint_id: int, snapshot: str | None) -> str:
-    return f"{METADATA_VERSION}:{checkpoint_id}:{snapshot or '-'}"
+def format_metadata(checkpoint_id: int, snapshot: str | None, savepoint: str | None = None) -> str:
+    """`eos1:{checkpoint}:{snapshot}`, plus `:{savepoint}` once the task's history
+    descends from a savepoint (so a restart never applies that savepoint again)."""
+    text = f"{METADATA_VERSION}:{checkpoint_id}:{snapshot or '-'}"
+    return f"{text}:{savepoint}" if savepoint else text
 
 
 @dataclass(frozen=True)
 class CheckpointReference:
     checkpoint_id: int
     snapshot: str | None
+    savepoint: str | None = None
 
 
 def parse_metadata(metadata: str | None) -> CheckpointReference | None:
     if not metadata:
         return None
     parts = metadata.split(":")
-    if len(parts) != 3 or parts[0] != METADATA_VERSION or not parts[1].isdigit():
+    if len(parts) not in (3, 4) or parts[0] != METADATA_VERSION or not parts[1].isdigit():
         return None
-    return CheckpointReference(int(parts[1]), None if parts[2] == "-" else parts[2])
+    savepoint = parts[3] if len(parts) == 4 and parts[3] else None
+    return CheckpointReference(int(parts[1]), None if parts[2] == "-" else parts[2], savepoint)
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,8 @@ def restore_task(task: Task, committed: TopicPartition,
         log.info("restored %s from checkpoint %d (%s) in %.3fs: %d files, %d reused locally, "
                  "%d downloaded", task.id, reference.checkpoint_id, reference.snapshot, elapsed,
                  stats.files, stats.reused_local, stats.downloaded)
-    return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, manifest), stats, elapsed)
+    return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, manifest,
+                                        savepoint=reference.savepoint), stats, elapsed)
 
 
 def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointReference,

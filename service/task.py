@@ -38,6 +38,11 @@ class CompletedCheckpoint:
     checkpoint_id: int
     offset: int | None  # None: nothing committed yet, start from auto.offset.reset
     manifest: Manifest | None
+    # The savepoint this task's history descends from; later checkpoints keep naming it.
+    savepoint: str | None = None
+    # Restored from a savepoint and not yet committed in this group: the next
+    # checkpoint includes the task even if it reads nothing.
+    uncommitted: bool = False
 
 
 def task_id(topic: str, partition: int) -> str:
@@ -170,5 +175,7 @@ class Task:
     @property
     def changed(self) -> bool:
         """Whether the next checkpoint must cover this task. Not while it replays: its
-        committed offset must not move back below what was committed already."""
-        return self.records_since_checkpoint > 0 and self.replay_until is None
+        committed offset must not move back below what was committed already. A task
+        restored from a savepoint is covered once even if it read nothing, so its
+        committed offset records that it descends from the savepoint."""
+        return (self.records_since_checkpoint > 0 or self.completed.uncommitted) and self.replay_until is None

@@ -57,6 +57,8 @@ class TaskManager:
         # True once the first assignment (even an empty one) is restored.
         self.ready = False
         self.rewinds = 0
+        # How a task gets back to its committed state (a resumed savepoint wraps it).
+        self.restore_task = restore_task
 
     # -- rebalance listener -------------------------------------------------------
 
@@ -116,7 +118,7 @@ class TaskManager:
         produce = self.committer.produce_fn()
         positions = []
         for task in tasks:
-            restored = restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
+            restored = self.restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
                                     fallback=self.config.fallback_to_older_checkpoint)
             offset = restored.completed.offset
             replay_until = None

@@ -26,6 +26,9 @@ from service.incarnation import Incarnations
 from service.metrics import WorkerMetrics
 from service.monitoring import WorkerMonitor
 from service.planner import plan
+from service.recovery import restore_task
+from service.savepoint_resume import SavepointResume
+from service.savepoints import SavepointControl, default_savepoint_dir
 from service.status import FAILED, RUNNING, STOPPED, STOPPING
 from service.task_manager import TaskManager
 from service.topics import ensure_topics
@@ -59,6 +62,13 @@ class Worker:
         self.last_error: str | None = None
         self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
         self.incarnations = Incarnations(config.state_dir, self.group, config.worker_id)
+        # The exception that ended run() with a failure (the restart strategy reads it).
+        self.failure: BaseException | None = None
+        self.savepoints = SavepointControl(
+            worker_id=config.worker_id, group=self.group, job_name=job.name, params=config.params,
+            default_dir=config.savepoint_dir or default_savepoint_dir(config.checkpoint_storage, self.group),
+            scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop)
+        self.savepoints.add_routes(self.monitor.router)
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the batch, take a final checkpoint, exit 0."""
@@ -93,6 +103,7 @@ class Worker:
             log.exception("unexpected failure")
             return self._fail(exc, EXIT_ERROR, "stopping")
         finally:
+            self.savepoints.cancel_on_exit("the worker stopped")
             self._close()
             self.incarnations.end(clean=code == EXIT_OK)
             self.monitor.stop()
@@ -100,10 +111,15 @@ class Worker:
     def _start(self) -> None:
         c = self.config
         kafka = dict(c.kafka_config)
+        resume = None
+        if c.from_savepoint:  # every check that needs no broker, before anything is created
+            resume = SavepointResume.open(c.from_savepoint, self.plan,
+                                          allow_non_restored_state=c.allow_non_restored_state,
+                                          cache_dir=c.state_dir / self.group / "savepoint-cache")
         errors = ErrorHandler(c.error_policy, self.plan.error_overrides(), dead_letter_topic(self.group),
                               on_dead_letter=self.metrics.labels(self.metrics.dlq_records).inc)
-        ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},
-                      errors.dlq_topic if errors.uses_dead_letter else None)
+        partition_counts = ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+                                         errors.dlq_topic if errors.uses_dead_letter else None)
         storage = open_storage(c.checkpoint_storage, c.s3)
         if not c.checkpoints_enabled:
             log.warning(
@@ -136,6 +152,10 @@ class Worker:
             tolerable_failures=c.tolerable_failures, metrics=self.metrics, faults=FaultInjector())
         self.manager.checkpoint_all = self.coordinator.trigger
         self.monitor.attach(self.manager, self.coordinator)
+        if resume is not None:
+            resume.check_group_history(self.source.consumer, partition_counts)
+            self.manager.restore_task = resume.restore_fn(restore_task)
+        self.savepoints.attach(self.plan, self.manager, self.coordinator, self.source.consumer)
         self.source.subscribe(self.plan.input_topics, self.manager)
         log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
                  self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
@@ -145,6 +165,7 @@ class Worker:
 
     def _loop(self) -> None:
         source, committer, coordinator, monitor = self.source, self.committer, self.coordinator, self.monitor
+        savepoints = self.savepoints
         batch = self.config.consume_batch
         records_in = {t: self.metrics.labels(self.metrics.records_in, topic=t) for t in self.plan.input_topics}
         while not self._stop_requested:
@@ -154,6 +175,7 @@ class Worker:
                 self._dispatch(msgs, records_in)
                 self._bound_cache()
             committer.poll()
+            savepoints.tick()
             if coordinator.due():
                 coordinator.trigger()
                 monitor.publish()
@@ -200,6 +222,7 @@ class Worker:
 
     def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:
         self.last_error = str(exc)
+        self.failure = exc
         log.error("%s: %s", what, exc)
         self.monitor.set_state(FAILED, error=f"{what}: {exc}")
         if abort and self.committer is not None:

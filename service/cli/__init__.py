@@ -14,6 +14,7 @@ from service.cli.kafka_cmd import kafka
 from service.cli.run_cmd import run
 from service.cli.demo_cmd import demo
 from service.cli.generate_cmd import generate
+from service.cli.savepoint_cmd import savepoint
 
 
 _CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -40,6 +41,7 @@ cli.add_command(run)
 cli.add_command(demo)
 cli.add_command(generate)
 cli.add_command(checkpoints)
+cli.add_command(savepoint)
 
 
 def main() -> None:

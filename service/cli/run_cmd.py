@@ -21,6 +21,7 @@ from service.config import (
     parse_key_values,
 )
 from service.job_loader import load_job
+from service.restart import RestartStrategy, run_with_restarts
 from service.worker import Worker
 from statestore.storage import S3Settings
 
@@ -79,13 +80,25 @@ from statestore.storage import S3Settings
 @click.option("--control-allow", multiple=True, metavar="CIDR",
               help="Network remote control callers may come from (repeatable); needs --control-token. "
                    "Without both, control endpoints answer local callers only.")
+@click.option("--savepoint-dir", default=None,
+              help="Where `eos savepoint trigger|stop` writes savepoints unless given --target "
+                   "(path or storage URL; default: {checkpoint-storage}/{group}/savepoints).")
+@click.option("--from-savepoint", default=None, metavar="PATH",
+              help="Resume from this savepoint (path or storage URL) once; later restarts of this "
+                   "worker continue from its checkpoints.")
+@click.option("--allow-non-restored-state", is_flag=True,
+              help="Resume from a savepoint even if it holds state of operators the job no longer has.")
+@click.option("--restart-strategy", default="none", show_default=True,
+              help="Restart in-process after a failure inside the worker: none, "
+                   "fixed-delay:ATTEMPTS:DELAY or exponential-backoff:MAX.")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
         tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
         fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
         session_timeout: str, state_cache: int, error_policy: str, http_host: str, http_port: int | None,
-        control_token: str | None, control_allow: tuple[str, ...]) -> None:
+        control_token: str | None, control_allow: tuple[str, ...], savepoint_dir: str | None,
+        from_savepoint: str | None, allow_non_restored_state: bool, restart_strategy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
     timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
@@ -103,6 +116,13 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         state_cache_bytes=state_cache << 20, error_policy=error_policy,
         kafka_config=load_kafka_config(kafka_config, kafka_config_files),
         http_host=http_host, http_port=http_port, control_token=control_token or None,
-        control_allow=tuple(control_allow))
-    job = load_job(job_file, parsed_params)
-    sys.exit(Worker(config, job).run())
+        control_allow=tuple(control_allow), savepoint_dir=savepoint_dir, from_savepoint=from_savepoint,
+        allow_non_restored_state=allow_non_restored_state)
+    strategy = RestartStrategy.parse(restart_strategy)
+
+    def attempt() -> tuple[int, BaseException | None]:
+        worker = Worker(config, load_job(job_file, parsed_params))
+        code = worker.run()
+        return code, worker.failure
+
+    sys.exit(run_with_restarts(attempt, strategy))

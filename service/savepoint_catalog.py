@@ -1,0 +1,95 @@
+"""Savepoints in a directory: which are usable, and disposing of one.
+
+A savepoint is usable only with its manifest; a directory of state files without one is
+a savepoint that was never finished (its client or a worker died while writing it) and
+is listed as incomplete, never as something to resume from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import EosError, SavepointError
+from service.savepoint_resume import open_savepoint
+from service.savepoints import savepoint_location
+from statestore.savepoint_manifest import MANIFEST_NAME, STATE_DIR, SavepointManifest
+from statestore.storage import FileStorage, open_storage
+from statestore.storage.base import StorageError
+
+log = logging.getLogger(__name__)
+
+USABLE = "usable"
+INCOMPLETE = "incomplete"
+DAMAGED = "damaged"
+
+
+@dataclass(frozen=True)
+class SavepointEntry:
+    name: str
+    location: str
+    status: str  # usable | incomplete | damaged
+    manifest: SavepointManifest | None = None
+    problem: str | None = None
+    size: int = 0
+
+
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def list_savepoints(directory: str) -> list[SavepointEntry]:
+    if _is_local(directory) and not Path(directory.removeprefix("file://")).is_dir():
+        raise SavepointError(f"savepoint directory {directory} does not exist")
+    try:
+        storage = open_storage(directory)
+        objects = storage.list_entries("")
+    except StorageError as exc:
+        raise SavepointError(f"cannot list savepoints in {directory}: {exc}") from exc
+    sizes: dict[str, int] = {}
+    has_manifest: set[str] = set()
+    for obj in objects:
+        name, sep, rest = obj.key.partition("/")
+        if not sep:
+            continue
+        sizes[name] = sizes.get(name, 0) + obj.size
+        if rest == MANIFEST_NAME:
+            has_manifest.add(name)
+    entries = []
+    for name in sorted(sizes):
+        location = savepoint_location(directory, name)
+        if name not in has_manifest:
+            entries.append(SavepointEntry(name, location, INCOMPLETE, problem="no manifest: never finished, not usable",
+                                          size=sizes[name]))
+            continue
+        try:
+            manifest, _ = open_savepoint(location)
+            entries.append(SavepointEntry(name, location, USABLE, manifest, size=sizes[name]))
+        except EosError as exc:
+            entries.append(SavepointEntry(name, location, DAMAGED, problem=str(exc), size=sizes[name]))
+    return entries
+
+
+def dispose(location: str) -> int:
+    """Deletes a savepoint (complete or not); returns how many files went. The manifest
+    goes first, so a half-disposed savepoint is never taken for a usable one."""
+    if _is_local(location) and not Path(location.removeprefix("file://")).is_dir():
+        raise SavepointError(f"savepoint {location} does not exist")
+    try:
+        storage = open_storage(location)
+        keys = storage.list("")
+        if MANIFEST_NAME not in keys and not any(k.startswith(STATE_DIR + "/") for k in keys):
+            raise SavepointError(f"{location} does not look like a savepoint (no {MANIFEST_NAME}, no {STATE_DIR}/); "
+                                 "nothing deleted")
+        if MANIFEST_NAME in keys:
+            storage.delete([MANIFEST_NAME])
+        storage.delete([k for k in keys if k != MANIFEST_NAME])
+    except StorageError as exc:
+        raise SavepointError(f"cannot dispose of savepoint {location}: {exc}") from exc
+    if isinstance(storage, FileStorage):
+        try:
+            storage.root.rmdir()
+        except OSError as exc:
+            log.warning("savepoint directory %s is not empty after disposal: %s", storage.root, exc)
+    return len(keys)

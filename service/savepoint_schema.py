@@ -1,0 +1,102 @@
+"""Which keyed states a job's code declares, with their kind and codec.
+
+RocksDB's column families (`{uid}:{name}`) do not say whether a state is a value or a
+map state, nor how its values are encoded; the job's code does. `aggregate` and
+`reduce` keep one value state, `acc`, with the operator's codec; a `process` operator
+declares its states in `KeyedProcessFunction.open`, which is called here against a
+recording context (no state store behind it). Savepoints use this to write every state
+in its canonical form, and to encode restored values the way the resumed code reads
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from service.planner import Plan, Stage
+from statestore.codecs import JSON_CODEC, ValueCodec
+from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeclaredState:
+    uid: str
+    name: str
+    kind: str
+    codec: ValueCodec
+    stage: Stage
+
+    @property
+    def column_family(self) -> str:
+        return f"{self.uid}:{self.name}"
+
+
+class _Inert:
+    """Stands in for a state handle while `open` runs; using it there is a mistake."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("state handles cannot be used inside open()")
+
+
+class _RecordingContext:
+    def __init__(self) -> None:
+        self.declared: list[tuple[str, str, ValueCodec]] = []
+
+    def value_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> _Inert:
+        self.declared.append((name, VALUE_STATE, codec))
+        return _Inert()
+
+    def map_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> _Inert:
+        self.declared.append((name, MAP_STATE, codec))
+        return _Inert()
+
+
+def declared_states(plan: Plan) -> dict[str, DeclaredState]:
+    """Every state the job's code declares, by column family name."""
+    states: dict[str, DeclaredState] = {}
+    for stage in plan.stages:
+        for uid in stage.stateful_uids:
+            node = _find(stage.root, uid)
+            if node is None:
+                continue
+            if node.kind in ("aggregate", "reduce"):
+                declared = [("acc", VALUE_STATE, node.options.get("codec") or JSON_CODEC)]
+            else:
+                declared = _process_states(uid, node.fn)
+            for name, kind, codec in declared:
+                state = DeclaredState(uid, name, kind, codec, stage)
+                states[state.column_family] = state
+    return states
+
+
+def operator_of(column_family: str, uids: list[str]) -> tuple[str, str] | None:
+    """(uid, state name) of a column family, given the operators that may own it."""
+    for uid in sorted(uids, key=len, reverse=True):
+        if column_family.startswith(uid + ":"):
+            return uid, column_family[len(uid) + 1:]
+    return None
+
+
+def _process_states(uid: str, factory: Any) -> list[tuple[str, str, ValueCodec]]:
+    context = _RecordingContext()
+    try:
+        factory().open(context)
+    except Exception as exc:  # noqa: BLE001 - user code; the live tables still tell
+        log.warning("operator %r: cannot list its states by calling open() (%s: %s); states it has "
+                    "opened in a task are still known", uid, type(exc).__name__, exc)
+    return context.declared
+
+
+def _find(root: Any, uid: str) -> Any:
+    for child in root.children:
+        if child.uid == uid:
+            return child
+        if child.kind != "key_by":
+            found = _find(child, uid)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,395 @@
+"""Savepoints taken by a worker, driven over its HTTP control API.
+
+A savepoint of a job is taken by every worker of its group together, step by step, as
+the client (`eos savepoint trigger|stop`) tells them:
+
+  begin     pause the source partitions, commit a checkpoint of everything so far
+  (drain)   keep reading repartition topics and committing until every repartition
+            partition is read to its end (its last stable offset) and nothing is
+            uncommitted; the worker reports `idle` and a progress token
+  write     (once the client saw every worker idle twice with unchanged progress)
+            write each task's position and state into the savepoint directory
+  finish    `trigger`: resume the sources; `stop`: exit 0
+  cancel    any time before finish: resume the sources, nothing else changes
+
+The savepoint's state is therefore exactly the state of the last committed checkpoint
+of every task, with nothing in flight between stages. Commands arrive on HTTP threads
+and are carried out on the worker's loop thread between batches (`tick`), so the
+record path stays single-threaded and lock-free. A worker that hears nothing from the
+client for `timeout_s` cancels on its own, so a vanished client never leaves a job
+paused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from confluent_kafka import KafkaException, TopicPartition
+
+from service.errors import EosError, SavepointError
+from service.planner import Plan
+from service.savepoint_part import write_part
+from service.web.routing import Request, Response, Router
+from statestore.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+DRAINING = "draining"
+WRITING = "writing"
+WRITTEN = "written"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+ACTIVE_PHASES = (DRAINING, WRITING, WRITTEN)
+
+MODES = ("trigger", "stop")
+CHECK_EVERY_S = 0.1
+WATERMARK_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 60.0
+REPLY_TIMEOUT_S = 120.0
+
+
+def savepoint_location(directory: str, savepoint_id: str) -> str:
+    """The savepoint's own directory (file path or storage URL) under `directory`."""
+    return f"{directory.rstrip('/')}/{savepoint_id}"
+
+
+def default_savepoint_dir(checkpoint_storage: str, group: str) -> str:
+    return f"{checkpoint_storage.rstrip('/')}/{group}/savepoints"
+
+
+@dataclass
+class _Command:
+    name: str
+    body: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    status: int = 500
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    def answer(self, status: int, reply: dict[str, Any]) -> None:
+        self.status, self.reply = status, reply
+        self.done.set()
+
+
+class SavepointOperation:
+    """One savepoint as seen by one worker; lives on the loop thread."""
+
+    def __init__(self, control: SavepointControl, savepoint_id: str, directory: str, mode: str,
+                 timeout_s: float) -> None:
+        self.control = control
+        self.id = savepoint_id
+        self.directory = directory
+        self.location = savepoint_location(directory, savepoint_id)
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self.phase = DRAINING
+        self.error: str | None = None
+        self.idle = False
+        self.progress = ""
+        self.part: dict[str, Any] | None = None
+        self.last_contact = time.monotonic()
+        self._next_check = 0.0
+        self._assignment: dict[tuple[str, int], int] = {}
+        self._paused: list[TopicPartition] = []
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+    # -- steps ----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        manager = self.control.manager
+        self._assignment = {key: id(task) for key, task in manager.tasks.items()}
+        self._paused = [TopicPartition(t.topic, t.partition) for t in manager.tasks.values()
+                        if not t.stage.repartition]
+        self._pause()
+        log.info("savepoint %s (%s): sources paused (%d partitions), draining", self.id, self.mode,
+                 len(self._paused))
+        self._checkpoint()
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if now - self.last_contact > self.timeout_s:
+            self.cancel(f"no word from the savepoint client for {self.timeout_s:.0f}s")
+            return
+        if self.phase == WRITING:
+            self._write()
+            return
+        if self.phase != DRAINING or now < self._next_check:
+            return
+        self._next_check = now + CHECK_EVERY_S
+        self._check_assignment()
+        self._pause()  # a rewind may have re-assigned a partition, which resumes it
+        tasks = list(self.control.manager.tasks.values())
+        if any(t.changed for t in tasks):
+            self._checkpoint()
+        self.idle = not any(t.changed for t in tasks) and self._repartition_drained(tasks)
+        self.progress = _progress_token(tasks)
+
+    def request_write(self) -> None:
+        if self.phase != DRAINING:
+            raise SavepointError(f"savepoint {self.id} is {self.phase}, not draining")
+        self._check_assignment()
+        tasks = list(self.control.manager.tasks.values())
+        if any(t.changed for t in tasks) or not self._repartition_drained(tasks):
+            raise SavepointError(f"worker {self.control.worker_id} is not drained yet; ask again once it "
+                                 "reports idle")
+        self.phase = WRITING
+
+    def finish(self) -> None:
+        if self.phase != WRITTEN:
+            raise SavepointError(f"savepoint {self.id} is {self.phase}; only a written savepoint can finish")
+        self.phase = FINISHED
+        if self.mode == "stop":
+            log.info("savepoint %s complete: stopping (stop-with-savepoint)", self.id)
+            self.control.request_stop()
+        else:
+            self._resume()
+            log.info("savepoint %s complete: sources resumed", self.id)
+
+    def cancel(self, reason: str) -> None:
+        if not self.active:
+            return
+        self.phase, self.error = CANCELLED, reason
+        self._resume()
+        log.warning("savepoint %s cancelled: %s; sources resumed", self.id, reason)
+
+    def fail(self, reason: str) -> None:
+        if self.active:
+            self._resume()
+        self.phase, self.error = FAILED, reason
+        log.error("savepoint %s failed: %s; sources resumed", self.id, reason)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        record = self.control.coordinator.trigger("savepoint")
+        if record is not None and record.error:
+            raise SavepointError(f"checkpoint {record.checkpoint_id} for savepoint {self.id} failed: {record.error}")
+
+    def _check_assignment(self) -> None:
+        now = {key: id(task) for key, task in self.control.manager.tasks.items()}
+        if now != self._assignment:
+            raise SavepointError("the group rebalanced while the savepoint was being taken (partitions "
+                                 "moved between workers); take it again")
+
+    def _pause(self) -> None:
+        if self._paused:
+            self.control.consumer.pause(self._paused)
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        assigned = set(self.control.manager.tasks)
+        still = [tp for tp in self._paused if (tp.topic, tp.partition) in assigned]
+        try:
+            if still:
+                self.control.consumer.resume(still)
+        except KafkaException as exc:
+            log.warning("resuming source partitions after savepoint %s: %s", self.id, exc)
+        self._paused = []
+
+    def _repartition_drained(self, tasks: list[Any]) -> bool:
+        """Every repartition partition of this worker read up to its last stable offset
+        (the consumer's position counts the transaction markers it skipped)."""
+        repartition = [t for t in tasks if t.stage.repartition]
+        if not repartition:
+            return True
+        consumer = self.control.consumer
+        positions = consumer.position([TopicPartition(t.topic, t.partition) for t in repartition])
+        for task, position in zip(repartition, positions):
+            low, end = consumer.get_watermark_offsets(TopicPartition(task.topic, task.partition),
+                                                      timeout=WATERMARK_TIMEOUT_S, cached=False)
+            at = max(position.offset, task.next_offset if task.next_offset is not None else -1)
+            if at < 0:
+                at = low
+            if at < end:
+                return False
+        return True
+
+    def _write(self) -> None:
+        control = self.control
+        tasks = list(control.manager.tasks.values())
+        consumer = control.consumer
+        partitions: dict[str, int] = {}
+        for stage in control.plan.stages:
+            metadata = consumer.list_topics(stage.topic, timeout=WATERMARK_TIMEOUT_S).topics.get(stage.topic)
+            if metadata is None or metadata.error is not None:
+                raise SavepointError(f"cannot read the partition count of topic {stage.topic!r}")
+            partitions[stage.topic] = len(metadata.partitions)
+        end_offsets = {}
+        for task in tasks:
+            end_offsets[(task.topic, task.partition)] = consumer.get_watermark_offsets(
+                TopicPartition(task.topic, task.partition), timeout=WATERMARK_TIMEOUT_S, cached=False)[1]
+        storage = open_storage(self.location)
+        part = write_part(plan=control.plan, tasks=tasks, worker=control.worker_id, storage=storage,
+                          scratch=control.scratch_dir / self.id, partitions=partitions,
+                          end_offsets=end_offsets, on_file_written=_fault_hook())
+        part.update(job=control.job_name, group=control.group, params=control.params)
+        self.part = part
+        self.phase = WRITTEN
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.id, "mode": self.mode, "phase": self.phase, "location": self.location,
+                "idle": self.idle, "progress": self.progress, "error": self.error, "part": self.part}
+
+
+class SavepointControl:
+    """The worker's savepoint endpoint: HTTP threads queue commands, the loop runs them."""
+
+    def __init__(self, *, worker_id: str, group: str, job_name: str, params: dict[str, str],
+                 default_dir: str, scratch_dir: Path, request_stop: Callable[[], None]) -> None:
+        self.worker_id, self.group, self.job_name, self.params = worker_id, group, job_name, dict(params)
+        self.default_dir = default_dir
+        self.scratch_dir = scratch_dir
+        self.request_stop = request_stop
+        self.plan: Plan | None = None
+        self.manager: Any = None
+        self.coordinator: Any = None
+        self.consumer: Any = None
+        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._operation: SavepointOperation | None = None
+        # Replaced whole by the loop thread, read by HTTP threads.
+        self.published: dict[str, Any] | None = None
+
+    def attach(self, plan: Plan, manager: Any, coordinator: Any, consumer: Any) -> None:
+        self.plan, self.manager, self.coordinator, self.consumer = plan, manager, coordinator, consumer
+
+    # -- HTTP threads ---------------------------------------------------------------
+
+    def add_routes(self, router: Router) -> None:
+        router.add("GET", "/savepoints", self._get, control=True)
+        router.add("POST", "/savepoints", lambda r: self._post("begin", r), control=True)
+        router.add("POST", "/savepoints/write", lambda r: self._post("write", r), control=True)
+        router.add("POST", "/savepoints/finish", lambda r: self._post("finish", r), control=True)
+        router.add("POST", "/savepoints/cancel", lambda r: self._post("cancel", r), control=True)
+
+    def _identity(self) -> dict[str, Any]:
+        return {"worker": self.worker_id, "group": self.group, "job": self.job_name,
+                "savepoint_dir": self.default_dir}
+
+    def _get(self, request: Request) -> Response:
+        wanted = parse_qs(request.query).get("id", [None])[0]
+        operation = self._operation
+        if operation is not None and (wanted is None or operation.id == wanted):
+            operation.last_contact = time.monotonic()
+        published = self.published
+        if wanted is not None and (published is None or published.get("id") != wanted):
+            return Response.json(404, {**self._identity(), "error": f"no savepoint {wanted} on this worker"})
+        return Response.json(200, {**self._identity(), "savepoint": published})
+
+    def _post(self, name: str, request: Request) -> Response:
+        if self.manager is None or not getattr(self.manager, "ready", False):
+            return Response.json(503, {**self._identity(), "error": "the worker is still starting"})
+        try:
+            body = orjson.loads(request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return Response.json(400, {"error": f"request body must be a JSON object ({exc})"})
+        command = _Command(name, body)
+        self._inbox.put(command)
+        if not command.done.wait(REPLY_TIMEOUT_S):
+            return Response.json(504, {"error": f"the worker did not take up {name!r} within {REPLY_TIMEOUT_S:.0f}s"})
+        return Response.json(command.status, {**self._identity(), **command.reply})
+
+    # -- loop thread ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Called once per loop pass: costs one queue check while nothing happens."""
+        if self._operation is None and self._inbox.empty():
+            return
+        while not self._inbox.empty():
+            self._handle(self._inbox.get_nowait())
+        operation = self._operation
+        if operation is not None and operation.active:
+            try:
+                operation.step()
+            except (EosError, KafkaException, OSError) as exc:
+                operation.fail(str(exc))
+            self._publish()
+
+    def _handle(self, command: _Command) -> None:
+        try:
+            if command.name == "begin":
+                status, reply = self._begin(command.body)
+            else:
+                status, reply = self._follow_up(command.name, command.body)
+        except (EosError, KafkaException, OSError) as exc:
+            if self._operation is not None:
+                self._operation.fail(str(exc))
+            status, reply = 409, {"error": str(exc)}
+        self._publish()
+        if self._operation is not None:
+            reply.setdefault("savepoint", self.published)
+        command.answer(status, reply)
+
+    def _begin(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        current = self._operation
+        if current is not None and current.active:
+            return 409, {"error": f"savepoint {current.id} is in progress ({current.phase})"}
+        savepoint_id, mode = body.get("id"), body.get("mode", "trigger")
+        if not isinstance(savepoint_id, str) or not savepoint_id or "/" in savepoint_id:
+            return 400, {"error": "a savepoint needs an id without '/'"}
+        if mode not in MODES:
+            return 400, {"error": f"mode must be one of {', '.join(MODES)}, not {mode!r}"}
+        directory = body.get("target") or self.default_dir
+        timeout_s = float(body.get("timeout_s") or DEFAULT_TIMEOUT_S)
+        self._operation = SavepointOperation(self, savepoint_id, directory, mode, timeout_s)
+        self._operation.begin()
+        return 202, {}
+
+    def _follow_up(self, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        operation = self._operation
+        if operation is None or operation.id != body.get("id"):
+            return 404, {"error": f"no savepoint {body.get('id')} on this worker"}
+        operation.last_contact = time.monotonic()
+        if name == "write":
+            operation.request_write()
+            return 202, {}
+        if name == "finish":
+            operation.finish()
+            return 200, {}
+        operation.cancel(str(body.get("reason") or "cancelled by the client"))
+        return 200, {}
+
+    def _publish(self) -> None:
+        operation = self._operation
+        self.published = operation.status() if operation is not None else None
+
+    def cancel_on_exit(self, reason: str) -> None:
+        if self._operation is not None and self._operation.active:
+            self._operation.fail(reason)
+            self._publish()
+
+
+def _progress_token(tasks: list[Any]) -> str:
+    """Changes whenever any task reads a record or commits a checkpoint."""
+    parts = sorted(f"{t.id}:{t.next_offset}:{t.completed.checkpoint_id}:{t.records_since_checkpoint}" for t in tasks)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _fault_hook() -> Callable[[str], None] | None:
+    """Test-only: EOS_SAVEPOINT_FAULT=mid_write SIGKILLs the worker after its first
+    savepoint file is written, leaving a savepoint without its manifest."""
+    if os.environ.get("EOS_SAVEPOINT_FAULT") != "mid_write":
+        return None
+
+    def kill(path: str) -> None:
+        log.warning("fault injection: killing this worker while writing a savepoint (after %s)", path)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
