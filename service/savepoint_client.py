@@ -114,6 +114,7 @@ def take_savepoint(urls: list[str], *, mode: str, target: str | None = None, tok
     endpoints = [WorkerEndpoint(url, token) for url in urls]
     identities = [e.expect("GET", "/savepoints", None, 200) for e in endpoints]
     _check_one_group(urls, identities)
+    _check_coverage(identities)
     directory = target or identities[0]["savepoint_dir"]
     savepoint_id = new_savepoint_id()
     location = savepoint_location(directory, savepoint_id)
@@ -157,6 +158,20 @@ def _check_one_group(urls: list[str], identities: list[dict[str, Any]]) -> None:
     workers = [i["worker"] for i in identities]
     if len(set(workers)) != len(workers):
         raise SavepointError(f"a worker is named twice: {', '.join(workers)}")
+
+
+def _check_coverage(identities: list[dict[str, Any]]) -> None:
+    """Refuses early when the workers asked do not hold every partition (the final
+    manifest is checked again, since partitions may move meanwhile)."""
+    topics = identities[0].get("topics") or {}
+    held = {(topic, partition) for i in identities for topic, partition in i.get("assignment", [])}
+    missing = [f"{topic}[{p}]" for topic, count in sorted(topics.items()) for p in range(count)
+               if (topic, p) not in held]
+    if missing:
+        raise SavepointError(
+            f"the workers asked ({', '.join(i['worker'] for i in identities)}) hold no task for partitions "
+            f"{', '.join(missing)} of group {identities[0]['group']!r}: name every worker of the group with "
+            "--job (or wait until a rebalance has finished)")
 
 
 def _statuses(endpoints: list[WorkerEndpoint], savepoint_id: str) -> list[dict[str, Any]]:

@@ -260,13 +260,16 @@ class SavepointControl:
         self.manager: Any = None
         self.coordinator: Any = None
         self.consumer: Any = None
+        self.partition_counts: dict[str, int] = {}
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._operation: SavepointOperation | None = None
         # Replaced whole by the loop thread, read by HTTP threads.
         self.published: dict[str, Any] | None = None
 
-    def attach(self, plan: Plan, manager: Any, coordinator: Any, consumer: Any) -> None:
+    def attach(self, plan: Plan, manager: Any, coordinator: Any, consumer: Any,
+               partition_counts: dict[str, int]) -> None:
         self.plan, self.manager, self.coordinator, self.consumer = plan, manager, coordinator, consumer
+        self.partition_counts = {s.topic: partition_counts[s.topic] for s in plan.stages}
 
     # -- HTTP threads ---------------------------------------------------------------
 
@@ -279,7 +282,20 @@ class SavepointControl:
 
     def _identity(self) -> dict[str, Any]:
         return {"worker": self.worker_id, "group": self.group, "job": self.job_name,
-                "savepoint_dir": self.default_dir}
+                "savepoint_dir": self.default_dir, "topics": self.partition_counts,
+                "assignment": self._assignment()}
+
+    def _assignment(self) -> list[list[Any]]:
+        """The worker's partitions, read from an HTTP thread while the loop may change
+        them: a copy, retried if a rebalance resized the dict meanwhile."""
+        if self.manager is None:
+            return []
+        for _ in range(5):
+            try:
+                return [[topic, partition] for topic, partition in sorted(list(self.manager.tasks))]
+            except RuntimeError:
+                continue
+        return []
 
     def _get(self, request: Request) -> Response:
         wanted = parse_qs(request.query).get("id", [None])[0]
