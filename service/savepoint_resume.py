@@ -24,10 +24,12 @@ to the key (stages keyed by the record key).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -39,7 +41,15 @@ from service.savepoint_schema import declared_states
 from service.task import CompletedCheckpoint, Task
 from statestore.keys import decode_key
 from statestore.murmur2 import partition_for
-from statestore.savepoint_data import check_file, read_state_file, rocksdb_key, value_encoder
+from statestore.savepoint_data import (
+    LineWriter,
+    check_file,
+    parse_line,
+    read_lines,
+    read_state_file,
+    rocksdb_key,
+    value_encoder,
+)
 from statestore.savepoint_manifest import MANIFEST_NAME, OperatorState, SavepointManifest, StateFile
 from statestore.storage import FileStorage, open_storage
 from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError
@@ -113,10 +123,12 @@ class SavepointResume:
         self.declared = declared_states(plan)
         self.partition_counts: dict[str, int] = {}
         self._warned_topics: set[str] = set()
+        self._splits: dict[tuple[str, str, int], dict[int, tuple[Path, StateFile]]] = {}
 
     @classmethod
     def open(cls, location: str, plan: Plan, *, allow_non_restored_state: bool, cache_dir: Path) -> SavepointResume:
         manifest, storage = open_savepoint(location)
+        shutil.rmtree(cache_dir, ignore_errors=True)  # copies and splits of an earlier start
         resume = cls(location, manifest, SavepointFiles(storage, cache_dir), plan)
         resume._check_job()
         resume._check_operators(allow_non_restored_state)
@@ -240,18 +252,15 @@ class SavepointResume:
         for state in self.manifest.states:
             if state.uid not in task.stage.stateful_uids:
                 continue
-            files, keep = self._files_for(state, task.stage, task.partition, partitions)
+            files = self._files_for(state, task.stage, task.partition, partitions)
             declared = self.declared.get(state.column_family)
             what = f"state {state.column_family!r} of savepoint {self.manifest.id}"
             encode_value = value_encoder(state.codec, declared.codec if declared is not None else None, what)
             store.ensure_column_family(state.column_family)
             batch: list[tuple[str, bytes, bytes | None]] = []
             cf = state.column_family
-            for entry in files:
-                for key, map_key, obj in read_state_file(self.files.local(entry), entry, self.files.where(entry),
-                                                         state.kind):
-                    if keep is not None and not keep(key):
-                        continue
+            for path, entry, where in files:
+                for key, map_key, obj in read_state_file(path, entry, where, state.kind):
                     batch.append((cf, rocksdb_key(key, map_key), encode_value(obj)))
                     if len(batch) >= WRITE_BATCH:
                         count += store.write(batch)
@@ -260,7 +269,9 @@ class SavepointResume:
         return count
 
     def _files_for(self, state: OperatorState, stage: Stage, partition: int,
-                   partitions: int | None) -> tuple[list[StateFile], Callable[[bytes], bool] | None]:
+                   partitions: int | None) -> list[tuple[Path, StateFile, str]]:
+        """The files holding this partition's keys: the partition's own file when the
+        layout is unchanged, else its share of a split of all the state's files."""
         saved = self.manifest.stage(state.stage)
         if partitions is None:
             raise SavepointError(f"the partition count of topic {stage.topic!r} is unknown; cannot place "
@@ -268,13 +279,30 @@ class SavepointResume:
         same_layout = (saved is not None and saved.partitions == partitions
                        and saved.repartition == stage.repartition and saved.key_serde == stage.key_serde.name)
         if same_layout:
-            return [f for f in state.files if f.partition == partition], None
+            return [(self.files.local(f), f, self.files.where(f)) for f in state.files if f.partition == partition]
+        path, entry = self._split(state, stage, partitions)[partition]
+        return [(path, entry, str(path))]
+
+    def _split(self, state: OperatorState, stage: Stage, partitions: int) -> dict[int, tuple[Path, StateFile]]:
+        """Re-hashes every key of a state once into one local file per new partition, so
+        a rescale reads the savepoint once per worker, not once per task."""
+        cache_key = (state.column_family, stage.id, partitions)
+        split = self._splits.get(cache_key)
+        if split is not None:
+            return split
+        began = time.monotonic()
         to_kafka_key = kafka_key_bytes(stage)
-
-        def keep(key: bytes) -> bool:
-            return partition_for(to_kafka_key(key), partitions) == partition
-
-        return list(state.files), keep
+        directory = self.files.cache_dir / "split" / quote(state.column_family, safe="") / str(partitions)
+        writers = {p: LineWriter(directory / f"part-{p:05d}.jsonl") for p in range(partitions)}
+        for entry in state.files:
+            where = self.files.where(entry)
+            for line in read_lines(self.files.local(entry), entry, where):
+                key, _, _ = parse_line(line, state.kind, where)
+                writers[partition_for(to_kafka_key(key), partitions)].add(line)
+        split = self._splits[cache_key] = {p: (w.path, w.close(p)) for p, w in writers.items()}
+        log.info("savepoint %s: state %r re-hashed from %d files into %d partitions in %.2fs", self.manifest.id,
+                 state.column_family, len(state.files), partitions, time.monotonic() - began)
+        return split
 
 
 def kafka_key_bytes(stage: Stage) -> Callable[[bytes], bytes]:

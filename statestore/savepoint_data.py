@@ -128,14 +128,12 @@ def check_file(path: Path, expected: StateFile, where: str) -> None:
 Entry = tuple[bytes, bytes | None, dict]
 
 
-def read_state_file(path: Path, expected: StateFile, where: str, kind: str) -> Iterator[Entry]:
-    """(stable key bytes, stable map-key bytes or None, the parsed line) per line. The
-    file is checked against the manifest while it is read; a mismatch is raised after
-    the last line, so callers apply what they read only once the iteration completes."""
+def read_lines(path: Path, expected: StateFile, where: str) -> Iterator[bytes]:
+    """The file's lines (without their newline). The file is checked against the
+    manifest while it is read; a mismatch is raised after the last line, so callers
+    apply what they read only once the iteration completes."""
     digest = hashlib.sha256()
     size = keys = 0
-    is_map = kind == MAP_STATE
-    loads = orjson.loads
     with open(path, "rb") as fh:
         rest = b""
         while chunk := fh.read(_READ_CHUNK):
@@ -143,22 +141,57 @@ def read_state_file(path: Path, expected: StateFile, where: str, kind: str) -> I
             size += len(chunk)
             lines = (rest + chunk).split(b"\n")
             rest = lines.pop()
-            for line in lines:
-                try:
-                    obj = loads(line)
-                    key = _key_bytes(obj, "k")
-                    map_key = _key_bytes(obj, "m") if is_map else None
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    raise CorruptSavepointError(
-                        f"savepoint file {where} line {keys + 1} is not a state entry ({exc})") from None
-                keys += 1
-                yield key, map_key, obj
+            keys += len(lines)
+            yield from lines
         if rest:
             raise CorruptSavepointError(f"savepoint file {where} ends in the middle of a line; it is truncated")
     if size != expected.size or digest.hexdigest() != expected.sha256 or keys != expected.keys:
         raise CorruptSavepointError(
             f"savepoint file {where} is corrupt: {size} bytes, {keys} entries, SHA-256 {digest.hexdigest()}; "
             f"the manifest records {expected.size} bytes, {expected.keys} entries, SHA-256 {expected.sha256}")
+
+
+def parse_line(line: bytes, kind: str, where: str) -> Entry:
+    """(stable key bytes, stable map-key bytes or None, the parsed line)."""
+    try:
+        obj = orjson.loads(line)
+        return _key_bytes(obj, "k"), (_key_bytes(obj, "m") if kind == MAP_STATE else None), obj
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptSavepointError(f"savepoint file {where} holds a line that is not a state entry ({exc}): "
+                                    f"{line[:80]!r}") from None
+
+
+def read_state_file(path: Path, expected: StateFile, where: str, kind: str) -> Iterator[Entry]:
+    """Every entry of one state file, checked as `read_lines` checks."""
+    for line in read_lines(path, expected, where):
+        yield parse_line(line, kind, where)
+
+
+class LineWriter:
+    """Appends lines to a local file, counting and hashing them (for split files)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._out = open(path, "wb")
+        self._digest = hashlib.sha256()
+        self._lines: list[bytes] = []
+        self.keys = self.size = 0
+
+    def add(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._lines.append(b"\n")
+        if len(self._lines) >= 2 * _CHUNK_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.keys += len(self._lines) // 2
+        self.size += _flush(self._lines, self._out, self._digest)
+
+    def close(self, partition: int) -> StateFile:
+        self._flush()
+        self._out.close()
+        return StateFile(self.path.name, partition, self.keys, self.size, self._digest.hexdigest())
 
 
 def _key_bytes(obj: dict, name: str) -> bytes:

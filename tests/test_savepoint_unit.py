@@ -289,3 +289,87 @@ def test_a_bad_record_stops_without_restarting():
 
     assert run_with_restarts(attempt, RestartStrategy.parse("fixed-delay:5:1s"), wait=lambda s: True) == 2
     assert len(runs) == 1
+
+
+# -- a whole savepoint, written and restored by the product's code -------------------------
+
+
+class _Seen:
+    """A keyed process function with a value state and a pickled map state."""
+
+    def open(self, ctx):
+        self.total = ctx.value_state("total")
+        self.seen = ctx.map_state("seen", PICKLE_CODEC)
+
+    def process(self, key, value, ctx):
+        return ()
+
+
+def _process_job_tasks(tmp_path: Path, partitions: int, token: str):
+    from service.api import Job
+    from service.error_policy import ErrorHandler
+    from service.planner import plan as make_plan
+    from service.task import Task
+    from statestore.digests import DigestCache
+    from statestore.state_dir import TaskDirectory
+    from statestore.storage.file import FileStorage
+    from statestore.task_state import TaskState
+
+    job = Job("seen")
+    job.source("in", value=JSON, uid="src").key_by(lambda v: v["k"], uid="by-k").process(_Seen, uid="seen-op")
+    plan = make_plan(job, "g")
+    stage = plan.stage_of("g-by-k-repartition")
+    tasks = []
+    for p in range(partitions):
+        tid = f"{stage.topic}-{p}"
+        state = TaskState(TaskDirectory(tmp_path / "state", "g", tid, token), FileStorage(tmp_path / "ckpt"), "g",
+                          tid, DigestCache())
+        tasks.append(Task(stage, p, state, ErrorHandler("fail", {}, "g-dlq")))
+    return plan, tasks
+
+
+def test_map_and_pickled_state_survive_a_savepoint_into_twice_the_partitions(tmp_path):
+    from service.savepoint_part import write_part
+    from service.savepoint_resume import SavepointResume
+    from service.task import CompletedCheckpoint
+    from statestore.storage.file import FileStorage
+
+    plan, tasks = _process_job_tasks(tmp_path, 2, "w")
+    expected = {}
+    for task in tasks:
+        task.state.open(None)
+        total = task.state.value_table("seen-op:total", JSON_CODEC)
+        seen = task.state.map_table("seen-op:seen", PICKLE_CODEC)
+        for i in range(300):
+            key = f"k{i}"
+            if partition_for(encode_key(key), 2) == task.partition:
+                total.put(key, i)
+                seen.put(key, ("m", i), {i, -i})
+                expected[key] = (i, {("m", i): {i, -i}})
+        task.state.flush()
+        task.completed = CompletedCheckpoint(3, 10, None)
+    storage = FileStorage(tmp_path / "sp")
+    part = write_part(plan=plan, tasks=tasks, worker="w1", storage=storage, scratch=tmp_path / "scratch",
+                      partitions={"in": 2, "g-by-k-repartition": 2}, end_offsets={})
+    part.update(job="seen", group="g", params={})
+    part["positions"] += [{"stage": "src", "topic": "in", "partition": p, "offset": 5, "checkpoint_id": 3,
+                           "end_offset": 5, "worker": "w1"} for p in range(2)]
+    storage.put_atomic("_savepoint.json", assemble("sp-t", "stop", [part]).to_bytes())
+    for task in tasks:
+        task.state.close()
+
+    resume = SavepointResume.open(str(tmp_path / "sp"), plan, allow_non_restored_state=False,
+                                  cache_dir=tmp_path / "cache")
+    resume.partition_counts = {"in": 2, "g-by-k-repartition": 4}
+    _, restored_tasks = _process_job_tasks(tmp_path, 4, "r")
+    found = {}
+    for task in restored_tasks:
+        restored = resume.restore(task, 0)
+        assert (restored.completed.savepoint, restored.completed.offset) == ("sp-t", 10 if task.partition < 2 else -2)
+        total = task.state.value_table("seen-op:total", JSON_CODEC)
+        seen = task.state.map_table("seen-op:seen", PICKLE_CODEC)
+        for key, value in total.items():
+            assert partition_for(encode_key(key), 4) == task.partition
+            found[key] = (value, seen.entries(key))
+        task.state.close()
+    assert found == expected

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
