@@ -363,7 +363,12 @@ class SavepointControl:
         if mode not in MODES:
             return 400, {"error": f"mode must be one of {', '.join(MODES)}, not {mode!r}"}
         directory = body.get("target") or self.default_dir
-        timeout_s = float(body.get("timeout_s") or DEFAULT_TIMEOUT_S)
+        try:
+            timeout_s = float(body.get("timeout_s") or DEFAULT_TIMEOUT_S)
+        except (TypeError, ValueError):
+            return 400, {"error": f"timeout_s must be a number of seconds, not {body.get('timeout_s')!r}"}
+        if not isinstance(directory, str) or timeout_s <= 0:
+            return 400, {"error": "target must be a directory path or URL, and timeout_s positive"}
         self._operation = SavepointOperation(self, savepoint_id, directory, mode, timeout_s)
         self._operation.begin()
         return 202, {}

@@ -373,3 +373,18 @@ def test_map_and_pickled_state_survive_a_savepoint_into_twice_the_partitions(tmp
             found[key] = (value, seen.entries(key))
         task.state.close()
     assert found == expected
+
+
+def test_savepoint_endpoints_answer_only_allowed_callers(tmp_path):
+    from service.savepoints import SavepointControl
+    from service.web.routing import ControlAccess, Request, Router
+
+    router = Router(ControlAccess())
+    SavepointControl(worker_id="w1", group="g", job_name="j", params={}, default_dir=str(tmp_path),
+                     scratch_dir=tmp_path, request_stop=lambda: None).add_routes(router)
+    for method, path in [("GET", "/savepoints"), ("POST", "/savepoints"), ("POST", "/savepoints/write"),
+                         ("POST", "/savepoints/finish"), ("POST", "/savepoints/cancel")]:
+        remote = router.handle(Request(method, path, "", "10.1.2.3", {}, b"{}"))
+        assert remote.status == 403, (method, path)
+    local = router.handle(Request("POST", "/savepoints", "", "127.0.0.1", {}, b'{"id": "sp-1"}'))
+    assert local.status == 503 and b"still starting" in local.body
