@@ -45,7 +45,7 @@ from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2
+POLL_S = 0.05
 HTTP_TIMEOUT_S = 150.0
 
 

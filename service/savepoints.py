@@ -36,7 +36,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from service.errors import EosError, SavepointError
 from service.planner import Plan
@@ -55,7 +56,7 @@ CANCELLED = "cancelled"
 ACTIVE_PHASES = (DRAINING, WRITING, WRITTEN)
 
 MODES = ("trigger", "stop")
-CHECK_EVERY_S = 0.1
+CHECK_EVERY_S = 0.05
 WATERMARK_TIMEOUT_S = 10.0
 DEFAULT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 120.0
@@ -208,32 +209,24 @@ class SavepointOperation:
         repartition = [t for t in tasks if t.stage.repartition]
         if not repartition:
             return True
-        consumer = self.control.consumer
-        positions = consumer.position([TopicPartition(t.topic, t.partition) for t in repartition])
+        partitions = [TopicPartition(t.topic, t.partition) for t in repartition]
+        positions = self.control.consumer.position(partitions)
+        ends = self.control.offsets.ends(partitions)
+        starts = None
         for task, position in zip(repartition, positions):
-            low, end = consumer.get_watermark_offsets(TopicPartition(task.topic, task.partition),
-                                                      timeout=WATERMARK_TIMEOUT_S, cached=False)
             at = max(position.offset, task.next_offset if task.next_offset is not None else -1)
-            if at < 0:
-                at = low
-            if at < end:
+            if at < 0:  # never read: drained only if there is nothing to read
+                starts = starts or self.control.offsets.starts(partitions)
+                at = starts[(task.topic, task.partition)]
+            if at < ends[(task.topic, task.partition)]:
                 return False
         return True
 
     def _write(self) -> None:
         control = self.control
         tasks = list(control.manager.tasks.values())
-        consumer = control.consumer
-        partitions: dict[str, int] = {}
-        for stage in control.plan.stages:
-            metadata = consumer.list_topics(stage.topic, timeout=WATERMARK_TIMEOUT_S).topics.get(stage.topic)
-            if metadata is None or metadata.error is not None:
-                raise SavepointError(f"cannot read the partition count of topic {stage.topic!r}")
-            partitions[stage.topic] = len(metadata.partitions)
-        end_offsets = {}
-        for task in tasks:
-            end_offsets[(task.topic, task.partition)] = consumer.get_watermark_offsets(
-                TopicPartition(task.topic, task.partition), timeout=WATERMARK_TIMEOUT_S, cached=False)[1]
+        partitions = control.offsets.partition_counts([s.topic for s in control.plan.stages])
+        end_offsets = control.offsets.ends([TopicPartition(t.topic, t.partition) for t in tasks])
         storage = open_storage(self.location)
         part = write_part(plan=control.plan, tasks=tasks, worker=control.worker_id, storage=storage,
                           scratch=control.scratch_dir / self.id, partitions=partitions,
@@ -261,14 +254,16 @@ class SavepointControl:
         self.coordinator: Any = None
         self.consumer: Any = None
         self.partition_counts: dict[str, int] = {}
+        self.offsets: ClusterOffsets | None = None
         self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._operation: SavepointOperation | None = None
         # Replaced whole by the loop thread, read by HTTP threads.
         self.published: dict[str, Any] | None = None
 
     def attach(self, plan: Plan, manager: Any, coordinator: Any, consumer: Any,
-               partition_counts: dict[str, int]) -> None:
+               partition_counts: dict[str, int], admin_config: dict[str, Any]) -> None:
         self.plan, self.manager, self.coordinator, self.consumer = plan, manager, coordinator, consumer
+        self.offsets = ClusterOffsets(admin_config)
         self.partition_counts = {s.topic: partition_counts[s.topic] for s in plan.stages}
 
     # -- HTTP threads ---------------------------------------------------------------
@@ -395,6 +390,46 @@ class SavepointControl:
         if self._operation is not None and self._operation.active:
             self._operation.fail(reason)
             self._publish()
+
+
+class ClusterOffsets:
+    """Last stable offsets and partition counts through an admin client of its own: a
+    batched ListOffsets on its own connection answers in about a millisecond, where the
+    consumer's per-partition calls queue behind its fetch long-polls on the broker."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._admin: AdminClient | None = None
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._config)
+        return self._admin
+
+    def ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        return self._list(partitions, OffsetSpec.latest())
+
+    def starts(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        return self._list(partitions, OffsetSpec.earliest())
+
+    def _list(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        if not partitions:
+            return {}
+        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+                                          isolation_level=IsolationLevel.READ_COMMITTED,
+                                          request_timeout=WATERMARK_TIMEOUT_S)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    def partition_counts(self, topics: list[str]) -> dict[str, int]:
+        metadata = self.admin.list_topics(timeout=WATERMARK_TIMEOUT_S)
+        counts = {}
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                raise SavepointError(f"cannot read the partition count of topic {topic!r}")
+            counts[topic] = len(info.partitions)
+        return counts
 
 
 def _progress_token(tasks: list[Any]) -> str:

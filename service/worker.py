@@ -155,7 +155,8 @@ class Worker:
         if resume is not None:
             resume.check_group_history(self.source.consumer, partition_counts)
             self.manager.restore_task = resume.restore_fn(restore_task)
-        self.savepoints.attach(self.plan, self.manager, self.coordinator, self.source.consumer, partition_counts)
+        self.savepoints.attach(self.plan, self.manager, self.coordinator, self.source.consumer, partition_counts,
+                               {"bootstrap.servers": c.bootstrap_servers, **kafka})
         self.source.subscribe(self.plan.input_topics, self.manager)
         log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
                  self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
