@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -283,3 +285,28 @@ def test_murmur2_places_keys_where_the_producer_does(bootstrap):
     produce(bootstrap, topic, ((key, b"x") for key in keys))
     placed = {key: partition for partition, _, key, _ in read_all(bootstrap, topic, with_meta=True)}
     assert {key: partition_for(key, 8) for key in keys} == placed
+
+
+@pytest.mark.chaos
+def test_savepoint_cycles_under_sigkills_pass_the_oracle(bootstrap, tmp_path):
+    """Stop with a savepoint, resume, SIGKILL, restart with the same command line, stop
+    again... while input keeps arriving: the oracle must still pass at the end."""
+    rng = random.Random(5)
+    scenario = RunningSum(bootstrap, tmp_path, records=30_000, chunk=500, chunk_pause_s=0.4)
+    scenario.start_feeding()
+    location: str | None = None
+    for cycle in range(5):
+        extra = ["--from-savepoint", location] if location else []
+        worker = start_controlled(scenario, extra_args=extra).wait_ready()
+        time.sleep(rng.uniform(1.0, 3.0))
+        if rng.random() < 0.6:
+            worker.process.kill()
+            worker = start_controlled(scenario, extra_args=extra).wait_ready()
+            time.sleep(rng.uniform(1.0, 2.0))
+        location = stop_with_savepoint([worker], tmp_path / "savepoints")
+    final = start_controlled(scenario, extra_args=["--from-savepoint", location])
+    scenario.wait_fed()
+    scenario.wait_complete(final.process, timeout=300)
+    assert final.process.terminate() == 0, final.process.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
