@@ -31,11 +31,12 @@ from tests.harness.savepoints import (
     stop_with_savepoint,
 )
 from tests.harness.scenario import RunningSum
-from tests.harness.worker_process import wait_for
+from tests.harness.worker_process import REPO, wait_for
 
 pytestmark = pytest.mark.kafka
 
 COUNTER_JOB = JOBS / "running_sum_with_order_count.py"
+PREKEYED_JOB = REPO / "bench" / "running_sum_prekeyed.py"
 
 
 def _split(scenario: RunningSum, first: int) -> tuple[dict, dict]:
@@ -120,6 +121,31 @@ def test_resume_with_the_input_grown_from_4_to_8_partitions_continues_every_tota
     assert partition_count(bootstrap, f"{new_group}-by-user-repartition") == 8
     grown = [p for p, _, _, _ in read_all(bootstrap, scenario.input, with_meta=True) if p >= 4]
     assert grown, "no order landed in the new partitions"
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
+def test_state_keyed_by_the_record_key_follows_its_records_into_new_partitions(bootstrap, tmp_path):
+    """Input keyed by user, state keyed by the record key (no repartition topic): after the
+    input grows to 8 partitions, each user's state must sit where the producer now sends
+    the user's records, murmur2(user) % 8, or the user's totals would start over."""
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, users=300, key_by_user=True)
+    scenario.spec_overrides["job"] = PREKEYED_JOB
+    before, after = _split(scenario, 3_000)
+    scenario.feed_all_now(before)
+    worker = start_controlled(scenario).wait_ready()
+    scenario.wait_complete(worker.process, expected=set(before))  # nothing left behind in the old partitions
+    location = stop_with_savepoint([worker], tmp_path / "savepoints")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_partitions([NewPartitions(scenario.input, 8)])[scenario.input].result(30)
+    wait_for(lambda: partition_count(bootstrap, scenario.input) == 8, 30, 0.5, "8 input partitions")
+    moved = {o.user for o in after.values() if partition_for(o.user.encode(), 8) != partition_for(o.user.encode(), 4)}
+    assert moved, "no user changes partition; the test would prove nothing"
+
+    # A new group: in the old one, the static member would get its cached 4-partition
+    # assignment back until the next metadata refresh (see docs/architecture.md, Rescale).
+    _resume_and_finish(scenario, location, after, group=unique_name("running-sum-prekeyed-8"))
+
     report = scenario.check()
     assert report.ok, report.summary()
 
