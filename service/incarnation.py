@@ -29,8 +29,11 @@ class Incarnations:
         self.restarts = int(previous.get("restarts", 0))
         if previous and not previous.get("clean_exit", False):
             self.restarts += 1
-            log.warning("the previous process of this worker slot (pid %s) did not stop cleanly; "
-                        "restart %d of this slot", previous.get("pid"), self.restarts)
+            if previous.get("pid") == os.getpid():  # an in-process restart (--restart-strategy)
+                log.warning("the previous run in this process failed; restart %d of this slot", self.restarts)
+            else:
+                log.warning("the previous process of this worker slot (pid %s) did not stop cleanly; "
+                            "restart %d of this slot", previous.get("pid"), self.restarts)
         self._write(clean_exit=False)
         return self.restarts
 

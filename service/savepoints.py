@@ -36,11 +36,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException, TopicPartition
 
 from service.errors import EosError, SavepointError
 from service.planner import Plan
+from service.savepoint_offsets import ClusterOffsets
 from service.savepoint_part import write_part
 from service.web.routing import Request, Response, Router
 from statestore.storage import open_storage
@@ -57,7 +57,6 @@ ACTIVE_PHASES = (DRAINING, WRITING, WRITTEN)
 
 MODES = ("trigger", "stop")
 CHECK_EVERY_S = 0.05
-WATERMARK_TIMEOUT_S = 10.0
 DEFAULT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 120.0
 
@@ -390,46 +389,6 @@ class SavepointControl:
         if self._operation is not None and self._operation.active:
             self._operation.fail(reason)
             self._publish()
-
-
-class ClusterOffsets:
-    """Last stable offsets and partition counts through an admin client of its own: a
-    batched ListOffsets on its own connection answers in about a millisecond, where the
-    consumer's per-partition calls queue behind its fetch long-polls on the broker."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self._config = config
-        self._admin: AdminClient | None = None
-
-    @property
-    def admin(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient(self._config)
-        return self._admin
-
-    def ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        return self._list(partitions, OffsetSpec.latest())
-
-    def starts(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        return self._list(partitions, OffsetSpec.earliest())
-
-    def _list(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
-        if not partitions:
-            return {}
-        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-                                          isolation_level=IsolationLevel.READ_COMMITTED,
-                                          request_timeout=WATERMARK_TIMEOUT_S)
-        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-
-    def partition_counts(self, topics: list[str]) -> dict[str, int]:
-        metadata = self.admin.list_topics(timeout=WATERMARK_TIMEOUT_S)
-        counts = {}
-        for topic in topics:
-            info = metadata.topics.get(topic)
-            if info is None or info.error is not None:
-                raise SavepointError(f"cannot read the partition count of topic {topic!r}")
-            counts[topic] = len(info.partitions)
-        return counts
 
 
 def _progress_token(tasks: list[Any]) -> str:
