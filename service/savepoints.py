@@ -385,6 +385,14 @@ class SavepointControl:
         operation = self._operation
         self.published = operation.status() if operation is not None else None
 
+    @property
+    def stopped_by_savepoint(self) -> str | None:
+        """The id of the savepoint this worker stopped with (stop-with-savepoint), if any."""
+        operation = self._operation
+        if operation is not None and operation.mode == "stop" and operation.phase == FINISHED:
+            return operation.id
+        return None
+
     def cancel_on_exit(self, reason: str) -> None:
         if self._operation is not None and self._operation.active:
             self._operation.fail(reason)

@@ -215,6 +215,14 @@ class Worker:
     def _finish(self) -> None:
         if self.coordinator is None:
             return
+        savepoint = self.savepoints.stopped_by_savepoint
+        if savepoint is not None:
+            # The savepoint is the job's last committed state: anything read since (say,
+            # partitions a departing worker's rebalance handed over) must not commit.
+            if any(t.changed for t in self.manager.tasks.values()):
+                self.committer.abort()
+            log.info("stopped with savepoint %s", savepoint)
+            return
         record = self.coordinator.trigger("shutdown")
         if record is not None and record.error:
             raise CheckpointError(f"the final checkpoint failed: {record.error}")
