@@ -38,7 +38,7 @@ from urllib.parse import parse_qs
 import orjson
 from confluent_kafka import KafkaException, TopicPartition
 
-from service.errors import EosError, SavepointError
+from service.errors import ConfigurationError, EosError, SavepointError
 from service.planner import Plan
 from service.savepoint_offsets import ClusterOffsets
 from service.savepoint_part import write_part
@@ -56,6 +56,9 @@ CANCELLED = "cancelled"
 ACTIVE_PHASES = (DRAINING, WRITING, WRITTEN)
 
 MODES = ("trigger", "stop")
+# What fails a savepoint but not the worker; any other EosError raised on the way (a
+# checkpoint failure beyond the tolerated, being fenced) fails both.
+_SAVEPOINT_FAILURES = (SavepointError, ConfigurationError, KafkaException, OSError)
 CHECK_EVERY_S = 0.05
 DEFAULT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 120.0
@@ -168,8 +171,10 @@ class SavepointOperation:
         log.warning("savepoint %s cancelled: %s; sources resumed", self.id, reason)
 
     def fail(self, reason: str) -> None:
-        if self.active:
-            self._resume()
+        if not self.active:
+            log.warning("savepoint %s (%s): %s", self.id, self.phase, reason)
+            return
+        self._resume()
         self.phase, self.error = FAILED, reason
         log.error("savepoint %s failed: %s; sources resumed", self.id, reason)
 
@@ -328,24 +333,33 @@ class SavepointControl:
         if operation is not None and operation.active:
             try:
                 operation.step()
-            except (EosError, KafkaException, OSError) as exc:
+            except _SAVEPOINT_FAILURES as exc:
                 operation.fail(str(exc))
+            except EosError as exc:  # the worker's own failure (checkpoints failing, fenced)
+                operation.fail(str(exc))
+                self._publish()
+                raise
             self._publish()
 
     def _handle(self, command: _Command) -> None:
+        worker_failure: EosError | None = None
         try:
             if command.name == "begin":
                 status, reply = self._begin(command.body)
             else:
                 status, reply = self._follow_up(command.name, command.body)
-        except (EosError, KafkaException, OSError) as exc:
+        except (*_SAVEPOINT_FAILURES, EosError) as exc:
             if self._operation is not None:
                 self._operation.fail(str(exc))
             status, reply = 409, {"error": str(exc)}
+            if isinstance(exc, EosError) and not isinstance(exc, _SAVEPOINT_FAILURES):
+                worker_failure = exc
         self._publish()
         if self._operation is not None:
             reply.setdefault("savepoint", self.published)
         command.answer(status, reply)
+        if worker_failure is not None:
+            raise worker_failure
 
     def _begin(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         current = self._operation
