@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def _two_workers_sharing_the_work(scenario: RunningSum) -> list[ControlledWorker]:
+    """Both workers join before any input arrives, so the group settles without a
+    checkpoint racing its rebalances (not what these tests are about)."""
     workers = [start_controlled(scenario, worker_id=w).wait_ready() for w in ("w1", "w2")]
     previous: list = []
 
@@ -38,8 +40,8 @@ def test_stop_with_savepoint_of_two_workers_covers_every_partition_and_resumes(b
     scenario = RunningSum(bootstrap, tmp_path, records=8_000)
     before = {i: o for i, o in scenario.orders.items() if i < 4_000}
     after = {i: o for i, o in scenario.orders.items() if i >= 4_000}
-    scenario.feed_all_now(before)
     workers = _two_workers_sharing_the_work(scenario)
+    scenario.feed_all_now(before)
     wait_for(lambda: len(scenario.ids_seen()) >= 1_000, 90, 0.5, "some output")
 
     location = stop_with_savepoint(workers, tmp_path / "savepoints")
@@ -58,8 +60,8 @@ def test_stop_with_savepoint_of_two_workers_covers_every_partition_and_resumes(b
 
 def test_a_savepoint_naming_only_some_workers_is_refused_and_the_job_runs_on(bootstrap, tmp_path):
     scenario = RunningSum(bootstrap, tmp_path, records=4_000)
-    scenario.start_feeding()
     workers = _two_workers_sharing_the_work(scenario)
+    scenario.start_feeding()
 
     result = savepoint("stop", workers[:1], tmp_path / "savepoints")
 
