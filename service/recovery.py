@@ -150,7 +150,8 @@ def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointRefer
         log.warning("%s: restored older checkpoint %d (%s) at offset %d in %.3fs; replaying offsets "
                     "%d..%d without emitting outputs", task.id, older.checkpoint_id, snapshot,
                     older.source_offset, elapsed, older.source_offset, committed.offset - 1)
-        return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, older), stats,
+        return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, older,
+                                            savepoint=reference.savepoint), stats,
                         elapsed, replay_from=older.source_offset)
     if failures:
         tried = "; ".join(failures)

@@ -15,7 +15,7 @@ from service.errors import EosError, SavepointError
 from service.savepoint_resume import open_savepoint
 from service.savepoints import savepoint_location
 from statestore.savepoint_manifest import MANIFEST_NAME, STATE_DIR, SavepointManifest
-from statestore.storage import FileStorage, open_storage
+from statestore.storage import FileStorage, S3Settings, open_storage
 from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ def _is_local(location: str) -> bool:
     return "://" not in location or location.startswith("file://")
 
 
-def list_savepoints(directory: str) -> list[SavepointEntry]:
+def list_savepoints(directory: str, s3: S3Settings | None = None) -> list[SavepointEntry]:
     if _is_local(directory) and not Path(directory.removeprefix("file://")).is_dir():
         raise SavepointError(f"savepoint directory {directory} does not exist")
     try:
-        storage = open_storage(directory)
+        storage = open_storage(directory, s3)
         objects = storage.list_entries("")
     except StorageError as exc:
         raise SavepointError(f"cannot list savepoints in {directory}: {exc}") from exc
@@ -64,20 +64,20 @@ def list_savepoints(directory: str) -> list[SavepointEntry]:
                                           size=sizes[name]))
             continue
         try:
-            manifest, _ = open_savepoint(location)
+            manifest, _ = open_savepoint(location, s3)
             entries.append(SavepointEntry(name, location, USABLE, manifest, size=sizes[name]))
         except EosError as exc:
             entries.append(SavepointEntry(name, location, DAMAGED, problem=str(exc), size=sizes[name]))
     return entries
 
 
-def dispose(location: str) -> int:
+def dispose(location: str, s3: S3Settings | None = None) -> int:
     """Deletes a savepoint (complete or not); returns how many files went. The manifest
     goes first, so a half-disposed savepoint is never taken for a usable one."""
     if _is_local(location) and not Path(location.removeprefix("file://")).is_dir():
         raise SavepointError(f"savepoint {location} does not exist")
     try:
-        storage = open_storage(location)
+        storage = open_storage(location, s3)
         keys = storage.list("")
         if MANIFEST_NAME not in keys and not any(k.startswith(STATE_DIR + "/") for k in keys):
             raise SavepointError(f"{location} does not look like a savepoint (no {MANIFEST_NAME}, no {STATE_DIR}/); "

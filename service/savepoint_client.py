@@ -40,7 +40,7 @@ from statestore.savepoint_manifest import (
     StageLayout,
     StateFile,
 )
-from statestore.storage import open_storage
+from statestore.storage import S3Settings, open_storage
 from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class SavepointResult:
 
 
 def take_savepoint(urls: list[str], *, mode: str, target: str | None = None, token: str | None = None,
-                   timeout_s: float = 300.0, say: Callable[[str], None] = lambda text: None) -> SavepointResult:
+                   timeout_s: float = 300.0, s3: S3Settings | None = None,
+                   say: Callable[[str], None] = lambda text: None) -> SavepointResult:
     """Takes one savepoint of the group the workers at `urls` belong to."""
     if not urls:
         raise SavepointError("name the job's workers with --job URL (one per worker)")
@@ -132,7 +133,7 @@ def take_savepoint(urls: list[str], *, mode: str, target: str | None = None, tok
         say(f"savepoint {savepoint_id}: drained; writing state")
         parts = _wait_written(endpoints, savepoint_id, deadline)
         manifest = assemble(savepoint_id, mode, parts)
-        _write_manifest(location, manifest)
+        _write_manifest(location, manifest, s3)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
         for endpoint in begun:
@@ -275,9 +276,9 @@ def assemble(savepoint_id: str, mode: str, parts: list[dict[str, Any]]) -> Savep
         drained=True)  # written only once every worker was drained
 
 
-def _write_manifest(location: str, manifest: SavepointManifest) -> None:
+def _write_manifest(location: str, manifest: SavepointManifest, s3: S3Settings | None) -> None:
     try:
-        storage = open_storage(location)
+        storage = open_storage(location, s3)
         for entry in manifest.files():
             size = storage.size(entry.path)
             if size != entry.size:

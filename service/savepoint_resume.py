@@ -51,7 +51,7 @@ from statestore.savepoint_data import (
     value_encoder,
 )
 from statestore.savepoint_manifest import MANIFEST_NAME, OperatorState, SavepointManifest, StateFile
-from statestore.storage import FileStorage, open_storage
+from statestore.storage import FileStorage, S3Settings, open_storage
 from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ COMMITTED_TIMEOUT_S = 30.0
 RestoreFn = Callable[..., Restored]
 
 
-def open_savepoint(location: str) -> tuple[SavepointManifest, CheckpointStorage]:
+def open_savepoint(location: str, s3: S3Settings | None = None) -> tuple[SavepointManifest, CheckpointStorage]:
     """The manifest of the savepoint at `location` (a path or storage URL). A missing
     location, a directory without a manifest (an unfinished savepoint) and a damaged
     or foreign manifest are each a clear SavepointError."""
@@ -71,7 +71,7 @@ def open_savepoint(location: str) -> tuple[SavepointManifest, CheckpointStorage]
         if not path.is_dir():
             raise SavepointError(f"savepoint {location} does not exist (no such directory)")
     try:
-        storage = open_storage(location)
+        storage = open_storage(location, s3)
         data = storage.get_bytes(MANIFEST_NAME)
     except ObjectNotFound:
         try:
@@ -126,8 +126,9 @@ class SavepointResume:
         self._splits: dict[tuple[str, str, int], dict[int, tuple[Path, StateFile]]] = {}
 
     @classmethod
-    def open(cls, location: str, plan: Plan, *, allow_non_restored_state: bool, cache_dir: Path) -> SavepointResume:
-        manifest, storage = open_savepoint(location)
+    def open(cls, location: str, plan: Plan, *, allow_non_restored_state: bool, cache_dir: Path,
+             s3: S3Settings | None = None) -> SavepointResume:
+        manifest, storage = open_savepoint(location, s3)
         shutil.rmtree(cache_dir, ignore_errors=True)  # copies and splits of an earlier start
         resume = cls(location, manifest, SavepointFiles(storage, cache_dir), plan)
         resume._check_job()

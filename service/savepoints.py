@@ -43,7 +43,7 @@ from service.planner import Plan
 from service.savepoint_offsets import ClusterOffsets
 from service.savepoint_part import write_part
 from service.web.routing import Request, Response, Router
-from statestore.storage import open_storage
+from statestore.storage import S3Settings, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class SavepointOperation:
         tasks = list(control.manager.tasks.values())
         partitions = control.offsets.partition_counts([s.topic for s in control.plan.stages])
         end_offsets = control.offsets.ends([TopicPartition(t.topic, t.partition) for t in tasks])
-        storage = open_storage(self.location)
+        storage = open_storage(self.location, control.s3)
         part = write_part(plan=control.plan, tasks=tasks, worker=control.worker_id, storage=storage,
                           scratch=control.scratch_dir / self.id, partitions=partitions,
                           end_offsets=end_offsets, on_file_written=_fault_hook())
@@ -248,9 +248,11 @@ class SavepointControl:
     """The worker's savepoint endpoint: HTTP threads queue commands, the loop runs them."""
 
     def __init__(self, *, worker_id: str, group: str, job_name: str, params: dict[str, str],
-                 default_dir: str, scratch_dir: Path, request_stop: Callable[[], None]) -> None:
+                 default_dir: str, scratch_dir: Path, request_stop: Callable[[], None],
+                 s3: S3Settings | None = None) -> None:
         self.worker_id, self.group, self.job_name, self.params = worker_id, group, job_name, dict(params)
         self.default_dir = default_dir
+        self.s3 = s3
         self.scratch_dir = scratch_dir
         self.request_stop = request_stop
         self.plan: Plan | None = None

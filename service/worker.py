@@ -67,7 +67,8 @@ class Worker:
         self.savepoints = SavepointControl(
             worker_id=config.worker_id, group=self.group, job_name=job.name, params=config.params,
             default_dir=config.savepoint_dir or default_savepoint_dir(config.checkpoint_storage, self.group),
-            scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop)
+            scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop,
+            s3=config.s3)
         self.savepoints.add_routes(self.monitor.router)
 
     def request_stop(self, *_: Any) -> None:
@@ -115,7 +116,7 @@ class Worker:
         if c.from_savepoint:  # every check that needs no broker, before anything is created
             resume = SavepointResume.open(c.from_savepoint, self.plan,
                                           allow_non_restored_state=c.allow_non_restored_state,
-                                          cache_dir=c.state_dir / self.group / "savepoint-cache")
+                                          cache_dir=c.state_dir / self.group / "savepoint-cache", s3=c.s3)
         errors = ErrorHandler(c.error_policy, self.plan.error_overrides(), dead_letter_topic(self.group),
                               on_dead_letter=self.metrics.labels(self.metrics.dlq_records).inc)
         partition_counts = ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},

@@ -150,6 +150,25 @@ def test_state_keyed_by_the_record_key_follows_its_records_into_new_partitions(b
     assert report.ok, report.summary()
 
 
+def test_a_savepoint_in_s3_storage_resumes_and_passes_the_oracle(bootstrap, tmp_path, s3_server):
+    storage = f"s3://{s3_server.bucket}/{tmp_path.name}"
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, storage=storage,
+                          spec_overrides={"env": s3_server.env()})
+    before, after = _split(scenario, 3_000)
+    scenario.feed_all_now(before)
+    worker = start_controlled(scenario).wait_ready()
+    wait_for(lambda: len(scenario.ids_seen()) >= 1_000, 90, 0.5, "some output")
+    location = stop_with_savepoint([worker], None, env=s3_server.env())  # the workers' default directory
+    assert location.startswith(f"{storage}/{scenario.group}/savepoints/sp-"), location
+    listing = eos("savepoint", "list", f"{storage}/{scenario.group}/savepoints", env=s3_server.env())
+    assert " usable " in listing.stdout, listing.stdout + listing.stderr
+
+    shutil.rmtree(tmp_path / "state")  # a new machine: every savepoint file is downloaded
+    _resume_and_finish(scenario, location, after)
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
 # -- changed jobs ---------------------------------------------------------------------
 
 

@@ -8,10 +8,12 @@ from dataclasses import asdict
 import click
 import orjson
 
+from service.cli.storage_options import s3_options
 from service.savepoint_catalog import INCOMPLETE, USABLE, dispose, list_savepoints
 from service.savepoint_client import take_savepoint
 from service.savepoint_resume import open_savepoint
 from statestore.savepoint_manifest import SavepointManifest
+from statestore.storage import S3Settings
 
 _jobs = click.option("--job", "jobs", multiple=True, required=True, metavar="URL",
                      help="A worker's HTTP address (its --http-port), e.g. http://127.0.0.1:8081; repeat for "
@@ -30,8 +32,9 @@ def savepoint() -> None:
     """Savepoints: take one (trigger, stop), list, show and dispose of them."""
 
 
-def _take(mode: str, jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float) -> None:
-    result = take_savepoint(list(jobs), mode=mode, target=target, token=token, timeout_s=timeout,
+def _take(mode: str, jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float,
+          s3: S3Settings) -> None:
+    result = take_savepoint(list(jobs), mode=mode, target=target, token=token, timeout_s=timeout, s3=s3,
                             say=lambda text: click.echo(text, err=True))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -48,9 +51,10 @@ def _take(mode: str, jobs: tuple[str, ...], target: str | None, token: str | Non
 @_target
 @_token
 @_timeout
-def trigger(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float) -> None:
+@s3_options
+def trigger(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float, s3: S3Settings) -> None:
     """Take a savepoint; the job keeps running. Prints the savepoint's location."""
-    _take("trigger", jobs, target, token, timeout)
+    _take("trigger", jobs, target, token, timeout, s3)
 
 
 @savepoint.command()
@@ -58,18 +62,20 @@ def trigger(jobs: tuple[str, ...], target: str | None, token: str | None, timeou
 @_target
 @_token
 @_timeout
-def stop(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float) -> None:
+@s3_options
+def stop(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float, s3: S3Settings) -> None:
     """Stop with a savepoint: sources stop, everything in flight drains, a final checkpoint
     commits, the savepoint is written and the workers exit 0. Prints its location."""
-    _take("stop", jobs, target, token, timeout)
+    _take("stop", jobs, target, token, timeout, s3)
 
 
 @savepoint.command("list")
 @click.argument("directory")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per savepoint.")
-def list_cmd(directory: str, as_json: bool) -> None:
+@s3_options
+def list_cmd(directory: str, as_json: bool, s3: S3Settings) -> None:
     """List the savepoints in DIRECTORY; incomplete ones are marked not usable."""
-    entries = list_savepoints(directory)
+    entries = list_savepoints(directory, s3)
     if as_json:
         for e in entries:
             click.echo(orjson.dumps({"name": e.name, "location": e.location, "status": e.status,
@@ -95,9 +101,10 @@ def list_cmd(directory: str, as_json: bool) -> None:
 @savepoint.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
-def show(path: str, as_json: bool) -> None:
+@s3_options
+def show(path: str, as_json: bool, s3: S3Settings) -> None:
     """Operators with key counts, partition offsets and parameters of the savepoint at PATH."""
-    manifest, _ = open_savepoint(path)
+    manifest, _ = open_savepoint(path, s3)
     if as_json:
         click.echo(orjson.dumps(asdict(manifest), option=orjson.OPT_INDENT_2).decode())
         return
@@ -127,7 +134,8 @@ def _print(m: SavepointManifest) -> None:
 
 @savepoint.command("dispose")
 @click.argument("path")
-def dispose_cmd(path: str) -> None:
+@s3_options
+def dispose_cmd(path: str, s3: S3Settings) -> None:
     """Delete the savepoint at PATH (its manifest first)."""
-    count = dispose(path)
+    count = dispose(path, s3)
     click.echo(f"disposed of {path} ({count} files)", err=True)

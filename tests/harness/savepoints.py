@@ -4,6 +4,7 @@ savepoint` command as a real process, and plain-Kafka views of a group's offsets
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,8 +19,9 @@ from tests.harness.worker_process import EOS, REPO, WorkerProcess, wait_for
 JOBS = REPO / "tests" / "jobs"
 
 
-def eos(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*EOS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def eos(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*EOS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 class ControlledWorker:
@@ -61,16 +63,18 @@ def start_controlled(scenario: RunningSum, **overrides) -> ControlledWorker:
     return ControlledWorker(scenario.start_worker(extra_args=extra, **overrides), port)
 
 
-def savepoint(mode: str, workers: list[ControlledWorker], target: Path) -> subprocess.CompletedProcess:
-    args = ["savepoint", mode, "--target", str(target)]
+def savepoint(mode: str, workers: list[ControlledWorker], target: Path | str | None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    args = ["savepoint", mode] + (["--target", str(target)] if target is not None else [])
     for worker in workers:
         args += ["--job", worker.url]
-    return eos(*args)
+    return eos(*args, env=env)
 
 
-def stop_with_savepoint(workers: list[ControlledWorker], target: Path) -> str:
+def stop_with_savepoint(workers: list[ControlledWorker], target: Path | str | None,
+                        env: dict[str, str] | None = None) -> str:
     """Stops the workers with a savepoint; returns its location."""
-    result = savepoint("stop", workers, target)
+    result = savepoint("stop", workers, target, env)
     assert result.returncode == 0, result.stderr
     for worker in workers:
         assert worker.process.wait(60) == 0, worker.process.log_tail()
