@@ -11,7 +11,7 @@ recovers from the last completed checkpoint like any start; the worker slot's re
 (service/incarnation.py) counts it in `eos_restarts_total`. What a restart cannot cure
 is never retried: a bad record under policy `fail` (exit 2; the same record would stop
 it again), being fenced by a newer instance of the slot (exit 3), and configuration,
-snapshot and savepoint errors (exit 1 for a reason a restart does not change). A kill
+missing or corrupt snapshots and savepoint errors (exit 1 for a reason a restart does not change). A kill
 (SIGKILL, OOM) ends the process and is the process supervisor's to restart.
 """
 
@@ -32,6 +32,7 @@ from service.errors import (
     RecordError,
     SavepointError,
     SnapshotMissingError,
+    SnapshotUnreachableError,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ class RestartStrategy:
 
 def restartable(failure: BaseException | None) -> bool:
     """Whether a restart may cure this failure (a checkpoint error burst, a client or
-    storage failure, an unexpected exception)."""
+    storage failure, checkpoint storage out of reach, an unexpected exception)."""
+    if isinstance(failure, SnapshotUnreachableError):
+        return True
     return failure is not None and not isinstance(failure, _PERMANENT)
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from connectors.serdes import BYTES, JSON, KEY, STRING
-from service.errors import CorruptSavepointError, RecordError, SavepointError, StateStoreError
+from service.errors import (
+    CorruptSavepointError,
+    RecordError,
+    SavepointError,
+    SnapshotMissingError,
+    SnapshotUnreachableError,
+    StateStoreError,
+)
 from service.planner import Stage
 from service.recovery import format_metadata, parse_metadata
 from service.restart import RestartStrategy, restartable, run_with_restarts
@@ -265,6 +272,7 @@ def test_failures_a_restart_cannot_cure_are_not_restarted():
     assert not restartable(RecordError("bad", topic="t", partition=0, offset=1))
     assert not restartable(SavepointError("x"))
     assert restartable(StateStoreError("disk full"))
+    assert restartable(SnapshotUnreachableError("storage away")) and not restartable(SnapshotMissingError("gone"))
     assert restartable(RuntimeError("unexpected"))
 
 
