@@ -10,9 +10,10 @@ Each restart builds a new worker (new consumer, producer and incarnation token) 
 recovers from the last completed checkpoint like any start; the worker slot's record
 (service/incarnation.py) counts it in `eos_restarts_total`. What a restart cannot cure
 is never retried: a bad record under policy `fail` (exit 2; the same record would stop
-it again), being fenced by a newer instance of the slot (exit 3), and configuration,
-missing or corrupt snapshots and savepoint errors (exit 1 for a reason a restart does not change). A kill
-(SIGKILL, OOM) ends the process and is the process supervisor's to restart.
+it again), being fenced by a newer instance of the slot (exit 3), configuration errors,
+missing or corrupt snapshots and savepoint errors (exit 1, for a reason a restart does
+not change). A kill (SIGKILL, OOM) ends the process and is the process supervisor's to
+restart.
 """
 
 from __future__ import annotations
