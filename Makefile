@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 PYTEST = $(BIN)/pytest $(PYTEST_ARGS)
 ALLOW_EMPTY = || [ $$? -eq 5 ]
 
-.PHONY: install test chaos soak run bench kafka-start kafka-stop clean
+.PHONY: install test chaos soak run bench bench-quick kafka-start kafka-stop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,22 @@ chaos: install
 
 # The demo: a local broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the running-sum job,
 # a generator feeding it, progress and results. DEMO_ARGS=--keep-running leaves it up.
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -U pip
+	$(BENCH_VENV)/bin/pip install -q -e '.[bench]'
+	touch $@
+
+# The benchmark suite: our job against a plain confluent-kafka loop and Quix Streams on
+# one local broker; results and plots in docs/bench/, headline table in README.md.
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/suite.py $(BENCH_ARGS)
+
+bench-quick: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/suite.py --quick $(BENCH_ARGS)
+
 # Ten minutes of input under SIGKILLs, zombies and a broker restart (own broker).
 soak: install
 	$(BIN)/python -m tests.soak --minutes $${SOAK_MINUTES:-10}
@@ -43,4 +59,4 @@ kafka-stop: install
 	$(BIN)/eos kafka stop --port $(KAFKA_PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-output
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache test-output

@@ -1,0 +1,355 @@
+"""`make bench`: the whole benchmark suite on one broker, in one run.
+
+Every figure is reported against a baseline measured in the same run on the same broker:
+throughput as a ratio to the plain confluent-kafka transactional loop (the practical
+ceiling for a Python process) and to Quix Streams; the dead-letter path as a ratio of
+1% poison to clean input; monitoring as a ratio of scraped to unscraped. Results go to
+docs/bench/results.json, plots to docs/bench/*.png, and the headline table into README.md.
+
+    .venv-bench/bin/python bench/suite.py                 # everything (~30 min on 2 cores)
+    .venv-bench/bin/python bench/suite.py --quick         # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import runpy
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import psutil
+from confluent_kafka import Producer
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))
+
+import runner  # noqa: E402
+import workload  # noqa: E402
+from runner import MAIN_PY, REGISTRY, register, run_benchmark, run_once  # noqa: E402
+
+from service.local_kafka import BrokerSettings, LocalBroker  # noqa: E402
+
+DOCS = REPO / "docs" / "bench"
+HEADLINE = ["plain-confluent-eos", "quix-eos-rocksdb", "eos-exactly-once", "eos-exactly-once-prekeyed",
+            "eos-at-least-once"]
+
+
+def _eos_dlq(ctx: runner.RunContext) -> list[str]:
+    return [*REGISTRY["eos-exactly-once"].build(ctx), "--error-policy", "dead-letter"]
+
+
+register("eos-exactly-once-dlq", _eos_dlq,
+         description="eos running_sum, exactly-once, error policy dead-letter")
+runpy.run_path(str(BENCH_DIR / "metrics_overhead.py"),
+               init_globals={"register": register, "RunContext": runner.RunContext, "MAIN_PY": MAIN_PY,
+                             "REPO": REPO, "BENCH_DIR": BENCH_DIR})
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _rate(cfg: dict, name: str) -> float | None:
+    summary = cfg["candidates"].get(name, {}).get("summary", {})
+    return summary.get("records_per_s", {}).get("median")
+
+
+def throughput(bootstrap: str, records: int, users: list[int], reps: list[int], log) -> list[dict]:
+    """The headline: every candidate on the same input, interleaved, ratios to the plain loop."""
+    configs = []
+    for user_count, rep_count in zip(users, reps):
+        result = run_benchmark(bootstrap=bootstrap, records_list=[records], users_list=[user_count],
+                               reps=rep_count, only=HEADLINE, log=log)
+        cfg = result["configs"][0]
+        plain, quix = _rate(cfg, "plain-confluent-eos"), _rate(cfg, "quix-eos-rocksdb")
+        cfg["ratios"] = {
+            name: {"vs_plain": (_rate(cfg, name) or 0) / plain if plain else None,
+                   "vs_quix": (_rate(cfg, name) or 0) / quix if quix else None}
+            for name in HEADLINE}
+        configs.append(cfg)
+    return configs
+
+
+def monitoring_cost(bootstrap: str, records: int, users: int, reps: int, log) -> dict:
+    result = run_benchmark(bootstrap=bootstrap, records_list=[records], users_list=[users], reps=reps,
+                           only=["eos-exactly-once-prekeyed", "eos-exactly-once-prekeyed-monitored"], log=log)
+    cfg = result["configs"][0]
+    off, on = _rate(cfg, "eos-exactly-once-prekeyed"), _rate(cfg, "eos-exactly-once-prekeyed-monitored")
+    cpu = {n: cfg["candidates"][n]["summary"].get("cpu_us_per_record", {}).get("median")
+           for n in ("eos-exactly-once-prekeyed", "eos-exactly-once-prekeyed-monitored")}
+    return {"records": records, "users": users, "reps": reps, "off_rec_s": off, "on_rec_s": on,
+            "ratio_on_off": on / off if off and on else None, "cpu_us_per_record": cpu, "raw": cfg}
+
+
+def _produce_poisoned(bootstrap: str, records: int, users: int, every: int) -> tuple[str, int]:
+    """The standard input with every `every`-th record replaced by one that is not JSON."""
+    topic = f"bench-in-poison{every}-r{records}-u{users}-{uuid.uuid4().hex[:6]}"
+    workload.create_topic(bootstrap, topic)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+                         "queue.buffering.max.messages": 1_000_000, "partitioner": "murmur2_random"})
+    good = 0
+    for i, (key, value) in enumerate(workload.generate(records, users)):
+        if i % every == every - 1:
+            value = b"{not json %d" % i
+        else:
+            good += 1
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    return topic, good
+
+
+def dead_letter_cost(bootstrap: str, records: int, users: int, reps: int, log) -> dict:
+    """The dead-letter path must not slow the clean path: 0% vs 1% poison."""
+    clean_topic = workload.ensure_input(bootstrap, records, users, log=log)
+    poisoned_topic, good = _produce_poisoned(bootstrap, records, users, every=100)
+    cand = REGISTRY["eos-exactly-once-dlq"]
+    logdir = Path(tempfile.mkdtemp(prefix="bench-dlq-"))
+    runs: dict[str, list[dict]] = {"clean": [], "poison_1pct": []}
+    for rep in range(reps):
+        for label, topic, expected in (("clean", clean_topic, records), ("poison_1pct", poisoned_topic, good)):
+            r = run_once(cand, bootstrap=bootstrap, input_topic=topic, records=expected, users=users, rep=rep,
+                         commit_interval=1.0, timeout=900, verify=False, keep_topics=False, logdir=logdir,
+                         broker_pid=None, log=log)
+            if r.get("ok"):
+                # Throughput over every input record, poison included.
+                r["input_records_per_s"] = records / r["elapsed_s"]
+                log(f"  dead-letter {label} rep {rep}: {r['input_records_per_s']:,.0f} input rec/s")
+            runs[label].append(r)
+    clean = _median([r["input_records_per_s"] for r in runs["clean"] if r.get("ok")])
+    poison = _median([r["input_records_per_s"] for r in runs["poison_1pct"] if r.get("ok")])
+    return {"records": records, "users": users, "reps": reps, "clean_rec_s": clean, "poison_1pct_rec_s": poison,
+            "ratio_poison_clean": poison / clean if clean and poison else None,
+            "runs": {k: [{x: r.get(x) for x in ("ok", "elapsed_s", "input_records_per_s", "cpu_s")} for r in v]
+                     for k, v in runs.items()}}
+
+
+def checkpoint_vs_state(sizes: list[int], log) -> list[dict]:
+    """Checkpoint duration p50/p99 (100% of keys state, 1% changed) and recovery time,
+    per state size, from the state store's own checkpoint benchmark on file storage."""
+    rows = []
+    for keys in sizes:
+        out = Path(tempfile.mkdtemp(prefix="bench-chk-")) / "c.json"
+        cmd = [sys.executable, str(BENCH_DIR / "checkpoint_bench.py"), "--storages", "file", "--keys", str(keys),
+               "--recovery-keys", str(keys), "--checkpoints", "40", "--out", str(out), "--plot", str(out.with_suffix(".png"))]
+        log(f"checkpoint benchmark with {keys:,} keys")
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        data = json.loads(out.read_text())
+        incremental = next(c for c in data["checkpoints"] if c["mode"] == "incremental")
+        recovery = data["recovery"][0]
+        rows.append({"keys": keys, "checkpoint_p50_ms": incremental["duration_p50_ms"],
+                     "checkpoint_p99_ms": incremental["duration_p99_ms"],
+                     "uploaded_p50_bytes": incremental["uploaded_p50_bytes"],
+                     "state_bytes": recovery["state_bytes"],
+                     "recovery_new_machine_s": recovery["new_machine_s"],
+                     "recovery_same_machine_s": recovery["same_machine_s"]})
+        log(f"  {keys:,} keys: checkpoint p50 {rows[-1]['checkpoint_p50_ms']:.1f} ms, "
+            f"p99 {rows[-1]['checkpoint_p99_ms']:.1f} ms, recovery {rows[-1]['recovery_new_machine_s']:.2f} s")
+    return rows
+
+
+def _produce_unique_keys(bootstrap: str, topic: str, records: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "queue.buffering.max.messages": 2_000_000, "partitioner": "murmur2_random"})
+    dumps = orjson.dumps
+    for i in range(records):
+        user = f"k{i}"
+        while True:
+            try:
+                producer.produce(topic, dumps({"id": i, "user": user, "amount": 1}), user.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(300)
+
+
+def rss_with_many_keys(bootstrap: str, keys: int, log) -> dict:
+    """Resident memory of a worker whose state grows to `keys` keys: the write-back cache
+    is bounded, so state spills to RocksDB instead of growing the process."""
+    topic = f"bench-in-unique-{keys}-{uuid.uuid4().hex[:6]}"
+    output = f"bench-out-unique-{uuid.uuid4().hex[:6]}"
+    workload.create_topic(bootstrap, topic)
+    workload.create_topic(bootstrap, output)
+    began = time.monotonic()
+    _produce_unique_keys(bootstrap, topic, keys)
+    log(f"produced {keys:,} unique keys in {time.monotonic() - began:.0f}s")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    ctx = runner.RunContext(bootstrap, topic, output, f"bench-rss-{uuid.uuid4().hex[:6]}", keys, keys, 0, 1.0, workdir)
+    argv = REGISTRY["eos-exactly-once-prekeyed"].build(ctx)
+    watcher = workload.OutputWatcher(bootstrap, output)
+    samples: list[tuple[float, int]] = []
+    with open(workdir / "worker.log", "wb") as logf:
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    ps = psutil.Process(proc.pid)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                samples.append((time.monotonic() - start, ps.memory_info().rss))
+            except psutil.Error:
+                return
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        done = watcher.wait(keys, 3600, alive=lambda: proc.poll() is None)
+        cpu = ps.cpu_times()
+    finally:
+        stop.set()
+        runner._kill_group(proc)
+        watcher.close()
+    peak = max(rss for _, rss in samples)
+    log(f"  {keys:,} keys: peak RSS {peak / 2**20:.0f} MiB, {keys / (done - start):,.0f} rec/s")
+    return {"keys": keys, "peak_rss_mib": peak / 2**20, "elapsed_s": done - start,
+            "records_per_s": keys / (done - start), "cpu_s": cpu.user + cpu.system,
+            "samples": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples]}
+
+
+def plots(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = results["throughput"][0]
+    names = [n for n in HEADLINE if _rate(cfg, n)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(names, [_rate(cfg, n) / 1000 for n in names], color="#4878a8")
+    for i, n in enumerate(names):
+        ax.text(_rate(cfg, n) / 1000, i, f" {cfg['ratios'][n]['vs_plain']:.2f}x plain", va="center")
+    ax.set_xlabel("thousand records / s (median)")
+    ax.set_title(f"Running sum, {cfg['records']:,} records, {cfg['users']:,} users, exactly-once unless noted")
+    fig.tight_layout()
+    fig.savefig(DOCS / "throughput.png", dpi=110)
+
+    rows = results["checkpoint_vs_state"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    keys = [r["keys"] for r in rows]
+    left.plot(keys, [r["checkpoint_p50_ms"] for r in rows], "o-", label="p50")
+    left.plot(keys, [r["checkpoint_p99_ms"] for r in rows], "o-", label="p99")
+    left.set_xscale("log"), left.set_xlabel("keys in state"), left.set_ylabel("ms"), left.legend()
+    left.set_title("checkpoint duration (1% of keys changed)")
+    right.plot(keys, [r["recovery_new_machine_s"] for r in rows], "o-", label="new machine")
+    right.plot(keys, [r["recovery_same_machine_s"] for r in rows], "o-", label="same machine")
+    right.set_xscale("log"), right.set_xlabel("keys in state"), right.set_ylabel("s"), right.legend()
+    right.set_title("recovery")
+    fig.tight_layout()
+    fig.savefig(DOCS / "state-size.png", dpi=110)
+
+    rss = results["rss"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([t for t, _ in rss["samples"]], [m for _, m in rss["samples"]])
+    ax.axhline(500, color="red", linestyle="--", label="500 MiB target")
+    ax.set_xlabel("s"), ax.set_ylabel("RSS MiB"), ax.legend()
+    ax.set_title(f"worker RSS while state grows to {rss['keys']:,} keys")
+    fig.tight_layout()
+    fig.savefig(DOCS / "rss.png", dpi=110)
+
+
+def headline_table(results: dict) -> str:
+    lines = ["| job (1M records, 4 partitions) | users | records/s (median) | vs plain loop | vs Quix | CPU µs/record |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for cfg in results["throughput"]:
+        for name in HEADLINE:
+            summary = cfg["candidates"][name].get("summary", {})
+            rate = _rate(cfg, name)
+            if not rate:
+                continue
+            cpu = summary.get("cpu_us_per_record", {}).get("median")
+            ratio = cfg["ratios"][name]
+            lines.append(f"| {name} | {cfg['users']:,} | {rate:,.0f} | {ratio['vs_plain']:.2f}x | "
+                         f"{ratio['vs_quix']:.1f}x | {cpu:.1f} |")
+    return "\n".join(lines)
+
+
+def update_readme(table: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
+                    help="port of the local broker to start when no bootstrap is given")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
+    ap.add_argument("--only", default="throughput,monitoring,dead-letter,state-size,rss")
+    args = ap.parse_args(argv)
+    sections = set(args.only.split(","))
+    quick = args.quick
+    broker = None
+    if not args.bootstrap:
+        broker = LocalBroker(BrokerSettings(port=args.port, heap="2g"))
+        args.bootstrap = broker.start()
+    DOCS.mkdir(parents=True, exist_ok=True)
+    out = DOCS / ("results-quick.json" if quick else "results.json")
+    results: dict = json.loads(out.read_text()) if out.exists() else {}
+    results["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
+                       "cpu_model": _cpu_model(), "memory_gib": round(psutil.virtual_memory().total / 2**30),
+                       "platform": platform.platform(), "python": platform.python_version(),
+                       "kafka": "Apache Kafka 4.4.0, one local KRaft broker on the same machine",
+                       "quick": quick}
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    records = 100_000 if quick else 1_000_000
+    if "throughput" in sections:
+        users, reps = ([10_000], [1]) if quick else ([10_000, 100_000, 1_000_000], [3, 1, 1])
+        results["throughput"] = throughput(args.bootstrap, records, users, reps, log)
+    if "monitoring" in sections:
+        results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
+    if "dead-letter" in sections:
+        results["dead_letter"] = dead_letter_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
+    if "state-size" in sections:
+        sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+        results["checkpoint_vs_state"] = checkpoint_vs_state(sizes, log)
+    if "rss" in sections:
+        results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if not quick and {"throughput", "state-size", "rss"} <= set(results):
+        plots(results)
+        update_readme(headline_table(results))
+    print(headline_table(results) if "throughput" in results else "")
+    print(f"results: {out}")
+    if broker is not None:
+        broker.stop()
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
