@@ -152,13 +152,15 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
     """aggregate / reduce: the hot path of stateful jobs, so the cache is used inline."""
     fn, uid, down = node.fn, node.uid, _downstream(node, ctx)
     table = ctx.state.value_table(f"{uid}:acc", node.options["codec"])
-    cache, dirty, load = table.cache, table.dirty, table.load
+    pending, cache, load = table.pending, table.cache, table.load
     make_initial = _initial_factory(node.options.get("initial"))
 
     def push(key: Any, value: Any) -> None:
-        acc = cache.get(key, MISS)
+        acc = pending.get(key, MISS)
         if acc is MISS:
-            acc = load(key)
+            acc = cache.get(key, MISS)
+            if acc is MISS:
+                acc = load(key)
         try:
             if acc is ABSENT or acc is DELETED:
                 acc = first(value) if first is not None else fn(make_initial(), value)
@@ -166,8 +168,7 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
                 acc = fn(acc, value)
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
-        cache[key] = acc
-        dirty.add(key)
+        pending[key] = acc
         down(key, acc)
 
     return push

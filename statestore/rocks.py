@@ -121,6 +121,16 @@ class TaskStore:
             self._db.write(batch)
         return count
 
+    def new_batch(self) -> rocksdict.WriteBatch:
+        return rocksdict.WriteBatch(raw_mode=True)
+
+    def handle(self, cf: str) -> object:
+        return self._handles[cf]
+
+    @_io("write")
+    def commit(self, batch: rocksdict.WriteBatch) -> None:
+        self._db.write(batch)
+
     def items(self, cf: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Entries of a column family whose key starts with `prefix`, in key order."""
         it = self._views[cf].iter()

@@ -1,10 +1,11 @@
-"""Write-back cached state tables: the hot path reads and writes Python objects in a
-dict; RocksDB sees the changes only when the cache is flushed (at a barrier, or when
+"""Write-back cached state tables: the hot path reads and writes Python objects in
+dicts; RocksDB sees the changes only when the cache is flushed (at a barrier, or when
 the cache outgrows its byte budget).
 
-Sentinels distinguish three kinds of cache entry without a second dict: a value, a key
-known to be absent from RocksDB (so a new key costs one miss, not one per record), and
-a deletion not yet written.
+Two dicts: `pending` holds what changed since the last flush (a write is one dict store,
+no separate dirty set), `cache` holds clean entries read from RocksDB or flushed.
+Sentinels tell a value from a key known to be absent from RocksDB (so a new key costs one
+miss, not one per record) and from a deletion not yet written.
 """
 
 from __future__ import annotations
@@ -32,44 +33,52 @@ ENTRY_OVERHEAD_BYTES = 160
 
 
 class _CachedTable:
-    """What both table kinds share: the cache, the dirty set and how changes drain."""
+    """What both table kinds share: the clean cache, the pending changes and how they
+    drain into a RocksDB write batch."""
 
-    __slots__ = ("cf", "store", "codec", "cache", "dirty", "avg_encoded_bytes")
+    __slots__ = ("cf", "store", "codec", "cache", "pending", "avg_encoded_bytes")
 
     def __init__(self, store: TaskStore, cf: str, codec: ValueCodec) -> None:
         self.cf = cf
         self.store = store
         self.codec = codec
         self.cache: dict[Any, Any] = {}
-        self.dirty: set[Any] = set()
+        self.pending: dict[Any, Any] = {}
         self.avg_encoded_bytes = 64
 
     def _raw_key(self, entry: Any) -> bytes:
         raise NotImplementedError
 
-    def drain_writes(self) -> list[tuple[str, bytes, bytes | None]]:
-        """The pending changes as RocksDB writes; the cache keeps them as clean entries."""
-        writes = []
-        encode, cf, cache, total = self.codec.encode, self.cf, self.cache, 0
-        for entry in self.dirty:
-            value = cache[entry]
+    def _lookup(self, entry: Any) -> Any:
+        value = self.pending.get(entry, MISS)
+        if value is MISS:
+            value = self.cache.get(entry, MISS)
+        return value
+
+    def drain_into(self, batch: Any, handle: Any) -> int:
+        """Puts the pending changes into `batch`; they stay cached as clean entries."""
+        encode, raw_key, cache, total = self.codec.encode, self._raw_key, self.cache, 0
+        pending = self.pending
+        for entry, value in pending.items():
             if value is DELETED:
                 cache[entry] = ABSENT
-                writes.append((cf, self._raw_key(entry), None))
+                batch.delete(raw_key(entry), handle)
             else:
+                cache[entry] = value
                 raw = encode(value)
                 total += len(raw)
-                writes.append((cf, self._raw_key(entry), raw))
-        if writes:
-            self.avg_encoded_bytes = max(16, total // len(writes))
-        self.dirty.clear()
-        return writes
+                batch.put(raw_key(entry), raw, handle)
+        count = len(pending)
+        if count:
+            self.avg_encoded_bytes = max(16, total // count)
+        pending.clear()
+        return count
 
     def entry_bytes(self) -> int:
-        return len(self.cache) * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
+        return (len(self.cache) + len(self.pending)) * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
 
     def evict(self) -> None:
-        assert not self.dirty, "evicting unflushed state would lose it"
+        assert not self.pending, "evicting unflushed state would lose it"
         self.cache.clear()
 
 
@@ -89,18 +98,16 @@ class ValueTable(_CachedTable):
         return value
 
     def get(self, key: Any, default: Any = None) -> Any:
-        value = self.cache.get(key, MISS)
+        value = self._lookup(key)
         if value is MISS:
             value = self.load(key)
         return default if value is ABSENT or value is DELETED else value
 
     def put(self, key: Any, value: Any) -> None:
-        self.cache[key] = value
-        self.dirty.add(key)
+        self.pending[key] = value
 
     def delete(self, key: Any) -> None:
-        self.cache[key] = DELETED
-        self.dirty.add(key)
+        self.pending[key] = DELETED
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) in RocksDB. Callers flush first (savepoints do)."""
@@ -124,7 +131,7 @@ class MapTable(_CachedTable):
 
     def get(self, key: Any, map_key: Any, default: Any = None) -> Any:
         entry = (key, map_key)
-        value = self.cache.get(entry, MISS)
+        value = self._lookup(entry)
         if value is MISS:
             raw = self.store.get(self.cf, composite_key(encode_key(key), encode_key(map_key)))
             value = ABSENT if raw is None else self.codec.decode(raw)
@@ -132,9 +139,7 @@ class MapTable(_CachedTable):
         return default if value is ABSENT or value is DELETED else value
 
     def put(self, key: Any, map_key: Any, value: Any) -> None:
-        entry = (key, map_key)
-        self.cache[entry] = value
-        self.dirty.add(entry)
+        self.pending[(key, map_key)] = value
         self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def delete(self, key: Any, map_key: Any) -> None:
@@ -148,16 +153,16 @@ class MapTable(_CachedTable):
             for raw_key, raw in self.store.items(self.cf, prefix)
         }
         for map_key in self.dirty_by_key.get(key, ()):
-            value = self.cache[(key, map_key)]
+            value = self.pending[(key, map_key)]
             if value is DELETED:
                 result.pop(map_key, None)
             else:
                 result[map_key] = value
         return result
 
-    def drain_writes(self) -> list[tuple[str, bytes, bytes | None]]:
+    def drain_into(self, batch: Any, handle: Any) -> int:
         self.dirty_by_key.clear()
-        return super().drain_writes()
+        return super().drain_into(batch, handle)
 
     def items(self) -> Iterator[tuple[tuple[Any, Any], Any]]:
         for raw_key, raw in self.store.items(self.cf):

@@ -80,12 +80,14 @@ class TaskState:
         return table
 
     def flush(self) -> int:
-        """Writes every table's pending changes to RocksDB as one batch."""
-        writes = []
+        """Writes every table's pending changes to RocksDB as one atomic batch."""
+        batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
-            if table.dirty:
-                writes.extend(table.drain_writes())
-        return self.store.write(writes)
+            if table.pending:
+                count += table.drain_into(batch, self.store.handle(table.cf))
+        if count:
+            self.store.commit(batch)
+        return count
 
     def cached_bytes(self) -> int:
         return sum(t.entry_bytes() for t in self.tables.values())
