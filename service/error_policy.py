@@ -10,9 +10,9 @@ the error and goes on; it must be chosen explicitly because it loses the record.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
+from connectors.dead_letter import DeadLetterSink, dead_letter_topic, failure_headers
 from connectors.kafka_sink import Produce
 from service.errors import ConfigurationError, RecordError
 
@@ -20,11 +20,7 @@ log = logging.getLogger(__name__)
 
 FAIL, DEAD_LETTER, SKIP = "fail", "dead-letter", "skip-and-log"
 POLICIES = (FAIL, DEAD_LETTER, SKIP)
-_MAX_HEADER_TEXT = 1000
-
-
-def dead_letter_topic(group: str) -> str:
-    return f"{group}-dlq"
+__all__ = ["ErrorHandler", "POLICIES", "dead_letter_topic"]
 
 
 class ErrorHandler:
@@ -37,6 +33,7 @@ class ErrorHandler:
         self.default = default
         self.overrides = overrides
         self.dlq_topic = dlq_topic
+        self._dead_letters = DeadLetterSink(dlq_topic) if dlq_topic else None
         self._on_dead_letter = on_dead_letter or (lambda: None)
 
     @property
@@ -54,15 +51,10 @@ class ErrorHandler:
         if policy == SKIP:
             log.warning("skipping record: %s", error)
             return
-        headers = [
-            ("eos.source.topic", error.topic.encode()),
-            ("eos.source.partition", str(error.partition).encode()),
-            ("eos.source.offset", str(error.offset).encode()),
-            ("eos.operator", (error.operator or "").encode()),
-            ("eos.error.class", type(error.cause or error).__name__.encode()),
-            ("eos.error.message", error.reason.encode("utf-8", "replace")[:_MAX_HEADER_TEXT]),
-            ("eos.timestamp", str(int(time.time() * 1000)).encode()),
-        ]
-        produce.blocking(self.dlq_topic, msg.value(), msg.key(), headers=headers)
+        if self._dead_letters is None:
+            raise ConfigurationError(f"policy {DEAD_LETTER!r} needs a dead-letter topic") from error
+        headers = failure_headers(error.topic, error.partition, error.offset, error.operator,
+                                  type(error.cause or error).__name__, error.reason)
+        self._dead_letters.send(produce, msg, headers)
         self._on_dead_letter()
         log.info("dead-lettered %s", error)
