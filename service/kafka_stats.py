@@ -9,6 +9,7 @@ from here rather than from the processing path or extra broker requests.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import orjson
@@ -34,14 +35,18 @@ class ConsumerLag:
     partition shows 0 rather than 1.
     """
 
-    def __init__(self, metrics: WorkerMetrics, positions: Callable[[], dict[TopicPartitionKey, int | None]]) -> None:
+    def __init__(self, metrics: WorkerMetrics, positions: Callable[[], dict[TopicPartitionKey, int | None]],
+                 brokers: BrokerReachability | None = None) -> None:
         self.metrics = metrics
         self.positions = positions
+        self.brokers = brokers if brokers is not None else BrokerReachability()
         self.lag: dict[TopicPartitionKey, int] = {}  # replaced whole, never mutated: read by other threads
 
     def __call__(self, stats_json: str) -> None:
         try:
-            self._update(orjson.loads(stats_json))
+            stats = orjson.loads(stats_json)
+            self.brokers.update(stats, time.monotonic())
+            self._update(stats)
         except Exception:  # noqa: BLE001 - a callback must never break consume()
             log.warning("could not read the consumer's statistics", exc_info=True)
 
@@ -84,6 +89,35 @@ def partition_lag(p: dict, next_offset: int | None) -> int | None:
     if position < 0:
         return None
     return max(0, end - position)
+
+
+class BrokerReachability:
+    """Whether the consumer reaches any broker, from the `brokers` section of its report.
+
+    librdkafka reports every connection's state (UP, CONNECT, DOWN, ...) but raises no
+    event when a lost cluster comes back; the statistics report is the one place both
+    directions show, once per interval, at no cost per record. `down_since` is the
+    monotonic time of the first report that found no broker up, None while one is.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.states: str = ""
+
+    def update(self, stats: dict, now: float) -> None:
+        brokers = stats.get("brokers", {})
+        if not brokers:
+            return  # no report of connections yet: nothing learned
+        if any(b.get("state") == "UP" for b in brokers.values()):
+            self.down_since, self.states = None, ""
+            return
+        if self.down_since is None:
+            self.down_since = now
+        self.states = ", ".join(f"{name} {b.get('state', '?')}" for name, b in sorted(brokers.items())
+                                if b.get("nodeid", -1) >= 0 or b.get("source") == "configured")
+
+    def unreachable_for(self, now: float) -> float | None:
+        return None if self.down_since is None else now - self.down_since
 
 
 class RecordsOut:

@@ -79,6 +79,8 @@ class WorkerMonitor:
         if not self.config.monitoring:
             return {}
         self.lag = ConsumerLag(self.metrics, positions)
+        # /healthz turns 503 while the consumer reaches no broker (see BrokerReachability).
+        self.board.kafka_unreachable = self.lag.brokers.unreachable_for
         return {"statistics.interval.ms": self.config.stats_interval_ms, "stats_cb": self.lag}
 
     def producer_settings(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ for a reader: a reader sees one consistent snapshot, at most a fraction of a sec
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 STARTING = "starting"
@@ -74,6 +75,9 @@ class StatusBoard:
     current: WorkerStatus
     heartbeat: float = field(default_factory=time.monotonic)  # monotonic time of the last loop pass
     stall_after_s: float = 120.0
+    # How long Kafka has been out of reach (seconds), or None; see kafka_stats.BrokerReachability.
+    kafka_unreachable: Callable[[float], float | None] = field(default=lambda now: None)
+    kafka_grace_s: float = 3.0
 
     def publish(self, status: WorkerStatus) -> None:
         self.current = status
@@ -89,7 +93,11 @@ class StatusBoard:
             return False, f"worker is {status.state}"
         if not status.ready:
             return False, "recovering: the first partition assignment is not restored yet"
-        stalled = time.monotonic() - self.heartbeat
+        now = time.monotonic()
+        stalled = now - self.heartbeat
         if stalled > self.stall_after_s:
             return False, f"the processing loop has not turned for {stalled:.0f}s"
+        away = self.kafka_unreachable(now)
+        if away is not None and away >= self.kafka_grace_s:
+            return False, f"Kafka unreachable for {away:.0f}s: waiting for it, nothing is committed meanwhile"
         return True, "ok"

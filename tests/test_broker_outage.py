@@ -1,13 +1,17 @@
-"""A broker outage mid-run: the worker waits, commits nothing partial, and resumes;
-the oracle passes."""
+"""A broker outage mid-run: the worker waits, reports itself unhealthy, commits nothing
+partial, and resumes; the oracle passes."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
+from tests.harness.savepoints import start_controlled
 from tests.harness.scenario import RunningSum
+from tests.harness.worker_process import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -19,16 +23,28 @@ def test_broker_down_for_15_seconds_mid_run(private_broker, tmp_path):
     half = {i: o for i, o in scenario.orders.items() if i < 3_000}
     rest = {i: o for i, o in scenario.orders.items() if i >= 3_000}
     scenario.feed_all_now(half)
-    worker = scenario.start_worker()
-    time.sleep(2.0)  # mid-run: some of the first half processed, maybe committed
+    controlled = start_controlled(scenario).wait_ready()
+    worker = controlled.process
+    time.sleep(0.5)  # mid-run: some of the first half processed, maybe committed
     broker.stop()
     try:
+        wait_for(lambda: _health(controlled.url)[0] == 503, 12, 0.5, "/healthz to report the outage")
+        assert "Kafka unreachable" in _health(controlled.url)[1]
         time.sleep(15)
         assert worker.alive(), f"the worker gave up during the outage:\n{worker.log_tail()}"
     finally:
         broker.start()
+    wait_for(lambda: _health(controlled.url)[0] == 200, 60, 0.5, "/healthz to be ok again")
     scenario.feed_all_now(rest)
     scenario.wait_complete(worker, timeout=240)
     assert worker.terminate() == 0, worker.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
+
+
+def _health(base_url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(base_url + "/healthz", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import ConfigurationError
 from service.incarnation import Incarnations
-from service.kafka_stats import ConsumerLag, RecordsOut, partition_lag
+from service.kafka_stats import BrokerReachability, ConsumerLag, RecordsOut, partition_lag
 from service.metrics import WorkerMetrics
 from service.status import RUNNING, STARTING, CheckpointStatus, StatusBoard, TaskStatus, WorkerStatus
 from service.web import status_page
@@ -163,6 +163,41 @@ def test_healthz_is_503_when_the_loop_stops_turning(served):
     board.beat(time.monotonic() - board.stall_after_s - 1)
     status, body, _ = _get(server.url("/healthz"))
     assert status == 503 and "has not turned" in body
+
+
+def _broker_report(*states: str) -> dict:
+    brokers = {f"localhost:9092/{i}": {"state": state, "nodeid": i, "source": "learned"}
+               for i, state in enumerate(states)}
+    brokers["GroupCoordinator"] = {"state": states[0], "nodeid": -1, "source": "logical"}
+    return {"brokers": brokers}
+
+
+def test_healthz_is_503_while_no_broker_is_reachable_and_200_when_one_is_back(served):
+    server, board, *_ = served
+    brokers = BrokerReachability()
+    board.kafka_unreachable = brokers.unreachable_for
+    board.publish(_status(ready=True))
+    board.beat(time.monotonic())
+    brokers.update(_broker_report("UP", "DOWN"), time.monotonic())
+    assert _get(server.url("/healthz"))[:2] == (200, "ok\n")  # one broker up is enough
+    brokers.update(_broker_report("DOWN", "CONNECT"), time.monotonic() - board.kafka_grace_s - 1)
+    brokers.update(_broker_report("DOWN", "CONNECT"), time.monotonic())
+    status, body, _ = _get(server.url("/healthz"))
+    assert status == 503 and "Kafka unreachable" in body
+    brokers.update({}, time.monotonic())  # a report without connections changes nothing
+    assert _get(server.url("/healthz"))[0] == 503
+    brokers.update(_broker_report("UP", "DOWN"), time.monotonic())
+    assert _get(server.url("/healthz"))[:2] == (200, "ok\n")
+
+
+def test_a_short_blip_does_not_make_the_worker_unhealthy(served):
+    server, board, *_ = served
+    brokers = BrokerReachability()
+    board.kafka_unreachable = brokers.unreachable_for
+    board.publish(_status(ready=True))
+    board.beat(time.monotonic())
+    brokers.update(_broker_report("DOWN"), time.monotonic())
+    assert _get(server.url("/healthz"))[0] == 200
 
 
 def test_healthz_is_503_after_a_failure(served):
