@@ -86,6 +86,23 @@ def _error_of(exc: KafkaException) -> KafkaError:
     return err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
 
 
+class RecordTooLarge(ValueError):
+    """An output record over the producer's `message.max.bytes`: no retry can send it."""
+
+
+def record_too_large(exc: KafkaException, topic: str, key: bytes | None,
+                     value: bytes | None) -> RecordTooLarge | None:
+    """The record's own fault if `produce()` refused it for its size, else None.
+
+    librdkafka checks the size when the record is queued, so the refusal comes at once
+    and names the record that caused it, rather than failing the whole transaction later.
+    """
+    if _error_of(exc).code() != KafkaError.MSG_SIZE_TOO_LARGE:
+        return None
+    size = len(key or b"") + len(value or b"")
+    return RecordTooLarge(f"output to {topic!r} of {size} bytes is over the producer's message.max.bytes")
+
+
 def _delivery_failed(holder: list[KafkaError]) -> Callable[[KafkaError | None, Any], None]:
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None and not holder:

@@ -13,7 +13,9 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from connectors.kafka_sink import Produce
+from confluent_kafka import KafkaException
+
+from connectors.kafka_sink import Produce, record_too_large
 from service.api import Node
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
@@ -29,6 +31,15 @@ class OperatorFailure(Exception):
         super().__init__(f"operator {uid!r} raised {type(cause).__name__}: {cause}")
         self.uid = uid
         self.cause = cause
+
+
+def _unsendable(uid: str, topic: str, key: bytes | None, value: bytes | None,
+                exc: KafkaException) -> Exception:
+    """An output the producer refuses outright (over `message.max.bytes`) is this record's
+    fault, so it goes to the error policy like a failing function; anything else is the
+    producer's and propagates unchanged."""
+    too_large = record_too_large(exc, topic, key, value)
+    return OperatorFailure(uid, too_large) if too_large is not None else exc
 
 
 class ChainContext:
@@ -122,6 +133,8 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
                 produce(topic, ctx.raw, new_key)
             except BufferError:
                 produce_blocking(topic, ctx.raw, new_key)
+            except KafkaException as exc:
+                raise _unsendable(uid, topic, new_key, ctx.raw, exc) from exc
 
         return push
     serialize = node.options["repartition_serde"].serialize
@@ -136,6 +149,8 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
             produce(topic, data, new_key)
         except BufferError:
             produce_blocking(topic, data, new_key)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, new_key, data, exc) from exc
 
     return push_serialized
 
@@ -226,6 +241,8 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
             produce(topic, value_bytes, key_bytes)
         except BufferError:
             produce_blocking(topic, value_bytes, key_bytes)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, key_bytes, value_bytes, exc) from exc
 
     return push
 

@@ -12,7 +12,10 @@ import pytest
 
 from tests.harness.kafka import produce, read_all, unique_name
 from tests.harness.scenario import RunningSum
+from tests.harness.worker_process import REPO
 from tests.harness.workload import encode
+
+JOBS = REPO / "tests" / "jobs"
 
 pytestmark = pytest.mark.kafka
 
@@ -64,6 +67,38 @@ def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_
         assert h["eos.source.topic"] in (scenario.input.encode(), f"{scenario.group}-by-user-repartition".encode())
         assert int(h["eos.source.offset"]) >= 0 and h["eos.error.class"] and h["eos.error.message"]
         assert h["eos.operator"] in (b"orders", b"by-user", b"totals"), h
+
+
+BAD_KINDS = {
+    # name: (key, value, operator that fails, error class)
+    "key not UTF-8": (b"\xff\xfe-order", b'{"id": -1, "user": "user-1", "amount": 1}', b"orders", b"SerdeError"),
+    "tombstone": (b"order-tombstone", None, b"orders", b"SerdeError"),
+    "output too large": (b"order-big", b'{"id": -3, "user": "user-1", "amount": 1, "pad": 2000000}',
+                         b"by-user", b"RecordTooLarge"),
+}
+
+
+def test_every_kind_of_bad_record_goes_to_the_dead_letter_topic(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=2_000, spec_overrides={
+        "extra_args": ["--error-policy", "dead-letter"], "job": JOBS / "running_sum_strict_keys.py"})
+    orders = [encode(o) for o in scenario.orders.values()]
+    bad = [(key, value) for key, value, _, _ in BAD_KINDS.values()]
+    produce(bootstrap, scenario.input, orders[:1_000] + bad + orders[1_000:])
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    time.sleep(1.5)
+    assert worker.terminate() == 0, worker.log_tail()
+
+    report = scenario.check()
+    assert report.ok, report.summary()
+    dead = read_all(bootstrap, f"{scenario.group}-dlq", with_headers=True)
+    assert len(dead) == len(BAD_KINDS), [(k, h) for k, _, h in dead]
+    by_key = {key: (value, dict(headers)) for key, value, headers in dead}
+    for name, (key, value, operator, error_class) in BAD_KINDS.items():
+        assert key in by_key, f"{name}: not in the dead-letter topic"
+        stored, headers = by_key[key]
+        assert stored == value, f"{name}: the dead letter is not the original record"
+        assert (headers["eos.operator"], headers["eos.error.class"]) == (operator, error_class), (name, headers)
 
 
 def test_skip_and_log_must_be_chosen_and_logs_each_skip(bootstrap, tmp_path):
