@@ -391,7 +391,7 @@ def run_benchmark(*, bootstrap: str, records_list: list[int], users_list: list[i
                     r = run_once(REGISTRY[n], bootstrap=bootstrap, input_topic=input_topic, records=records, users=users, rep=rep, commit_interval=commit_interval, timeout=timeout, verify=verify, keep_topics=keep_topics, logdir=logdir, broker_pid=broker_pid, log=log)
                     cfg["candidates"][n]["runs"].append(r)
                     if r.get("ok"):
-                        log(f"  {n} rep {rep}: {r['records_per_s']:,.0f} rec/s, {r['elapsed_s']:.2f}s, first output {r['first_output_s']:.2f}s, CPU {r['cpu_s']:.2f}s" + (f", verify ok" if r.get("verify", {}).get("ok") else ""))
+                        log(f"  {n} rep {rep}: {r['records_per_s']:,.0f} rec/s, {r['elapsed_s']:.2f}s, first output {r['first_output_s']:.2f}s, CPU {r['cpu_s']:.2f}s" + (", verify ok" if r.get("verify", {}).get("ok") else ""))
             for n in names:
                 cfg["candidates"][n]["summary"] = summarize(cfg["candidates"][n]["runs"])
     results["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

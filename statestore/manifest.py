@@ -8,11 +8,10 @@ and it carries its own digest, so a damaged manifest is recognised rather than t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
-import orjson
+from statestore.sealed_json import check_seal, parse_object, seal
+
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
@@ -58,24 +57,15 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     def to_bytes(self) -> bytes:
-        body = asdict(self)
-        body["digest"] = _digest(body)
-        return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        return seal(asdict(self))
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Manifest:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ManifestError(f"manifest {where} is not valid JSON ({exc}); it is damaged") from None
-        if not isinstance(body, dict):
-            raise ManifestError(f"manifest {where} is not a JSON object; it is damaged")
+        body = parse_object(data, f"manifest {where}", ManifestError)
         if body.get("format") != FORMAT_VERSION:
             raise ManifestError(
                 f"manifest {where} has format {body.get('format')!r}; this version reads {FORMAT_VERSION}")
-        recorded = body.pop("digest", None)
-        if recorded != _digest(body):
-            raise ManifestError(f"manifest {where} fails its digest check; it is damaged")
+        check_seal(body, f"manifest {where}", ManifestError)
         try:
             files = tuple(FileEntry(**f) for f in body.pop("files"))
             body["column_families"] = tuple(body["column_families"])
@@ -84,7 +74,3 @@ class Manifest:
         except (TypeError, KeyError) as exc:
             raise ManifestError(f"manifest {where} lacks or misnames a field ({exc})") from None
 
-
-def _digest(body: dict[str, Any]) -> str:
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical).hexdigest()

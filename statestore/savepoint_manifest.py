@@ -14,14 +14,12 @@ not depend on RocksDB's files, so later versions of eos and changed jobs can rea
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
 from service.errors import CorruptSavepointError, SavepointError
+from statestore.sealed_json import check_seal, parse_object, seal
 
 FORMAT = "eos-savepoint"
 VERSION = 1
@@ -126,25 +124,18 @@ class SavepointManifest:
         return sum(f.size for f in self.files())
 
     def to_bytes(self) -> bytes:
-        body = asdict(self)
-        body["digest"] = _digest(body)
-        return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        return seal(asdict(self))
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> SavepointManifest:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise CorruptSavepointError(f"savepoint manifest {where} is not valid JSON ({exc}); it is damaged") from None
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
+        body = parse_object(data, f"savepoint manifest {where}", CorruptSavepointError)
+        if body.get("format") != FORMAT:
             raise SavepointError(f"{where} is not an eos savepoint manifest (no format {FORMAT!r} field)")
         if body.get("version") != VERSION:
             raise SavepointError(
                 f"savepoint {where} has format version {body.get('version')!r}; this version of eos reads "
                 f"version {VERSION}. Resume it with the eos version that wrote it, or take a new savepoint.")
-        recorded = body.pop("digest", None)
-        if recorded != _digest(body):
-            raise CorruptSavepointError(f"savepoint manifest {where} fails its digest check; it is damaged")
+        check_seal(body, f"savepoint manifest {where}", CorruptSavepointError)
         try:
             return cls(
                 id=body["id"], job=body["job"], group=body["group"], kind=body["kind"],
@@ -158,10 +149,6 @@ class SavepointManifest:
                 version=body["version"], extra=dict(body.get("extra", {})))
         except (TypeError, KeyError) as exc:
             raise CorruptSavepointError(f"savepoint manifest {where} lacks or misnames a field ({exc})") from None
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def state_file_path(uid: str, name: str, partition: int) -> str:

@@ -11,7 +11,6 @@ from confluent_kafka import Consumer, TopicPartition
 from tests.harness.kafka import produce
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO
-from tests.harness.workload import make_orders
 
 pytestmark = pytest.mark.kafka
 

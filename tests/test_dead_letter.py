@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.harness.kafka import produce, read_all, unique_name
+from tests.harness.kafka import produce, read_all
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO
 from tests.harness.workload import encode
@@ -52,14 +52,7 @@ def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_
         time.sleep(rng.uniform(1.0, 2.5))
         worker.kill()
     feeder.join()
-    worker = scenario.start_worker()
-    scenario.wait_complete(worker)
-    time.sleep(1.5)
-    assert worker.terminate() == 0, worker.log_tail()
-
-    report = scenario.check()
-    assert report.ok, report.summary()
-    dead = read_all(bootstrap, f"{scenario.group}-dlq", with_headers=True)
+    dead = _finish_and_read_dead_letters(scenario)
     values = [value for _, value, _ in dead]
     assert sorted(values) == sorted(v for _, v in poison), "dead-letter topic differs from the poison set"
     for key, value, headers in dead:
@@ -67,6 +60,18 @@ def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_
         assert h["eos.source.topic"] in (scenario.input.encode(), f"{scenario.group}-by-user-repartition".encode())
         assert int(h["eos.source.offset"]) >= 0 and h["eos.error.class"] and h["eos.error.message"]
         assert h["eos.operator"] in (b"orders", b"by-user", b"totals"), h
+
+
+def _finish_and_read_dead_letters(scenario: RunningSum) -> list:
+    """Runs a worker to the end of the input, checks the good records with the oracle and
+    returns the dead-letter topic's records as (key, value, headers)."""
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    time.sleep(1.5)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    return read_all(scenario.bootstrap, f"{scenario.group}-dlq", with_headers=True)
 
 
 BAD_KINDS = {
@@ -84,14 +89,7 @@ def test_every_kind_of_bad_record_goes_to_the_dead_letter_topic(bootstrap, tmp_p
     orders = [encode(o) for o in scenario.orders.values()]
     bad = [(key, value) for key, value, _, _ in BAD_KINDS.values()]
     produce(bootstrap, scenario.input, orders[:1_000] + bad + orders[1_000:])
-    worker = scenario.start_worker()
-    scenario.wait_complete(worker)
-    time.sleep(1.5)
-    assert worker.terminate() == 0, worker.log_tail()
-
-    report = scenario.check()
-    assert report.ok, report.summary()
-    dead = read_all(bootstrap, f"{scenario.group}-dlq", with_headers=True)
+    dead = _finish_and_read_dead_letters(scenario)
     assert len(dead) == len(BAD_KINDS), [(k, h) for k, _, h in dead]
     by_key = {key: (value, dict(headers)) for key, value, headers in dead}
     for name, (key, value, operator, error_class) in BAD_KINDS.items():

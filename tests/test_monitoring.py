@@ -20,7 +20,6 @@ from tests.harness import browser
 from tests.harness.prometheus import PrometheusServer, free_port, prometheus_binary
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO, WorkerProcess, wait_for
-from tests.harness.workload import make_orders
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

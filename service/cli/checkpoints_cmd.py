@@ -16,17 +16,9 @@ import click
 from tqdm import tqdm
 
 from service.cli.storage_options import s3_options
+from service.units import human_bytes
 from statestore.catalog import COMPLETE, SnapshotRecord, TaskCatalog, scan, verify
 from statestore.storage import S3Settings, open_storage
-
-
-def _human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def _when(seconds: float) -> str:
@@ -133,15 +125,15 @@ def list_checkpoints(storage_url: str, job: str | None, task: str | None, s3: S3
             m = record.manifest
             if m is None:
                 click.echo(f"{record.checkpoint_id or '?':>6}  {record.snapshot:<28} {_when(record.modified):<20} "
-                           f"{'-':>9} {'-':>9} {'-':>5} {_human_bytes(record.own_bytes):>10} {'-':>10}  "
+                           f"{'-':>9} {'-':>9} {'-':>5} {human_bytes(record.own_bytes):>10} {'-':>10}  "
                            f"{status}: {record.problem}")
                 continue
             click.echo(f"{m.checkpoint_id:>6}  {record.snapshot:<28} {_when(m.created_at):<20} "
                        f"{m.source_offset:>9} {sum(m.state_keys.values()):>9} {len(m.files):>5} "
-                       f"{_human_bytes(m.total_bytes):>10} {_human_bytes(m.uploaded_bytes):>10}  {status}")
+                       f"{human_bytes(m.total_bytes):>10} {human_bytes(m.uploaded_bytes):>10}  {status}")
         stray = catalog.unreferenced_shared()
         shared_bytes = sum(e.size for e in catalog.shared.values())
-        click.echo(f"  shared: {len(catalog.shared)} files, {_human_bytes(shared_bytes)}"
+        click.echo(f"  shared: {len(catalog.shared)} files, {human_bytes(shared_bytes)}"
                    + (f"; {len(stray)} not listed by any manifest" if stray else "") + "\n")
 
 
@@ -161,7 +153,7 @@ def show_checkpoint(storage_url: str, job: str | None, task: str | None, s3: S3S
             continue
         click.echo(f"job {catalog.job}  task {catalog.task}  snapshot {record.snapshot}  [{record.status}]")
         if record.manifest is None:
-            click.echo(f"  {record.problem}; {_human_bytes(record.own_bytes)} stored\n")
+            click.echo(f"  {record.problem}; {human_bytes(record.own_bytes)} stored\n")
             continue
         m = record.manifest
         stored = dict(catalog.shared)
@@ -171,8 +163,8 @@ def show_checkpoint(storage_url: str, job: str | None, task: str | None, s3: S3S
         click.echo(f"  checkpoint {m.checkpoint_id}, topic {m.topic} partition {m.partition}, "
                    f"source offset {m.source_offset}")
         click.echo(f"  created {_when(m.created_at)} by worker {m.worker}")
-        click.echo(f"  size {_human_bytes(m.total_bytes)} ({m.total_bytes} bytes), uploaded "
-                   f"{_human_bytes(m.uploaded_bytes)} ({m.uploaded_bytes} bytes)")
+        click.echo(f"  size {human_bytes(m.total_bytes)} ({m.total_bytes} bytes), uploaded "
+                   f"{human_bytes(m.uploaded_bytes)} ({m.uploaded_bytes} bytes)")
         keys = ", ".join(f"{cf}={n}" for cf, n in sorted(m.state_keys.items())) or "none"
         click.echo(f"  state keys (estimate): {keys}")
         click.echo(f"  lineage: {', '.join(m.lineage) or 'none'}")
@@ -215,7 +207,7 @@ def verify_checkpoints(storage_url: str, job: str | None, task: str | None, s3: 
     for name in partial:
         click.echo(f"note: {name} has no manifest (an unfinished attempt; not restorable, not an error)")
     summary = (f"checked {report.snapshots} snapshots, {report.files} files, "
-               f"{_human_bytes(report.bytes)}: ")
+               f"{human_bytes(report.bytes)}: ")
     if report.ok:
         click.echo(summary + "all intact")
         return

@@ -10,6 +10,7 @@ import time
 from html import escape
 
 from service.status import RUNNING, CheckpointStatus, WorkerStatus
+from service.units import human_bytes
 
 REFRESH_S = 2
 
@@ -47,15 +48,6 @@ def _seconds(value: float) -> str:
     if value < 7200:
         return f"{value / 60:.0f} min"
     return f"{value / 3600:.1f} h"
-
-
-def _bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def _count(value: int | None) -> str:
@@ -96,7 +88,7 @@ def _current(status: WorkerStatus, in_progress: CheckpointStatus | None, now: fl
         done = next((c for c in status.checkpoints if c.result == "committed"), None)
         text = "no checkpoint completed yet" if done is None else (
             f"last completed: checkpoint {done.checkpoint_id} at {_clock(done.started_at)}, "
-            f"took {_seconds(done.duration_s)}, {_bytes(done.size_bytes)} of state")
+            f"took {_seconds(done.duration_s)}, {human_bytes(done.size_bytes)} of state")
     every = f"every {_seconds(status.checkpoint_interval_s)}" if status.checkpoint_interval_s > 0 else "disabled"
     return (f'<section><h2>Current checkpoint</h2><p id="current-checkpoint">{text}</p>'
             f'<p class="sub">checkpoints {every} to {escape(status.checkpoint_storage)}; '
@@ -123,7 +115,7 @@ def _history(checkpoints: tuple[CheckpointStatus, ...]) -> str:
         f'<tr class="checkpoint {escape(c.result)}"><td class="num">{c.checkpoint_id}</td>'
         f"<td>{escape(c.reason)}</td><td>{_clock(c.started_at)}</td>"
         f'<td class="num">{_seconds(c.duration_s)}</td><td class="num">{c.tasks}</td>'
-        f'<td class="num">{_bytes(c.size_bytes)}</td><td class="num">{_bytes(c.uploaded_bytes)}</td>'
+        f'<td class="num">{human_bytes(c.size_bytes)}</td><td class="num">{human_bytes(c.uploaded_bytes)}</td>'
         f'<td class="num">{_count(c.state_keys)}</td><td>{_result_badge(c)}</td>'
         f'<td class="error">{escape(c.error or "")}</td></tr>'
         for c in checkpoints)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from statestore.storage.base import ObjectNotFound, StorageError, StoredObject
 
@@ -57,25 +59,25 @@ class FileStorage:
         _fsync_dir(path.parent)
 
     def put_file(self, key: str, source: Path) -> None:
-        path, tmp = self._prepare(key)
-        try:
-            with open(source, "rb") as src, open(tmp, "wb", opener=_private_opener) as dst:
+        def copy(dst: BinaryIO) -> None:
+            with open(source, "rb") as src:
                 shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            self._commit(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {path}: {exc}") from exc
+
+        self._write(key, copy)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_atomic(key, data)
 
     def put_atomic(self, key: str, data: bytes) -> None:
+        self._write(key, lambda dst: dst.write(data))
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
+        """Readers see the whole object or none of it: written to a private temporary
+        file, synced, renamed over the key and the directory synced."""
         path, tmp = self._prepare(key)
         try:
             with open(tmp, "wb", opener=_private_opener) as dst:
-                dst.write(data)
+                fill(dst)
                 dst.flush()
                 os.fsync(dst.fileno())
             self._commit(tmp, path)
