@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from service.errors import ProducerFencedError, TransactionAbortedError
+from service.errors import GroupRebalancedError, ProducerFencedError, TransactionAbortedError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ _FENCING_CODES = {
     KafkaError.INVALID_PRODUCER_EPOCH,
     KafkaError.FENCED_INSTANCE_ID,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+# The group coordinator refuses offsets sent with an outdated generation or member id:
+# a rebalance happened meanwhile (or this worker was removed from the group).
+_GROUP_GENERATION_CODES = {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.REBALANCE_IN_PROGRESS,
 }
 _RETRIES = 5
 
@@ -67,6 +74,9 @@ def base_producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any
 
 class OutputCommitter(Protocol):
     """What the checkpoint coordinator needs from the output side."""
+
+    @property
+    def started(self) -> bool: ...
 
     def start(self) -> None: ...
 
@@ -147,6 +157,10 @@ class TransactionalProducer:
         self._produce: Produce | None = None
         self.healthy = False
 
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
     def start(self) -> None:
         """Creates the producer, fences any older instance of this slot (aborting its
         dangling transaction) and opens the first transaction. While the cluster cannot
@@ -177,6 +191,8 @@ class TransactionalProducer:
         return self._produce
 
     def poll(self) -> None:
+        if self._producer is None:
+            return  # not started yet: no assignment so far
         self._producer.poll(0)
         if self._delivery_errors:
             err = self._delivery_errors[0]
@@ -209,8 +225,11 @@ class TransactionalProducer:
         Unless this producer was fenced: then a new `init_transactions` would fence the
         instance that took over the slot (a zombie that woke up and failed a checkpoint
         for another reason, e.g. storage, must stop, not take the slot back)."""
+        if self._producer is None:
+            return  # never started: no transaction to abort
         self._raise_if_fenced()
         self._discard()
+        self._delivery_errors.clear()  # they belonged to the aborted transaction
         self.start()
 
     def _raise_if_fenced(self) -> None:
@@ -242,8 +261,10 @@ class TransactionalProducer:
         self._producer = None
 
     def _fenced_message(self, err: KafkaError) -> str:
-        return (f"transactional id {self.transactional_id!r} was taken over by a newer instance "
-                f"of this worker slot ({err.str()}); this instance stops")
+        return (f"transactional id {self.transactional_id!r} was taken over ({err.str()}): either a newer "
+                "instance of this worker slot started, or this worker was removed from the group (frozen "
+                "or cut off past its session timeout) and a remaining worker ended its transaction; this "
+                "instance stops")
 
     def _call(self, what: str, call: Callable[[], None]) -> None:
         for attempt in range(1, _RETRIES + 1):
@@ -258,6 +279,11 @@ class TransactionalProducer:
                     log.warning("%s: retriable error %s (attempt %d)", what, err, attempt)
                     time.sleep(min(0.2 * attempt, 1.0))
                     continue
+                if err.code() in _GROUP_GENERATION_CODES:
+                    log.info("%s refused by the group coordinator (%s): the group rebalanced; aborting",
+                             what, err.name())
+                    self.abort()
+                    raise GroupRebalancedError(f"{what} refused: {err.str()}") from None
                 log.warning("%s failed (%s); aborting the transaction", what, err)
                 self.abort()
                 raise TransactionAbortedError(f"{what} failed: {err.str()}") from None
@@ -275,6 +301,10 @@ class AtLeastOnceProducer:
         self._producer: Producer | None = None
         self._produce: Produce | None = None
 
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
     def start(self) -> None:
         self._producer = Producer(self._config)
         self._produce = _make_produce(self._producer)
@@ -284,7 +314,8 @@ class AtLeastOnceProducer:
         return self._produce
 
     def poll(self) -> None:
-        self._producer.poll(0)
+        if self._producer is not None:
+            self._producer.poll(0)
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> None:
         remaining = self._producer.flush(self.call_timeout_s)

@@ -71,7 +71,12 @@ _message_error = Message.error
 
 
 class KafkaSource:
-    """A consumer subscribed to the job's input topics, with rebalances delegated."""
+    """A consumer subscribed to the job's input topics, with rebalances delegated.
+
+    The listener runs inside `consume`; from there it may call `committed`, `seek` and
+    the assignment methods, but nothing that enters the client's call state again
+    (consume, poll, list_topics, close): confluent-kafka keeps one call state per client,
+    and a nested call clears it, which crashes the next callback of the same consume."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -87,16 +92,16 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The listener hears even an empty assignment: it means the worker has joined.
-        positioned = self._listener.on_assign(partitions)
+        positioned = self._listener.on_assign(partitions) if self._listener is not None else []
         consumer.incremental_assign(positioned)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions:
+        if partitions and self._listener is not None:
             self._listener.on_revoke(partitions)
         consumer.incremental_unassign(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions:
+        if partitions and self._listener is not None:
             self._listener.on_lost(partitions)
         consumer.incremental_unassign(partitions)
 
@@ -151,14 +156,27 @@ class KafkaSource:
             self.consumer.incremental_unassign([bare])
             self.consumer.incremental_assign([partition])
 
-    def partitions_of(self, topic: str, timeout: float = 10.0) -> int:
-        metadata = self.consumer.list_topics(topic, timeout=timeout)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None:
-            return 0
-        return len(info.partitions)
+    def leave_group(self, timeout_s: float) -> bool:
+        """Gives up every partition and leaves the group now, so the remaining workers
+        take the partitions over at once rather than after the session timeout (a
+        static member does not leave when it merely closes; unsubscribing makes it).
+
+        The listener's revoke callback runs on the way (it checkpoints what it holds);
+        records fetched meanwhile are dropped unprocessed, so they are neither committed
+        nor lost: the next owner reads them from the committed offsets. Returns whether
+        the assignment was released within `timeout_s`."""
+        self.consumer.unsubscribe()
+        deadline = time.monotonic() + timeout_s
+        while self.consumer.assignment():
+            if time.monotonic() > deadline:
+                return False
+            self.consume(1000, 0.1)
+        return True
 
     def close(self) -> None:
+        """Closes the consumer; the partitions it still holds are released without
+        calling the listener (whatever it held was committed or is abandoned)."""
+        self._listener = None
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:

@@ -42,8 +42,8 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka_sink import OutputCommitter
 from service.config import OFFSET_COMMIT_INTERVAL_S
-from service.errors import CheckpointError, CheckpointTimeoutError, EosError, ProducerFencedError, \
-    StateStoreError
+from service.errors import CheckpointError, CheckpointTimeoutError, EosError, GroupRebalancedError, \
+    ProducerFencedError, StateStoreError
 from service.faults import FaultInjector
 from service.metrics import WorkerMetrics
 from service.recovery import format_metadata
@@ -91,6 +91,8 @@ class CheckpointRecord:
     uploaded_bytes: int = 0
     state_keys: int = 0
     error: str | None = None
+    # Not committed because the group rebalanced meanwhile: not a failure.
+    interrupted: bool = False
     offsets: dict[str, int] = field(default_factory=dict)
     # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
     # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
@@ -201,6 +203,9 @@ class CheckpointCoordinator:
             # full, files gone) is no checkpoint hiccup either: as in Flink, a failure of
             # the synchronous part fails the worker instead of counting as tolerable.
             raise
+        except GroupRebalancedError as exc:
+            self._interrupted(record, exc, began)
+            return record
         except (EosError, StorageError, OSError, KafkaException) as exc:
             self._failed(record, exc, began)
             return record
@@ -244,6 +249,7 @@ class CheckpointCoordinator:
                             partition=task.partition, checkpoint_id=n, snapshot=name,
                             worker=self.worker, created_at=record.started_at,
                             source_offset=barriers[task.id].offset,
+                            topic_partitions=task.topic_partitions,
                             lineage=retention.lineage_for_next())
             manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
             writes.append(partial(task.state.persister.write_manifest, manifest, self._mid_manifest_fault(task)))
@@ -336,6 +342,16 @@ class CheckpointCoordinator:
                     per_operator[uid] = per_operator.get(uid, 0) + keys
         for uid, keys in per_operator.items():
             self.metrics.labels(self.metrics.state_keys, operator=uid).set(keys)
+
+    def _interrupted(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
+        """The group rebalanced under the commit: the transaction is already aborted;
+        every task rewinds, and since nothing is wrong, no failure counts."""
+        record.phase = Phase.FAILED
+        record.error = f"{type(exc).__name__}: {exc}"
+        record.interrupted = True
+        record.duration_s = time.monotonic() - began
+        log.info("checkpoint %d not committed: the group rebalanced meanwhile; rewinding", record.checkpoint_id)
+        self.manager.rewind_all()
 
     def _failed(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
         record.phase = Phase.FAILED

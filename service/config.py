@@ -79,6 +79,27 @@ def redacted(config: dict[str, object]) -> dict[str, object]:
     """A copy safe to log: anything that looks like a secret is masked."""
     return {k: ("*****" if any(w in k for w in ("password", "secret", "token", "key")) else v)
             for k, v in config.items()}
+# Liveness defaults (see docs/scale-out.md). A dead worker's partitions move after the
+# session timeout; 6 s is the smallest value a broker accepts by default
+# (group.min.session.timeout.ms). Heartbeats come from the client's own thread, so a long
+# checkpoint never delays them; only a frozen or dead process misses its session.
+DEFAULT_SESSION_TIMEOUT_MS = 6_000
+# The loop stalls while a checkpoint runs (bounded by the checkpoint timeout) and while a
+# rewind restores state; the poll interval must cover both with room to spare.
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+DEFAULT_CHECKPOINT_TIMEOUT_S = 20.0
+# A transaction stays open from the first output after a commit until the next commit:
+# one checkpoint interval plus one checkpoint. Short, because a crashed worker's open
+# transaction holds back every read_committed reader of the partitions it wrote to
+# until it is aborted (by the worker's restart, by a group member fencing it, or by the
+# coordinator after this timeout).
+MIN_TRANSACTION_TIMEOUT_S = 30.0
+TRANSACTION_MARGIN_S = 5.0
+
+
+def default_transaction_timeout_s(checkpoint_timeout_s: float, checkpoint_interval_s: float) -> float:
+    return max(MIN_TRANSACTION_TIMEOUT_S, 1.5 * checkpoint_timeout_s,
+               checkpoint_timeout_s + checkpoint_interval_s + TRANSACTION_MARGIN_S)
 
 
 def default_worker_id() -> str:
@@ -96,18 +117,24 @@ class WorkerConfig:
     params: dict[str, str] = field(default_factory=dict)
     processing_guarantee: str = EXACTLY_ONCE
     checkpoint_interval_s: float = 1.0
-    checkpoint_timeout_s: float = 60.0
+    checkpoint_timeout_s: float = DEFAULT_CHECKPOINT_TIMEOUT_S
     min_pause_s: float = 0.0
     tolerable_failures: int = 3
     checkpoints_retained: int = 3
     checkpoint_mode: str = INCREMENTAL
     fallback_to_older_checkpoint: bool = False
     s3: S3Settings = field(default_factory=S3Settings)
-    transaction_timeout_s: float = 120.0
-    session_timeout_ms: int = 10_000
-    max_poll_interval_ms: int = 300_000
+    transaction_timeout_s: float = MIN_TRANSACTION_TIMEOUT_S
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
+    max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS
     auto_offset_reset: str = "earliest"
     static_membership: bool = True
+    # A graceful stop leaves the consumer group, so the worker's partitions move at once
+    # instead of after the session timeout (a static member otherwise stays registered).
+    leave_group_on_stop: bool = True
+    # After each rebalance, abort the open transactions of workers that left the group,
+    # so their unfinished output stops holding back read_committed readers.
+    fence_departed_workers: bool = True
     state_cache_bytes: int = 256 << 20
     consume_batch: int = 5000
     error_policy: str = "fail"
@@ -145,10 +172,20 @@ class WorkerConfig:
             raise ConfigurationError(
                 "--checkpoint-interval 0 disables checkpoints, which exactly-once needs; "
                 "use --processing-guarantee at-least-once to run without them")
-        if self.checkpoint_timeout_s * 1.5 > self.transaction_timeout_s:
+        if self.checkpoint_timeout_s + self.checkpoint_interval_s + TRANSACTION_MARGIN_S > self.transaction_timeout_s:
             raise ConfigurationError(
-                f"the transaction timeout ({self.transaction_timeout_s}s) must comfortably exceed "
-                f"the checkpoint timeout ({self.checkpoint_timeout_s}s)")
+                f"the transaction timeout ({self.transaction_timeout_s:g}s) must exceed the checkpoint "
+                f"interval plus the checkpoint timeout ({self.checkpoint_interval_s:g}s + "
+                f"{self.checkpoint_timeout_s:g}s) by at least {TRANSACTION_MARGIN_S:g}s, or the transaction "
+                "coordinator aborts transactions that were about to commit")
+        if self.max_poll_interval_ms < 2000 * self.checkpoint_timeout_s + 10_000:
+            raise ConfigurationError(
+                f"--max-poll-interval ({self.max_poll_interval_ms / 1000:g}s) must exceed twice the checkpoint "
+                f"timeout ({self.checkpoint_timeout_s:g}s) plus 10s: a checkpoint and the rewind after a failed "
+                "one both hold up polling, and a worker that polls too late is removed from the group")
+        if self.session_timeout_ms < 1000:
+            raise ConfigurationError(
+                f"--session-timeout ({self.session_timeout_ms}ms) must be at least 1s")
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.worker_id):
             raise ConfigurationError(f"--worker-id {self.worker_id!r} may hold only letters, digits, '.', '_', '-'")
         if self.checkpoint_mode not in (INCREMENTAL, FULL):

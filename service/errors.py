@@ -76,6 +76,11 @@ class SnapshotUnreachableError(SnapshotMissingError):
     snapshot is intact is unknown, so this never counts as missing or corrupt."""
 
 
+class PartitionCountChangedError(EosError):
+    """A topic's partition count differs from the one its tasks' state was built with:
+    keys now map to other partitions than their state."""
+
+
 class ProducerFencedError(EosError):
     """Another instance of this worker slot took over the transactional id or the
     group membership. This instance must stop: continuing would fight the new owner."""
@@ -94,3 +99,9 @@ class SavepointError(EosError):
 class CorruptSavepointError(SavepointError):
     """A savepoint file does not match the size or checksum its manifest recorded."""
 
+
+
+class GroupRebalancedError(TransactionAbortedError):
+    """The consumer group moved to a new generation while a checkpoint committed, so
+    the group coordinator refused its offsets (the zombie fence of KIP-447 at work).
+    Expected during rebalances: the worker rewinds without counting a failure."""

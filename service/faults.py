@@ -4,6 +4,10 @@
 `after_persist` (the count defaults to 1). Chaos tests use this to crash the worker
 deterministically at every step of a checkpoint; unset, the hooks cost one dict lookup
 per phase per checkpoint.
+
+`EOS_FAULT=after_persist@3:stop` freezes the process there instead (SIGSTOP to itself):
+a test resumes it with SIGCONT once the group has moved on, to check that a zombie
+caught just before its commit cannot commit.
 """
 
 from __future__ import annotations
@@ -30,19 +34,30 @@ class FaultInjector:
         spec = spec if spec is not None else os.environ.get("EOS_FAULT", "")
         self.phase: str | None = None
         self.at = 1
+        self.action = "kill"
         self._hits = 0
         if spec:
+            spec, _, action = spec.partition(":")
             phase, _, count = spec.partition("@")
             if phase not in PHASES:
                 raise ValueError(f"EOS_FAULT phase {phase!r} is not one of {', '.join(PHASES)}")
+            if action not in ("", "kill", "stop"):
+                raise ValueError(f"EOS_FAULT action {action!r} is not kill or stop")
             self.phase = phase
             self.at = int(count or 1)
+            self.action = action or "kill"
 
     def hit(self, phase: str, before_kill: Callable[[], None] | None = None) -> None:
         if phase != self.phase:
             return
         self._hits += 1
-        if self._hits >= self.at:
+        if self._hits == self.at and self.action == "stop":
+            log.warning("fault injection: freezing this worker at %s (#%d)", phase, self._hits)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+            log.warning("fault injection: resumed at %s", phase)
+        elif self._hits >= self.at and self.action == "kill":
             log.warning("fault injection: killing this worker at %s (#%d)", phase, self._hits)
             if before_kill is not None:
                 before_kill()

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
-from service.errors import CorruptSnapshotError, SnapshotMissingError, SnapshotUnreachableError
+from service.errors import CorruptSnapshotError, PartitionCountChangedError, SnapshotMissingError, \
+    SnapshotUnreachableError
 from service.task import CompletedCheckpoint, Task
 from statestore.manifest import Manifest
 from statestore.retention import checkpoint_id_of
@@ -99,6 +100,7 @@ def restore_task(task: Task, committed: TopicPartition,
                 manifest = next((m for m in known or () if m.snapshot == reference.snapshot), None) \
                     or task.state.restorer.load_manifest(reference.snapshot)
                 _check_manifest(manifest, task, committed.offset, reference)
+                _check_partition_count(manifest, task)
                 stats = task.state.open(manifest)
             except SnapshotUnreachableError:
                 raise  # storage is down, not the snapshot: falling back would be wrong
@@ -185,3 +187,16 @@ def _check_manifest(manifest: Manifest, task: Task, offset: int, reference: Chec
         raise CorruptSnapshotError(
             f"snapshot {reference.snapshot} does not match the committed offset of {task.id}: "
             + "; ".join(problems))
+
+
+def _check_partition_count(manifest: Manifest, task: Task) -> None:
+    """Keyed state is split by partition: once a topic has more (or fewer) partitions,
+    keys land on other partitions than their state, and every result would be wrong."""
+    recorded, now = manifest.topic_partitions, task.topic_partitions
+    if recorded is None or now is None or recorded == now:
+        return
+    raise PartitionCountChangedError(
+        f"topic {task.topic!r} has {now} partitions, but the state of task {task.id} was checkpointed "
+        f"(checkpoint {manifest.checkpoint_id}, snapshot {manifest.snapshot}) when it had {recorded}: "
+        "keys would no longer meet their state. Restore the partition count, or start the job under a "
+        "new --group (and so new repartition topics) to rebuild its state.")

@@ -51,13 +51,20 @@ def task_id(topic: str, partition: int) -> str:
 
 class Task:
     def __init__(self, stage: Stage, partition: int, state: TaskState | None,
-                 errors: ErrorHandler) -> None:
+                 errors: ErrorHandler, topic_partitions: int | None = None) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
         self.id = task_id(stage.topic, partition)
         self.state = state
         self.errors = errors
+        # The input topic's partition count when the task was assigned: keyed state is
+        # only valid while keys keep their partition, so snapshots record it.
+        self.topic_partitions = topic_partitions
+        # Which (re)start of the worker's tasks this task's chain and position belong to,
+        # and the offset its partition is read from since (None: the reset policy).
+        self.incarnation = 0
+        self.read_from: int | None = None
         self.next_offset: int | None = None
         self.records_since_checkpoint = 0
         self.completed = CompletedCheckpoint(0, None, None)
@@ -79,9 +86,10 @@ class Task:
         return bool(self.stage.stateful_uids)
 
     def start(self, completed: CompletedCheckpoint, produce: Produce,
-              replay_until: int | None = None) -> None:
+              replay_until: int | None = None, incarnation: int = 0) -> None:
         """(Re)builds the operator chain over the task's current state, positioned at
         the given completed checkpoint; with `replay_until`, muted up to that offset."""
+        self.incarnation = incarnation
         self.completed = completed
         self.attempted_manifest = None
         self.next_offset = completed.offset

@@ -4,6 +4,10 @@ aborted transaction.
 
 It is the rebalance listener's only delegate (Kafka Streams' TaskManager role), kept
 small by leaving checkpoint mechanics to the coordinator and state to TaskState.
+
+Every (re)start of tasks bumps `task_starts`: the worker compares it around each consume
+call, because a rebalance or rewind served inside that call can leave records fetched
+for the old position in the very batch it returns.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from connectors.kafka_source import KafkaSource
 from connectors.kafka_sink import OutputCommitter
 from service.config import WorkerConfig
 from service.error_policy import ErrorHandler
+from service.membership import DepartedWorkerFencer
 from service.metrics import WorkerMetrics
 from service.errors import SnapshotMissingError
 from service.planner import Plan
 from service.recovery import restore_task
 from service.task import Task, task_id
+from service.topics import PartitionCounts
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
 from statestore.retention import RetainedSnapshots
@@ -33,13 +39,11 @@ from statestore.task_state import TaskState
 
 log = logging.getLogger(__name__)
 
-COMMITTED_TIMEOUT_S = 30.0
-
-
 class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource,
                  committer: OutputCommitter, storage: CheckpointStorage, token: str,
-                 metrics: WorkerMetrics, errors: ErrorHandler) -> None:
+                 metrics: WorkerMetrics, errors: ErrorHandler, partition_counts: PartitionCounts,
+                 fencer: DepartedWorkerFencer | None = None) -> None:
         self.plan = plan
         self.config = config
         self.source = source
@@ -48,6 +52,8 @@ class TaskManager:
         self.token = token
         self.metrics = metrics
         self.errors = errors
+        self.fencer = fencer
+        self.partition_counts = partition_counts
         self.digests = DigestCache()
         self.tasks: dict[tuple[str, int], Task] = {}
         self.retention: dict[tuple[str, int], RetainedSnapshots] = {}
@@ -59,15 +65,32 @@ class TaskManager:
         self.rewinds = 0
         # How a task gets back to its committed state (a resumed savepoint wraps it).
         self.restore_task = restore_task
+        self.task_starts = 0
+        # Tasks being revoked while their last checkpoint runs: a failed checkpoint
+        # rewinds the others, while these are released as they are.
+        self._releasing: set[tuple[str, int]] = set()
+        # A pending transactional offset commit (of a worker that died between sending
+        # offsets and committing) keeps committed offsets unreadable until it is aborted.
+        self.committed_timeout_s = max(30.0, config.transaction_timeout_s + 15.0)
 
     # -- rebalance listener -------------------------------------------------------
 
     def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        began = time.monotonic()
+        if self.fencer is not None:
+            self.fencer.after_rebalance()
+        if not self.committer.started:
+            # Only now, inside the first assignment: see service/membership.py for why
+            # this ordering keeps remaining workers from fencing a new instance.
+            self.committer.start()
         if not partitions:  # a rebalance that gave this worker nothing (new)
             self.ready = True
             return []
-        began = time.monotonic()
-        new = [self._create(tp.topic, tp.partition) for tp in partitions]
+        # Restoring may take long (downloads); commit what the open transaction holds
+        # first, so it cannot outlive its timeout while new tasks restore.
+        self.checkpoint_all("assign")
+        counts = self.partition_counts.of({tp.topic for tp in partitions})
+        new = [self._create(tp.topic, tp.partition, counts[tp.topic]) for tp in partitions]
         positioned = self._restore(new)
         self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
@@ -76,10 +99,14 @@ class TaskManager:
         return positioned
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        log.info("revoking %s: checkpointing before release",
-                 ", ".join(task_id(tp.topic, tp.partition) for tp in partitions))
-        self.checkpoint_all("revoke")
-        self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("revoking %s: checkpointing before release", ", ".join(task_id(*key) for key in keys))
+        self._releasing = set(keys)
+        try:
+            self.checkpoint_all("revoke")
+        finally:
+            self._releasing = set()
+            self._close(keys, keep_working_dir=False)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         lost = ", ".join(task_id(tp.topic, tp.partition) for tp in partitions)
@@ -91,7 +118,7 @@ class TaskManager:
 
     # -- life cycle ------------------------------------------------------------------
 
-    def _create(self, topic: str, partition: int) -> Task:
+    def _create(self, topic: str, partition: int, topic_partitions: int | None) -> Task:
         stage = self.plan.stage_of(topic)
         state = None
         if stage.stateful_uids:
@@ -103,7 +130,7 @@ class TaskManager:
                 self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
                 state.restorer.load_manifest,
                 shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
-        task = Task(stage, partition, state, self.errors)
+        task = Task(stage, partition, state, self.errors, topic_partitions)
         self.tasks[(topic, partition)] = task
         return task
 
@@ -113,9 +140,10 @@ class TaskManager:
         if not tasks:
             return []
         committed = self.source.committed_with_retry(
-            [TopicPartition(t.topic, t.partition) for t in tasks], timeout=COMMITTED_TIMEOUT_S)
+            [TopicPartition(t.topic, t.partition) for t in tasks], timeout=self.committed_timeout_s)
         by_tp = {(c.topic, c.partition): c for c in committed}
         produce = self.committer.produce_fn()
+        self.task_starts += 1
         positions = []
         for task in tasks:
             restored = self.restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
@@ -125,16 +153,21 @@ class TaskManager:
             if restored.replay_from is not None and restored.replay_from < offset:
                 self._check_replayable(task, restored.replay_from)
                 replay_until, offset = offset, restored.replay_from
-            task.start(restored.completed, produce, replay_until)
+            task.start(restored.completed, produce, replay_until, self.task_starts)
+            task.read_from = offset
             retention = self.retention.get((task.topic, task.partition))
             if retention is not None:
                 # A rewind follows a failed checkpoint, often a slow or unreachable store:
                 # listing it now would stall processing, so orphans wait for the next
                 # assignment's sweep.
                 retention.restored(restored.completed.manifest, sweep_orphans=not rewind)
-            positions.append(TopicPartition(task.topic, task.partition,
-                                            offset if offset is not None else self.source.reset_offset))
+            positions.append(self.position_of(task))
         return positions
+
+    def position_of(self, task: Task) -> TopicPartition:
+        """Where the task's partition is read from since its (re)start."""
+        return TopicPartition(task.topic, task.partition,
+                              task.read_from if task.read_from is not None else self.source.reset_offset)
 
     def _check_replayable(self, task: Task, replay_from: int) -> None:
         """A fallback needs the input from the older snapshot's offset on; Kafka's
@@ -150,7 +183,7 @@ class TaskManager:
     def rewind_all(self) -> None:
         """Back to the last committed checkpoint: the open transaction was aborted, so
         every task's state and position since then is void."""
-        tasks = list(self.tasks.values())
+        tasks = [t for key, t in self.tasks.items() if key not in self._releasing]
         self.rewinds += 1
         self.metrics.labels(self.metrics.restarts).inc()
         known: dict[str, list[Manifest]] = {}

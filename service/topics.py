@@ -86,3 +86,25 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
     return counts
+
+
+class PartitionCounts:
+    """Current partition counts, asked of the cluster through a client of its own: the
+    consumer's metadata call must not run inside the consumer's rebalance callbacks
+    (confluent-kafka keeps one call state per client, and a nested call clears it)."""
+
+    def __init__(self, admin_config: dict[str, object]) -> None:
+        self._admin = AdminClient(admin_config)
+
+    def of(self, topics: set[str]) -> dict[str, int | None]:
+        """Partitions per topic; None where the cluster did not say (not checked then)."""
+        try:
+            metadata = self._admin.list_topics(timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("cannot read partition counts of %s: %s", ", ".join(sorted(topics)), exc)
+            return dict.fromkeys(topics)
+        counts: dict[str, int | None] = {}
+        for topic in topics:
+            info = metadata.topics.get(topic)
+            counts[topic] = len(info.partitions) if info is not None and info.error is None else None
+        return counts

@@ -23,6 +23,7 @@ from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
 from service.incarnation import Incarnations
+from service.membership import DepartedWorkerFencer, transactional_id
 from service.metrics import WorkerMetrics
 from service.monitoring import WorkerMonitor
 from service.planner import plan
@@ -31,7 +32,7 @@ from service.savepoint_resume import SavepointResume
 from service.savepoints import SavepointControl, default_savepoint_dir
 from service.status import FAILED, RUNNING, STOPPED, STOPPING
 from service.task_manager import TaskManager
-from service.topics import ensure_topics
+from service.topics import PartitionCounts, ensure_topics
 from statestore.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -131,21 +132,29 @@ class Worker:
                 OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         producer_extra = {**kafka, **self.monitor.producer_settings()}
+        fencer = None
+        # The producer starts inside the first assignment (TaskManager.on_assign).
         if c.processing_guarantee == EXACTLY_ONCE:
             self.committer = TransactionalProducer(
-                c.bootstrap_servers, f"{self.group}-{c.worker_id}", extra=producer_extra,
+                c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=producer_extra,
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout)
+            if c.fence_departed_workers:
+                fencer = DepartedWorkerFencer(
+                    self.group, c.worker_id, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+                    {"bootstrap.servers": c.bootstrap_servers, **kafka,
+                     "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
+                    timeout_s=call_timeout)
         else:
             self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=producer_extra,
                                                  call_timeout_s=call_timeout)
-        self.committer.start()
         consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
             c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
             max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
             static_membership=c.static_membership, extra=consumer_extra))
         self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
-                                   self.metrics, errors)
+                                   self.metrics, errors,
+                                   PartitionCounts({"bootstrap.servers": c.bootstrap_servers, **kafka}), fencer)
         self.coordinator = CheckpointCoordinator(
             self.manager, self.committer, self.source.consumer, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
@@ -168,10 +177,14 @@ class Worker:
     def _loop(self) -> None:
         source, committer, coordinator, monitor = self.source, self.committer, self.coordinator, self.monitor
         savepoints = self.savepoints
+        manager = self.manager
         batch = self.config.consume_batch
         records_in = {t: self.metrics.labels(self.metrics.records_in, topic=t) for t in self.plan.input_topics}
         while not self._stop_requested:
+            starts = manager.task_starts
             msgs = source.consume(batch, 0.1)
+            if msgs and manager.task_starts != starts:
+                msgs = self._drop_stale(msgs, starts)
             if msgs:
                 monitor.records_in += len(msgs)
                 self._dispatch(msgs, records_in)
@@ -182,6 +195,22 @@ class Worker:
                 coordinator.trigger()
                 monitor.publish()
             monitor.tick()
+
+    def _drop_stale(self, msgs: list, starts: int) -> list:
+        """A rebalance or rewind served inside the last consume call (re)started some
+        tasks at their committed offsets, and the batch may still hold records fetched
+        for their old position, before or after them. Those tasks' records are dropped
+        and their partitions sought back to where each task now begins."""
+        tasks = self.manager.tasks
+        restarted = {key for key, task in tasks.items() if task.incarnation > starts}
+        if not restarted:
+            return msgs
+        kept = [m for m in msgs if (m.topic(), m.partition()) not in restarted]
+        for key in restarted:
+            self.source.seek(self.manager.position_of(tasks[key]))
+        log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
+                  len(msgs) - len(kept), len(restarted))
+        return kept
 
     def _dispatch(self, msgs: list, records_in: dict) -> None:
         """Splits the batch into runs of one partition and hands each to its task."""
@@ -225,9 +254,15 @@ class Worker:
             log.info("stopped with savepoint %s", savepoint)
             return
         record = self.coordinator.trigger("shutdown")
-        if record is not None and record.error:
+        if record is not None and record.error and not record.interrupted:
             raise CheckpointError(f"the final checkpoint failed: {record.error}")
         last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        if self.config.leave_group_on_stop:
+            # Nothing changed since the final checkpoint, so the revocation commits nothing more.
+            if self.source.leave_group(timeout_s=max(30.0, self.config.checkpoint_timeout_s)):
+                log.info("left the group; the remaining workers take over its partitions")
+            else:
+                log.warning("could not release the partitions in time; they move after the session timeout")
         log.info("stopped cleanly; last completed checkpoint %d; %s", last, self.coordinator.stats.summary())
 
     def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:

@@ -50,6 +50,9 @@ class Manifest:
     # Snapshots of earlier completed checkpoints of this task, newest first: retention
     # keeps them, and recovery can fall back to them when asked.
     lineage: tuple[str, ...] = ()
+    # Partitions of the task's input topic when the snapshot was taken (None: not
+    # recorded). Keyed state belongs to one partition of a fixed count.
+    topic_partitions: int | None = None
     format: int = FORMAT_VERSION
 
     @property

@@ -15,6 +15,7 @@ from service.config import (
     INCREMENTAL,
     OFFSET_COMMIT_INTERVAL_S,
     WorkerConfig,
+    default_transaction_timeout_s,
     default_worker_id,
     load_kafka_config,
     parse_duration,
@@ -40,7 +41,7 @@ from statestore.storage import S3Settings
               help="Time from the start of one checkpoint to the start of the next. 0 disables "
                    f"checkpoints (at-least-once only): offsets alone are committed every "
                    f"{OFFSET_COMMIT_INTERVAL_S:.0f}s and state is NOT recovered after a restart.")
-@click.option("--checkpoint-timeout", default="60s", show_default=True,
+@click.option("--checkpoint-timeout", default="20s", show_default=True,
               help="A checkpoint whose snapshot is not durable by then fails: its transaction "
                    "aborts and the worker rewinds.")
 @click.option("--min-pause", default="0s", show_default=True,
@@ -65,7 +66,23 @@ from statestore.storage import S3Settings
               "@env:VAR or @file:PATH to keep secrets off the command line.")
 @click.option("--kafka-config-file", "kafka_config_files", multiple=True, type=click.Path(path_type=Path),
               help="File of KEY=VALUE librdkafka settings (e.g. SASL/TLS); --kafka-config wins.")
-@click.option("--session-timeout", default="10s", show_default=True)
+@click.option("--session-timeout", default="6s", show_default=True,
+              help="A worker silent this long (dead, frozen, cut off) leaves the group and its "
+              "partitions move to the others. Heartbeats run on their own thread.")
+@click.option("--max-poll-interval", default="300s", show_default=True,
+              help="A worker whose loop stalls this long gives up its partitions (must exceed twice "
+              "the checkpoint timeout).")
+@click.option("--transaction-timeout", default=None, show_default="max(30s, 1.5 x checkpoint timeout)",
+              help="The coordinator aborts a transaction open this long, e.g. a crashed worker's.")
+@click.option("--static-membership/--dynamic-membership", default=True, show_default=True,
+              help="Static: the worker id is the group instance id, so a restarted worker gets its "
+              "partitions back without a rebalance.")
+@click.option("--leave-group-on-stop/--stay-in-group-on-stop", default=True, show_default=True,
+              help="On SIGTERM, leave the group so the partitions move at once. Stay: a static "
+              "member keeps them for the session timeout (a quick restart resumes without a rebalance).")
+@click.option("--fence-departed/--no-fence-departed", default=True, show_default=True,
+              help="After a rebalance, abort the open transactions of workers that left the group "
+              "(needs write access to their transactional ids).")
 @click.option("--state-cache", default=256, show_default=True, help="Write-back cache budget in MiB.")
 @click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
               show_default=True, help="What to do with a record that cannot be processed, for operators "
@@ -96,23 +113,31 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
         fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
-        session_timeout: str, state_cache: int, error_policy: str, http_host: str, http_port: int | None,
-        control_token: str | None, control_allow: tuple[str, ...], savepoint_dir: str | None,
-        from_savepoint: str | None, allow_non_restored_state: bool, restart_strategy: str) -> None:
+        session_timeout: str, max_poll_interval: str, transaction_timeout: str | None,
+        static_membership: bool, leave_group_on_stop: bool, fence_departed: bool, state_cache: int,
+        error_policy: str, http_host: str, http_port: int | None, control_token: str | None,
+        control_allow: tuple[str, ...], savepoint_dir: str | None, from_savepoint: str | None,
+        allow_non_restored_state: bool, restart_strategy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
     timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
+    interval_s = parse_duration(checkpoint_interval, "--checkpoint-interval")
+    transaction_s = parse_duration(transaction_timeout, "--transaction-timeout") if transaction_timeout \
+        else default_transaction_timeout_s(timeout_s, interval_s)
     config = WorkerConfig(
         job_file=job_file, bootstrap_servers=bootstrap_servers, state_dir=state_dir,
         checkpoint_storage=checkpoint_storage, group=group, worker_id=worker_id,
         params=parsed_params, processing_guarantee=processing_guarantee,
-        checkpoint_interval_s=parse_duration(checkpoint_interval, "--checkpoint-interval"),
+        checkpoint_interval_s=interval_s,
         checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
         s3=s3,
-        transaction_timeout_s=max(120.0, 2 * timeout_s),
+        transaction_timeout_s=transaction_s,
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
+        max_poll_interval_ms=int(parse_duration(max_poll_interval, "--max-poll-interval") * 1000),
+        static_membership=static_membership, leave_group_on_stop=leave_group_on_stop,
+        fence_departed_workers=fence_departed,
         state_cache_bytes=state_cache << 20, error_policy=error_policy,
         kafka_config=load_kafka_config(kafka_config, kafka_config_files),
         http_host=http_host, http_port=http_port, control_token=control_token or None,

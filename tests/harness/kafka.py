@@ -83,3 +83,11 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
         return out
     finally:
         consumer.close()
+
+
+def group_members(bootstrap: str, group: str, timeout: float = 10.0) -> set[str]:
+    """Names of the group's current members: the static instance id when there is
+    one, else the client id."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    return {m.group_instance_id or m.client_id for m in description.members}

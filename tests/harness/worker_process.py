@@ -49,6 +49,7 @@ class WorkerProcess:
             env["EOS_FAULT"] = fault
         self.log_path = log_path
         self._log = open(log_path, "ab")
+        self._log_start = self._log.tell()  # slots reuse their log file across incarnations
         self.proc = subprocess.Popen(spec.argv(), cwd=REPO, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         WorkerProcess.started.append(self)
@@ -86,6 +87,15 @@ class WorkerProcess:
         finally:
             if self.proc.returncode is not None:
                 self._log.close()
+
+    def log_text(self) -> str:
+        """This incarnation's log so far."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -1,0 +1,104 @@
+"""Who is in the job's consumer group, and ending the transactions of those who left.
+
+A worker that dies mid-transaction leaves its transaction open, and an open transaction
+holds back the last stable offset of every partition it wrote to: read_committed readers
+of the repartition and output topics stall behind it, on every worker. The worker's own
+restart ends it (`init_transactions` aborts it); if the worker does not come back, the
+transaction coordinator aborts it only after `transaction.timeout.ms`.
+
+So after every rebalance each worker looks at the group's members, and for every worker
+that was a member at its previous look and is gone now it initialises a producer with
+that worker's transactional id: the coordinator aborts the dangling transaction at once
+and bumps the producer epoch, which also fences the departed process should it only be
+frozen. A dead worker's partitions then produce output again one session timeout after
+its death, not one transaction timeout.
+
+This never fences a new instance of the departed slot: a worker initialises its own
+transactional id only in its first assignment callback, after a rebalance that includes
+it has completed. That rebalance needs every member to rejoin, and a member rejoins only
+after its previous assignment callback, where the fencing runs, has returned. Exactly-once
+does not rest on this argument (producer epochs and the group generation do that); a
+mistaken fence would only stop a worker with exit code 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+log = logging.getLogger(__name__)
+
+
+def transactional_id(group: str, worker_id: str) -> str:
+    return f"{group}-{worker_id}"
+
+
+def worker_of_member(group: str, group_instance_id: str | None, member_client_id: str | None) -> str | None:
+    """The worker id of a group member: its static instance id, else read back from the
+    client id every worker's consumer sets (`{group}-{worker}`, see
+    connectors/kafka_source.py); None for a foreign member."""
+    if group_instance_id:
+        return group_instance_id
+    prefix = f"{group}-"
+    if member_client_id and member_client_id.startswith(prefix) and len(member_client_id) > len(prefix):
+        return member_client_id[len(prefix):]
+    return None
+
+
+class DepartedWorkerFencer:
+    def __init__(self, group: str, own_worker: str, admin_config: dict[str, Any],
+                 producer_config: dict[str, Any], timeout_s: float) -> None:
+        self.group = group
+        self.own_worker = own_worker
+        self.timeout_s = timeout_s
+        self._admin = AdminClient(admin_config)
+        self._producer_config = producer_config
+        self._previous: set[str] | None = None
+
+    def after_rebalance(self) -> list[str]:
+        """Fences the workers that left since the last call; returns their ids."""
+        live = self.live_workers()
+        if live is None:
+            return []
+        departed = sorted((self._previous or set()) - live - {self.own_worker})
+        self._previous = live
+        for worker in departed:
+            self._fence(worker)
+        return departed
+
+    def live_workers(self) -> set[str] | None:
+        """Worker ids of the group's current members, or None when the group could not
+        be described (then the departure is noticed at a later rebalance, or the
+        transaction timeout ends the transaction)."""
+        try:
+            future = self._admin.describe_consumer_groups(
+                [self.group], request_timeout=self.timeout_s)[self.group]
+            description = future.result(timeout=self.timeout_s)
+        except (KafkaException, FutureTimeout) as exc:
+            log.warning("cannot list the members of group %s: %s", self.group, exc)
+            return None
+        workers = set()
+        for member in description.members:
+            worker = worker_of_member(self.group, member.group_instance_id, member.client_id)
+            if worker is not None:
+                workers.add(worker)
+        return workers
+
+    def _fence(self, worker: str) -> None:
+        tid = transactional_id(self.group, worker)
+        began = time.monotonic()
+        producer = Producer({**self._producer_config, "transactional.id": tid})
+        try:
+            producer.init_transactions(self.timeout_s)
+            log.info("worker %s left the group: ended its open transaction (transactional id %s) in %.2fs",
+                     worker, tid, time.monotonic() - began)
+        except KafkaException as exc:
+            log.warning("worker %s left the group, but its transactional id %s could not be fenced (%s); "
+                        "its open transaction, if any, ends after transaction.timeout.ms", worker, tid, exc)
+        finally:
+            producer.flush(0)

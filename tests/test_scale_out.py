@@ -1,0 +1,220 @@
+"""Scale-out: several workers of one job in one consumer group, sharing checkpoint
+storage, proven by starting, killing, stopping, freezing and adding real worker
+processes and checking the committed output with the independent oracle."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
+
+from service.api import Job
+from service.errors import ConfigurationError
+from service.planner import plan, repartition_topic
+from service.topics import ensure_topics
+from tests.harness.kafka import create_topics, group_members, unique_name
+from tests.harness.scenario import RunningSum
+from tests.harness.worker_pool import WorkerPool, run_chaos
+from tests.harness.worker_process import REPO, wait_for
+
+pytestmark = pytest.mark.kafka
+
+PREKEYED_JOB = REPO / "tests" / "jobs" / "running_sum_prekeyed.py"
+JOBS = {
+    # input keyed by order id, re-keyed by user through the repartition topic
+    "two-stage": dict(key_by_user=False, job=None),
+    # input keyed by user, state keyed by the record key: one stage
+    "one-stage": dict(key_by_user=True, job=PREKEYED_JOB),
+}
+
+
+def _chaos(bootstrap, tmp_path, variant: str, records: int, events: int, seed: int) -> None:
+    spec = {"job": JOBS[variant]["job"]} if JOBS[variant]["job"] else {}
+    scenario = RunningSum(bootstrap, tmp_path, records=records, chunk=400, chunk_pause_s=0.8,
+                          key_by_user=JOBS[variant]["key_by_user"])
+    pool = WorkerPool(scenario, spec=spec)
+    try:
+        scenario.start_feeding()
+        for _ in range(3):
+            pool.start()
+        history = run_chaos(pool, events=events, seed=seed)
+        scenario.wait_fed()
+        pool.ensure_live(3)
+        scenario.wait_complete(None, timeout=300)
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+    report = scenario.check()
+    assert report.ok, report.summary() + "\n" + "\n".join(history)
+    assert report.outputs == records, report.summary()
+
+
+def test_workers_joining_leaving_and_crashing_at_random_lose_and_duplicate_nothing(bootstrap, tmp_path):
+    _chaos(bootstrap, tmp_path, "two-stage", records=16_000, events=30, seed=8)
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("variant", sorted(JOBS))
+@pytest.mark.parametrize("seed", [81, 82])
+def test_long_multi_worker_chaos(bootstrap, tmp_path, variant, seed):
+    _chaos(bootstrap, tmp_path, variant, records=40_000, events=80, seed=seed)
+
+
+def _wait_frozen(pool: WorkerPool, name: str) -> None:
+    process = pool.slots[name].process
+    wait_for(lambda: "fault injection: freezing" in process.log_text() or not process.alive(), 120, 0.2,
+             f"worker {name} to freeze")
+    assert process.alive(), process.log_tail()
+
+
+def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootstrap, tmp_path):
+    """Frozen just before its commit, past its session timeout: the others take its
+    partitions over and end its open transaction; woken up, it commits nothing and stops."""
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
+    pool = WorkerPool(scenario)
+    try:
+        scenario.start_feeding()
+        zombie = pool.start("zombie", fault="after_persist@4:stop").process
+        pool.start("w1")
+        pool.start("w2")
+        _wait_frozen(pool, "zombie")
+        wait_for(lambda: "zombie" not in group_members(bootstrap, scenario.group), 60, 0.5,
+                 "the frozen worker to drop out of the group")
+        scenario.wait_fed()
+        scenario.wait_complete(None, timeout=180)
+        outputs_before = len(scenario.outputs())
+
+        zombie.signal(signal.SIGCONT)
+        assert zombie.wait(60) == 3, f"the resumed worker was not fenced:\n{zombie.log_tail()}"
+        log = zombie.log_text()
+        assert "fault injection: resumed at after_persist" in log, log
+        assert "was taken over" in log and "removed from the group" in log, log
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+    assert "worker zombie left the group: ended its open transaction" in pool.log_texts()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == outputs_before == scenario.records, report.summary()
+
+
+def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_path):
+    """Without fencing by the others, a worker woken before its transaction times out
+    finds its offsets refused (stale group generation), aborts, and rejoins the group."""
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
+    pool = WorkerPool(scenario, spec={"extra_args": ["--no-fence-departed"]})
+    try:
+        scenario.start_feeding()
+        zombie = pool.start("zombie", fault="after_persist@4:stop").process
+        pool.start("w1")
+        _wait_frozen(pool, "zombie")
+        wait_for(lambda: "zombie" not in group_members(bootstrap, scenario.group), 60, 0.5,
+                 "the frozen worker to drop out of the group")
+        zombie.signal(signal.SIGCONT)
+        wait_for(lambda: "zombie" in group_members(bootstrap, scenario.group) or not zombie.alive(), 60, 0.5,
+                 "the resumed worker to rejoin")
+        scenario.wait_fed()
+        scenario.wait_complete(None, timeout=180)
+        log = zombie.log_text()
+        assert "not committed: the group rebalanced meanwhile" in log, log
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == scenario.records, report.summary()
+
+
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_storage(
+        bootstrap, tmp_path, request, storage):
+    """Separate state directories, as on two machines: a task that moves can only be
+    restored by downloading its snapshot from the shared checkpoint storage."""
+    spec = {}
+    shared = None
+    if storage == "s3":
+        server = request.getfixturevalue("s3_server")
+        shared = f"s3://{server.bucket}/{unique_name('scale-out')}"
+        spec["env"] = server.env()
+    scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4, storage=shared)
+    pool = WorkerPool(scenario, separate_state_dirs=True, spec=spec)
+    try:
+        scenario.start_feeding()
+        pool.start("a")
+        pool.start("b")
+        for victim, how in (("a", "kill"), ("b", "term"), ("a", "term"), ("b", "kill")):
+            wait_for(lambda: "restored in" in pool.slots[victim].process.log_text(), 60, 0.2,
+                     f"worker {victim} to take its partitions")
+            pool.check_alive()
+            pool.kill(victim) if how == "kill" else pool.terminate(victim)
+            pool.start(victim)
+        scenario.wait_fed()
+        scenario.wait_complete(None, timeout=180)
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == scenario.records, report.summary()
+    downloads = [int(n) for n in re.findall(r"(\d+) downloaded", pool.log_texts())]
+    assert any(downloads), "no task was ever restored from the shared storage"
+
+
+def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=2_000)
+    pool = WorkerPool(scenario)
+    try:
+        scenario.feed_all_now()
+        pool.start("leaver")
+        pool.start("stayer", extra_args=["--stay-in-group-on-stop"])
+        pool.start("w2")
+        wait_for(lambda: group_members(bootstrap, scenario.group) == {"leaver", "stayer", "w2"}, 60, 0.5,
+                 "three members")
+        pool.terminate("leaver")
+        pool.terminate("stayer")
+        # A static member that stays keeps its place until its session times out.
+        assert group_members(bootstrap, scenario.group) == {"stayer", "w2"}
+        scenario.wait_complete(None, timeout=120)
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
+def test_repartition_topic_is_created_with_the_source_partition_count(bootstrap):
+    source = unique_name("orders")
+    create_topics(bootstrap, [source], partitions=3)
+    group = unique_name("topics")
+
+    def job(partitions: int | None) -> Job:
+        j = Job("topics")
+        j.source(source, uid="in").key_by(lambda v: v, uid="by", partitions=partitions) \
+            .aggregate(lambda acc, v: acc, initial=0, uid="agg")
+        return j
+
+    counts = ensure_topics(plan(job(None), group), {"bootstrap.servers": bootstrap})
+    topic = repartition_topic(group, "by")
+    assert counts[topic] == 3
+    assert len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+               .topics[topic].partitions) == 3
+    with pytest.raises(ConfigurationError, match=re.escape(f"{topic!r} has 3 partitions but key_by 'by' asks for 6")):
+        ensure_topics(plan(job(6), group), {"bootstrap.servers": bootstrap})
+
+
+def test_changed_partition_count_under_keyed_state_is_a_clear_error(bootstrap, tmp_path):
+    scenario = RunningSum(bootstrap, tmp_path, records=2_000)
+    scenario.feed_all_now()
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    assert worker.terminate() == 0, worker.log_tail()
+    topic = repartition_topic(scenario.group, "by-user")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_partitions([NewPartitions(topic, 6)])[topic].result(30)
+
+    worker = scenario.start_worker()
+    assert worker.wait(60) == 1, worker.log_tail()
+    last = worker.log_tail(3)
+    assert f"topic {topic!r} has 6 partitions" in last and "when it had 4" in last, last
