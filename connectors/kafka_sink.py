@@ -113,9 +113,14 @@ def record_too_large(exc: KafkaException, topic: str, key: bytes | None,
     return RecordTooLarge(f"output to {topic!r} of {size} bytes is over the producer's message.max.bytes")
 
 
+# Records purged from the local queue by our own abort (or producer replacement): they
+# belonged to a transaction that is being thrown away, so their loss is intended.
+_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+
+
 def _delivery_failed(holder: list[KafkaError]) -> Callable[[KafkaError | None, Any], None]:
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
-        if err is not None and not holder:
+        if err is not None and not holder and err.code() not in _PURGED:
             where = f"{msg.topic()}[{msg.partition()}]" if msg is not None else "?"
             log.error("delivery to %s failed: %s", where, err)
             holder.append(err)

@@ -8,6 +8,7 @@ failure, reported with the worker's log.
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import WorkerProcess, wait_for
 
-EVENTS = ("kill", "kill-restart", "term", "restart", "add", "remove")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,4 +138,5 @@ def run_chaos(pool: WorkerPool, events: int, seed: int, pause_s: tuple[float, fl
             elif kind == "remove":
                 pool.slots[name].retired = True
         history.append(f"{time.strftime('%H:%M:%S')} {kind} {name} -> live {pool.live()}")
+        log.info("chaos event %d: %s", len(history), history[-1])
     return history
