@@ -205,11 +205,18 @@ class Worker:
         restarted = {key for key, task in tasks.items() if task.incarnation > starts}
         if not restarted:
             return msgs
-        kept = [m for m in msgs if (m.topic(), m.partition()) not in restarted]
-        for key in restarted:
+        kept, dropped = [], set()
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            if key in restarted:
+                dropped.add(key)
+            else:
+                kept.append(m)
+        for key in dropped:
             self.source.seek(self.manager.position_of(tasks[key]))
-        log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
-                  len(msgs) - len(kept), len(restarted))
+        if dropped:
+            log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
+                      len(msgs) - len(kept), len(dropped))
         return kept
 
     def _dispatch(self, msgs: list, records_in: dict) -> None:

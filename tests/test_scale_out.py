@@ -22,18 +22,20 @@ from tests.harness.worker_process import REPO, wait_for
 pytestmark = pytest.mark.kafka
 
 PREKEYED_JOB = REPO / "tests" / "jobs" / "running_sum_prekeyed.py"
-JOBS = {
+VARIANTS = {
     # input keyed by order id, re-keyed by user through the repartition topic
-    "two-stage": dict(key_by_user=False, job=None),
+    "two-stage": dict(key_by_user=False, spec={}),
     # input keyed by user, state keyed by the record key: one stage
-    "one-stage": dict(key_by_user=True, job=PREKEYED_JOB),
+    "one-stage": dict(key_by_user=True, spec={"job": PREKEYED_JOB}),
+    # without static membership: every restart is a new member and a rebalance
+    "two-stage-dynamic": dict(key_by_user=False, spec={"extra_args": ["--dynamic-membership"]}),
 }
 
 
 def _chaos(bootstrap, tmp_path, variant: str, records: int, events: int, seed: int) -> None:
-    spec = {"job": JOBS[variant]["job"]} if JOBS[variant]["job"] else {}
+    spec = VARIANTS[variant]["spec"]
     scenario = RunningSum(bootstrap, tmp_path, records=records, chunk=400, chunk_pause_s=0.8,
-                          key_by_user=JOBS[variant]["key_by_user"])
+                          key_by_user=VARIANTS[variant]["key_by_user"])
     pool = WorkerPool(scenario, spec=spec)
     try:
         scenario.start_feeding()
@@ -56,7 +58,7 @@ def test_workers_joining_leaving_and_crashing_at_random_lose_and_duplicate_nothi
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("variant", sorted(JOBS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("seed", [81, 82])
 def test_long_multi_worker_chaos(bootstrap, tmp_path, variant, seed):
     _chaos(bootstrap, tmp_path, variant, records=40_000, events=80, seed=seed)

@@ -1,0 +1,127 @@
+"""Scale-out rules that need no broker: liveness settings, group member names, which
+workers count as departed, partition-count checks of restored state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import WorkerConfig, default_transaction_timeout_s
+from service.errors import ConfigurationError, PartitionCountChangedError
+from service.faults import FaultInjector
+from service.membership import DepartedWorkerFencer, worker_of_member
+from service.recovery import _check_partition_count
+from statestore.manifest import Manifest
+
+
+def _config(**overrides) -> WorkerConfig:
+    values = dict(job_file=Path("job.py"), bootstrap_servers="localhost:9092", state_dir=Path("/tmp/s"),
+                  checkpoint_storage="file:///tmp/c", worker_id="w1")
+    values.update(overrides)
+    return WorkerConfig(**values)
+
+
+def test_default_liveness_settings_are_consistent():
+    config = _config(transaction_timeout_s=default_transaction_timeout_s(20.0, 1.0))
+    config.validate()
+    assert config.session_timeout_ms == 6_000 and config.transaction_timeout_s == 30.0
+
+
+def test_transaction_timeout_must_outlast_a_checkpoint_interval_and_timeout():
+    with pytest.raises(ConfigurationError, match="transaction timeout"):
+        _config(checkpoint_timeout_s=20.0, checkpoint_interval_s=10.0, transaction_timeout_s=30.0).validate()
+
+
+def test_max_poll_interval_must_cover_a_checkpoint_and_a_rewind():
+    with pytest.raises(ConfigurationError, match="--max-poll-interval"):
+        _config(checkpoint_timeout_s=60.0, transaction_timeout_s=120.0, max_poll_interval_ms=100_000).validate()
+
+
+def test_transaction_timeout_follows_a_longer_checkpoint_timeout():
+    assert default_transaction_timeout_s(60.0, 1.0) == 90.0
+    assert default_transaction_timeout_s(20.0, 30.0) == 55.0
+
+
+@pytest.mark.parametrize("instance,client,worker", [
+    ("w7", "job-w7", "w7"),            # static member
+    (None, "job-w7", "w7"),            # dynamic member: the worker's client id
+    (None, "job-a-b", "a-b"),
+    (None, "rdkafka", None),           # a foreign consumer in the group
+    (None, "job-", None),
+])
+def test_worker_of_a_group_member(instance, client, worker):
+    assert worker_of_member("job", instance, client) == worker
+
+
+class _ScriptedFencer(DepartedWorkerFencer):
+    """The membership answers are scripted; fencing is recorded instead of done."""
+
+    def __init__(self, answers: list[set[str] | None]) -> None:
+        self.group, self.own_worker, self.timeout_s = "job", "w1", 1.0
+        self._previous = None
+        self._answers = answers
+        self.fenced: list[str] = []
+
+    def live_workers(self):
+        return self._answers.pop(0)
+
+    def _fence(self, worker: str) -> None:
+        self.fenced.append(worker)
+
+
+def test_only_workers_seen_before_and_gone_now_are_fenced():
+    fencer = _ScriptedFencer([{"w1", "w2", "w3"}, {"w1", "w3"}, None, {"w1", "w4"}, {"w1", "w4"}])
+    assert fencer.after_rebalance() == []            # first look: nothing known to have left
+    assert fencer.after_rebalance() == ["w2"]
+    assert fencer.after_rebalance() == []            # the group could not be described
+    assert fencer.after_rebalance() == ["w3"]        # compared with the last successful look
+    assert fencer.after_rebalance() == []
+    assert fencer.fenced == ["w2", "w3"]
+
+
+def test_a_worker_never_fences_itself():
+    fencer = _ScriptedFencer([{"w1", "w2"}, {"w2"}])
+    fencer.after_rebalance()
+    assert fencer.after_rebalance() == []
+
+
+class _Task:
+    id, topic = "t-0", "t"
+
+    def __init__(self, partitions):
+        self.topic_partitions = partitions
+
+
+def _manifest(partitions) -> Manifest:
+    return Manifest(job="j", task="t-0", topic="t", partition=0, checkpoint_id=3, snapshot="chk-3",
+                    worker="w1", created_at=0.0, source_offset=10, column_families=(), files=(),
+                    uploaded_bytes=0, topic_partitions=partitions)
+
+
+def test_restoring_state_under_another_partition_count_is_refused():
+    with pytest.raises(PartitionCountChangedError, match="has 8 partitions.*when it had 4"):
+        _check_partition_count(_manifest(4), _Task(8))
+    _check_partition_count(_manifest(4), _Task(4))
+    _check_partition_count(_manifest(None), _Task(8))  # recorded before counts were kept
+
+
+def test_a_fault_can_freeze_instead_of_kill():
+    assert FaultInjector("after_persist@2:stop").action == "stop"
+    with pytest.raises(ValueError, match="kill or stop"):
+        FaultInjector("after_persist@2:pause")
+
+
+def test_manifests_written_before_partition_counts_were_recorded_still_load():
+    import dataclasses
+
+    import orjson
+
+    from statestore.manifest import _digest
+
+    body = dataclasses.asdict(_manifest(4))
+    del body["topic_partitions"]
+    body["digest"] = _digest(body)
+    loaded = Manifest.from_bytes(orjson.dumps(body), "old")
+    assert loaded.topic_partitions is None and loaded.checkpoint_id == 3
+    assert Manifest.from_bytes(_manifest(4).to_bytes(), "new").topic_partitions == 4
