@@ -57,7 +57,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 import workload  # noqa: E402
-from runner import MAIN_PY, _cpu, _proc_cpu_total, find_broker_pid  # noqa: E402
+from runner import MAIN_PY, _cpu, _proc_cpu_total, _self_cpu, find_broker_pid  # noqa: E402
 
 TWO_STAGE_JOB = REPO / "examples" / "running_sum.py"
 PREKEYED_JOB = BENCH_DIR / "running_sum_prekeyed.py"
@@ -128,6 +128,7 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
     watcher = workload.OutputWatcher(bootstrap, output)
     try:
         broker0 = _proc_cpu_total(broker_pid)
+        machine0, self0 = psutil.cpu_times(), _self_cpu()
         began = time.monotonic()
         for i in range(workers):
             cluster.start(f"w{i}")
@@ -139,16 +140,46 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
                 return True
             return False
 
+        balanced: list[tuple[float, int]] = []  # (time, outputs counted) when every worker had tasks
+        watching = threading.Event()
+
+        def watch_balance() -> None:
+            while not watching.is_set():
+                try:
+                    assigned = _assignment(bootstrap, cluster.group)
+                except Exception:  # noqa: BLE001 - the group may not exist yet
+                    assigned = {}
+                tasks = sum(len(a) for a in assigned.values())
+                if len(assigned) == workers and all(assigned.values()) and tasks == expected_tasks:
+                    balanced.append((time.monotonic(), watcher.count))
+                    return
+                watching.wait(0.1)
+
+        expected_tasks = 2 * workload.PARTITIONS if job == TWO_STAGE_JOB else workload.PARTITIONS
+        balance = threading.Thread(target=watch_balance, daemon=True)
+        balance.start()
         done = watcher.wait(records, timeout=900, alive=alive, poll=0.05)
+        watching.set()
+        balance.join()
         cpu = cluster.cpu_s() or last_cpu[0]
         broker1 = _proc_cpu_total(broker_pid)
+        machine1, self1 = psutil.cpu_times(), _self_cpu()
+        busy = (sum(machine1) - machine1.idle - machine1.iowait) - (sum(machine0) - machine0.idle - machine0.iowait)
         elapsed = done - began
         first = (watcher.first_seen - began) if watcher.first_seen is not None else None
         return {
             "workers": workers, "elapsed_s": elapsed, "records_per_s": records / elapsed,
+            # from the moment every worker held its tasks (start-up and rebalances over)
+            "balanced_after_s": (balanced[0][0] - began) if balanced else None,
+            "balanced_records_per_s": ((records - balanced[0][1]) / (done - balanced[0][0])
+                                       if balanced and done > balanced[0][0] else None),
             "first_output_s": first,
             "cpu_s": cpu, "cpu_utilisation": cpu / elapsed,
             "broker_cpu_s": (broker1 - broker0) if broker0 is not None and broker1 is not None else None,
+            # the output watcher (this process) reads every output record
+            "watcher_cpu_s": self1 - self0,
+            # every process on the machine, in cores (2.0 = both cores of this machine busy)
+            "machine_cores_busy": busy / (time.monotonic() - began),
         }
     finally:
         cluster.stop_all()
@@ -167,15 +198,21 @@ def throughput(args: argparse.Namespace) -> dict:
             time.sleep(2)
             r = throughput_run(args.bootstrap, input_topic, args.records, workers, job, broker_pid)
             runs[workers].append(r)
-            log(f"rep {rep} workers {workers}: {r['records_per_s']:,.0f} rec/s, {r['elapsed_s']:.2f}s "
+            log(f"rep {rep} workers {workers}: {r['records_per_s']:,.0f} rec/s "
+                f"({r['balanced_records_per_s'] or 0:,.0f} once balanced at {r['balanced_after_s'] or 0:.1f}s), "
+                f"{r['elapsed_s']:.2f}s "
                 f"(first output {r['first_output_s']:.2f}s), "
-                f"CPU {r['cpu_s']:.1f}s ({r['cpu_utilisation']:.2f} cores), broker CPU {r['broker_cpu_s']:.1f}s")
+                f"CPU {r['cpu_s']:.1f}s ({r['cpu_utilisation']:.2f} cores), broker CPU {r['broker_cpu_s']:.1f}s, "
+                f"watcher CPU {r['watcher_cpu_s']:.1f}s, machine {r['machine_cores_busy']:.2f} cores busy")
     summary = {}
     for workers, rs in runs.items():
         summary[workers] = {key: statistics.median([r[key] for r in rs if r[key] is not None] or [0])
-                            for key in ("records_per_s", "elapsed_s", "cpu_s", "cpu_utilisation", "broker_cpu_s",
+                            for key in ("records_per_s", "balanced_records_per_s", "balanced_after_s", "elapsed_s", "cpu_s", "cpu_utilisation", "broker_cpu_s",
+                                        "watcher_cpu_s", "machine_cores_busy",
                                         "first_output_s")}
     summary["ratio_2_over_1"] = summary[2]["records_per_s"] / summary[1]["records_per_s"]
+    if summary[1]["balanced_records_per_s"]:
+        summary["balanced_ratio_2_over_1"] = summary[2]["balanced_records_per_s"] / summary[1]["balanced_records_per_s"]
     return {"records": args.records, "users": args.users, "job": str(job), "runs": runs, "summary": summary}
 
 
@@ -282,8 +319,7 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         users = _user_partitions(args.bootstrap, repartition)
         owned = _assignment(args.bootstrap, cluster.group)["a"]
         victim = cluster.procs["a"]
-        died_at = time.monotonic()
-        first_id_after = feeder.next_id
+        signalled_at = time.monotonic()
         if scenario.startswith("kill"):
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()
@@ -292,6 +328,9 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         else:
             victim.send_signal(signal.SIGTERM)
             victim.wait(60)
+        # A stopping worker commits what it processed until it exits: its death is the exit.
+        died_at = time.monotonic() if scenario.startswith("term") else signalled_at
+        first_id_after = feeder.next_id
         time.sleep(args.observe)
         feeder.stop.set()
         outputs.stop.set()
@@ -313,7 +352,7 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         gaps = sorted(b - a for a, b in zip(times, times[1:]) if a >= died_at - 1)
         known = [v for v in per_task.values() if v is not None]
         return {
-            "scenario": scenario, "tasks": per_task,
+            "scenario": scenario, "tasks": per_task, "stop_took_s": died_at - signalled_at,
             "all_tasks_s": max(known) if len(known) == len(per_task) and known else None,
             "first_task_s": min(known) if known else None,
             "longest_output_gap_s": gaps[-1] if gaps else None,
