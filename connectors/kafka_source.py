@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from confluent_kafka import (
@@ -156,22 +156,30 @@ class KafkaSource:
             self.consumer.incremental_unassign([bare])
             self.consumer.incremental_assign([partition])
 
-    def leave_group(self, timeout_s: float) -> bool:
+    def leave_group(self, timeout_s: float, joined: Callable[[], bool],
+                    still_member: Callable[[], bool | None]) -> bool:
         """Gives up every partition and leaves the group now, so the remaining workers
         take the partitions over at once rather than after the session timeout (a
         static member does not leave when it merely closes; unsubscribing makes it).
 
         The listener's revoke callback runs on the way (it checkpoints what it holds);
         records fetched meanwhile are dropped unprocessed, so they are neither committed
-        nor lost: the next owner reads them from the committed offsets. Returns whether
-        the assignment was released within `timeout_s`."""
-        self.consumer.unsubscribe()
+        nor lost: the next owner reads them from the committed offsets.
+
+        librdkafka sends the LeaveGroup request only after the unassignment is done, not
+        at all for a member that is still joining, and (for a static member) not once
+        closing has begun. So this waits for a join in progress to finish, and after
+        unsubscribing until `still_member()` (asked of the group, None: unknown) says the
+        group no longer lists this worker. Returns whether that happened in time."""
         deadline = time.monotonic() + timeout_s
-        while self.consumer.assignment():
-            if time.monotonic() > deadline:
-                return False
+        while not joined() and time.monotonic() < deadline:
             self.consume(1000, 0.1)
-        return True
+        self.consumer.unsubscribe()
+        while time.monotonic() < deadline:
+            self.consume(1000, 0.1)
+            if not self.consumer.assignment() and still_member() is False:
+                return True
+        return False
 
     def close(self) -> None:
         """Closes the consumer; the partitions it still holds are released without

@@ -50,13 +50,42 @@ def worker_of_member(group: str, group_instance_id: str | None, member_client_id
     return None
 
 
-class DepartedWorkerFencer:
-    def __init__(self, group: str, own_worker: str, admin_config: dict[str, Any],
-                 producer_config: dict[str, Any], timeout_s: float) -> None:
+class GroupView:
+    """The group's current members, by worker id, through an admin client of its own."""
+
+    def __init__(self, group: str, admin_config: dict[str, Any], timeout_s: float) -> None:
         self.group = group
-        self.own_worker = own_worker
         self.timeout_s = timeout_s
         self._admin = AdminClient(admin_config)
+
+    def workers(self) -> set[str] | None:
+        """Worker ids of the group's members, or None when the group could not be described."""
+        try:
+            future = self._admin.describe_consumer_groups(
+                [self.group], request_timeout=self.timeout_s)[self.group]
+            description = future.result(timeout=self.timeout_s)
+        except (KafkaException, FutureTimeout) as exc:
+            log.warning("cannot list the members of group %s: %s", self.group, exc)
+            return None
+        workers = set()
+        for member in description.members:
+            worker = worker_of_member(self.group, member.group_instance_id, member.client_id)
+            if worker is not None:
+                workers.add(worker)
+        return workers
+
+    def lists(self, worker: str) -> bool | None:
+        workers = self.workers()
+        return None if workers is None else worker in workers
+
+
+class DepartedWorkerFencer:
+    def __init__(self, view: GroupView, own_worker: str, producer_config: dict[str, Any],
+                 timeout_s: float) -> None:
+        self.view = view
+        self.group = view.group
+        self.own_worker = own_worker
+        self.timeout_s = timeout_s
         self._producer_config = producer_config
         self._previous: set[str] | None = None
 
@@ -72,22 +101,9 @@ class DepartedWorkerFencer:
         return departed
 
     def live_workers(self) -> set[str] | None:
-        """Worker ids of the group's current members, or None when the group could not
-        be described (then the departure is noticed at a later rebalance, or the
-        transaction timeout ends the transaction)."""
-        try:
-            future = self._admin.describe_consumer_groups(
-                [self.group], request_timeout=self.timeout_s)[self.group]
-            description = future.result(timeout=self.timeout_s)
-        except (KafkaException, FutureTimeout) as exc:
-            log.warning("cannot list the members of group %s: %s", self.group, exc)
-            return None
-        workers = set()
-        for member in description.members:
-            worker = worker_of_member(self.group, member.group_instance_id, member.client_id)
-            if worker is not None:
-                workers.add(worker)
-        return workers
+        """None when the group could not be described: then the departure is noticed at
+        a later rebalance, or the transaction timeout ends the transaction."""
+        return self.view.workers()
 
     def _fence(self, worker: str) -> None:
         tid = transactional_id(self.group, worker)

@@ -23,7 +23,7 @@ from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
 from service.incarnation import Incarnations
-from service.membership import DepartedWorkerFencer, transactional_id
+from service.membership import DepartedWorkerFencer, GroupView, transactional_id
 from service.metrics import WorkerMetrics
 from service.monitoring import WorkerMonitor
 from service.planner import plan
@@ -60,6 +60,7 @@ class Worker:
         self.source: KafkaSource | None = None
         self.manager: TaskManager | None = None
         self.coordinator: CheckpointCoordinator | None = None
+        self.group_view: GroupView | None = None
         self.last_error: str | None = None
         self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
         self.incarnations = Incarnations(config.state_dir, self.group, config.worker_id)
@@ -132,6 +133,8 @@ class Worker:
                 OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         producer_extra = {**kafka, **self.monitor.producer_settings()}
+        self.group_view = GroupView(self.group, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+                                    timeout_s=call_timeout)
         fencer = None
         # The producer starts inside the first assignment (TaskManager.on_assign).
         if c.processing_guarantee == EXACTLY_ONCE:
@@ -140,7 +143,7 @@ class Worker:
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout)
             if c.fence_departed_workers:
                 fencer = DepartedWorkerFencer(
-                    self.group, c.worker_id, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+                    self.group_view, c.worker_id,
                     {"bootstrap.servers": c.bootstrap_servers, **kafka,
                      "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
                     timeout_s=call_timeout)
@@ -266,10 +269,13 @@ class Worker:
         last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         if self.config.leave_group_on_stop:
             # Nothing changed since the final checkpoint, so the revocation commits nothing more.
-            if self.source.leave_group(timeout_s=max(30.0, self.config.checkpoint_timeout_s)):
+            if self.source.leave_group(max(30.0, self.config.checkpoint_timeout_s),
+                                       joined=lambda: self.manager.ready,
+                                       still_member=lambda: self.group_view.lists(self.config.worker_id)):
                 log.info("left the group; the remaining workers take over its partitions")
             else:
-                log.warning("could not release the partitions in time; they move after the session timeout")
+                log.warning("could not confirm leaving the group; if still listed, its partitions move "
+                            "after the session timeout")
         log.info("stopped cleanly; last completed checkpoint %d; %s", last, self.coordinator.stats.summary())
 
     def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:

@@ -14,7 +14,7 @@ from service.api import Job
 from service.errors import ConfigurationError
 from service.planner import plan, repartition_topic
 from service.topics import ensure_topics
-from tests.harness.kafka import create_topics, group_members, unique_name
+from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
 from tests.harness.worker_process import REPO, wait_for
@@ -146,11 +146,17 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
         scenario.start_feeding()
         pool.start("a")
         pool.start("b")
-        for victim, how in (("a", "kill"), ("b", "term"), ("a", "term"), ("b", "kill")):
-            wait_for(lambda: "restored in" in pool.slots[victim].process.log_text(), 60, 0.2,
-                     f"worker {victim} to take its partitions")
+        tasks = 2 * scenario.partitions  # input and repartition partitions
+        for victim, how in (("a", "term"), ("b", "kill"), ("a", "kill"), ("b", "term")):
+            survivor = "b" if victim == "a" else "a"
+            # More committed output since the last change: checkpoints with state exist.
+            seen = len(scenario.outputs())
+            wait_for(lambda: len(scenario.outputs()) >= min(seen + 800, scenario.records), 120, 0.5,
+                     "the workers to commit more output")
             pool.check_alive()
             pool.kill(victim) if how == "kill" else pool.terminate(victim)
+            wait_for(lambda: len(group_assignment(bootstrap, scenario.group).get(survivor, ())) == tasks,
+                     60, 0.5, f"worker {survivor} to take over every task")
             pool.start(victim)
         scenario.wait_fed()
         scenario.wait_complete(None, timeout=180)

@@ -91,3 +91,11 @@ def group_members(bootstrap: str, group: str, timeout: float = 10.0) -> set[str]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
     return {m.group_instance_id or m.client_id for m in description.members}
+
+
+def group_assignment(bootstrap: str, group: str, timeout: float = 10.0) -> dict[str, set[tuple[str, int]]]:
+    """Each member's assigned partitions, by static instance id (else client id)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    return {m.group_instance_id or m.client_id: {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions}
+            for m in description.members}
