@@ -19,6 +19,7 @@ changes) and leaves a directory without a manifest, which is never listed as usa
 
 from __future__ import annotations
 
+import http.client
 import logging
 import secrets
 import time
@@ -77,7 +78,8 @@ class WorkerEndpoint:
                                      " (remote callers need --control-allow/--control-token on the worker and "
                                      "--token here)") from None
             return exc.code, payload
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # HTTPException: the worker closed the connection mid-answer (it is stopping)
             reason = getattr(exc, "reason", exc)
             raise SavepointError(f"cannot reach worker {self.url}: {reason} (is it running with --http-port?)") from None
 

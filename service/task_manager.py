@@ -39,6 +39,8 @@ from statestore.task_state import TaskState
 
 log = logging.getLogger(__name__)
 
+COMMITTED_TIMEOUT_S = 30.0
+
 class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource,
                  committer: OutputCommitter, storage: CheckpointStorage, token: str,
