@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from connectors.kafka_waits import KafkaWaits
 from service.errors import GroupRebalancedError, ProducerFencedError, TransactionAbortedError
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,10 @@ class TransactionalProducer:
     """Exactly-once output: one open transaction per checkpoint epoch."""
 
     def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
-                 transaction_timeout_ms: int, call_timeout_s: float) -> None:
+                 transaction_timeout_ms: int, call_timeout_s: float, waits: KafkaWaits | None = None) -> None:
         self.transactional_id = transactional_id
         self.call_timeout_s = call_timeout_s
+        self.waits = waits if waits is not None else KafkaWaits()
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({
             "transactional.id": transactional_id,
@@ -160,7 +162,6 @@ class TransactionalProducer:
         self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
         self._producer: Producer | None = None
         self._produce: Produce | None = None
-        self.healthy = False
 
     @property
     def started(self) -> bool:
@@ -172,24 +173,26 @@ class TransactionalProducer:
         be reached it waits, with backoff, rather than give up."""
         self._producer = Producer(self._config)
         self._produce = _make_produce(self._producer)
+        with self.waits.waiting("init_transactions"):
+            self._init_transactions()
+        self._producer.begin_transaction()
+
+    def _init_transactions(self) -> None:
         delay = 0.5
         while True:
             try:
                 self._producer.init_transactions(self.call_timeout_s)
-                break
+                return
             except KafkaException as exc:
                 err = _error_of(exc)
                 if err.code() in _FENCING_CODES:
                     raise ProducerFencedError(self._fenced_message(err)) from None
                 if err.fatal() and not err.retriable():
                     raise TransactionAbortedError(f"cannot initialise transactions: {err.str()}") from None
-                self.healthy = False
                 log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
                             "retrying in %.1fs", self.transactional_id, err.str(), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        self.healthy = True
-        self._producer.begin_transaction()
 
     def produce_fn(self) -> Produce:
         assert self._produce is not None, "producer not started"
@@ -272,6 +275,10 @@ class TransactionalProducer:
                 "instance stops")
 
     def _call(self, what: str, call: Callable[[], None]) -> None:
+        with self.waits.waiting(what):
+            self._call_with_retries(what, call)
+
+    def _call_with_retries(self, what: str, call: Callable[[], None]) -> None:
         for attempt in range(1, _RETRIES + 1):
             try:
                 call()
@@ -297,8 +304,10 @@ class TransactionalProducer:
 class AtLeastOnceProducer:
     """At-least-once output: flush everything, then commit offsets with the consumer."""
 
-    def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float) -> None:
+    def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float,
+                 waits: KafkaWaits | None = None) -> None:
         self.call_timeout_s = call_timeout_s
+        self.waits = waits if waits is not None else KafkaWaits()
         self._config = base_producer_config(bootstrap, extra)
         self._config["enable.idempotence"] = True
         self._delivery_errors: list[KafkaError] = []
@@ -323,6 +332,10 @@ class AtLeastOnceProducer:
             self._producer.poll(0)
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> None:
+        with self.waits.waiting("flush and commit offsets"):
+            self._flush_and_commit(offsets, consumer)
+
+    def _flush_and_commit(self, offsets: list[TopicPartition], consumer: Any) -> None:
         remaining = self._producer.flush(self.call_timeout_s)
         if remaining or self._delivery_errors:
             errors = list(self._delivery_errors)

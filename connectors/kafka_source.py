@@ -23,6 +23,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from connectors.kafka_waits import KafkaWaits
 from service.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ class KafkaSource:
     (consume, poll, list_topics, close): confluent-kafka keeps one call state per client,
     and a nested call clears it, which crashes the next callback of the same consume."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], waits: KafkaWaits | None = None) -> None:
         self.config = config
+        self.waits = waits if waits is not None else KafkaWaits()
         self.consumer = Consumer(config)
         self._listener: RebalanceListener | None = None
         reset = str(config.get("auto.offset.reset", "earliest"))
@@ -133,6 +135,10 @@ class KafkaSource:
     def committed_with_retry(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         """Committed offsets (with metadata); waits out an unreachable cluster with
         backoff, since nothing can be restored without them."""
+        with self.waits.waiting("read committed offsets"):
+            return self._committed_with_retry(partitions, timeout)
+
+    def _committed_with_retry(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         delay = 0.5
         while True:
             try:

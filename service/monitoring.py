@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from connectors.kafka_waits import KafkaWaits
 from service.config import WorkerConfig
 from service.kafka_stats import ConsumerLag, RecordsOut
 from service.metrics import WorkerMetrics
@@ -64,6 +65,9 @@ class WorkerMonitor:
         self.last_error: tuple[float, str] | None = None
         self._next_publish = 0.0
         self.board = StatusBoard(self._status(STARTING), stall_after_s=max(120.0, 3 * config.checkpoint_timeout_s))
+        # Given to the Kafka clients, so /healthz sees a loop held up by an absent cluster.
+        self.kafka_waits = KafkaWaits()
+        self.board.kafka_blocked = self.kafka_waits.blocked_for
 
     # -- set-up ---------------------------------------------------------------------
 

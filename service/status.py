@@ -78,6 +78,9 @@ class StatusBoard:
     # How long Kafka has been out of reach (seconds), or None; see kafka_stats.BrokerReachability.
     kafka_unreachable: Callable[[float], float | None] = field(default=lambda now: None)
     kafka_grace_s: float = 3.0
+    # The blocking Kafka call the loop is inside, and for how long; see connectors/kafka_waits.py.
+    kafka_blocked: Callable[[float], tuple[str, float] | None] = field(default=lambda now: None)
+    blocked_grace_s: float = 5.0
 
     def publish(self, status: WorkerStatus) -> None:
         self.current = status
@@ -91,13 +94,17 @@ class StatusBoard:
         status = self.current
         if status.state != RUNNING:
             return False, f"worker is {status.state}"
-        if not status.ready:
-            return False, "recovering: the first partition assignment is not restored yet"
         now = time.monotonic()
         stalled = now - self.heartbeat
         if stalled > self.stall_after_s:
             return False, f"the processing loop has not turned for {stalled:.0f}s"
+        # Before readiness: a worker that cannot recover because Kafka is away should say so.
         away = self.kafka_unreachable(now)
         if away is not None and away >= self.kafka_grace_s:
             return False, f"Kafka unreachable for {away:.0f}s: waiting for it, nothing is committed meanwhile"
+        blocked = self.kafka_blocked(now)
+        if blocked is not None and blocked[1] >= self.blocked_grace_s:
+            return False, f"Kafka unreachable: {blocked[0]} has been waiting for the cluster for {blocked[1]:.0f}s"
+        if not status.ready:
+            return False, "recovering: the first partition assignment is not restored yet"
         return True, "ok"

@@ -140,7 +140,8 @@ class Worker:
         if c.processing_guarantee == EXACTLY_ONCE:
             self.committer = TransactionalProducer(
                 c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=producer_extra,
-                transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout)
+                transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
+                waits=self.monitor.kafka_waits)
             if c.fence_departed_workers:
                 fencer = DepartedWorkerFencer(
                     self.group_view, c.worker_id,
@@ -149,12 +150,12 @@ class Worker:
                     timeout_s=call_timeout)
         else:
             self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=producer_extra,
-                                                 call_timeout_s=call_timeout)
+                                                 call_timeout_s=call_timeout, waits=self.monitor.kafka_waits)
         consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
             c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
             max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
-            static_membership=c.static_membership, extra=consumer_extra))
+            static_membership=c.static_membership, extra=consumer_extra), waits=self.monitor.kafka_waits)
         self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
                                    self.metrics, errors,
                                    PartitionCounts({"bootstrap.servers": c.bootstrap_servers, **kafka}), fencer)

@@ -23,18 +23,20 @@ def test_broker_down_for_15_seconds_mid_run(private_broker, tmp_path):
     half = {i: o for i, o in scenario.orders.items() if i < 3_000}
     rest = {i: o for i, o in scenario.orders.items() if i >= 3_000}
     scenario.feed_all_now(half)
-    controlled = start_controlled(scenario).wait_ready()
+    controlled = start_controlled(scenario)
     worker = controlled.process
-    time.sleep(0.5)  # mid-run: some of the first half processed, maybe committed
+    time.sleep(2.0)  # mid-run: some of the first half processed, maybe committed
     broker.stop()
     try:
-        wait_for(lambda: _health(controlled.url)[0] == 503, 12, 0.5, "/healthz to report the outage")
-        assert "Kafka unreachable" in _health(controlled.url)[1]
+        wait_for(lambda: _health(controlled.url)[0] == 503 and "Kafka unreachable" in _health(controlled.url)[1],
+                 12, 0.5, lambda: f"/healthz to report the outage (it says {_health(controlled.url)})\n"
+                                  f"{worker.log_tail(20)}")
         time.sleep(15)
         assert worker.alive(), f"the worker gave up during the outage:\n{worker.log_tail()}"
     finally:
         broker.start()
-    wait_for(lambda: _health(controlled.url)[0] == 200, 60, 0.5, "/healthz to be ok again")
+    wait_for(lambda: _health(controlled.url)[0] == 200, 60, 0.5,
+             lambda: f"/healthz to be ok again (it says {_health(controlled.url)})")
     scenario.feed_all_now(rest)
     scenario.wait_complete(worker, timeout=240)
     assert worker.terminate() == 0, worker.log_tail()

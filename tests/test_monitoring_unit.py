@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.kafka_waits import KafkaWaits
 from service.errors import ConfigurationError
 from service.incarnation import Incarnations
 from service.kafka_stats import BrokerReachability, ConsumerLag, RecordsOut, partition_lag
@@ -187,6 +188,22 @@ def test_healthz_is_503_while_no_broker_is_reachable_and_200_when_one_is_back(se
     brokers.update({}, time.monotonic())  # a report without connections changes nothing
     assert _get(server.url("/healthz"))[0] == 503
     brokers.update(_broker_report("UP", "DOWN"), time.monotonic())
+    assert _get(server.url("/healthz"))[:2] == (200, "ok\n")
+
+
+def test_healthz_is_503_while_the_loop_waits_on_kafka_too_long(served):
+    server, board, *_ = served
+    waits = KafkaWaits()
+    board.kafka_blocked = waits.blocked_for
+    board.publish(_status(ready=True))
+    board.beat(time.monotonic())
+    with waits.waiting("commit_transaction"):
+        assert _get(server.url("/healthz"))[0] == 200  # a commit in progress is normal
+        with waits.waiting("init_transactions"):  # nested: the outer call's start counts
+            waits.current = ("commit_transaction", time.monotonic() - board.blocked_grace_s - 1)
+            status, body, _ = _get(server.url("/healthz"))
+            assert status == 503 and "commit_transaction has been waiting" in body
+    assert waits.current is None
     assert _get(server.url("/healthz"))[:2] == (200, "ok\n")
 
 

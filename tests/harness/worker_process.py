@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import signal
 import subprocess
@@ -104,10 +106,11 @@ class WorkerProcess:
             return ""
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition") -> None:
+def wait_for(predicate, timeout: float, interval: float = 0.25, what: str | Callable[[], str] = "condition") -> None:
+    """`what` may be a function, to describe the state at the moment of giving up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
