@@ -173,12 +173,19 @@ def _broker_report(*states: str) -> dict:
     return {"brokers": brokers}
 
 
-def test_healthz_is_503_while_no_broker_is_reachable_and_200_when_one_is_back(served):
-    server, board, *_ = served
-    brokers = BrokerReachability()
+def _ready_board_watching_kafka(board: StatusBoard) -> tuple[BrokerReachability, KafkaWaits]:
+    """A ready, turning worker's board, wired to both signals that Kafka is away."""
+    brokers, waits = BrokerReachability(), KafkaWaits()
     board.kafka_unreachable = brokers.unreachable_for
+    board.kafka_blocked = waits.blocked_for
     board.publish(_status(ready=True))
     board.beat(time.monotonic())
+    return brokers, waits
+
+
+def test_healthz_is_503_while_no_broker_is_reachable_and_200_when_one_is_back(served):
+    server, board, *_ = served
+    brokers, _ = _ready_board_watching_kafka(board)
     brokers.update(_broker_report("UP", "DOWN"), time.monotonic())
     assert _get(server.url("/healthz"))[:2] == (200, "ok\n")  # one broker up is enough
     brokers.update(_broker_report("DOWN", "CONNECT"), time.monotonic() - board.kafka_grace_s - 1)
@@ -193,10 +200,7 @@ def test_healthz_is_503_while_no_broker_is_reachable_and_200_when_one_is_back(se
 
 def test_healthz_is_503_while_the_loop_waits_on_kafka_too_long(served):
     server, board, *_ = served
-    waits = KafkaWaits()
-    board.kafka_blocked = waits.blocked_for
-    board.publish(_status(ready=True))
-    board.beat(time.monotonic())
+    _, waits = _ready_board_watching_kafka(board)
     with waits.waiting("commit_transaction"):
         assert _get(server.url("/healthz"))[0] == 200  # a commit in progress is normal
         with waits.waiting("init_transactions"):  # nested: the outer call's start counts
@@ -209,10 +213,7 @@ def test_healthz_is_503_while_the_loop_waits_on_kafka_too_long(served):
 
 def test_a_short_blip_does_not_make_the_worker_unhealthy(served):
     server, board, *_ = served
-    brokers = BrokerReachability()
-    board.kafka_unreachable = brokers.unreachable_for
-    board.publish(_status(ready=True))
-    board.beat(time.monotonic())
+    brokers, _ = _ready_board_watching_kafka(board)
     brokers.update(_broker_report("DOWN"), time.monotonic())
     assert _get(server.url("/healthz"))[0] == 200
 
