@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if "rss" in sections:
         results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    if not quick and {"throughput", "state-size", "rss"} <= set(results):
+    if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
         update_readme(headline_table(results))
     print(headline_table(results) if "throughput" in results else "")

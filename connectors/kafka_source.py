@@ -52,8 +52,8 @@ def consumer_config(bootstrap: str, group: str, worker_id: str, *, session_timeo
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 5)),
         "max.poll.interval.ms": max_poll_interval_ms,
-        "queued.max.messages.kbytes": 131072,
-        "queued.min.messages": 200_000,
+        "queued.max.messages.kbytes": 32768,
+        "queued.min.messages": 50_000,
         "fetch.max.bytes": 64 << 20,
         "max.partition.fetch.bytes": 8 << 20,
         # librdkafka waits a whole second after finding its local queue full: far too

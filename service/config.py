@@ -135,7 +135,7 @@ class WorkerConfig:
     # After each rebalance, abort the open transactions of workers that left the group,
     # so their unfinished output stops holding back read_committed readers.
     fence_departed_workers: bool = True
-    state_cache_bytes: int = 256 << 20
+    state_cache_bytes: int = 128 << 20
     consume_batch: int = 5000
     error_policy: str = "fail"
     kafka_config: dict[str, str] = field(default_factory=dict)

@@ -27,9 +27,11 @@ MISS = object()
 ABSENT = object()
 DELETED = object()
 
-# Rough per-entry cost of a Python dict entry holding a small object, added to the
-# encoded size when estimating how many entries fit the byte budget.
-ENTRY_OVERHEAD_BYTES = 160
+# Per-entry cost of a cached entry beyond its encoded size: the dict slot, the key object
+# and the decoded value object. Measured with tracemalloc for running-sum totals (a str
+# key, a 4-field dict value, 69 bytes encoded): 428 bytes an entry. An estimate that is
+# too low lets the cache grow past its budget by the same factor.
+ENTRY_OVERHEAD_BYTES = 360
 
 
 class _CachedTable:

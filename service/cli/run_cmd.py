@@ -83,7 +83,9 @@ from statestore.storage import S3Settings
 @click.option("--fence-departed/--no-fence-departed", default=True, show_default=True,
               help="After a rebalance, abort the open transactions of workers that left the group "
               "(needs write access to their transactional ids).")
-@click.option("--state-cache", default=256, show_default=True, help="Write-back cache budget in MiB.")
+@click.option("--state-cache", default=128, show_default=True,
+              help="Write-back cache budget in MiB, shared by the worker's stateful tasks; the rest of the "
+                   "state stays in RocksDB.")
 @click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
               show_default=True, help="What to do with a record that cannot be processed, for operators "
               "whose job code does not choose (dead-letter: to the topic {group}-dlq, exactly-once).")
