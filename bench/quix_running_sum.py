@@ -1,7 +1,7 @@
 """Baseline: the running-sum-per-user job in Quix Streams (exactly-once, RocksDB state).
 
 Runs in its own virtualenv (Quix pins confluent-kafka<2.13), see requirements-quix.txt;
-bench/runner.py creates /work/main/.venv-bench-quix on demand.
+bench/runner.py creates .venv-bench-quix on demand when run outside .venv-bench.
 
     .venv-bench-quix/bin/python bench/quix_running_sum.py --bootstrap localhost:39192 \
         --input IN --output OUT --group g1 [--commit-interval 1.0] [--state-dir DIR] [--expect N]

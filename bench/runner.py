@@ -156,7 +156,7 @@ register(
 )
 register(
     "eos-exactly-once-prekeyed",
-    lambda ctx: _eos_args(ctx, BENCH_DIR / "running_sum_prekeyed.py", "exactly-once"),
+    lambda ctx: _eos_args(ctx, REPO / "examples" / "running_sum_prekeyed.py", "exactly-once"),
     description="eos running sum keyed by the record key (input keyed by user): no repartition",
 )
 

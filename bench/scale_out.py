@@ -57,10 +57,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 import workload  # noqa: E402
-from runner import MAIN_PY, _cpu, _proc_cpu_total, _self_cpu, find_broker_pid  # noqa: E402
+from runner import MAIN_PY, _cpu, _kill_group, _proc_cpu_total, _self_cpu, find_broker_pid  # noqa: E402
 
 TWO_STAGE_JOB = REPO / "examples" / "running_sum.py"
-PREKEYED_JOB = BENCH_DIR / "running_sum_prekeyed.py"
+PREKEYED_JOB = REPO / "examples" / "running_sum_prekeyed.py"
 
 
 def log(msg: str) -> None:
@@ -108,12 +108,7 @@ class Cluster:
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
+            _kill_group(proc)
 
 
 # --------------------------------------------------------------------------- throughput

@@ -36,7 +36,7 @@ from tests.harness.worker_process import REPO, wait_for
 pytestmark = pytest.mark.kafka
 
 COUNTER_JOB = JOBS / "running_sum_with_order_count.py"
-PREKEYED_JOB = REPO / "bench" / "running_sum_prekeyed.py"
+PREKEYED_JOB = REPO / "examples" / "running_sum_prekeyed.py"
 
 
 def _split(scenario: RunningSum, first: int) -> tuple[dict, dict]:

@@ -21,7 +21,7 @@ from tests.harness.worker_process import REPO, wait_for
 
 pytestmark = pytest.mark.kafka
 
-PREKEYED_JOB = REPO / "tests" / "jobs" / "running_sum_prekeyed.py"
+PREKEYED_JOB = REPO / "examples" / "running_sum_prekeyed.py"
 VARIANTS = {
     # input keyed by order id, re-keyed by user through the repartition topic
     "two-stage": dict(key_by_user=False, spec={}),
