@@ -27,8 +27,8 @@ VARIANTS = {
     "two-stage": dict(key_by_user=False, spec={}),
     # input keyed by user, state keyed by the record key: one stage
     "one-stage": dict(key_by_user=True, spec={"job": PREKEYED_JOB}),
-    # without static membership: every restart is a new member and a rebalance
-    "two-stage-dynamic": dict(key_by_user=False, spec={"extra_args": ["--dynamic-membership"]}),
+    # with static membership: a restarted worker gets its partitions back without a rebalance
+    "two-stage-static": dict(key_by_user=False, spec={"extra_args": ["--static-membership"]}),
 }
 
 
@@ -176,7 +176,7 @@ def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):
     try:
         scenario.feed_all_now()
         pool.start("leaver")
-        pool.start("stayer", extra_args=["--stay-in-group-on-stop"])
+        pool.start("stayer", extra_args=["--static-membership", "--stay-in-group-on-stop"])
         pool.start("w2")
         wait_for(lambda: group_members(bootstrap, scenario.group) == {"leaver", "stayer", "w2"}, 60, 0.5,
                  "three members")

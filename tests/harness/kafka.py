@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from service.membership import worker_of_member
+
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -86,16 +88,20 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
 
 
 def group_members(bootstrap: str, group: str, timeout: float = 10.0) -> set[str]:
-    """Names of the group's current members: the static instance id when there is
-    one, else the client id."""
+    """Worker ids of the group's current members (static instance id, else from the
+    client id `{group}-{worker id}`)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
-    return {m.group_instance_id or m.client_id for m in description.members}
+    return {_worker(group, m) for m in description.members}
 
 
 def group_assignment(bootstrap: str, group: str, timeout: float = 10.0) -> dict[str, set[tuple[str, int]]]:
-    """Each member's assigned partitions, by static instance id (else client id)."""
+    """Each member's assigned partitions, by worker id."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
-    return {m.group_instance_id or m.client_id: {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions}
+    return {_worker(group, m): {(tp.topic, tp.partition) for tp in m.assignment.topic_partitions}
             for m in description.members}
+
+
+def _worker(group: str, member) -> str:
+    return worker_of_member(group, member.group_instance_id, member.client_id) or member.client_id
