@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +48,8 @@ class Soak:
         self.workers: dict[str, WorkerProcess] = {}
         self.faults: dict[str, int] = {"sigkill": 0, "sigterm": 0, "zombie": 0, "broker_restart": 0}
         self.produced = 0
+        self.unexpected_exits: list[str] = []
+        self.sigterm_timeouts = 0
         self._stop_feeding = threading.Event()
 
     def feed(self) -> None:
@@ -68,6 +71,19 @@ class Soak:
     def start(self, slot: str) -> None:
         self.workers[slot] = self.scenario.start_worker(worker_id=slot)
 
+    def stop_gracefully(self, slot: str, worker: WorkerProcess) -> None:
+        """SIGTERM must end in a final checkpoint within two minutes; a worker that hangs
+        instead is counted (and killed), so the result shows it."""
+        try:
+            code = worker.terminate(120)
+        except subprocess.TimeoutExpired:
+            self.sigterm_timeouts += 1
+            print(f"  {slot} did not stop within 120 s of SIGTERM:\n{worker.log_tail(10)}", flush=True)
+            worker.kill()
+            return
+        if code != 0:
+            self.unexpected_exits.append(f"{slot} (SIGTERM): {code}")
+
     def event(self) -> None:
         kind = self.rng.choices(["sigkill", "sigterm", "zombie", "broker_restart"], weights=[5, 2, 2, 1])[0]
         slot = self.rng.choice(SLOTS)
@@ -78,7 +94,7 @@ class Soak:
             time.sleep(self.rng.uniform(0, 2))
             self.start(slot)
         elif kind == "sigterm":
-            worker.terminate(120)
+            self.stop_gracefully(slot, worker)
             self.start(slot)
         elif kind == "zombie":
             worker.signal(signal.SIGSTOP)
@@ -87,6 +103,7 @@ class Soak:
             worker.signal(signal.SIGCONT)
             code = worker.wait(120)
             if code not in (3, 0):
+                self.unexpected_exits.append(f"{slot} (zombie): {code}")
                 print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
         else:
             self.broker.stop()
@@ -95,7 +112,10 @@ class Soak:
         self.faults[kind] += 1
         for name, proc in self.workers.items():  # anything that died on its own comes back
             if not proc.alive():
-                print(f"  {name} exited with {proc.proc.returncode}; restarting", flush=True)
+                code = proc.proc.returncode
+                if code != 3:  # 3: fenced by its replacement, as a zombie must be
+                    self.unexpected_exits.append(f"{name}: {code}")
+                print(f"  {name} exited with {code}; restarting", flush=True)
                 self.start(name)
 
     def run(self) -> dict:
@@ -112,8 +132,8 @@ class Soak:
             if not proc.alive():
                 self.start(slot)
         wait_for(lambda: set(self.scenario.orders) <= self.scenario.ids_seen(), 600, 2.0, "the soak to drain")
-        for proc in self.workers.values():
-            proc.terminate(120)
+        for slot, proc in self.workers.items():
+            self.stop_gracefully(slot, proc)
         report = self.scenario.check()
         self.broker.stop()
         return {
@@ -124,6 +144,8 @@ class Soak:
             "oracle_ok": report.ok,
             "oracle": report.summary(),
             "faults_survived": self.faults,
+            "unexpected_exits": self.unexpected_exits,
+            "sigterm_timeouts": self.sigterm_timeouts,
         }
 
 
