@@ -101,17 +101,21 @@ class RecordTooLarge(ValueError):
     """An output record over the producer's `message.max.bytes`: no retry can send it."""
 
 
-def record_too_large(exc: KafkaException, topic: str, key: bytes | None,
-                     value: bytes | None) -> RecordTooLarge | None:
-    """The record's own fault if `produce()` refused it for its size, else None.
+def refused_output(exc: KafkaException, topic: str, key: bytes | None, value: bytes | None) -> Exception:
+    """What a `produce()` refusal means: the record's own fault (`RecordTooLarge`), the
+    worker slot taken over (`ProducerFencedError`, so the worker stops with exit code 3
+    rather than as an unexpected failure), or the producer's own error (`exc` itself).
 
-    librdkafka checks the size when the record is queued, so the refusal comes at once
+    librdkafka checks the size when the record is queued, so that refusal comes at once
     and names the record that caused it, rather than failing the whole transaction later.
     """
-    if _error_of(exc).code() != KafkaError.MSG_SIZE_TOO_LARGE:
-        return None
-    size = len(key or b"") + len(value or b"")
-    return RecordTooLarge(f"output to {topic!r} of {size} bytes is over the producer's message.max.bytes")
+    err = _error_of(exc)
+    if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        size = len(key or b"") + len(value or b"")
+        return RecordTooLarge(f"output to {topic!r} of {size} bytes is over the producer's message.max.bytes")
+    if err.code() in _FENCING_CODES:
+        return ProducerFencedError(f"producing to {topic!r} refused: this worker slot was taken over ({err.str()})")
+    return exc
 
 
 # Records purged from the local queue by our own abort (or producer replacement): they

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from connectors.kafka_sink import Produce, record_too_large
+from connectors.kafka_sink import Produce, RecordTooLarge, refused_output
 from service.api import Node
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
@@ -37,9 +37,9 @@ def _unsendable(uid: str, topic: str, key: bytes | None, value: bytes | None,
                 exc: KafkaException) -> Exception:
     """An output the producer refuses outright (over `message.max.bytes`) is this record's
     fault, so it goes to the error policy like a failing function; anything else is the
-    producer's and propagates unchanged."""
-    too_large = record_too_large(exc, topic, key, value)
-    return OperatorFailure(uid, too_large) if too_large is not None else exc
+    producer's (fenced, or failed) and propagates."""
+    refusal = refused_output(exc, topic, key, value)
+    return OperatorFailure(uid, refusal) if isinstance(refusal, RecordTooLarge) else refusal
 
 
 class ChainContext:
