@@ -89,6 +89,10 @@ class OutputCommitter(Protocol):
 
     def abort(self) -> None: ...
 
+    def fencing(self) -> ProducerFencedError | None:
+        """The fencing behind a failure seen elsewhere (a fatal `produce()`), if any."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -244,6 +248,13 @@ class TransactionalProducer:
         self._delivery_errors.clear()  # they belonged to the aborted transaction
         self.start()
 
+    def fencing(self) -> ProducerFencedError | None:
+        try:
+            self._raise_if_fenced()
+        except ProducerFencedError as fenced:
+            return fenced
+        return None
+
     def _raise_if_fenced(self) -> None:
         """A fenced producer's state is fatal locally: an abort with no time to wait
         reports it at once and otherwise starts an abort we are about to discard."""
@@ -253,7 +264,7 @@ class TransactionalProducer:
             self._producer.abort_transaction(0)
         except KafkaException as exc:
             err = _error_of(exc)
-            if err.code() in _FENCING_CODES:
+            if err.code() in _FENCING_CODES or (err.fatal() and "fenced" in err.str().lower()):
                 raise ProducerFencedError(self._fenced_message(err)) from None
 
     def close(self) -> None:
@@ -357,6 +368,9 @@ class AtLeastOnceProducer:
 
     def abort(self) -> None:
         """Nothing to abort: outputs already sent stay (that is at-least-once)."""
+
+    def fencing(self) -> ProducerFencedError | None:
+        return None  # no transactional id: nothing to be fenced by
 
     def close(self) -> None:
         if self._producer is not None:

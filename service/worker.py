@@ -14,6 +14,8 @@ import signal
 import uuid
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from connectors.kafka_sink import AtLeastOnceProducer, OutputCommitter, TransactionalProducer
 from connectors.kafka_source import KafkaSource, consumer_config
 from service.api import Job
@@ -103,6 +105,11 @@ class Worker:
         except EosError as exc:
             return self._fail(exc, EXIT_ERROR, "stopping")
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected client failure
+            # A fenced producer fails its next produce() with a bare fatal error; the
+            # producer itself can say whether fencing is behind it.
+            fenced = self.committer.fencing() if isinstance(exc, KafkaException) and self.committer else None
+            if fenced is not None:
+                return self._fail(fenced, EXIT_FENCED, "fenced", abort=False)
             log.exception("unexpected failure")
             return self._fail(exc, EXIT_ERROR, "stopping")
         finally:
