@@ -69,7 +69,7 @@ class Soak:
             time.sleep(0.25)
 
     def start(self, slot: str) -> None:
-        self.workers[slot] = self.scenario.start_worker(worker_id=slot)
+        self.workers[slot] = self.scenario.start_worker(worker_id=slot, membership=None)  # the product default
 
     def stop_gracefully(self, slot: str, worker: WorkerProcess) -> None:
         """SIGTERM must end in a final checkpoint within two minutes; a worker that hangs

@@ -23,7 +23,7 @@ def test_broker_down_for_15_seconds_mid_run(private_broker, tmp_path):
     half = {i: o for i, o in scenario.orders.items() if i < 3_000}
     rest = {i: o for i, o in scenario.orders.items() if i >= 3_000}
     scenario.feed_all_now(half)
-    controlled = start_controlled(scenario)
+    controlled = start_controlled(scenario, membership=None)  # the product default
     worker = controlled.process
     time.sleep(2.0)  # mid-run: some of the first half processed, maybe committed
     broker.stop()

@@ -46,7 +46,7 @@ class WorkerPool:
         name = name or f"w{len(self.slots)}"
         slot = self.slots.setdefault(name, Slot(name))
         assert not slot.running and not slot.retired, f"slot {name} cannot be started"
-        overrides = {**self.spec, **spec}
+        overrides = {"membership": None, **self.spec, **spec}  # membership is what these tests are about
         if self.separate_state_dirs:
             overrides["state_dir"] = self.scenario.workdir / f"state-{name}"
         slot.process = self.scenario.start_worker(fault=fault, worker_id=name, **overrides)
