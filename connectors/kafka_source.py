@@ -9,6 +9,7 @@ listener that only delegates; the logic lives with the tasks.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -187,10 +188,25 @@ class KafkaSource:
                 return True
         return False
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> bool:
         """Closes the consumer; the partitions it still holds are released without
-        calling the listener (whatever it held was committed or is abandoned)."""
+        calling the listener (whatever it held was committed or is abandoned).
+
+        With `timeout_s`, gives up waiting after that long and returns False: a consumer
+        closed in the middle of a cooperative rebalance (a fenced worker waking up while
+        the group moves its partitions) can wait on the group indefinitely, and a worker
+        that is stopping has nothing left to hand over. The group then drops it after the
+        session timeout."""
         self._listener = None
+        if timeout_s is None:
+            self._close_quietly()
+            return True
+        closer = threading.Thread(target=self._close_quietly, name="consumer-close", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
+        return not closer.is_alive()
+
+    def _close_quietly(self) -> None:
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:

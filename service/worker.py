@@ -81,6 +81,10 @@ class Worker:
             log.info("stop requested: finishing with a final checkpoint")
         self._stop_requested = True
 
+    # True when a client could not be closed in time: the process should then exit at
+    # once rather than wait on it again in the client's destructor.
+    abandoned_clients = False
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -305,7 +309,13 @@ class Worker:
             self.manager.checkpoint_all = lambda reason: None
             self.manager.close_all()
         if self.source is not None:
-            self.source.close()
+            # After a failure, closing may wait on a group that is moving the partitions
+            # away; the session timeout bounds what waiting longer could achieve.
+            bound = None if self.failure is None else self.config.session_timeout_ms / 1000 + 5
+            if not self.source.close(bound):
+                log.warning("the consumer did not close within %.0fs; the group drops this worker "
+                            "after its session timeout", bound)
+                self.abandoned_clients = True
         if self.committer is not None:
             self.committer.close()
         if self.coordinator is not None:

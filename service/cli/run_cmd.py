@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -148,9 +150,18 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         allow_non_restored_state=allow_non_restored_state)
     strategy = RestartStrategy.parse(restart_strategy)
 
+    abandoned = False
+
     def attempt() -> tuple[int, BaseException | None]:
+        nonlocal abandoned
         worker = Worker(config, load_job(job_file, parsed_params))
         code = worker.run()
+        abandoned = abandoned or worker.abandoned_clients
         return code, worker.failure
 
-    sys.exit(run_with_restarts(attempt, strategy))
+    code = run_with_restarts(attempt, strategy)
+    if abandoned:
+        # A consumer stuck closing would block the interpreter's exit in its destructor.
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
