@@ -49,7 +49,7 @@ class Soak:
         self.faults: dict[str, int] = {"sigkill": 0, "sigterm": 0, "zombie": 0, "broker_restart": 0}
         self.produced = 0
         self.unexpected_exits: list[str] = []
-        self.sigterm_timeouts = 0
+        self.hung: list[str] = []  # workers that had to be killed because they did not exit
         self._stop_feeding = threading.Event()
 
     def feed(self) -> None:
@@ -77,7 +77,7 @@ class Soak:
         try:
             code = worker.terminate(120)
         except subprocess.TimeoutExpired:
-            self.sigterm_timeouts += 1
+            self.hung.append(f"{slot} (SIGTERM): did not stop within 120 s")
             print(f"  {slot} did not stop within 120 s of SIGTERM:\n{worker.log_tail(10)}", flush=True)
             worker.kill()
             return
@@ -101,8 +101,14 @@ class Soak:
             self.start(slot)
             time.sleep(self.rng.uniform(3, 8))
             worker.signal(signal.SIGCONT)
-            code = worker.wait(120)
-            if code not in (3, 0):
+            try:
+                code = worker.wait(120)
+            except subprocess.TimeoutExpired:
+                self.hung.append(f"{slot} (zombie woken): did not exit within 120 s")
+                print(f"  the woken zombie {slot} did not exit within 120 s:\n{worker.log_tail(10)}", flush=True)
+                worker.kill()
+                code = -9
+            if code not in (3, 0, -9):
                 self.unexpected_exits.append(f"{slot} (zombie): {code}")
                 print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
         else:
@@ -145,7 +151,7 @@ class Soak:
             "oracle": report.summary(),
             "faults_survived": self.faults,
             "unexpected_exits": self.unexpected_exits,
-            "sigterm_timeouts": self.sigterm_timeouts,
+            "hung_and_killed": self.hung,
         }
 
 
