@@ -132,7 +132,9 @@ class Worker:
                                           cache_dir=c.state_dir / self.group / "savepoint-cache", s3=c.s3)
         errors = ErrorHandler(c.error_policy, self.plan.error_overrides(), dead_letter_topic(self.group),
                               on_dead_letter=self.metrics.labels(self.metrics.dlq_records).inc)
-        partition_counts = ensure_topics(self.plan, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+        # Admin-style clients (topics, group view, fencer, partition counts) share these settings.
+        client_config = {"bootstrap.servers": c.bootstrap_servers, **kafka}
+        partition_counts = ensure_topics(self.plan, client_config,
                                          errors.dlq_topic if errors.uses_dead_letter else None)
         storage = open_storage(c.checkpoint_storage, c.s3)
         if not c.checkpoints_enabled:
@@ -144,7 +146,7 @@ class Worker:
                 OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         producer_extra = {**kafka, **self.monitor.producer_settings()}
-        self.group_view = GroupView(self.group, {"bootstrap.servers": c.bootstrap_servers, **kafka},
+        self.group_view = GroupView(self.group, client_config,
                                     timeout_s=call_timeout)
         fencer = None
         # The producer starts inside the first assignment (TaskManager.on_assign).
@@ -156,8 +158,7 @@ class Worker:
             if c.fence_departed_workers:
                 fencer = DepartedWorkerFencer(
                     self.group_view, c.worker_id,
-                    {"bootstrap.servers": c.bootstrap_servers, **kafka,
-                     "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
+                    {**client_config, "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
                     timeout_s=call_timeout)
         else:
             self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=producer_extra,
@@ -169,7 +170,7 @@ class Worker:
             static_membership=c.static_membership, extra=consumer_extra), waits=self.monitor.kafka_waits)
         self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
                                    self.metrics, errors,
-                                   PartitionCounts({"bootstrap.servers": c.bootstrap_servers, **kafka}), fencer)
+                                   PartitionCounts(client_config), fencer)
         self.coordinator = CheckpointCoordinator(
             self.manager, self.committer, self.source.consumer, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
@@ -181,7 +182,7 @@ class Worker:
             resume.check_group_history(self.source.consumer, partition_counts)
             self.manager.restore_task = resume.restore_fn(restore_task)
         self.savepoints.attach(self.plan, self.manager, self.coordinator, self.source.consumer, partition_counts,
-                               {"bootstrap.servers": c.bootstrap_servers, **kafka})
+                               client_config)
         self.source.subscribe(self.plan.input_topics, self.manager)
         log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
                  self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
