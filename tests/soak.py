@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.local_kafka import BrokerSettings, LocalBroker
@@ -72,17 +73,21 @@ class Soak:
         self.workers[slot] = self.scenario.start_worker(worker_id=slot, membership=None)  # the product default
 
     def stop_gracefully(self, slot: str, worker: WorkerProcess) -> None:
-        """SIGTERM must end in a final checkpoint within two minutes; a worker that hangs
-        instead is counted (and killed), so the result shows it."""
-        try:
-            code = worker.terminate(120)
-        except subprocess.TimeoutExpired:
-            self.hung.append(f"{slot} (SIGTERM): did not stop within 120 s")
-            print(f"  {slot} did not stop within 120 s of SIGTERM:\n{worker.log_tail(10)}", flush=True)
-            worker.kill()
-            return
-        if code != 0:
+        """SIGTERM must end in a final checkpoint within two minutes, with exit code 0."""
+        code = self._exit_code(slot, worker, "SIGTERM", worker.terminate)
+        if code is not None and code != 0:
             self.unexpected_exits.append(f"{slot} (SIGTERM): {code}")
+
+    def _exit_code(self, slot: str, worker: WorkerProcess, what: str, wait: Callable[[float], int]) -> int | None:
+        """The worker's exit code within two minutes; a worker that hangs instead is
+        counted (and killed), so the result shows it: None."""
+        try:
+            return wait(120)
+        except subprocess.TimeoutExpired:
+            self.hung.append(f"{slot} ({what}): did not exit within 120 s")
+            print(f"  {slot} ({what}) did not exit within 120 s:\n{worker.log_tail(10)}", flush=True)
+            worker.kill()
+            return None
 
     def event(self) -> None:
         kind = self.rng.choices(["sigkill", "sigterm", "zombie", "broker_restart"], weights=[5, 2, 2, 1])[0]
@@ -101,14 +106,8 @@ class Soak:
             self.start(slot)
             time.sleep(self.rng.uniform(3, 8))
             worker.signal(signal.SIGCONT)
-            try:
-                code = worker.wait(120)
-            except subprocess.TimeoutExpired:
-                self.hung.append(f"{slot} (zombie woken): did not exit within 120 s")
-                print(f"  the woken zombie {slot} did not exit within 120 s:\n{worker.log_tail(10)}", flush=True)
-                worker.kill()
-                code = -9
-            if code not in (3, 0, -9):
+            code = self._exit_code(slot, worker, "zombie woken", worker.wait)
+            if code not in (None, 3, 0):
                 self.unexpected_exits.append(f"{slot} (zombie): {code}")
                 print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
         else:

@@ -79,7 +79,7 @@ from statestore.storage import S3Settings
 @click.option("--static-membership/--dynamic-membership", default=False, show_default=True,
               help="Static: the worker id is the group instance id, so a restarted worker gets its "
               "partitions back without a rebalance; but after a broker outage longer than the session "
-              "timeout librdkafka can fence a static member with its own rejoin (exit 3).")
+              "timeout librdkafka can fence a static member with its own rejoin, and it must then be restarted.")
 @click.option("--leave-group-on-stop/--stay-in-group-on-stop", default=True, show_default=True,
               help="On SIGTERM, leave the group so the partitions move at once. Stay: a static "
               "member keeps them for the session timeout (a quick restart resumes without a rebalance).")
