@@ -111,3 +111,10 @@ def test_fault_specs_are_validated():
     assert FaultInjector("after_commit@4").at == 4
     with pytest.raises(ValueError, match="is not one of"):
         FaultInjector("after_lunch")
+
+
+def test_kraft_cluster_ids_never_start_with_a_dash():
+    # One in 64 random ids would; kafka-storage would then read it as an option.
+    from service.local_kafka.broker import _cluster_id
+
+    assert not any(_cluster_id().startswith("-") for _ in range(5_000))

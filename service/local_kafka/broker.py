@@ -257,7 +257,7 @@ class LocalBroker:
         log_dir = self.data_dir / "kraft-logs"
         if (log_dir / "meta.properties").exists():
             return
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = _cluster_id()
         cmd = [java, "-cp", dist.classpath,
                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)]
@@ -305,3 +305,13 @@ class LocalBroker:
                 return True
             time.sleep(0.1)
         return False
+
+
+def _cluster_id() -> str:
+    """A random KRaft cluster id (a URL-safe base64 UUID). One starting with '-' would be
+    read by kafka-storage as an option ("--cluster-id: expected one argument"), so such
+    ids are drawn again, as Kafka's own Uuid.randomUuid() does."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
