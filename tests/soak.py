@@ -29,6 +29,7 @@ from tests.harness.workload import make_orders, produce_orders
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = ("w1", "w2")
+DEFAULT_WEIGHTS = {"sigkill": 5, "sigterm": 2, "zombie": 2, "broker_restart": 1}
 
 
 def _free_port() -> int:
@@ -38,16 +39,18 @@ def _free_port() -> int:
 
 
 class Soak:
-    def __init__(self, minutes: float, rate: int, seed: int, workdir: Path) -> None:
+    def __init__(self, minutes: float, rate: int, seed: int, workdir: Path,
+                 weights: dict[str, int] | None = None) -> None:
         self.deadline = time.monotonic() + minutes * 60
         self.rate = rate
         self.rng = random.Random(seed)
+        self.weights = weights or DEFAULT_WEIGHTS
         self.broker = LocalBroker(BrokerSettings(port=_free_port(), controller_port=_free_port(),
                                                  data_dir=workdir / "kafka"))
         self.broker.start()
         self.scenario = RunningSum(self.broker.bootstrap, workdir / "run", records=0, users=500)
         self.workers: dict[str, WorkerProcess] = {}
-        self.faults: dict[str, int] = {"sigkill": 0, "sigterm": 0, "zombie": 0, "broker_restart": 0}
+        self.faults: dict[str, int] = dict.fromkeys(DEFAULT_WEIGHTS, 0)
         self.produced = 0
         self.unexpected_exits: list[str] = []
         self.hung: list[str] = []  # workers that had to be killed because they did not exit
@@ -77,6 +80,7 @@ class Soak:
         code = self._exit_code(slot, worker, "SIGTERM", worker.terminate)
         if code is not None and code != 0:
             self.unexpected_exits.append(f"{slot} (SIGTERM): {code}")
+            print(f"  {slot} exited with {code} on SIGTERM:\n{worker.log_tail(60)}", flush=True)
 
     def _exit_code(self, slot: str, worker: WorkerProcess, what: str, wait: Callable[[float], int]) -> int | None:
         """The worker's exit code within two minutes; a worker that hangs instead is
@@ -85,12 +89,12 @@ class Soak:
             return wait(120)
         except subprocess.TimeoutExpired:
             self.hung.append(f"{slot} ({what}): did not exit within 120 s")
-            print(f"  {slot} ({what}) did not exit within 120 s:\n{worker.log_tail(10)}", flush=True)
+            print(f"  {slot} ({what}) did not exit within 120 s; its stacks:\n{dump_stacks(worker)}", flush=True)
             worker.kill()
             return None
 
     def event(self) -> None:
-        kind = self.rng.choices(["sigkill", "sigterm", "zombie", "broker_restart"], weights=[5, 2, 2, 1])[0]
+        kind = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
         slot = self.rng.choice(SLOTS)
         worker = self.workers[slot]
         print(f"[{time.strftime('%H:%M:%S')}] {kind} {slot if kind != 'broker_restart' else ''}", flush=True)
@@ -120,6 +124,7 @@ class Soak:
                 code = proc.proc.returncode
                 if code != 3:  # 3: fenced by its replacement, as a zombie must be
                     self.unexpected_exits.append(f"{name}: {code}")
+                    print(f"  {name} exited with {code}:\n{proc.log_tail(60)}", flush=True)
                 print(f"  {name} exited with {code}; restarting", flush=True)
                 self.start(name)
 
@@ -154,17 +159,38 @@ class Soak:
         }
 
 
+def dump_stacks(worker: WorkerProcess) -> str:
+    """Where a hung worker is stuck: its Python stacks (the worker prints them on SIGUSR1)
+    and, where py-spy is installed, the native frames under them too."""
+    before = len(worker.log_text())
+    worker.signal(signal.SIGUSR1)
+    time.sleep(1)
+    stacks = worker.log_text()[before:]
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy:
+        native = subprocess.run([py_spy, "dump", "--native", "--pid", str(worker.pid)],
+                                capture_output=True, text=True, timeout=60)
+        stacks += native.stdout + native.stderr
+    return stacks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=2000, help="orders per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default=",".join(f"{k}={v}" for k, v in DEFAULT_WEIGHTS.items()),
+                        help="fault kinds and their weights, e.g. zombie=1,sigterm=1")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "soak" / "result.json")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="eos-soak-"))
     started = time.time()
     try:
-        result = Soak(args.minutes, args.rate, args.seed, workdir).run()
+        weights = {kind: int(weight) for kind, weight in (item.split("=") for item in args.faults.split(","))}
+        unknown = set(weights) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            parser.error(f"unknown fault kinds {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        result = Soak(args.minutes, args.rate, args.seed, workdir, weights).run()
     finally:
         WorkerProcess.kill_leftovers()
     result.update(minutes=args.minutes, rate=args.rate, seed=args.seed,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -149,6 +151,7 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         control_allow=tuple(control_allow), savepoint_dir=savepoint_dir, from_savepoint=from_savepoint,
         allow_non_restored_state=allow_non_restored_state)
     strategy = RestartStrategy.parse(restart_strategy)
+    enable_stack_dumps()
 
     abandoned = False
 
@@ -165,3 +168,14 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         logging.shutdown()
         os._exit(code)
     sys.exit(code)
+
+
+def enable_stack_dumps() -> None:
+    """A worker that hangs or dies inside a native client must say where.
+
+    A fatal signal (SIGSEGV, SIGABRT from a client library's assertion) prints every
+    thread's Python stack before the process dies, and `kill -USR1 PID` prints them from
+    a live worker without stopping it, as `jstack` does for a JVM.
+    """
+    faulthandler.enable(all_threads=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
