@@ -27,6 +27,10 @@ from service.errors import GroupRebalancedError, ProducerFencedError, Transactio
 
 log = logging.getLogger(__name__)
 
+# How long an abort may wait for the coordinator's answer, which says whether a newer
+# instance fenced this producer; a healthy coordinator answers in milliseconds.
+_FENCING_PROBE_S = 5.0
+
 _FENCING_CODES = {
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
@@ -156,10 +160,14 @@ class TransactionalProducer:
     """Exactly-once output: one open transaction per checkpoint epoch."""
 
     def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
-                 transaction_timeout_ms: int, call_timeout_s: float, waits: KafkaWaits | None = None) -> None:
+                 transaction_timeout_ms: int, call_timeout_s: float, waits: KafkaWaits | None = None,
+                 confirm_slot: Callable[[], None] | None = None) -> None:
         self.transactional_id = transactional_id
         self.call_timeout_s = call_timeout_s
         self.waits = waits if waits is not None else KafkaWaits()
+        # Raises ProducerFencedError when another instance holds this worker slot; asked
+        # before the transactional id is initialised again (see service/membership.py).
+        self.confirm_slot = confirm_slot
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({
             "transactional.id": transactional_id,
@@ -238,30 +246,40 @@ class TransactionalProducer:
         coordinator still holds the transaction open, which then blocks every later
         call of this producer until the transaction times out.
 
-        Unless this producer was fenced: then a new `init_transactions` would fence the
-        instance that took over the slot (a zombie that woke up and failed a checkpoint
-        for another reason, e.g. storage, must stop, not take the slot back)."""
+        Unless this process no longer holds the slot: then a new `init_transactions`
+        would fence the instance that took it over. A woken zombie learns that from the
+        coordinator (its own abort is refused as fenced) or, when it had nothing in the
+        transaction to abort, from the group (`confirm_slot`); either way it must stop,
+        not take the slot back."""
         if self._producer is None:
             return  # never started: no transaction to abort
-        self._raise_if_fenced()
+        with self.waits.waiting("abort_transaction"):
+            self._raise_if_fenced(_FENCING_PROBE_S)
+        if self.confirm_slot is not None:
+            self.confirm_slot()
         self._discard()
         self._delivery_errors.clear()  # they belonged to the aborted transaction
         self.start()
 
     def fencing(self) -> ProducerFencedError | None:
+        """The fencing behind a producer's fatal error, if that is what it was: a fatal
+        `produce()` refusal names no cause, and the producer's transactional state may
+        take a moment to record it."""
         try:
-            self._raise_if_fenced()
+            self._raise_if_fenced(1.0)
         except ProducerFencedError as fenced:
             return fenced
         return None
 
-    def _raise_if_fenced(self) -> None:
-        """A fenced producer's state is fatal locally: an abort with no time to wait
-        reports it at once and otherwise starts an abort we are about to discard."""
+    def _raise_if_fenced(self, wait_s: float) -> None:
+        """Asks the coordinator to abort the open transaction and raises if it refuses
+        because a newer instance fenced this producer. A fenced producer's fatal state
+        is reported at once; otherwise the abort runs (up to `wait_s`), and whether it
+        completes matters not: the caller discards this producer either way."""
         if self._producer is None:
             return
         try:
-            self._producer.abort_transaction(0)
+            self._producer.abort_transaction(wait_s)
         except KafkaException as exc:
             err = _error_of(exc)
             if err.code() in _FENCING_CODES or (err.fatal() and "fenced" in err.str().lower()):

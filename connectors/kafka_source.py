@@ -85,6 +85,7 @@ class KafkaSource:
         self.waits = waits if waits is not None else KafkaWaits()
         self.consumer = Consumer(config)
         self._listener: RebalanceListener | None = None
+        self._member_ids: set[str] = set()
         reset = str(config.get("auto.offset.reset", "earliest"))
         self.reset_offset = OFFSET_END if reset in ("latest", "largest", "end") else OFFSET_BEGINNING
 
@@ -93,7 +94,22 @@ class KafkaSource:
         self.consumer.subscribe(
             list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
+    def member_ids(self) -> set[str]:
+        """Every group member id this consumer has held. A session timeout makes it
+        join again under a new one, while the group may still list an older one."""
+        self._note_member_id()
+        return set(self._member_ids)
+
+    def _note_member_id(self) -> None:
+        try:
+            member_id = self.consumer.memberid()
+        except RuntimeError:  # closed
+            return
+        if member_id:
+            self._member_ids.add(member_id)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._note_member_id()
         # The listener hears even an empty assignment: it means the worker has joined.
         positioned = self._listener.on_assign(partitions) if self._listener is not None else []
         consumer.incremental_assign(positioned)

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+
+from connectors.kafka_waits import KafkaWaits
+from service.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,9 @@ class GroupView:
         self.timeout_s = timeout_s
         self._admin = AdminClient(admin_config)
 
-    def workers(self) -> set[str] | None:
-        """Worker ids of the group's members, or None when the group could not be described."""
+    def members(self) -> list[tuple[str, str]] | None:
+        """(worker id, member id) of the group's members, or None when the group could
+        not be described. Foreign members are left out."""
         try:
             future = self._admin.describe_consumer_groups(
                 [self.group], request_timeout=self.timeout_s)[self.group]
@@ -67,12 +72,17 @@ class GroupView:
         except (KafkaException, FutureTimeout) as exc:
             log.warning("cannot list the members of group %s: %s", self.group, exc)
             return None
-        workers = set()
+        members = []
         for member in description.members:
             worker = worker_of_member(self.group, member.group_instance_id, member.client_id)
             if worker is not None:
-                workers.add(worker)
-        return workers
+                members.append((worker, member.member_id))
+        return members
+
+    def workers(self) -> set[str] | None:
+        """Worker ids of the group's members, or None when the group could not be described."""
+        members = self.members()
+        return None if members is None else {worker for worker, _ in members}
 
     def lists(self, worker: str) -> bool | None:
         workers = self.workers()
@@ -118,3 +128,50 @@ class DepartedWorkerFencer:
                         "its open transaction, if any, ends after transaction.timeout.ms", worker, tid, exc)
         finally:
             producer.flush(0)
+
+
+class SlotGuard:
+    """Keeps a worker that was away from taking its slot back from its replacement.
+
+    A worker frozen (or cut off) past its session timeout loses its partitions, and a
+    replacement of its slot may have started meanwhile and initialised the slot's
+    transactional id. Woken, the old process hears of the lost partitions before its
+    producer hears of the fencing, and the usual answer to a loss (abort by initialising
+    the transactional id again) would fence the replacement and leave the old process
+    running in its place. So before initialising again, the worker asks the group:
+    when a member of its worker id is there and none of the member ids this process
+    has held is, another instance holds the slot and this one stops (exit code 3).
+
+    A worker still listed is not judged: if it is the stale one, its replacement fences
+    it at its own first assignment, which comes only after the group has settled.
+    """
+
+    def __init__(self, view: GroupView, worker_id: str, own_member_ids: Callable[[], set[str]],
+                 waits: KafkaWaits, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.view = view
+        self.worker_id = worker_id
+        self.own_member_ids = own_member_ids
+        self.waits = waits
+        self.sleep = sleep
+
+    def confirm(self) -> None:
+        """Returns when this process may initialise the slot's transactional id again;
+        raises ProducerFencedError when another instance holds the slot. While the group
+        cannot be described it waits, as initialising the transactional id would."""
+        members = self._members()
+        holders = {member for worker, member in members if worker == self.worker_id}
+        ours = self.own_member_ids()
+        if holders and not holders & ours:
+            raise ProducerFencedError(
+                f"another instance of worker slot {self.worker_id} is in the group (member "
+                f"{', '.join(sorted(holders))}) and this process is not: it was frozen or cut off past "
+                "its session timeout and replaced; this instance stops without touching the slot's "
+                "transactions")
+
+    def _members(self) -> list[tuple[str, str]]:
+        delay = 0.5
+        with self.waits.waiting("describe_consumer_groups"):
+            while (members := self.view.members()) is None:
+                self.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return members

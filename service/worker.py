@@ -25,7 +25,7 @@ from service.error_policy import ErrorHandler, dead_letter_topic
 from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
 from service.faults import FaultInjector
 from service.incarnation import Incarnations
-from service.membership import DepartedWorkerFencer, GroupView, transactional_id
+from service.membership import DepartedWorkerFencer, GroupView, SlotGuard, transactional_id
 from service.metrics import WorkerMetrics
 from service.monitoring import WorkerMonitor
 from service.planner import plan
@@ -154,7 +154,9 @@ class Worker:
             self.committer = TransactionalProducer(
                 c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=producer_extra,
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
-                waits=self.monitor.kafka_waits)
+                waits=self.monitor.kafka_waits,
+                confirm_slot=SlotGuard(self.group_view, c.worker_id, lambda: self.source.member_ids(),
+                                       self.monitor.kafka_waits).confirm)
             if c.fence_departed_workers:
                 fencer = DepartedWorkerFencer(
                     self.group_view, c.worker_id,

@@ -17,7 +17,7 @@ from service.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
-from tests.harness.worker_process import REPO, wait_for
+from tests.harness.worker_process import REPO, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -123,6 +123,36 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
         assert "not committed: the group rebalanced meanwhile" in log, log
         pool.stop_all()
     finally:
+        pool.kill_all()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == scenario.records, report.summary()
+
+
+def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(bootstrap, tmp_path):
+    """Frozen between batches past its session timeout while a replacement of its slot
+    took over: woken, it learns first that its partitions were lost, not that it was
+    fenced. It must stop (exit 3) rather than re-initialise the slot's transactional id,
+    which would fence the replacement and leave the zombie running in its place."""
+    scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
+    pool = WorkerPool(scenario)
+    try:
+        scenario.start_feeding()
+        pool.start("w2")
+        zombie = pool.start("w1").process
+        wait_for(lambda: "assigned" in zombie.log_text(), 60, 0.2, "w1 to get partitions")
+        zombie.signal(signal.SIGSTOP)
+        pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", membership=None)
+        wait_for(lambda: "assigned" in replacement.log_text(), 60, 0.2, "the replacement to get partitions")
+        zombie.signal(signal.SIGCONT)
+        assert zombie.wait(60) == 3, f"the woken zombie did not stop:\n{zombie.log_text()}"
+        assert "another instance of worker slot w1" in zombie.log_text(), zombie.log_text()
+        assert replacement.alive(), f"the zombie fenced its replacement:\n{replacement.log_text()}"
+        scenario.wait_fed()
+        scenario.wait_complete(replacement, timeout=180)
+        pool.stop_all()
+    finally:
+        WorkerProcess.kill_leftovers()
         pool.kill_all()
     report = scenario.check()
     assert report.ok, report.summary()

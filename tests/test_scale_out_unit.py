@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from service.config import WorkerConfig, default_transaction_timeout_s
-from service.errors import ConfigurationError, PartitionCountChangedError
 from service.faults import FaultInjector
-from service.membership import DepartedWorkerFencer, worker_of_member
+from connectors.kafka_waits import KafkaWaits
+from service.errors import ConfigurationError, PartitionCountChangedError, ProducerFencedError
+from service.membership import DepartedWorkerFencer, SlotGuard, worker_of_member
 from service.recovery import _check_partition_count
 from statestore.manifest import Manifest
 
@@ -84,6 +85,45 @@ def test_a_worker_never_fences_itself():
     fencer = _ScriptedFencer([{"w1", "w2"}, {"w2"}])
     fencer.after_rebalance()
     assert fencer.after_rebalance() == []
+
+
+class _ScriptedView:
+    """The group's answers, one per look; None: it could not be described."""
+
+    def __init__(self, answers: list[list[tuple[str, str]] | None]) -> None:
+        self._answers = answers
+
+    def members(self):
+        return self._answers.pop(0)
+
+
+def _guard(answers, own: set[str]) -> tuple[SlotGuard, list[float]]:
+    slept: list[float] = []
+    return SlotGuard(_ScriptedView(answers), "w1", lambda: own, KafkaWaits(), sleep=slept.append), slept
+
+
+def test_a_worker_replaced_while_away_may_not_take_its_slot_back():
+    guard, _ = _guard([[("w1", "m-new"), ("w2", "m-2")]], own={"m-old"})
+    with pytest.raises(ProducerFencedError, match="another instance of worker slot w1"):
+        guard.confirm()
+
+
+@pytest.mark.parametrize("members", [
+    [("w1", "m-old"), ("w2", "m-2")],                   # still listed: nothing to judge
+    [("w1", "m-old"), ("w1", "m-new")],                 # listed beside a newcomer: the newcomer fences it
+    [("w2", "m-2")],                                     # dropped, and nobody took the slot
+    [],
+])
+def test_a_worker_whose_slot_nobody_else_holds_may_initialise_again(members):
+    guard, _ = _guard([members], own={"m-old"})
+    guard.confirm()
+
+
+def test_the_guard_waits_for_the_group_to_answer():
+    guard, slept = _guard([None, None, [("w1", "m-new")]], own={"m-old"})
+    with pytest.raises(ProducerFencedError):
+        guard.confirm()
+    assert slept == [0.5, 1.0]
 
 
 class _Task:
