@@ -161,12 +161,13 @@ class TransactionalProducer:
 
     def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
                  transaction_timeout_ms: int, call_timeout_s: float, waits: KafkaWaits | None = None,
-                 confirm_slot: Callable[[], None] | None = None) -> None:
+                 confirm_slot: Callable[[bool], None] | None = None) -> None:
         self.transactional_id = transactional_id
         self.call_timeout_s = call_timeout_s
         self.waits = waits if waits is not None else KafkaWaits()
         # Raises ProducerFencedError when another instance holds this worker slot; asked
-        # before the transactional id is initialised again (see service/membership.py).
+        # (with whether this producer was fenced) before the transactional id is
+        # initialised again. See SlotGuard in service/membership.py.
         self.confirm_slot = confirm_slot
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({
@@ -247,16 +248,27 @@ class TransactionalProducer:
         call of this producer until the transaction times out.
 
         Unless this process no longer holds the slot: then a new `init_transactions`
-        would fence the instance that took it over. A woken zombie learns that from the
-        coordinator (its own abort is refused as fenced) or, when it had nothing in the
-        transaction to abort, from the group (`confirm_slot`); either way it must stop,
-        not take the slot back."""
+        would fence the instance that took it over. The abort itself asks the
+        coordinator whether this producer was fenced, and `confirm_slot` asks the group
+        whether another instance of the slot is there; a producer fenced by a peer that
+        took this worker for departed initialises again (raises ProducerFencedError only
+        when replaced)."""
         if self._producer is None:
             return  # never started: no transaction to abort
-        with self.waits.waiting("abort_transaction"):
-            self._raise_if_fenced(_FENCING_PROBE_S)
+        try:
+            with self.waits.waiting("abort_transaction"):
+                self._raise_if_fenced(_FENCING_PROBE_S)
+            fenced = False
+        except ProducerFencedError:
+            if self.confirm_slot is None:
+                raise
+            fenced = True
         if self.confirm_slot is not None:
-            self.confirm_slot()
+            self.confirm_slot(fenced)
+        if fenced:
+            log.warning("transactional id %r was fenced, but no other instance of this worker slot is in "
+                        "the group: a peer took this worker for departed; initialising it again",
+                        self.transactional_id)
         self._discard()
         self._delivery_errors.clear()  # they belonged to the aborted transaction
         self.start()
@@ -319,7 +331,12 @@ class TransactionalProducer:
             except KafkaException as exc:
                 err = _error_of(exc)
                 if err.code() in _FENCING_CODES:
-                    raise ProducerFencedError(self._fenced_message(err)) from None
+                    if self.confirm_slot is None:
+                        raise ProducerFencedError(self._fenced_message(err)) from None
+                    self.confirm_slot(True)
+                    raise TransactionAbortedError(
+                        f"{what} refused: this producer was fenced ({err.str()}), but this process still "
+                        "holds its worker slot; the work since the last checkpoint is redone") from None
                 if err.retriable() and attempt < _RETRIES and err.code() != KafkaError._TIMED_OUT:
                     log.warning("%s: retriable error %s (attempt %d)", what, err, attempt)
                     time.sleep(min(0.2 * attempt, 1.0))

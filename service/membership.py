@@ -60,6 +60,7 @@ class GroupView:
     def __init__(self, group: str, admin_config: dict[str, Any], timeout_s: float) -> None:
         self.group = group
         self.timeout_s = timeout_s
+        self._admin_config = admin_config
         self._admin = AdminClient(admin_config)
 
     def members(self) -> list[tuple[str, str]] | None:
@@ -70,7 +71,11 @@ class GroupView:
                 [self.group], request_timeout=self.timeout_s)[self.group]
             description = future.result(timeout=self.timeout_s)
         except (KafkaException, FutureTimeout) as exc:
-            log.warning("cannot list the members of group %s: %s", self.group, exc)
+            log.warning("cannot list the members of group %s: %s", self.group,
+                        exc or f"no answer within {self.timeout_s:.0f}s")
+            # An admin client that asked while the cluster was away can stay without
+            # answers after it is back (librdkafka 2.x): the next look uses a new one.
+            self._admin = AdminClient(self._admin_config)
             return None
         members = []
         for member in description.members:
@@ -131,19 +136,24 @@ class DepartedWorkerFencer:
 
 
 class SlotGuard:
-    """Keeps a worker that was away from taking its slot back from its replacement.
+    """Whether this process still holds its worker slot, asked before it initialises the
+    slot's transactional id again.
 
-    A worker frozen (or cut off) past its session timeout loses its partitions, and a
-    replacement of its slot may have started meanwhile and initialised the slot's
-    transactional id. Woken, the old process hears of the lost partitions before its
-    producer hears of the fencing, and the usual answer to a loss (abort by initialising
-    the transactional id again) would fence the replacement and leave the old process
-    running in its place. So before initialising again, the worker asks the group:
-    when a member of its worker id is there and none of the member ids this process
-    has held is, another instance holds the slot and this one stops (exit code 3).
+    Two situations look alike from inside the process:
+    - It was frozen (or cut off) past its session timeout, and a replacement of its
+      slot started meanwhile and initialised the transactional id. Woken, it hears of
+      its lost partitions, or of being fenced, and initialising again would fence the
+      replacement and leave this process running in its place. It must stop (exit 3).
+    - A peer that saw it missing from the group (a broker restart expires every session
+      at once, and members rejoin one by one) ended its open transaction, as
+      DepartedWorkerFencer does for a worker that died. Nobody else holds the slot, so
+      it initialises again and resumes from its last checkpoint, as Kafka Streams does
+      with a task migrated away from a live thread.
 
-    A worker still listed is not judged: if it is the stale one, its replacement fences
-    it at its own first assignment, which comes only after the group has settled.
+    The group tells them apart: a replacement is a member under the same worker id.
+    After a loss the process judges only when it is itself no longer listed (if it is,
+    the replacement fences it at its own first assignment, once the group has settled).
+    After being fenced, any other member under its worker id means it was replaced.
     """
 
     def __init__(self, view: GroupView, worker_id: str, own_member_ids: Callable[[], set[str]],
@@ -154,19 +164,19 @@ class SlotGuard:
         self.waits = waits
         self.sleep = sleep
 
-    def confirm(self) -> None:
+    def confirm(self, fenced: bool = False) -> None:
         """Returns when this process may initialise the slot's transactional id again;
         raises ProducerFencedError when another instance holds the slot. While the group
         cannot be described it waits, as initialising the transactional id would."""
         members = self._members()
-        holders = {member for worker, member in members if worker == self.worker_id}
         ours = self.own_member_ids()
-        if holders and not holders & ours:
+        holders = {member for worker, member in members if worker == self.worker_id}
+        others = holders - ours
+        if others and (fenced or not holders & ours):
             raise ProducerFencedError(
-                f"another instance of worker slot {self.worker_id} is in the group (member "
-                f"{', '.join(sorted(holders))}) and this process is not: it was frozen or cut off past "
-                "its session timeout and replaced; this instance stops without touching the slot's "
-                "transactions")
+                f"worker slot {self.worker_id} was taken over by another instance in the group (member "
+                f"{', '.join(sorted(others))}): this process was frozen or cut off past its session "
+                "timeout and replaced; it stops without touching the slot's transactions")
 
     def _members(self) -> list[tuple[str, str]]:
         delay = 0.5

@@ -205,7 +205,11 @@ class Worker:
                 msgs = self._drop_stale(msgs, starts)
             if msgs:
                 monitor.records_in += len(msgs)
-                self._dispatch(msgs, records_in)
+                try:
+                    self._dispatch(msgs, records_in)
+                except (ProducerFencedError, KafkaException) as exc:
+                    self._resume_after_fencing(exc)
+                    continue
                 self._bound_cache()
             committer.poll()
             savepoints.tick()
@@ -213,6 +217,19 @@ class Worker:
                 coordinator.trigger()
                 monitor.publish()
             monitor.tick()
+
+    def _resume_after_fencing(self, exc: Exception) -> None:
+        """An output refused because this worker's producer was fenced. A peer that saw
+        it missing from the group (after a broker restart, say) ends its transaction as
+        it would a dead worker's; the worker then initialises again and redoes the work
+        since its last checkpoint. Replaced by a newer instance of its slot, it stops:
+        the abort raises ProducerFencedError (see SlotGuard)."""
+        fenced = exc if isinstance(exc, ProducerFencedError) else self.committer.fencing()
+        if fenced is None:
+            raise exc
+        log.warning("an output was refused: %s; checking whether this process still holds its slot", fenced)
+        self.committer.abort()
+        self.manager.rewind_all()
 
     def _drop_stale(self, msgs: list, starts: int) -> list:
         """A rebalance or rewind served inside the last consume call (re)started some

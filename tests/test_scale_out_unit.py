@@ -104,7 +104,7 @@ def _guard(answers, own: set[str]) -> tuple[SlotGuard, list[float]]:
 
 def test_a_worker_replaced_while_away_may_not_take_its_slot_back():
     guard, _ = _guard([[("w1", "m-new"), ("w2", "m-2")]], own={"m-old"})
-    with pytest.raises(ProducerFencedError, match="another instance of worker slot w1"):
+    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over"):
         guard.confirm()
 
 
@@ -117,6 +117,22 @@ def test_a_worker_replaced_while_away_may_not_take_its_slot_back():
 def test_a_worker_whose_slot_nobody_else_holds_may_initialise_again(members):
     guard, _ = _guard([members], own={"m-old"})
     guard.confirm()
+
+
+@pytest.mark.parametrize("members", [
+    [("w1", "m-old"), ("w1", "m-new")],                 # replaced, though still listed itself
+    [("w1", "m-new")],
+])
+def test_a_fenced_worker_with_another_instance_of_its_slot_in_the_group_stops(members):
+    guard, _ = _guard([members], own={"m-old"})
+    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over"):
+        guard.confirm(fenced=True)
+
+
+@pytest.mark.parametrize("members", [[("w1", "m-old"), ("w2", "m-2")], [("w2", "m-2")]])
+def test_a_worker_fenced_by_a_peer_that_took_it_for_departed_resumes(members):
+    guard, _ = _guard([members], own={"m-old"})
+    guard.confirm(fenced=True)
 
 
 def test_the_guard_waits_for_the_group_to_answer():
