@@ -18,7 +18,9 @@ transactional id only in its first assignment callback, after a rebalance that i
 it has completed. That rebalance needs every member to rejoin, and a member rejoins only
 after its previous assignment callback, where the fencing runs, has returned. Exactly-once
 does not rest on this argument (producer epochs and the group generation do that); a
-mistaken fence would only stop a worker with exit code 3.
+mistaken fence (a broker restart expires every session, and members rejoin one by one)
+makes the fenced worker initialise again and redo its work since its last checkpoint;
+see SlotGuard below.
 """
 
 from __future__ import annotations
