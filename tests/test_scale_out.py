@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from confluent_kafka import Producer
@@ -20,7 +22,7 @@ from service.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
-from tests.harness.worker_process import REPO, WorkerProcess, wait_for
+from tests.harness.worker_process import REPO, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -35,12 +37,28 @@ VARIANTS = {
 }
 
 
+@contextmanager
+def _stopped_at_end(pool: WorkerPool) -> Iterator[WorkerPool]:
+    """Stops every worker gracefully when the block succeeds, kills them when it fails."""
+    try:
+        yield pool
+        pool.stop_all()
+    finally:
+        pool.kill_all()
+
+
+def _assert_exactly_once(scenario: RunningSum) -> None:
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == scenario.records, report.summary()
+
+
 def _chaos(bootstrap, tmp_path, variant: str, records: int, events: int, seed: int) -> None:
     spec = VARIANTS[variant]["spec"]
     scenario = RunningSum(bootstrap, tmp_path, records=records, chunk=400, chunk_pause_s=0.8,
                           key_by_user=VARIANTS[variant]["key_by_user"])
     pool = WorkerPool(scenario, spec=spec)
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         for _ in range(3):
             pool.start()
@@ -48,9 +66,6 @@ def _chaos(bootstrap, tmp_path, variant: str, records: int, events: int, seed: i
         scenario.wait_fed()
         pool.ensure_live(3)
         scenario.wait_complete(None, timeout=300)
-        pool.stop_all()
-    finally:
-        pool.kill_all()
     report = scenario.check()
     assert report.ok, report.summary() + "\n" + "\n".join(history)
     assert report.outputs == records, report.summary()
@@ -80,7 +95,7 @@ def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootst
     epoch. Nobody else holds its slot, so it initialises again and rejoins the group."""
     scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
     pool = WorkerPool(scenario)
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         zombie = pool.start("zombie", fault="after_persist@4:stop").process
         pool.start("w1")
@@ -98,9 +113,6 @@ def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootst
         log = zombie.log_text()
         assert "fault injection: resumed at after_persist" in log, log
         assert "a peer took this worker for departed" in log, log
-        pool.stop_all()
-    finally:
-        pool.kill_all()
     assert "worker zombie left the group: ended its open transaction" in pool.log_texts()
     report = scenario.check()
     assert report.ok, report.summary()
@@ -113,7 +125,7 @@ def test_worker_fenced_by_a_peer_while_live_resumes_from_its_checkpoint(bootstra
     dead worker's. The worker, not replaced, initialises again and redoes its work."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
     pool = WorkerPool(scenario)
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         worker = pool.start("w1").process
         wait_for(lambda: "assigned" in worker.log_text(), 60, 0.2, "w1 to get partitions")
@@ -123,12 +135,7 @@ def test_worker_fenced_by_a_peer_while_live_resumes_from_its_checkpoint(bootstra
         scenario.wait_fed()
         scenario.wait_complete(worker, timeout=180)
         assert "a peer took this worker for departed" in worker.log_text(), worker.log_text()
-        pool.stop_all()
-    finally:
-        pool.kill_all()
-    report = scenario.check()
-    assert report.ok, report.summary()
-    assert report.outputs == scenario.records, report.summary()
+    _assert_exactly_once(scenario)
 
 
 def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_path):
@@ -136,7 +143,7 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
     finds its offsets refused (stale group generation), aborts, and rejoins the group."""
     scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
     pool = WorkerPool(scenario, spec={"extra_args": ["--no-fence-departed"]})
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         zombie = pool.start("zombie", fault="after_persist@4:stop").process
         pool.start("w1")
@@ -150,12 +157,7 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
         scenario.wait_complete(None, timeout=180)
         log = zombie.log_text()
         assert "not committed: the group rebalanced meanwhile" in log, log
-        pool.stop_all()
-    finally:
-        pool.kill_all()
-    report = scenario.check()
-    assert report.ok, report.summary()
-    assert report.outputs == scenario.records, report.summary()
+    _assert_exactly_once(scenario)
 
 
 def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(bootstrap, tmp_path):
@@ -165,7 +167,7 @@ def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(boots
     which would fence the replacement and leave the zombie running in its place."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
     pool = WorkerPool(scenario)
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         pool.start("w2")
         zombie = pool.start("w1").process
@@ -179,13 +181,7 @@ def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(boots
         assert replacement.alive(), f"the zombie fenced its replacement:\n{replacement.log_text()}"
         scenario.wait_fed()
         scenario.wait_complete(replacement, timeout=180)
-        pool.stop_all()
-    finally:
-        WorkerProcess.kill_leftovers()
-        pool.kill_all()
-    report = scenario.check()
-    assert report.ok, report.summary()
-    assert report.outputs == scenario.records, report.summary()
+    _assert_exactly_once(scenario)
 
 
 @pytest.mark.parametrize("storage", ["file", "s3"])
@@ -201,7 +197,7 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
         spec["env"] = server.env()
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4, storage=shared)
     pool = WorkerPool(scenario, separate_state_dirs=True, spec=spec)
-    try:
+    with _stopped_at_end(pool):
         scenario.start_feeding()
         pool.start("a")
         pool.start("b")
@@ -219,12 +215,7 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
             pool.start(victim)
         scenario.wait_fed()
         scenario.wait_complete(None, timeout=180)
-        pool.stop_all()
-    finally:
-        pool.kill_all()
-    report = scenario.check()
-    assert report.ok, report.summary()
-    assert report.outputs == scenario.records, report.summary()
+    _assert_exactly_once(scenario)
     downloads = [int(n) for n in re.findall(r"(\d+) downloaded", pool.log_texts())]
     assert any(downloads), "no task was ever restored from the shared storage"
 
@@ -232,7 +223,7 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
 def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):
     scenario = RunningSum(bootstrap, tmp_path, records=2_000)
     pool = WorkerPool(scenario)
-    try:
+    with _stopped_at_end(pool):
         scenario.feed_all_now()
         pool.start("leaver")
         pool.start("stayer", extra_args=["--static-membership", "--stay-in-group-on-stop"])
@@ -244,9 +235,6 @@ def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):
         # A static member that stays keeps its place until its session times out.
         assert group_members(bootstrap, scenario.group) == {"stayer", "w2"}
         scenario.wait_complete(None, timeout=120)
-        pool.stop_all()
-    finally:
-        pool.kill_all()
     report = scenario.check()
     assert report.ok, report.summary()
 
