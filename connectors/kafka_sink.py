@@ -15,6 +15,7 @@ producer's state is unknown: it is closed and replaced rather than retried blind
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 # instance fenced this producer; a healthy coordinator answers in milliseconds.
 _FENCING_PROBE_S = 5.0
 
+# A peer fencing this worker (it took it for departed) is still inside its own
+# `init_transactions` when this worker learns of it: the coordinator bumps the epoch to
+# abort this worker's transaction first and the peer retries after a backoff. A worker
+# that initialised again at once and opened its next transaction before that retry
+# would be fenced again, and again, until its checkpoints count as failing. Waiting
+# this long lets the peer finish first (librdkafka's retry backoff is at most 1 s).
+_PEER_FENCE_SETTLE_S = 2.0
+
 _FENCING_CODES = {
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
@@ -46,6 +55,11 @@ _GROUP_GENERATION_CODES = {
     KafkaError.REBALANCE_IN_PROGRESS,
 }
 _RETRIES = 5
+# librdkafka's send_offsets_to_transaction can wait past its own timeout for a group
+# coordinator it looked up while the broker was away (confluentinc/librdkafka#5456,
+# #5511): seen in the soak after broker restarts, stuck for minutes. The call runs
+# on a helper thread and is given up this long after its own timeout.
+_UNANSWERED_GRACE_S = 5.0
 
 ProduceFn = Callable[..., None]
 
@@ -96,6 +110,9 @@ class OutputCommitter(Protocol):
     def fencing(self) -> ProducerFencedError | None:
         """The fencing behind a failure seen elsewhere (a fatal `produce()`), if any."""
         ...
+
+    # True when a producer was left blocked in a call that never returned.
+    abandoned: bool
 
     def close(self) -> None: ...
 
@@ -179,6 +196,10 @@ class TransactionalProducer:
         self._config["on_delivery"] = _delivery_failed(self._delivery_errors)
         self._producer: Producer | None = None
         self._produce: Produce | None = None
+        # True once a producer was left blocked in a call that never returned: the
+        # process must then exit without waiting on it in the producer's destructor.
+        self.abandoned = False
+        self.unanswered_grace_s = _UNANSWERED_GRACE_S
 
     @property
     def started(self) -> bool:
@@ -230,8 +251,11 @@ class TransactionalProducer:
         Raises TransactionAbortedError (rewind) or ProducerFencedError (stop)."""
         producer = self._producer
         if offsets:
-            self._call("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), self.call_timeout_s))
+            # Read on this thread: inside a rebalance callback the consumer answers no other.
+            group_metadata = consumer.consumer_group_metadata()
+            self._call("send_offsets_to_transaction", lambda: self._bounded(
+                "send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
+                    offsets, group_metadata, self.call_timeout_s)))
         self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
         if self._delivery_errors:  # reported during the commit's flush; it still failed
             err = self._delivery_errors[0]
@@ -239,6 +263,31 @@ class TransactionalProducer:
             self.abort()
             raise TransactionAbortedError(f"an output record could not be delivered: {err}")
         producer.begin_transaction()
+
+    def _bounded(self, what: str, call: Callable[[], None]) -> None:
+        """Runs a transactional call that librdkafka may not bound itself. Given up, it
+        stays blocked on its thread with this producer, which is abandoned: the abort
+        that follows replaces it, and the new producer's `init_transactions` fences it,
+        so nothing it might still send can commit."""
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+        helper.start()
+        helper.join(self.call_timeout_s + self.unanswered_grace_s)
+        if helper.is_alive():
+            self.abandoned = True
+            raise KafkaException(KafkaError(
+                KafkaError._TIMED_OUT, f"{what} did not return within {self.call_timeout_s:g}s "
+                f"(+{self.unanswered_grace_s:g}s); this producer is abandoned"))
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def abort(self) -> None:
         """Aborts the open transaction by replacing the producer: `init_transactions`
@@ -267,8 +316,9 @@ class TransactionalProducer:
             self.confirm_slot(fenced)
         if fenced:
             log.warning("transactional id %r was fenced, but no other instance of this worker slot is in "
-                        "the group: a peer took this worker for departed; initialising it again",
-                        self.transactional_id)
+                        "the group: a peer took this worker for departed; initialising it again in %.0fs",
+                        self.transactional_id, _PEER_FENCE_SETTLE_S)
+            time.sleep(_PEER_FENCE_SETTLE_S)
         self._discard()
         self._delivery_errors.clear()  # they belonged to the aborted transaction
         self.start()
@@ -403,6 +453,8 @@ class AtLeastOnceProducer:
 
     def abort(self) -> None:
         """Nothing to abort: outputs already sent stay (that is at-least-once)."""
+
+    abandoned = False  # its calls are all bounded by librdkafka
 
     def fencing(self) -> ProducerFencedError | None:
         return None  # no transactional id: nothing to be fenced by

@@ -203,15 +203,15 @@ class Worker:
             msgs = source.consume(batch, 0.1)
             if msgs and manager.task_starts != starts:
                 msgs = self._drop_stale(msgs, starts)
-            if msgs:
-                monitor.records_in += len(msgs)
-                try:
+            try:
+                if msgs:
+                    monitor.records_in += len(msgs)
                     self._dispatch(msgs, records_in)
-                except (ProducerFencedError, KafkaException) as exc:
-                    self._resume_after_fencing(exc)
-                    continue
-                self._bound_cache()
-            committer.poll()
+                    self._bound_cache()
+                committer.poll()
+            except (ProducerFencedError, KafkaException) as exc:
+                self._resume_after_fencing(exc)
+                continue
             savepoints.tick()
             if coordinator.due():
                 coordinator.trigger()
@@ -219,7 +219,8 @@ class Worker:
             monitor.tick()
 
     def _resume_after_fencing(self, exc: Exception) -> None:
-        """An output refused because this worker's producer was fenced. A peer that saw
+        """An output refused, or the producer's poll failing, because this worker's
+        producer was fenced. A peer that saw
         it missing from the group (after a broker restart, say) ends its transaction as
         it would a dead worker's; the worker then initialises again and redoes the work
         since its last checkpoint. Replaced by a newer instance of its slot, it stops:
@@ -338,5 +339,6 @@ class Worker:
                 self.abandoned_clients = True
         if self.committer is not None:
             self.committer.close()
+            self.abandoned_clients = self.abandoned_clients or self.committer.abandoned
         if self.coordinator is not None:
             self.coordinator.close()

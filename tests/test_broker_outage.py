@@ -3,6 +3,7 @@ partial, and resumes; the oracle passes."""
 
 from __future__ import annotations
 
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -50,3 +51,26 @@ def _health(base_url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def test_offsets_sent_while_the_broker_is_down_do_not_hang_the_worker(private_broker, tmp_path):
+    """librdkafka's `send_offsets_to_transaction` can wait past its timeout for a group
+    coordinator it looked up while the broker was away (confluentinc/librdkafka#5456,
+    #5511): the worker must bound the call itself, abort, and resume once it is back."""
+    broker = private_broker
+    scenario = RunningSum(broker.bootstrap, tmp_path, records=4_000)
+    scenario.feed_all_now({i: o for i, o in scenario.orders.items() if i < 2_000})
+    worker = scenario.start_worker(fault="after_persist@1:stop", membership=None)
+    wait_for(lambda: "fault injection: freezing" in worker.log_text() or not worker.alive(), 60, 0.2,
+             "the worker to freeze just before sending its offsets")
+    broker.stop()
+    try:
+        worker.signal(signal.SIGCONT)  # it sends its offsets to a broker that is gone
+        time.sleep(10)
+    finally:
+        broker.start()
+    scenario.feed_all_now({i: o for i, o in scenario.orders.items() if i >= 2_000})
+    scenario.wait_complete(worker, timeout=150)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()

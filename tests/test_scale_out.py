@@ -132,6 +132,7 @@ def test_worker_fenced_by_a_peer_while_live_resumes_from_its_checkpoint(bootstra
         time.sleep(2)  # mid-run, with a transaction open
         peer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id(scenario.group, "w1")})
         peer.init_transactions(30)
+        del peer  # as DepartedWorkerFencer does: it only ends the transaction
         scenario.wait_fed()
         scenario.wait_complete(worker, timeout=180)
         assert "a peer took this worker for departed" in worker.log_text(), worker.log_text()
