@@ -178,13 +178,13 @@ class TransactionalProducer:
 
     def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
                  transaction_timeout_ms: int, call_timeout_s: float, waits: KafkaWaits | None = None,
-                 confirm_slot: Callable[[bool], None] | None = None) -> None:
+                 confirm_slot: Callable[[], None] | None = None) -> None:
         self.transactional_id = transactional_id
         self.call_timeout_s = call_timeout_s
         self.waits = waits if waits is not None else KafkaWaits()
         # Raises ProducerFencedError when another instance holds this worker slot; asked
-        # (with whether this producer was fenced) before the transactional id is
-        # initialised again. See SlotGuard in service/membership.py.
+        # before the transactional id is initialised again. See SlotGuard in
+        # service/membership.py.
         self.confirm_slot = confirm_slot
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({
@@ -313,7 +313,7 @@ class TransactionalProducer:
                 raise
             fenced = True
         if self.confirm_slot is not None:
-            self.confirm_slot(fenced)
+            self.confirm_slot()
         if fenced:
             log.warning("transactional id %r was fenced, but no other instance of this worker slot is in "
                         "the group: a peer took this worker for departed; initialising it again in %.0fs",
@@ -383,7 +383,7 @@ class TransactionalProducer:
                 if err.code() in _FENCING_CODES:
                     if self.confirm_slot is None:
                         raise ProducerFencedError(self._fenced_message(err)) from None
-                    self.confirm_slot(True)
+                    self.confirm_slot()
                     raise TransactionAbortedError(
                         f"{what} refused: this producer was fenced ({err.str()}), but this process still "
                         "holds its worker slot; the work since the last checkpoint is redone") from None

@@ -139,45 +139,51 @@ class DepartedWorkerFencer:
 
 class SlotGuard:
     """Whether this process still holds its worker slot, asked before it initialises the
-    slot's transactional id again.
+    slot's transactional id again (every abort does).
 
-    Two situations look alike from inside the process:
-    - It was frozen (or cut off) past its session timeout, and a replacement of its
-      slot started meanwhile and initialised the transactional id. Woken, it hears of
-      its lost partitions, or of being fenced, and initialising again would fence the
-      replacement and leave this process running in its place. It must stop (exit 3).
-    - A peer that saw it missing from the group (a broker restart expires every session
-      at once, and members rejoin one by one) ended its open transaction, as
-      DepartedWorkerFencer does for a worker that died. Nobody else holds the slot, so
-      it initialises again and resumes from its last checkpoint, as Kafka Streams does
-      with a task migrated away from a live thread.
+    A process frozen (or cut off) while a replacement of its slot started hears, when it
+    wakes, of its lost partitions or of a rebalance before it hears of being fenced;
+    initialising again would fence the replacement and leave the old process running in
+    its place. It must stop (exit 3). Two signs say it was replaced:
+    - a newer process of the slot began in the same state directory (the incarnation
+      record), which also covers an old process woken before its session expired, when
+      the group still lists both;
+    - the group lists a member under its worker id and none of the member ids this
+      process has held (its session expired, and a replacement elsewhere joined).
 
-    The group tells them apart: a replacement is a member under the same worker id.
-    After a loss the process judges only when it is itself no longer listed (if it is,
-    the replacement fences it at its own first assignment, once the group has settled).
-    After being fenced, any other member under its worker id means it was replaced.
+    Otherwise nobody else holds the slot: a peer that saw this worker missing from the
+    group (a broker restart expires every session at once, and members rejoin one by
+    one) ended its transaction as it would a dead worker's, and the worker initialises
+    again and resumes from its last checkpoint, as a Kafka Streams thread does when its
+    tasks migrated away while it lived.
     """
 
     def __init__(self, view: GroupView, worker_id: str, own_member_ids: Callable[[], set[str]],
-                 waits: KafkaWaits, sleep: Callable[[float], None] = time.sleep) -> None:
+                 superseded: Callable[[], bool], waits: KafkaWaits,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.view = view
         self.worker_id = worker_id
         self.own_member_ids = own_member_ids
+        self.superseded = superseded
         self.waits = waits
         self.sleep = sleep
 
-    def confirm(self, fenced: bool = False) -> None:
+    def confirm(self) -> None:
         """Returns when this process may initialise the slot's transactional id again;
         raises ProducerFencedError when another instance holds the slot. While the group
         cannot be described it waits, as initialising the transactional id would."""
+        if self.superseded():
+            raise ProducerFencedError(
+                f"worker slot {self.worker_id} was taken over by a newer process started in the same "
+                "state directory: this process was frozen or cut off and replaced; it stops without "
+                "touching the slot's transactions")
         members = self._members()
         ours = self.own_member_ids()
         holders = {member for worker, member in members if worker == self.worker_id}
-        others = holders - ours
-        if others and (fenced or not holders & ours):
+        if holders and not holders & ours:
             raise ProducerFencedError(
                 f"worker slot {self.worker_id} was taken over by another instance in the group (member "
-                f"{', '.join(sorted(others))}): this process was frozen or cut off past its session "
+                f"{', '.join(sorted(holders))}): this process was frozen or cut off past its session "
                 "timeout and replaced; it stops without touching the slot's transactions")
 
     def _members(self) -> list[tuple[str, str]]:

@@ -156,7 +156,7 @@ class Worker:
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
                 waits=self.monitor.kafka_waits,
                 confirm_slot=SlotGuard(self.group_view, c.worker_id, lambda: self.source.member_ids(),
-                                       self.monitor.kafka_waits).confirm)
+                                       self.incarnations.superseded, self.monitor.kafka_waits).confirm)
             if c.fence_departed_workers:
                 fencer = DepartedWorkerFencer(
                     self.group_view, c.worker_id,

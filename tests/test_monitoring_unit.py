@@ -335,3 +335,15 @@ def test_a_slot_whose_previous_process_did_not_stop_cleanly_counts_a_restart(tmp
     second.end(clean=True)
     assert Incarnations(tmp_path, "g", "w1").begin() == 1  # a clean stop is no restart
     assert Incarnations(tmp_path, "g", "w2").begin() == 0  # slots count separately
+
+
+def test_an_older_process_of_a_slot_knows_it_was_superseded_and_leaves_the_record_alone(tmp_path: Path):
+    old = Incarnations(tmp_path, "g", "w1")
+    old.begin()
+    assert not old.superseded()
+    new = Incarnations(tmp_path, "g", "w1")
+    new.begin()
+    assert old.superseded() and not new.superseded()
+    old.end(clean=False)  # the woken old process stops: the newer one's record stays
+    assert not new.superseded()
+    assert Incarnations(tmp_path, "g", "w1").begin() == 2  # the newer one never stopped cleanly either

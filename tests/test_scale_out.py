@@ -161,11 +161,13 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
     _assert_exactly_once(scenario)
 
 
-def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(bootstrap, tmp_path):
-    """Frozen between batches past its session timeout while a replacement of its slot
-    took over: woken, it learns first that its partitions were lost, not that it was
-    fenced. It must stop (exit 3) rather than re-initialise the slot's transactional id,
-    which would fence the replacement and leave the zombie running in its place."""
+@pytest.mark.parametrize("wake", ["after its session expired", "before its session expired"])
+def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, wake):
+    """Frozen while a replacement of its slot starts. Woken after its session expired, it
+    learns first that its partitions were lost; woken before, it rejoins beside the
+    replacement and first hears of a rebalance. Either way it must stop (exit 3) rather
+    than initialise the slot's transactional id again, which would fence the replacement
+    and leave the old process running in its place."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
     pool = WorkerPool(scenario)
     with _stopped_at_end(pool):
@@ -175,7 +177,10 @@ def test_woken_zombie_that_lost_its_partitions_does_not_take_its_slot_back(boots
         wait_for(lambda: "assigned" in zombie.log_text(), 60, 0.2, "w1 to get partitions")
         zombie.signal(signal.SIGSTOP)
         pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", membership=None)
-        wait_for(lambda: "assigned" in replacement.log_text(), 60, 0.2, "the replacement to get partitions")
+        if wake == "after its session expired":
+            wait_for(lambda: "assigned" in replacement.log_text(), 60, 0.2, "the replacement to get partitions")
+        else:
+            time.sleep(3)  # the session timeout is 6 s
         zombie.signal(signal.SIGCONT)
         assert zombie.wait(60) == 3, f"the woken zombie did not stop:\n{zombie.log_text()}"
         assert "worker slot w1 was taken over" in zombie.log_text(), zombie.log_text()

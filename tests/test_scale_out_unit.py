@@ -97,42 +97,35 @@ class _ScriptedView:
         return self._answers.pop(0)
 
 
-def _guard(answers, own: set[str]) -> tuple[SlotGuard, list[float]]:
+def _guard(answers, own: set[str], superseded: bool = False) -> tuple[SlotGuard, list[float]]:
     slept: list[float] = []
-    return SlotGuard(_ScriptedView(answers), "w1", lambda: own, KafkaWaits(), sleep=slept.append), slept
+    guard = SlotGuard(_ScriptedView(answers), "w1", lambda: own, lambda: superseded, KafkaWaits(),
+                      sleep=slept.append)
+    return guard, slept
 
 
 def test_a_worker_replaced_while_away_may_not_take_its_slot_back():
     guard, _ = _guard([[("w1", "m-new"), ("w2", "m-2")]], own={"m-old"})
-    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over"):
+    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over by another instance"):
+        guard.confirm()
+
+
+def test_a_worker_with_a_newer_process_of_its_slot_stops_even_while_the_group_lists_it():
+    """Woken before its session expired: the group lists it beside its replacement."""
+    guard, _ = _guard([[("w1", "m-old"), ("w1", "m-new")]], own={"m-old"}, superseded=True)
+    with pytest.raises(ProducerFencedError, match="newer process started in the same state directory"):
         guard.confirm()
 
 
 @pytest.mark.parametrize("members", [
-    [("w1", "m-old"), ("w2", "m-2")],                   # still listed: nothing to judge
-    [("w1", "m-old"), ("w1", "m-new")],                 # listed beside a newcomer: the newcomer fences it
-    [("w2", "m-2")],                                     # dropped, and nobody took the slot
+    [("w1", "m-old"), ("w2", "m-2")],                   # still listed, and the slot's latest process
+    [("w1", "m-old"), ("w1", "m-new")],                 # the newer of two listed (the older yields)
+    [("w2", "m-2")],                                     # dropped, and nobody took the slot: fenced by a peer
     [],
 ])
 def test_a_worker_whose_slot_nobody_else_holds_may_initialise_again(members):
     guard, _ = _guard([members], own={"m-old"})
     guard.confirm()
-
-
-@pytest.mark.parametrize("members", [
-    [("w1", "m-old"), ("w1", "m-new")],                 # replaced, though still listed itself
-    [("w1", "m-new")],
-])
-def test_a_fenced_worker_with_another_instance_of_its_slot_in_the_group_stops(members):
-    guard, _ = _guard([members], own={"m-old"})
-    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over"):
-        guard.confirm(fenced=True)
-
-
-@pytest.mark.parametrize("members", [[("w1", "m-old"), ("w2", "m-2")], [("w2", "m-2")]])
-def test_a_worker_fenced_by_a_peer_that_took_it_for_departed_resumes(members):
-    guard, _ = _guard([members], own={"m-old"})
-    guard.confirm(fenced=True)
 
 
 def test_the_guard_waits_for_the_group_to_answer():
