@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from connectors.kafka_waits import KafkaWaits
+from connectors.kafka_waits import KafkaWaits, backoff_delays
 from service.errors import GroupRebalancedError, ProducerFencedError, TransactionAbortedError
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,7 @@ class TransactionalProducer:
         self._producer.begin_transaction()
 
     def _init_transactions(self) -> None:
-        delay = 0.5
-        while True:
+        for delay in backoff_delays():
             try:
                 self._producer.init_transactions(self.call_timeout_s)
                 return
@@ -230,7 +229,6 @@ class TransactionalProducer:
                 log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
                             "retrying in %.1fs", self.transactional_id, err.str(), delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     def produce_fn(self) -> Produce:
         assert self._produce is not None, "producer not started"

@@ -24,7 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.kafka_waits import KafkaWaits
+from connectors.kafka_waits import KafkaWaits, backoff_delays
 from service.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,7 @@ class KafkaSource:
             return self._committed_with_retry(partitions, timeout)
 
     def _committed_with_retry(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        delay = 0.5
-        while True:
+        for delay in backoff_delays():
             try:
                 return self.consumer.committed(partitions, timeout=timeout)
             except KafkaException as exc:
@@ -166,7 +165,6 @@ class KafkaSource:
                     raise
                 log.warning("waiting for committed offsets (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     def seek(self, partition: TopicPartition) -> None:
         """Repositions an assigned partition; one whose fetcher has not started yet

@@ -33,3 +33,13 @@ class KafkaWaits:
     def blocked_for(self, now: float) -> tuple[str, float] | None:
         current = self.current
         return None if current is None else (current[0], now - current[1])
+
+
+def backoff_delays(first_s: float = 0.5, cap_s: float = 30.0) -> Iterator[float]:
+    """Pauses between tries of a call that waits out an unreachable cluster: doubling,
+    so a long outage costs few tries, and capped, so the worker notices the cluster's
+    return within half a minute."""
+    delay = first_s
+    while True:
+        yield delay
+        delay = min(delay * 2, cap_s)

@@ -34,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from connectors.kafka_waits import KafkaWaits
+from connectors.kafka_waits import KafkaWaits, backoff_delays
 from service.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,8 @@ class SlotGuard:
                 "timeout and replaced; it stops without touching the slot's transactions")
 
     def _members(self) -> list[tuple[str, str]]:
-        delay = 0.5
+        delays = backoff_delays()
         with self.waits.waiting("describe_consumer_groups"):
             while (members := self.view.members()) is None:
-                self.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                self.sleep(next(delays))
         return members

@@ -220,15 +220,15 @@ class Worker:
 
     def _resume_after_fencing(self, exc: Exception) -> None:
         """An output refused, or the producer's poll failing, because this worker's
-        producer was fenced. A peer that saw
-        it missing from the group (after a broker restart, say) ends its transaction as
-        it would a dead worker's; the worker then initialises again and redoes the work
-        since its last checkpoint. Replaced by a newer instance of its slot, it stops:
-        the abort raises ProducerFencedError (see SlotGuard)."""
+        producer was fenced. A peer that saw it missing from the group (after a broker
+        restart, say) ends its transaction as it would a dead worker's; the worker then
+        initialises again and redoes the work since its last checkpoint. Replaced by a
+        newer instance of its slot, it stops: the abort raises ProducerFencedError (see
+        SlotGuard)."""
         fenced = exc if isinstance(exc, ProducerFencedError) else self.committer.fencing()
         if fenced is None:
             raise exc
-        log.warning("an output was refused: %s; checking whether this process still holds its slot", fenced)
+        log.warning("the producer was fenced: %s; checking whether this process still holds its slot", fenced)
         self.committer.abort()
         self.manager.rewind_all()
 
