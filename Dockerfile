@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY connectors ./connectors
 COPY statestore ./statestore
+COPY eos ./eos
 RUN pip install .
 COPY examples ./examples
 

@@ -44,7 +44,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
-from service.checkpoint import STORAGE_THREADS  # noqa: E402
+from service.checkpointing.coordinator import STORAGE_THREADS  # noqa: E402
 from statestore.codecs import JSON_CODEC  # noqa: E402
 from statestore.digests import DigestCache  # noqa: E402
 from statestore.manifest import Manifest  # noqa: E402

@@ -25,18 +25,18 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from examples.running_sum import build  # noqa: E402
-from service.api import Params  # noqa: E402
-from service.error_policy import ErrorHandler  # noqa: E402
-from service.planner import plan as make_plan  # noqa: E402
-from service.savepoint_client import assemble  # noqa: E402
-from service.savepoint_part import write_part  # noqa: E402
-from service.savepoint_resume import SavepointResume  # noqa: E402
-from service.task import CompletedCheckpoint, Task  # noqa: E402
+from service.job.loader import load_job  # noqa: E402
+from service.job.planner import plan as make_plan  # noqa: E402
+from service.runtime.error_policy import ErrorHandler  # noqa: E402
+from service.runtime.task import CompletedCheckpoint, Task  # noqa: E402
+from service.savepoints.client import assemble  # noqa: E402
+from service.savepoints.part import write_part  # noqa: E402
+from service.savepoints.resume import SavepointResume  # noqa: E402
 from statestore.digests import DigestCache  # noqa: E402
 from statestore.keys import encode_key  # noqa: E402
 from statestore.murmur2 import partition_for  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     root = args.dir
-    plan = make_plan(build(Params({"input": "orders", "output": "totals"})), GROUP)
+    plan = make_plan(load_job(REPO / "examples" / "running_sum.py", {"input": "orders", "output": "totals"}), GROUP)
 
     tasks = _tasks(plan, root, args.partitions, "writer")
     began = time.monotonic()

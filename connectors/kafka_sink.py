@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
-from service.errors import GroupRebalancedError, ProducerFencedError, TransactionAbortedError
+from eos.errors import GroupRebalancedError, ProducerFencedError, TransactionAbortedError
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class TransactionalProducer:
         self.waits = waits if waits is not None else KafkaWaits()
         # Raises ProducerFencedError when another instance holds this worker slot; asked
         # before the transactional id is initialised again. See SlotGuard in
-        # service/membership.py.
+        # service/membership/group.py.
         self.confirm_slot = confirm_slot
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({

@@ -25,7 +25,7 @@ from confluent_kafka import (
 )
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
-from service.errors import ProducerFencedError
+from eos.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
 

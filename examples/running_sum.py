@@ -8,8 +8,7 @@ including this record.
     eos run examples/running_sum.py -p input=orders -p output=totals ...
 """
 
-from connectors.serdes import JSON, STRING
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
 
 
 def add_order(totals: dict, order: dict) -> dict:

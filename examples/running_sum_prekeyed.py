@@ -6,9 +6,9 @@ benchmark's baselines do.
     eos run examples/running_sum_prekeyed.py -p input=orders-by-user -p output=totals ...
 """
 
-from connectors.serdes import JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def build(params: Params) -> Job:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from service.errors import SnapshotMissingError, SnapshotUnreachableError
+from eos.errors import SnapshotMissingError, SnapshotUnreachableError
 from statestore.manifest import Manifest
 from statestore.snapshots import SHARED
 from statestore.storage.base import CheckpointStorage

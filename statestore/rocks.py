@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import rocksdict
 
-from service.errors import StateStoreError
+from eos.errors import StateStoreError
 
 log = logging.getLogger(__name__)
 

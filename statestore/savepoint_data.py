@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import CorruptSavepointError, SavepointError
+from eos.errors import CorruptSavepointError, SavepointError
 from statestore.codecs import CODECS, ValueCodec
 from statestore.keys import composite_key, encode_key, split_composite
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE, StateFile

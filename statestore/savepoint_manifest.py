@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from service.errors import CorruptSavepointError, SavepointError
+from eos.errors import CorruptSavepointError, SavepointError
 from statestore.sealed_json import check_seal, parse_object, seal
 
 FORMAT = "eos-savepoint"

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from service.errors import CheckpointTimeoutError, CorruptSnapshotError, SnapshotMissingError, \
-    SnapshotUnreachableError
+from eos.errors import CheckpointTimeoutError, CorruptSnapshotError, SnapshotMissingError, SnapshotUnreachableError
 from statestore.digests import DigestCache, sha256_file
 from statestore.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError
 from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError

@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from service.errors import StateStoreError
+from eos.errors import StateStoreError
 
 log = logging.getLogger(__name__)
 

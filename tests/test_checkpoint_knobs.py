@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-import service.checkpoint as checkpoint_module
+import service.checkpointing.coordinator as checkpoint_module
 import statestore.snapshots as snapshots_module
-from service.checkpoint import CheckpointCoordinator
-from service.config import OFFSET_COMMIT_INTERVAL_S, WorkerConfig
-from service.errors import CheckpointError, ConfigurationError, TransactionAbortedError
-from service.faults import FaultInjector
-from service.metrics import WorkerMetrics
-from service.task import CompletedCheckpoint
+from eos.errors import CheckpointError, ConfigurationError, TransactionAbortedError
+from service.checkpointing.coordinator import CheckpointCoordinator
+from service.checkpointing.faults import FaultInjector
+from service.monitoring.metrics import WorkerMetrics
+from service.runtime.config import OFFSET_COMMIT_INTERVAL_S, WorkerConfig
+from service.runtime.task import CompletedCheckpoint
 
 
 class Clock:

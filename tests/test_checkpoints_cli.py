@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from eos.errors import EosError
 from service.cli import cli
-from service.errors import EosError
 from statestore.storage import FileStorage, S3Settings, open_storage
 from tests.harness.checkpoint_history import TaskHistory, write_history
 from tests.harness.s3_server import S3Server
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.harness.worker_process import EOS, OUTSIDE_REPO
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -174,9 +172,9 @@ def test_credentials_file_wins_over_the_environment_and_never_reaches_the_logs(s
 
     env = {**os.environ, **s3_server.env(), "AWS_ACCESS_KEY_ID": "ENVKEY", "AWS_SECRET_ACCESS_KEY": "envsecret"}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--log-level", "DEBUG", "checkpoints", "list",
+        [*EOS, "--log-level", "DEBUG", "checkpoints", "list",
          f"s3://{s3_server.bucket}/{prefix}", "--s3-credentials-file", str(credentials),
-         "--s3-profile", "ci"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+         "--s3-profile", "ci"], cwd=OUTSIDE_REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "orders-0" in result.stdout
     for text in (result.stdout, result.stderr):

@@ -16,7 +16,7 @@ import yaml
 
 from service.cli.generate_cmd import generate
 from service.cli.run_cmd import run
-from service.metrics import WorkerMetrics
+from service.monitoring.metrics import WorkerMetrics
 from tests.harness.prometheus import promtool_binary
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from connectors.kafka_waits import KafkaWaits
-from service.errors import ConfigurationError
-from service.incarnation import Incarnations
-from service.kafka_stats import BrokerReachability, ConsumerLag, RecordsOut, partition_lag
-from service.metrics import WorkerMetrics
-from service.status import RUNNING, STARTING, CheckpointStatus, StatusBoard, TaskStatus, WorkerStatus
+from eos.errors import ConfigurationError
+from service.membership.incarnation import Incarnations
+from service.monitoring.kafka_stats import BrokerReachability, ConsumerLag, RecordsOut, partition_lag
+from service.monitoring.metrics import WorkerMetrics
+from service.monitoring.status import RUNNING, STARTING, CheckpointStatus, StatusBoard, TaskStatus, WorkerStatus
 from service.web import status_page
 from service.web.endpoints import add_worker_pages
 from service.web.routing import ControlAccess, Response, Router, is_local

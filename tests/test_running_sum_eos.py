@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from service.faults import PHASES
+from service.checkpointing.faults import PHASES
 from tests.harness.scenario import RunningSum
 
 pytestmark = pytest.mark.kafka

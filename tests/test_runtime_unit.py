@@ -6,12 +6,12 @@ import pytest
 
 from connectors.kafka_sink import Produce
 from connectors.serdes import JSON, STRING
-from service.api import Job, KeyedProcessFunction, Params
-from service.config import parse_duration
-from service.errors import ConfigurationError
-from service.faults import FaultInjector
-from service.operators import ChainContext, OperatorFailure, build_chain
-from service.planner import plan
+from eos.errors import ConfigurationError
+from service.checkpointing.faults import FaultInjector
+from service.job.api import Job, KeyedProcessFunction, Params
+from service.job.planner import plan
+from service.runtime.config import parse_duration
+from service.runtime.operators import ChainContext, OperatorFailure, build_chain
 from statestore.digests import DigestCache
 from statestore.state_dir import TaskDirectory
 from statestore.storage.file import FileStorage

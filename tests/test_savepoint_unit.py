@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from connectors.serdes import BYTES, JSON, KEY, STRING
-from service.errors import (
+from eos.errors import (
     CorruptSavepointError,
     RecordError,
     SavepointError,
@@ -19,11 +19,11 @@ from service.errors import (
     SnapshotUnreachableError,
     StateStoreError,
 )
-from service.planner import Stage
-from service.recovery import format_metadata, parse_metadata
-from service.restart import RestartStrategy, restartable, run_with_restarts
-from service.savepoint_client import assemble
-from service.savepoint_resume import kafka_key_bytes
+from service.checkpointing.recovery import format_metadata, parse_metadata
+from service.job.planner import Stage
+from service.runtime.restart import RestartStrategy, restartable, run_with_restarts
+from service.savepoints.client import assemble
+from service.savepoints.resume import kafka_key_bytes
 from statestore.codecs import JSON_CODEC, PICKLE_CODEC
 from statestore.keys import composite_key, encode_key
 from statestore.murmur2 import murmur2, partition_for, positive_murmur2
@@ -314,10 +314,10 @@ class _Seen:
 
 
 def _process_job_tasks(tmp_path: Path, partitions: int, token: str):
-    from service.api import Job
-    from service.error_policy import ErrorHandler
-    from service.planner import plan as make_plan
-    from service.task import Task
+    from service.job.api import Job
+    from service.job.planner import plan as make_plan
+    from service.runtime.error_policy import ErrorHandler
+    from service.runtime.task import Task
     from statestore.digests import DigestCache
     from statestore.state_dir import TaskDirectory
     from statestore.storage.file import FileStorage
@@ -337,9 +337,9 @@ def _process_job_tasks(tmp_path: Path, partitions: int, token: str):
 
 
 def test_map_and_pickled_state_survive_a_savepoint_into_twice_the_partitions(tmp_path):
-    from service.savepoint_part import write_part
-    from service.savepoint_resume import SavepointResume
-    from service.task import CompletedCheckpoint
+    from service.runtime.task import CompletedCheckpoint
+    from service.savepoints.part import write_part
+    from service.savepoints.resume import SavepointResume
     from statestore.storage.file import FileStorage
 
     plan, tasks = _process_job_tasks(tmp_path, 2, "w")
@@ -384,7 +384,7 @@ def test_map_and_pickled_state_survive_a_savepoint_into_twice_the_partitions(tmp
 
 
 def test_savepoint_endpoints_answer_only_allowed_callers(tmp_path):
-    from service.savepoints import SavepointControl
+    from service.savepoints.control import SavepointControl
     from service.web.routing import ControlAccess, Request, Router
 
     router = Router(ControlAccess())

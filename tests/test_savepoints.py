@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from service.savepoint_resume import open_savepoint
+from service.savepoints.resume import open_savepoint
 from statestore.murmur2 import partition_for
 from statestore.savepoint_manifest import MANIFEST_NAME
 from tests.harness.kafka import create_topics, produce, read_all, unique_name

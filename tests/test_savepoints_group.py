@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.savepoint_resume import open_savepoint
+from service.savepoints.resume import open_savepoint
 from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.oracle import check_running_sum
 from tests.harness.savepoints import ControlledWorker, eos, savepoint, start_controlled, stop_with_savepoint

@@ -14,11 +14,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from service.api import Job
-from service.errors import ConfigurationError
-from service.membership import transactional_id
-from service.planner import plan, repartition_topic
-from service.topics import ensure_topics
+from eos.errors import ConfigurationError
+from service.job.api import Job
+from service.job.planner import plan, repartition_topic
+from service.membership.group import transactional_id
+from service.runtime.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos

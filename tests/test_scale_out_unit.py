@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from service.config import WorkerConfig, default_transaction_timeout_s
-from service.faults import FaultInjector
 from connectors.kafka_waits import KafkaWaits
-from service.errors import ConfigurationError, PartitionCountChangedError, ProducerFencedError
-from service.membership import DepartedWorkerFencer, SlotGuard, worker_of_member
-from service.recovery import _check_partition_count
+from eos.errors import ConfigurationError, PartitionCountChangedError, ProducerFencedError
+from service.checkpointing.faults import FaultInjector
+from service.checkpointing.recovery import _check_partition_count
+from service.membership.group import DepartedWorkerFencer, SlotGuard, worker_of_member
+from service.runtime.config import WorkerConfig, default_transaction_timeout_s
 from statestore.manifest import Manifest
 
 

@@ -34,7 +34,7 @@ def test_wrong_credentials_are_refused_clearly(sasl_broker, tmp_path):
                                    env={"KAFKA_PASSWORD": "wrong-password"})
     assert worker.wait(120) == 1, worker.log_tail()
     log = worker.log_tail(400)
-    verdict = [line for line in log.splitlines() if "ERROR service.worker" in line]
+    verdict = [line for line in log.splitlines() if "ERROR service.runtime.worker" in line]
     assert verdict and "cannot read the cluster's metadata" in verdict[-1], log
     assert "Authentication failed" in verdict[-1], verdict[-1]
     assert "wrong-password" not in log

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import CorruptSnapshotError, SnapshotMissingError
+from eos.errors import CorruptSnapshotError, SnapshotMissingError
 from statestore.codecs import JSON_CODEC, PICKLE_CODEC
 from statestore.digests import DigestCache
 from statestore.keys import KeyEncodingError, decode_key, encode_key

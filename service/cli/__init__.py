@@ -8,14 +8,13 @@ import sys
 import click
 from confluent_kafka import KafkaException
 
-from service.errors import EosError
+from eos.errors import EosError
 from service.cli.checkpoints_cmd import checkpoints
-from service.cli.kafka_cmd import kafka
-from service.cli.run_cmd import run
 from service.cli.demo_cmd import demo
 from service.cli.generate_cmd import generate
+from service.cli.kafka_cmd import kafka
+from service.cli.run_cmd import run
 from service.cli.savepoint_cmd import savepoint
-
 
 _CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 

@@ -16,7 +16,7 @@ import click
 from tqdm import tqdm
 
 from service.cli.storage_options import s3_options
-from service.units import human_bytes
+from service.monitoring.units import human_bytes
 from statestore.catalog import COMPLETE, SnapshotRecord, TaskCatalog, scan, verify
 from statestore.storage import S3Settings, open_storage
 
@@ -29,7 +29,7 @@ def _committed_snapshots(bootstrap: str, catalogs: list[TaskCatalog]) -> dict[tu
     """(job, task) -> the snapshot its committed offset names: what a restart restores."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from service.recovery import parse_metadata
+    from service.checkpointing.recovery import parse_metadata
 
     result: dict[tuple[str, str], str] = {}
     for job in sorted({c.job for c in catalogs}):

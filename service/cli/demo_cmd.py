@@ -24,9 +24,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
-from service.generator import OrderGenerator
+from service.checkpointing.recovery import parse_metadata
+from service.cli.generator import OrderGenerator
 from service.local_kafka import BrokerSettings, LocalBroker
-from service.recovery import parse_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from service.generator import OrderGenerator
+from service.cli.generator import OrderGenerator
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from service.cli.storage_options import s3_options
-from service.config import (
+from service.job.loader import load_job
+from service.runtime.config import (
     AT_LEAST_ONCE,
     EXACTLY_ONCE,
     FULL,
@@ -25,9 +26,8 @@ from service.config import (
     parse_duration,
     parse_key_values,
 )
-from service.job_loader import load_job
-from service.restart import RestartStrategy, run_with_restarts
-from service.worker import Worker
+from service.runtime.restart import RestartStrategy, run_with_restarts
+from service.runtime.worker import Worker
 from statestore.storage import S3Settings
 
 

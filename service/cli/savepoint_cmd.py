@@ -9,9 +9,9 @@ import click
 import orjson
 
 from service.cli.storage_options import s3_options
-from service.savepoint_catalog import INCOMPLETE, USABLE, dispose, list_savepoints
-from service.savepoint_client import take_savepoint
-from service.savepoint_resume import open_savepoint
+from service.savepoints.catalog import INCOMPLETE, USABLE, dispose, list_savepoints
+from service.savepoints.client import take_savepoint
+from service.savepoints.resume import open_savepoint
 from statestore.savepoint_manifest import SavepointManifest
 from statestore.storage import S3Settings
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import LocalKafkaError
+from eos.errors import LocalKafkaError
 from service.local_kafka.distribution import (
     KafkaDistribution,
     cache_root,

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import LocalKafkaError
+from eos.errors import LocalKafkaError
 
 log = logging.getLogger(__name__)
 

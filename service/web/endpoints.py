@@ -8,7 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from service.status import CheckpointStatus, StatusBoard
+from service.monitoring.status import CheckpointStatus, StatusBoard
 from service.web import status_page
 from service.web.routing import Request, Response, Router
 

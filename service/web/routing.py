@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 
 
 @dataclass(frozen=True)

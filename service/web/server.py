@@ -12,7 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 from service.web.routing import Request, Response, Router
 
 log = logging.getLogger(__name__)

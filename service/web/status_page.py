@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from html import escape
 
-from service.status import RUNNING, CheckpointStatus, WorkerStatus
-from service.units import human_bytes
+from service.monitoring.status import RUNNING, CheckpointStatus, WorkerStatus
+from service.monitoring.units import human_bytes
 
 REFRESH_S = 2
 

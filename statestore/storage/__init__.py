@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageError
 from statestore.storage.file import FileStorage
 

@@ -19,7 +19,7 @@ import botocore.exceptions
 from botocore.config import Config
 from botocore.credentials import SharedCredentialProvider
 
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 from statestore.storage.base import ObjectNotFound, StorageError, StoredObject
 
 log = logging.getLogger(__name__)

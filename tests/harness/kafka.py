@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.membership import worker_of_member
+from service.membership.group import worker_of_member
 
 
 def unique_name(prefix: str) -> str:

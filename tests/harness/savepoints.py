@@ -14,13 +14,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.harness.prometheus import free_port
 from tests.harness.scenario import RunningSum
-from tests.harness.worker_process import EOS, REPO, WorkerProcess, wait_for
+from tests.harness.worker_process import EOS, OUTSIDE_REPO, REPO, WorkerProcess, wait_for
 
 JOBS = REPO / "tests" / "jobs"
 
 
 def eos(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*EOS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*EOS, *args], cwd=OUTSIDE_REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 

@@ -1,19 +1,26 @@
-"""Runs `eos run` as a real OS process, so tests can SIGKILL, SIGSTOP and restart it."""
+"""Runs `eos run` as a real OS process, so tests can SIGKILL, SIGSTOP and restart it.
+
+Workers start the way users start them: the installed `eos` command, from a working
+directory outside the repository (the test's own directory), with job files named by path.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-EOS = [sys.executable, "-m", "service.cli"]
+# The console script pip installed beside this interpreter (.venv/bin/eos).
+EOS = [str(Path(sys.executable).with_name("eos"))]
+# Where commands run when a test names no directory: anywhere but the repository.
+OUTSIDE_REPO = Path(tempfile.gettempdir())
 
 
 @dataclass
@@ -59,7 +66,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self._log_start = self._log.tell()  # slots reuse their log file across incarnations
-        self.proc = subprocess.Popen(spec.argv(), cwd=REPO, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(spec.argv(), cwd=log_path.parent, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         WorkerProcess.started.append(self)
 

@@ -3,9 +3,9 @@ Same uids for the stateful part, so it resumes the original job's checkpoints.""
 
 import json
 
-from connectors.serdes import BYTES, JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import BYTES, JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def parse_or_skip(raw: bytes) -> list:

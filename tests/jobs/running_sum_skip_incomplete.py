@@ -1,9 +1,9 @@
 """The running-sum job "fixed" to skip orders without a user: same uids, so it resumes
 the original job's checkpoints."""
 
-from connectors.serdes import JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def build(params: Params) -> Job:

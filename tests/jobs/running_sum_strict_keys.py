@@ -2,9 +2,9 @@
 too large to send: orders carrying `"pad": N` grow by N bytes before the repartition
 topic. Each way for a record to be bad then has a place in one job."""
 
-from connectors.serdes import JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def inflate(order: dict) -> dict:

@@ -3,9 +3,9 @@ backlog stays visible for a few seconds: monitoring tests watch its lag fall to 
 
 import time
 
-from connectors.serdes import JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def build(params: Params) -> Job:

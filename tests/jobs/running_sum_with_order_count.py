@@ -6,9 +6,9 @@ Savepoint tests resume one version from the other's savepoint: an added operator
 starts empty, a removed one is refused unless --allow-non-restored-state.
 """
 
-from connectors.serdes import JSON, STRING
-from examples.running_sum import add_order
-from service.api import Job, Params
+from eos import JSON, STRING, Job, Params
+
+from running_sum import add_order
 
 
 def count_order(counted: dict, order: dict) -> dict:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from connectors.serdes import KEY, PICKLE, Serde
-from service.api import VALUE_CHANGING_KINDS, Job, Node
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
+from service.job.api import VALUE_CHANGING_KINDS, Job, Node
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, RecordTooLarge, refused_output
-from service.api import Node
+from service.job.api import Node
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
 from statestore.tables import ABSENT, DELETED, MISS

@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from service.errors import SavepointError
+from eos.errors import SavepointError
 
 TIMEOUT_S = 10.0
 

@@ -34,11 +34,11 @@ from urllib.parse import quote
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from connectors.serdes import BYTES, KEY
-from service.errors import SavepointError
-from service.planner import Plan, Stage
-from service.recovery import Restored, parse_metadata
-from service.savepoint_schema import declared_states
-from service.task import CompletedCheckpoint, Task
+from eos.errors import SavepointError
+from service.checkpointing.recovery import Restored, parse_metadata
+from service.job.planner import Plan, Stage
+from service.runtime.task import CompletedCheckpoint, Task
+from service.savepoints.schema import declared_states
 from statestore.keys import decode_key
 from statestore.murmur2 import partition_for
 from statestore.savepoint_data import (

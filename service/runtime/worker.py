@@ -18,23 +18,23 @@ from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import AtLeastOnceProducer, OutputCommitter, TransactionalProducer
 from connectors.kafka_source import KafkaSource, consumer_config
-from service.api import Job
-from service.checkpoint import CheckpointCoordinator
-from service.config import EXACTLY_ONCE, OFFSET_COMMIT_INTERVAL_S, WorkerConfig
-from service.error_policy import ErrorHandler, dead_letter_topic
-from service.errors import CheckpointError, EosError, ProducerFencedError, RecordError
-from service.faults import FaultInjector
-from service.incarnation import Incarnations
-from service.membership import DepartedWorkerFencer, GroupView, SlotGuard, transactional_id
-from service.metrics import WorkerMetrics
-from service.monitoring import WorkerMonitor
-from service.planner import plan
-from service.recovery import restore_task
-from service.savepoint_resume import SavepointResume
-from service.savepoints import SavepointControl, default_savepoint_dir
-from service.status import FAILED, RUNNING, STOPPED, STOPPING
-from service.task_manager import TaskManager
-from service.topics import PartitionCounts, ensure_topics
+from eos.errors import CheckpointError, EosError, ProducerFencedError, RecordError
+from service.checkpointing.coordinator import CheckpointCoordinator
+from service.checkpointing.faults import FaultInjector
+from service.checkpointing.recovery import restore_task
+from service.job.api import Job
+from service.job.planner import plan
+from service.membership.group import DepartedWorkerFencer, GroupView, SlotGuard, transactional_id
+from service.membership.incarnation import Incarnations
+from service.monitoring.metrics import WorkerMetrics
+from service.monitoring.monitor import WorkerMonitor
+from service.monitoring.status import FAILED, RUNNING, STOPPED, STOPPING
+from service.runtime.config import EXACTLY_ONCE, OFFSET_COMMIT_INTERVAL_S, WorkerConfig
+from service.runtime.error_policy import ErrorHandler, dead_letter_topic
+from service.runtime.task_manager import TaskManager
+from service.runtime.topics import PartitionCounts, ensure_topics
+from service.savepoints.control import SavepointControl, default_savepoint_dir
+from service.savepoints.resume import SavepointResume
 from statestore.storage import open_storage
 
 log = logging.getLogger(__name__)

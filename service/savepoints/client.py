@@ -1,7 +1,7 @@
 """Taking a savepoint of a job's group: the client side of the workers' control API.
 
 The client talks to every worker of the group (their `--http-port` URLs) and walks
-them through the protocol in service/savepoints.py:
+them through the protocol in service/savepoints/control.py:
 
 1. begin on every worker: each pauses its source partitions and commits a checkpoint;
 2. poll until two consecutive rounds find every worker idle (drained, nothing
@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from service.errors import SavepointError
-from service.savepoints import savepoint_location
+from eos.errors import SavepointError
+from service.savepoints.control import savepoint_location
 from statestore.savepoint_manifest import (
     MANIFEST_NAME,
     OperatorState,

@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service.errors import SavepointError
-from service.planner import Plan
-from service.savepoint_schema import DeclaredState, declared_states, operator_of
+from eos.errors import SavepointError
+from service.job.planner import Plan
+from service.savepoints.schema import DeclaredState, declared_states, operator_of
 from statestore.savepoint_data import write_state_file
 from statestore.savepoint_manifest import (
     MAP_STATE,

@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import EosError, SavepointError
-from service.savepoint_resume import open_savepoint
-from service.savepoints import savepoint_location
+from eos.errors import EosError, SavepointError
+from service.savepoints.control import savepoint_location
+from service.savepoints.resume import open_savepoint
 from statestore.savepoint_manifest import MANIFEST_NAME, STATE_DIR, SavepointManifest
 from statestore.storage import FileStorage, S3Settings, open_storage
 from statestore.storage.base import StorageError

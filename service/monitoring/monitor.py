@@ -14,10 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from connectors.kafka_waits import KafkaWaits
-from service.config import WorkerConfig
-from service.kafka_stats import ConsumerLag, RecordsOut
-from service.metrics import WorkerMetrics
-from service.status import (
+from service.monitoring.kafka_stats import ConsumerLag, RecordsOut
+from service.monitoring.metrics import WorkerMetrics
+from service.monitoring.status import (
     RUNNING,
     STARTING,
     CheckpointStatus,
@@ -25,13 +24,14 @@ from service.status import (
     TaskStatus,
     WorkerStatus,
 )
+from service.runtime.config import WorkerConfig
 from service.web.endpoints import add_worker_pages
 from service.web.routing import ControlAccess, Router
 from service.web.server import HttpServer
 
 if TYPE_CHECKING:
-    from service.checkpoint import CheckpointCoordinator, CheckpointRecord
-    from service.task_manager import TaskManager
+    from service.checkpointing.coordinator import CheckpointCoordinator, CheckpointRecord
+    from service.runtime.task_manager import TaskManager
 
 log = logging.getLogger(__name__)
 

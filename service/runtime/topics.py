@@ -13,8 +13,8 @@ import logging
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.errors import ConfigurationError
-from service.planner import Plan
+from eos.errors import ConfigurationError
+from service.job.planner import Plan
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
-from service.errors import ProducerFencedError
+from eos.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
 

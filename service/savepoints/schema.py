@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from service.planner import Plan, Stage
+from service.job.planner import Plan, Stage
 from statestore.codecs import JSON_CODEC, ValueCodec
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
 

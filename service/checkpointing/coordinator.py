@@ -41,14 +41,20 @@ from functools import partial
 from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka_sink import OutputCommitter
-from service.config import OFFSET_COMMIT_INTERVAL_S
-from service.errors import CheckpointError, CheckpointTimeoutError, EosError, GroupRebalancedError, \
-    ProducerFencedError, StateStoreError
-from service.faults import FaultInjector
-from service.metrics import WorkerMetrics
-from service.recovery import format_metadata
-from service.task import CompletedCheckpoint, Task
-from service.task_manager import TaskManager
+from eos.errors import (
+    CheckpointError,
+    CheckpointTimeoutError,
+    EosError,
+    GroupRebalancedError,
+    ProducerFencedError,
+    StateStoreError,
+)
+from service.checkpointing.faults import FaultInjector
+from service.checkpointing.recovery import format_metadata
+from service.monitoring.metrics import WorkerMetrics
+from service.runtime.config import OFFSET_COMMIT_INTERVAL_S
+from service.runtime.task import CompletedCheckpoint, Task
+from service.runtime.task_manager import TaskManager
 from statestore.manifest import Manifest
 from statestore.retention import snapshot_name
 from statestore.snapshots import run_all

@@ -38,10 +38,10 @@ from urllib.parse import parse_qs
 import orjson
 from confluent_kafka import KafkaException, TopicPartition
 
-from service.errors import ConfigurationError, EosError, SavepointError
-from service.planner import Plan
-from service.savepoint_offsets import ClusterOffsets
-from service.savepoint_part import write_part
+from eos.errors import ConfigurationError, EosError, SavepointError
+from service.job.planner import Plan
+from service.savepoints.offsets import ClusterOffsets
+from service.savepoints.part import write_part
 from service.web.routing import Request, Response, Router
 from statestore.storage import S3Settings, open_storage
 

@@ -13,13 +13,12 @@ from typing import Any
 
 from connectors.kafka_sink import Produce
 from connectors.serdes import BYTES, SerdeError
-from service.error_policy import ErrorHandler
-from service.errors import RecordError
-from service.operators import ChainContext, OperatorFailure, build_chain
-from service.planner import Stage
+from eos.errors import RecordError
+from service.job.planner import Stage
+from service.runtime.error_policy import ErrorHandler
+from service.runtime.operators import ChainContext, OperatorFailure, build_chain
 from statestore.manifest import Manifest
 from statestore.task_state import TaskState
-
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
 
 Each restart builds a new worker (new consumer, producer and incarnation token) that
 recovers from the last completed checkpoint like any start; the worker slot's record
-(service/incarnation.py) counts it in `eos_restarts_total`. What a restart cannot cure
+(service/membership/incarnation.py) counts it in `eos_restarts_total`. What a restart cannot cure
 is never retried: a bad record under policy `fail` (exit 2; the same record would stop
 it again), being fenced by a newer instance of the slot (exit 3), configuration errors,
 missing or corrupt snapshots and savepoint errors (exit 1, for a reason a restart does
@@ -26,8 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.config import parse_duration
-from service.errors import (
+from eos.errors import (
     ConfigurationError,
     ProducerFencedError,
     RecordError,
@@ -35,6 +34,7 @@ from service.errors import (
     SnapshotMissingError,
     SnapshotUnreachableError,
 )
+from service.runtime.config import parse_duration
 
 log = logging.getLogger(__name__)
 

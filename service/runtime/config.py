@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 from statestore.storage import S3Settings
 
 EXACTLY_ONCE = "exactly-once"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import orjson
 
-from service.metrics import WorkerMetrics
+from service.monitoring.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.serdes import BYTES, Serde
-from service.errors import ConfigurationError
+from eos.errors import ConfigurationError
 from statestore.codecs import JSON_CODEC, ValueCodec
 
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
-from service.errors import CorruptSnapshotError, PartitionCountChangedError, SnapshotMissingError, \
-    SnapshotUnreachableError
-from service.task import CompletedCheckpoint, Task
+from eos.errors import CorruptSnapshotError, PartitionCountChangedError, SnapshotMissingError, SnapshotUnreachableError
+from service.runtime.task import CompletedCheckpoint, Task
 from statestore.manifest import Manifest
 from statestore.retention import checkpoint_id_of
 from statestore.snapshots import RestoreStats

@@ -14,7 +14,7 @@ from typing import Any
 
 from connectors.dead_letter import DeadLetterSink, dead_letter_topic, failure_headers
 from connectors.kafka_sink import Produce
-from service.errors import ConfigurationError, RecordError
+from eos.errors import ConfigurationError, RecordError
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from collections.abc import Callable
 
 from confluent_kafka import TopicPartition
 
-from connectors.kafka_source import KafkaSource
 from connectors.kafka_sink import OutputCommitter
-from service.config import WorkerConfig
-from service.error_policy import ErrorHandler
-from service.membership import DepartedWorkerFencer
-from service.metrics import WorkerMetrics
-from service.errors import SnapshotMissingError
-from service.planner import Plan
-from service.recovery import restore_task
-from service.task import Task, task_id
-from service.topics import PartitionCounts
+from connectors.kafka_source import KafkaSource
+from eos.errors import SnapshotMissingError
+from service.checkpointing.recovery import restore_task
+from service.job.planner import Plan
+from service.membership.group import DepartedWorkerFencer
+from service.monitoring.metrics import WorkerMetrics
+from service.runtime.config import WorkerConfig
+from service.runtime.error_policy import ErrorHandler
+from service.runtime.task import Task, task_id
+from service.runtime.topics import PartitionCounts
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
 from statestore.retention import RetainedSnapshots
@@ -82,7 +82,7 @@ class TaskManager:
         if self.fencer is not None:
             self.fencer.after_rebalance()
         if not self.committer.started:
-            # Only now, inside the first assignment: see service/membership.py for why
+            # Only now, inside the first assignment: see service/membership/group.py for why
             # this ordering keeps remaining workers from fencing a new instance.
             self.committer.start()
         if not partitions:  # a rebalance that gave this worker nothing (new)

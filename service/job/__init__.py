@@ -1,0 +1,1 @@
+"""What a user writes (the Job API) and how it becomes stages and tasks."""

@@ -1,0 +1,1 @@
+"""The job's consumer group as workers see it: members, worker slots and their incarnations."""

@@ -1,0 +1,1 @@
+"""What a worker shows about itself: metrics, status snapshots, client statistics."""

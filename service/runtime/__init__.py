@@ -1,0 +1,1 @@
+"""One worker at run time: its loop, its tasks and their operator chains."""

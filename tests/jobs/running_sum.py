@@ -1,0 +1,1 @@
+../../examples/running_sum.py
