@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 
 from statestore.sealed_json import check_seal, parse_object, seal
 
-
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from eos.errors import SnapshotMissingError, SnapshotUnreachableError
+from eos.errors import SnapshotLostError
 from statestore.manifest import Manifest
 from statestore.snapshots import SHARED
 from statestore.storage.base import CheckpointStorage
@@ -39,9 +39,11 @@ def drop_snapshot(storage: CheckpointStorage, prefix: str, dropped: Manifest,
     """Deletes one snapshot that fell out of retention, keeping files others still use."""
     still_used = referenced_keys(kept)
     doomed = [f"{prefix}/{f.key}" for f in dropped.files if f.key not in still_used]
-    doomed.append(f"{prefix}/{dropped.snapshot}/_manifest.json")
+    # The manifest goes first, as it was written last: a snapshot whose manifest exists
+    # has all its files (the storage scrub relies on it).
+    storage.delete([f"{prefix}/{dropped.snapshot}/_manifest.json"])
     storage.delete(doomed)
-    return len(doomed)
+    return len(doomed) + 1
 
 
 def sweep(storage: CheckpointStorage, prefix: str, kept: list[Manifest], newest_id: int,
@@ -104,7 +106,7 @@ class RetainedSnapshots:
             try:
                 kept.append(in_memory.get(snapshot) or self._load(snapshot))
             except Exception as exc:  # noqa: BLE001 - anything but a clear loss: be careful
-                if isinstance(exc, SnapshotMissingError) and not isinstance(exc, SnapshotUnreachableError):
+                if isinstance(exc, SnapshotLostError):
                     log.warning("retention: lineage snapshot %s of %s is lost (%s)",
                                 snapshot, self.prefix, exc)
                     continue

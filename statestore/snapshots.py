@@ -84,11 +84,14 @@ class SnapshotPersister:
         self.prefix = prefix
         self.digests = digests
         self.incremental = incremental
+        # Shared files the scrub found damaged in storage (statestore/scrub.py): never
+        # reused, uploaded again by the next checkpoint that needs them.
+        self.damaged: set[str] = set()
 
     def plan(self, local_dir: Path, snapshot: str, previous: Manifest | None) -> UploadPlan:
         known = set()
         if previous is not None and self.incremental:
-            known = {f.key for f in previous.files if f.key.startswith(SHARED + "/")}
+            known = {f.key for f in previous.files if f.key.startswith(SHARED + "/")} - self.damaged
         entries, uploads = [], []
         for path in sorted(local_dir.iterdir()):
             size = path.stat().st_size
@@ -101,7 +104,11 @@ class SnapshotPersister:
         return UploadPlan(snapshot, tuple(entries), tuple(uploads))
 
     def upload_calls(self, plan: UploadPlan) -> list[Callable[[], None]]:
-        return [partial(self.storage.put_file, f"{self.prefix}/{u.key}", u.path) for u in plan.uploads]
+        return [partial(self._upload, u) for u in plan.uploads]
+
+    def _upload(self, upload: PendingUpload) -> None:
+        self.storage.put_file(f"{self.prefix}/{upload.key}", upload.path)
+        self.damaged.discard(upload.key)
 
     def upload(self, local_dir: Path, snapshot: str, previous: Manifest | None,
                deadline: float | None = None, pool: Executor | None = None) -> tuple[list[FileEntry], int]:

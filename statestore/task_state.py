@@ -18,8 +18,8 @@ from statestore.codecs import ValueCodec
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
 from statestore.rocks import TaskStore
-from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, UploadPlan, run_all, \
-    task_prefix
+from statestore.scrub import TaskScrub
+from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, UploadPlan, run_all, task_prefix
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
 from statestore.tables import MapTable, ValueTable
@@ -44,6 +44,7 @@ class TaskState:
         prefix = task_prefix(job, task)
         self.persister = SnapshotPersister(storage, prefix, digests, incremental)
         self.restorer = SnapshotRestorer(storage, prefix, digests)
+        self.scrub = TaskScrub(storage, prefix, self.persister.damaged)
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
         self._acquired = False

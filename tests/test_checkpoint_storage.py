@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from statestore.storage import (CheckpointStorage, FileStorage, ObjectNotFound, StorageError,
-                                open_storage)
+from statestore.storage import CheckpointStorage, FileStorage, ObjectNotFound, StorageError, open_storage
 from statestore.storage import s3 as s3_module
 from statestore.storage.s3 import S3Storage
 from tests.harness.s3_server import S3Server, running_s3_server

@@ -294,11 +294,16 @@ def test_bad_savepoint_input_is_refused_before_anything_is_read(bootstrap, tmp_p
     assert expected in log, log
 
 
-def test_sigkill_while_writing_a_savepoint_leaves_it_unusable_and_the_checkpoints_intact(bootstrap, tmp_path):
+@pytest.mark.parametrize("fault", ["mid_write", "mid_file"])
+def test_sigkill_while_writing_a_savepoint_leaves_it_unusable_and_the_checkpoints_intact(bootstrap, tmp_path, fault):
+    """Killed after its first state file (`mid_write`) or halfway through it, leaving the
+    storage's temporary file of that write (`mid_file`): either way `list` shows the
+    attempt as incomplete, `--from-savepoint` refuses it, `dispose` removes all of it, and
+    the job resumes from its checkpoints."""
     scenario = RunningSum(bootstrap, tmp_path, records=6_000)
     before, after = _split(scenario, 3_000)
     scenario.feed_all_now(before)
-    doomed = start_controlled(scenario, env={"EOS_SAVEPOINT_FAULT": "mid_write"}).wait_ready()
+    doomed = start_controlled(scenario, env={"EOS_SAVEPOINT_FAULT": fault}).wait_ready()
     wait_for(lambda: len(scenario.ids_seen()) >= 1_000, 90, 0.5, "some output")
     result = eos("savepoint", "stop", "--job", doomed.url, "--target", str(tmp_path / "savepoints"))
     assert result.returncode != 0, result.stdout
@@ -309,8 +314,14 @@ def test_sigkill_while_writing_a_savepoint_leaves_it_unusable_and_the_checkpoint
     assert listing.returncode == 0, listing.stderr
     assert "incomplete (not usable)" in listing.stdout and " usable " not in listing.stdout, listing.stdout
     partial = next((tmp_path / "savepoints").iterdir())
-    assert any(partial.rglob("*.jsonl")), "the worker died before writing any state file"
+    if fault == "mid_write":
+        assert any(partial.rglob("*.jsonl")), "the worker died before writing any state file"
+    else:
+        assert not any(partial.rglob("*.jsonl")) and any(partial.rglob(".*.tmp")), sorted(partial.rglob("*"))
+        assert "unfinished writes" in listing.stdout, listing.stdout
     assert "is not a complete savepoint" in _refused(scenario, bootstrap, str(partial))
+    disposed = eos("savepoint", "dispose", str(partial))
+    assert disposed.returncode == 0 and not partial.exists(), disposed.stderr
 
     survivor = scenario.start_worker()  # from the job's checkpoints, as after any crash
     scenario.feed_all_now(after)

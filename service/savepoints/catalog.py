@@ -2,7 +2,9 @@
 
 A savepoint is usable only with its manifest; a directory of state files without one is
 a savepoint that was never finished (its client or a worker died while writing it) and
-is listed as incomplete, never as something to resume from.
+is listed as incomplete, never as something to resume from. So is a directory that holds
+nothing but writes a killed worker left unfinished (temporary files, incomplete
+multipart uploads): `dispose` removes those too.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ def list_savepoints(directory: str, s3: S3Settings | None = None) -> list[Savepo
     try:
         storage = open_storage(directory, s3)
         objects = storage.list_entries("")
+        unfinished_writes = storage.list_unfinished("")
     except StorageError as exc:
         raise SavepointError(f"cannot list savepoints in {directory}: {exc}") from exc
     sizes: dict[str, int] = {}
     has_manifest: set[str] = set()
+    unfinished: dict[str, int] = {}
     for obj in objects:
         name, sep, rest = obj.key.partition("/")
         if not sep:
@@ -56,12 +60,19 @@ def list_savepoints(directory: str, s3: S3Settings | None = None) -> list[Savepo
         sizes[name] = sizes.get(name, 0) + obj.size
         if rest == MANIFEST_NAME:
             has_manifest.add(name)
+    for obj in unfinished_writes:
+        name, sep, _ = obj.key.partition("/")
+        if sep:
+            unfinished[name] = unfinished.get(name, 0) + 1
+            sizes[name] = sizes.get(name, 0) + obj.size
     entries = []
     for name in sorted(sizes):
         location = savepoint_location(directory, name)
         if name not in has_manifest:
-            entries.append(SavepointEntry(name, location, INCOMPLETE, problem="no manifest: never finished, not usable",
-                                          size=sizes[name]))
+            problem = "no manifest: never finished, not usable"
+            if unfinished.get(name):
+                problem += f" ({unfinished[name]} unfinished writes left by a process that died while writing)"
+            entries.append(SavepointEntry(name, location, INCOMPLETE, problem=problem, size=sizes[name]))
             continue
         try:
             manifest, _ = open_savepoint(location, s3)
@@ -79,12 +90,14 @@ def dispose(location: str, s3: S3Settings | None = None) -> int:
     try:
         storage = open_storage(location, s3)
         keys = storage.list("")
-        if MANIFEST_NAME not in keys and not any(k.startswith(STATE_DIR + "/") for k in keys):
+        unfinished = [entry.key for entry in storage.list_unfinished("")]
+        if not any(_savepoint_key(k) for k in keys + unfinished):
             raise SavepointError(f"{location} does not look like a savepoint (no {MANIFEST_NAME}, no {STATE_DIR}/); "
                                  "nothing deleted")
         if MANIFEST_NAME in keys:
             storage.delete([MANIFEST_NAME])
         storage.delete([k for k in keys if k != MANIFEST_NAME])
+        discarded = storage.discard_unfinished("")
     except StorageError as exc:
         raise SavepointError(f"cannot dispose of savepoint {location}: {exc}") from exc
     if isinstance(storage, FileStorage):
@@ -92,4 +105,8 @@ def dispose(location: str, s3: S3Settings | None = None) -> int:
             storage.root.rmdir()
         except OSError as exc:
             log.warning("savepoint directory %s is not empty after disposal: %s", storage.root, exc)
-    return len(keys)
+    return len(keys) + discarded
+
+
+def _savepoint_key(key: str) -> bool:
+    return key == MANIFEST_NAME or key.startswith(STATE_DIR + "/")

@@ -68,5 +68,13 @@ class CheckpointStorage(Protocol):
     def delete(self, keys: list[str]) -> None:
         """Deletes objects; absent keys are ignored."""
 
+    def list_unfinished(self, prefix: str) -> list[StoredObject]:
+        """Writes under `prefix` that began and never finished (a process died while
+        writing): a file system's temporary files, an object store's incomplete multipart
+        uploads. `list` never shows them; `discard_unfinished` removes them."""
+
+    def discard_unfinished(self, prefix: str) -> int:
+        """Removes what `list_unfinished` shows; returns how many."""
+
     def describe(self, key: str) -> str:
         """A human-readable location of `key` (a path or URL) for error messages."""

@@ -116,13 +116,25 @@ class FileStorage:
         return [entry.key for entry in self.list_entries(prefix)]
 
     def list_entries(self, prefix: str) -> list[StoredObject]:
+        return self._walk(prefix, unfinished=False)
+
+    def list_unfinished(self, prefix: str) -> list[StoredObject]:
+        return self._walk(prefix, unfinished=True)
+
+    def discard_unfinished(self, prefix: str) -> int:
+        unfinished = self.list_unfinished(prefix)
+        self.delete([entry.key for entry in unfinished])
+        return len(unfinished)
+
+    def _walk(self, prefix: str, unfinished: bool) -> list[StoredObject]:
+        """Objects under `prefix`, or the temporary files of writes that never finished."""
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return []
         entries = []
         for dirpath, _, files in os.walk(base):
             for name in files:
-                if name.endswith(".tmp") and name.startswith("."):
+                if _is_temporary(name) != unfinished:
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -145,6 +157,11 @@ class FileStorage:
                 except OSError:
                     break
                 parent = parent.parent
+
+
+def _is_temporary(name: str) -> bool:
+    """The name `_prepare` gives a file being written: `.{name}.{8 hex}.tmp`."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _private_opener(path: str, flags: int) -> int:

@@ -207,6 +207,34 @@ class S3Storage:
             raise self._fail("list", rel, exc) from exc
         return sorted(entries, key=lambda e: e.key)
 
+    def list_unfinished(self, prefix: str) -> list[StoredObject]:
+        return [StoredObject(key, 0, initiated) for key, _, initiated in self._multipart_uploads(prefix)]
+
+    def discard_unfinished(self, prefix: str) -> int:
+        uploads = self._multipart_uploads(prefix)
+        for key, upload_id, _ in uploads:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+            except _AWS_ERRORS as exc:
+                raise self._fail("abort an unfinished upload to", key, exc) from exc
+        return len(uploads)
+
+    def _multipart_uploads(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated) of every multipart upload under `prefix` that was
+        begun and neither completed nor aborted: a process died while uploading."""
+        rel = prefix.rstrip("/")
+        root = f"{self.prefix}/" if self.prefix else ""
+        base = f"{self._key(rel)}/" if rel else root
+        found = []
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=base)
+            for page in pages:
+                found.extend((upload["Key"][len(root):], upload["UploadId"], upload["Initiated"].timestamp())
+                             for upload in page.get("Uploads", []))
+        except _AWS_ERRORS as exc:
+            raise self._fail("list unfinished uploads in", rel, exc) from exc
+        return found
+
     def delete(self, keys: list[str]) -> None:
         full = [self._key(key) for key in keys]
         for start in range(0, len(full), DELETE_BATCH):
