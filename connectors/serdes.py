@@ -9,11 +9,10 @@ that says why. The runtime adds the record's topic, partition and offset.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import pickle
 
 import orjson
 

@@ -1,5 +1,13 @@
-from connectors.serdes import BYTES as BYTES, JSON as JSON, PICKLE as PICKLE, STRING as STRING
-from connectors.serdes import Serde as Serde, SerdeError as SerdeError
-from service.job.api import Job as Job, KeyedProcessFunction as KeyedProcessFunction
-from service.job.api import KeyedStream as KeyedStream, Params as Params, Stream as Stream
-from statestore.codecs import JSON_CODEC as JSON_CODEC, PICKLE_CODEC as PICKLE_CODEC
+from connectors.serdes import BYTES as BYTES
+from connectors.serdes import JSON as JSON
+from connectors.serdes import PICKLE as PICKLE
+from connectors.serdes import STRING as STRING
+from connectors.serdes import Serde as Serde
+from connectors.serdes import SerdeError as SerdeError
+from service.job.api import Job as Job
+from service.job.api import KeyedProcessFunction as KeyedProcessFunction
+from service.job.api import KeyedStream as KeyedStream
+from service.job.api import Params as Params
+from service.job.api import Stream as Stream
+from statestore.codecs import JSON_CODEC as JSON_CODEC
+from statestore.codecs import PICKLE_CODEC as PICKLE_CODEC

@@ -1,8 +1,12 @@
-"""The product's exception hierarchy.
+"""The product's exception hierarchy, at the bottom of every layer.
 
 Every error a user can meet names what happened, where (topic, partition, offset,
 checkpoint, file) and, where we know it, what to do about it. Catching `EosError`
-catches everything the product raises on purpose; anything else is a bug.
+catches everything the product raises on purpose; anything else is a bug. Each type
+means one thing, and the worker's exit code follows from the type alone.
+
+What goes wrong inside a transaction is not an exception here: the transaction's owner
+(connectors/transactions.py) turns it into an outcome the worker's loop acts on.
 """
 
 from __future__ import annotations
@@ -49,31 +53,42 @@ class RecordError(EosError):
         super().__init__(f"cannot process record at {where}: {reason}{detail}")
 
 
+class MissingInputError(EosError):
+    """Input records the job never processed are gone from Kafka (retention or a
+    deletion ran past the committed offset). The message names the topic, partition,
+    committed offset, earliest offset left and how many records are gone."""
+
+
 class StateStoreError(EosError):
     """The local state store failed (disk full, read-only or vanished state directory)."""
 
 
-class CheckpointError(EosError):
-    """A checkpoint could not be taken, persisted or committed. The transaction that
-    would have committed it is aborted; the worker rewinds to the last completed one."""
+class CheckpointTimeoutError(EosError):
+    """One checkpoint's snapshot was not durable within --checkpoint-timeout; that
+    checkpoint fails and counts toward --tolerable-failures."""
 
 
-class CheckpointTimeoutError(CheckpointError):
-    """A checkpoint's snapshot was not durable within --checkpoint-timeout."""
+class CheckpointsFailingError(EosError):
+    """Checkpoints cannot complete: more consecutive failures than --tolerable-failures,
+    or the final checkpoint at shutdown failed."""
 
 
-class SnapshotMissingError(EosError):
-    """A committed offset names a snapshot that cannot be restored. Never answered by
+class SnapshotLostError(EosError):
+    """A committed offset names a snapshot that is gone or damaged. Never answered by
     starting empty: that would silently lose state."""
 
 
-class CorruptSnapshotError(SnapshotMissingError):
-    """A snapshot file exists but does not match the checksum its manifest recorded."""
+class SnapshotMissingError(SnapshotLostError):
+    """The snapshot (or a file of it) a committed offset names is not in storage."""
 
 
-class SnapshotUnreachableError(SnapshotMissingError):
+class CorruptSnapshotError(SnapshotLostError):
+    """A snapshot file exists but does not match what its manifest recorded."""
+
+
+class SnapshotUnreachableError(EosError):
     """Checkpoint storage could not be read (unreachable, permissions): whether the
-    snapshot is intact is unknown, so this never counts as missing or corrupt."""
+    snapshot is intact is unknown, so this is never taken for a lost snapshot."""
 
 
 class PartitionCountChangedError(EosError):
@@ -81,14 +96,19 @@ class PartitionCountChangedError(EosError):
     keys now map to other partitions than their state."""
 
 
-class ProducerFencedError(EosError):
-    """Another instance of this worker slot took over the transactional id or the
-    group membership. This instance must stop: continuing would fight the new owner."""
+class WorkerReplacedError(EosError):
+    """A newer process of this worker slot holds it (its incarnation is listed in the
+    group): this process stops without touching the slot's transactions."""
 
 
-class TransactionAbortedError(EosError):
-    """The open transaction had to be aborted; work since the last completed checkpoint
-    is discarded and the worker rewinds."""
+class DuplicateWorkerError(EosError):
+    """Another live process already runs this worker id in the group: this one stops
+    at start. A restart does not help while the other runs."""
+
+
+class KafkaClientError(EosError):
+    """A Kafka client failed in a way no new transaction can mend (its consumer was
+    fenced, authorisation was refused, the producer cannot be initialised)."""
 
 
 class SavepointError(EosError):
@@ -98,10 +118,3 @@ class SavepointError(EosError):
 
 class CorruptSavepointError(SavepointError):
     """A savepoint file does not match the size or checksum its manifest recorded."""
-
-
-
-class GroupRebalancedError(TransactionAbortedError):
-    """The consumer group moved to a new generation while a checkpoint committed, so
-    the group coordinator refused its offsets (the zombie fence of KIP-447 at work).
-    Expected during rebalances: the worker rewinds without counting a failure."""

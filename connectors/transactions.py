@@ -1,0 +1,414 @@
+"""The open transaction of the worker's checkpoint epoch, and its one owner.
+
+Every transactional call of a worker (init, begin, produce, send offsets, commit, abort)
+goes through `TransactionOwner`, as every one of a Kafka Streams thread goes through its
+`StreamsProducer`. Each call ends in one `Outcome`, which the worker's loop acts on:
+
+  COMMITTED  the call did what it was asked (a commit: outputs and offsets are durable)
+  REWIND     the open transaction is gone; every task returns to its last completed
+             checkpoint. `counts` says whether it counts toward --tolerable-failures
+             (a failed checkpoint does, a rebalance does not)
+  REPLACED   a newer process of this worker slot holds it: stop (exit 3), touching nothing
+  FATAL      no new producer can do better (authorisation refused, say): stop (exit 1)
+
+The owner alone aborts, and does so once per failure, by replacing the producer: a new
+producer's `init_transactions` makes the coordinator end whatever the transactional id
+left open, which is certain where a plain `abort_transaction` after an outage is not,
+and librdkafka (no KIP-890) leaves a producer whose call timed out in an unknown state
+anyway. Before it initialises the id again after a fencing, or after the group forgot
+this member, it asks the slot guard whether a newer process holds the slot: then it
+must stop instead, or it would fence that process. `AtLeastOnceOwner` gives the same
+outcomes without transactions.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from connectors.kafka_errors import IDENTITY_IN_DOUBT, Cause, cause_of, describe, error_of
+from connectors.kafka_sink import DeliveryFailures, Produce, base_producer_config, make_produce
+from connectors.kafka_waits import KafkaWaits, backoff_delays
+
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.Enum):
+    COMMITTED = "committed"
+    REWIND = "rewind"
+    REPLACED = "replaced"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    reason: str = ""
+    counts: bool = False  # a rewind that counts toward --tolerable-failures
+
+    @property
+    def committed(self) -> bool:
+        return self.kind is Kind.COMMITTED
+
+
+DONE = Outcome(Kind.COMMITTED)
+
+# Who else holds this worker slot: a description of a newer process listed in the group
+# under this worker id, or None. See service/membership/slot.py.
+SlotHolder = Callable[[], "str | None"]
+ProducerFactory = Callable[[dict[str, Any]], Any]
+
+# A retriable error (coordinator moving, say) is retried this often before the
+# transaction is given up.
+RETRIES = 5
+# librdkafka's send_offsets_to_transaction can wait past its own timeout for a group
+# coordinator it looked up while the broker was away (confluentinc/librdkafka#5456,
+# #5511); it runs on a helper thread and is given up this long after its own timeout.
+UNANSWERED_GRACE_S = 5.0
+# At exit after a failure the open transaction is aborted, so that read_committed
+# readers need not wait for its timeout; bounded, since the process ends right after.
+EXIT_ABORT_S = 5.0
+
+
+class OutputOwner(Protocol):
+    """What the loop and the checkpoint coordinator need from the output side."""
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def produce(self) -> Produce: ...
+
+    abandoned: bool
+
+    def start(self) -> Outcome: ...
+
+    def poll(self) -> Outcome: ...
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome: ...
+
+    def abort(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome: ...
+
+    def failed(self, exc: BaseException) -> Outcome: ...
+
+    def consumer_failed(self, exc: BaseException) -> Outcome: ...
+
+    def close(self, *, abort: bool) -> None: ...
+
+
+def consumer_verdict(exc: BaseException, slot_holder: SlotHolder) -> Outcome:
+    """The consumer reported a fatal error: it cannot go on, whatever the producer does.
+    Replaced if a newer process of the slot took its group instance id."""
+    err = error_of(exc)
+    if cause_of(err) in IDENTITY_IN_DOUBT and (holder := slot_holder()) is not None:
+        return Outcome(Kind.REPLACED, f"the consumer was fenced ({describe(err)}): {holder}")
+    return Outcome(Kind.FATAL, f"the consumer failed and cannot continue ({describe(err)}); "
+                               "a restart of the worker creates a new one")
+
+
+class _CallFailed(Exception):
+    def __init__(self, what: str, err: KafkaError) -> None:
+        super().__init__(what)
+        self.what, self.err = what, err
+
+
+class TransactionOwner:
+    """Exactly-once output: one open transaction per checkpoint epoch."""
+
+    def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
+                 transaction_timeout_ms: int, call_timeout_s: float, slot_holder: SlotHolder,
+                 waits: KafkaWaits | None = None, producer_factory: ProducerFactory = Producer,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.transactional_id = transactional_id
+        self.call_timeout_s = call_timeout_s
+        self.slot_holder = slot_holder
+        self.waits = waits if waits is not None else KafkaWaits()
+        self.producer_factory = producer_factory
+        self.sleep = sleep
+        self.unanswered_grace_s = UNANSWERED_GRACE_S
+        self._failures = DeliveryFailures()
+        self._config = base_producer_config(bootstrap, extra)
+        self._config.update({"transactional.id": transactional_id, "transaction.timeout.ms": transaction_timeout_ms,
+                             "enable.idempotence": True, "on_delivery": self._failures.on_delivery})
+        self._producer: Any = None
+        self._produce: Produce | None = None
+        # True once a producer was left blocked in a call that never returned: the
+        # process must then exit without waiting on it in the producer's destructor.
+        self.abandoned = False
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def produce(self) -> Produce:
+        assert self._produce is not None, "producer not started"
+        return self._produce
+
+    # -- the calls the loop makes -----------------------------------------------------
+
+    def start(self) -> Outcome:
+        """The first producer: initialising the slot's transactional id aborts whatever
+        an older process of the slot left open. Waits out an unreachable cluster."""
+        return self._open()
+
+    def poll(self) -> Outcome:
+        """Serves delivery reports; a failed delivery dooms the open transaction."""
+        if self._producer is None:
+            return DONE
+        self._producer.poll(0)
+        failure = self._failures.take()
+        return DONE if failure is None else self._settle("delivering an output record", failure)
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome:
+        """Commits the outputs and `offsets` atomically, then opens the next transaction."""
+        producer = self._producer
+        try:
+            if offsets:
+                group_metadata = consumer.consumer_group_metadata()
+                self._call("send_offsets_to_transaction", lambda: self._bounded(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, group_metadata, self.call_timeout_s)))
+            self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
+            failure = self._failures.take()  # reported during the commit's flush: it failed after all
+            if failure is not None:
+                return self._settle("delivering an output record", failure)
+            self._call("begin_transaction", producer.begin_transaction)
+        except _CallFailed as failed:
+            return self._settle(failed.what, failed.err)
+        return DONE
+
+    def abort(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome:
+        """Gives up the open transaction for a reason found elsewhere (a checkpoint's
+        storage failed, partitions were revoked or lost). `identity_in_doubt`: this
+        process may have been replaced meanwhile (it lost its partitions)."""
+        if self._producer is None:
+            return Outcome(Kind.REWIND, reason, counts)
+        return self._replace(reason, counts=counts, identity_in_doubt=identity_in_doubt)
+
+    def failed(self, exc: BaseException) -> Outcome:
+        """A producer exception raised outside the owner's calls: `produce()` in an
+        operator was refused. A failed producer refuses with a bare `_FATAL`; any
+        transactional call makes it say at once which error made it fatal."""
+        err = error_of(exc)
+        if err.code() == KafkaError._FATAL and self._producer is not None:
+            try:
+                self._producer.abort_transaction(0)
+            except KafkaException as cause:
+                err = error_of(cause)
+        return self._settle("producing an output record", err)
+
+    def consumer_failed(self, exc: BaseException) -> Outcome:
+        return consumer_verdict(exc, self.slot_holder)
+
+    def close(self, *, abort: bool) -> None:
+        """Ends the producer. With `abort` (the worker stops after a failure) the open
+        transaction is aborted first, so read_committed readers need not wait out its
+        timeout; whatever it held would never have been committed anyway."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            if abort and not self.abandoned:
+                producer.abort_transaction(EXIT_ABORT_S)
+            producer.flush(0)
+        except KafkaException as exc:
+            log.debug("closing the producer: %s", exc)
+
+    # -- how outcomes come about ------------------------------------------------------
+
+    def _settle(self, what: str, err: KafkaError) -> Outcome:
+        """The outcome of a failed call: the producer is replaced (the transaction
+        aborted) unless the slot is another process's or no producer can do better."""
+        cause = cause_of(err)
+        if cause is Cause.REFUSED:
+            self._discard()
+            return Outcome(Kind.FATAL, f"{what} refused: {describe(err)}")
+        if cause is Cause.FENCED:
+            return self._replace(f"{what} refused: this producer was fenced ({describe(err)})",
+                                 counts=False, identity_in_doubt=True)
+        if cause is Cause.MEMBER_GONE:
+            return self._replace(f"{what} refused: the group no longer knows this member ({describe(err)})",
+                                 counts=False, identity_in_doubt=True)
+        if cause is Cause.GROUP_MOVED:
+            return self._replace(f"{what} refused: the group rebalanced meanwhile ({describe(err)})", counts=False)
+        if cause is Cause.UNKNOWN_OUTCOME:
+            return self._replace(f"{what} timed out ({describe(err)}); whether it took effect is read back "
+                                 "from the committed offsets", counts=True)
+        return self._replace(f"{what} failed: {describe(err)}", counts=True)
+
+    def _replace(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome:
+        if identity_in_doubt:
+            holder = self.slot_holder()
+            if holder is not None:
+                self._discard()
+                return Outcome(Kind.REPLACED, f"{reason}; {holder}")
+            log.warning("no newer process of this worker slot is in the group, so this one still holds it (a "
+                        "peer that took it for departed may have ended its transaction)")
+        log.warning("aborting the open transaction of %r: %s", self.transactional_id, reason)
+        self._discard()
+        opened = self._open()
+        return opened if not opened.committed else Outcome(Kind.REWIND, reason, counts)
+
+    def _open(self) -> Outcome:
+        """A new producer with the transactional id initialised and a transaction begun.
+        While the cluster cannot be reached it waits, with backoff, rather than give up."""
+        producer = self.producer_factory(self._config)
+        with self.waits.waiting("init_transactions"):
+            for delay in backoff_delays():
+                try:
+                    producer.init_transactions(self.call_timeout_s)
+                    producer.begin_transaction()
+                    break
+                except KafkaException as exc:
+                    err = error_of(exc)
+                    cause = cause_of(err)
+                    if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
+                        return Outcome(Kind.FATAL, f"cannot initialise transactional id {self.transactional_id!r}: "
+                                                   f"{describe(err)}")
+                    if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
+                        return Outcome(Kind.REPLACED, f"initialising {self.transactional_id!r} was refused: {holder}")
+                    log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
+                                "retrying in %.1fs", self.transactional_id, describe(err), delay)
+                    self.sleep(delay)
+        self._producer, self._produce = producer, make_produce(producer)
+        return DONE
+
+    def _discard(self) -> None:
+        """Drops the producer; what it still queues belonged to the abandoned transaction."""
+        producer, self._producer, self._produce = self._producer, None, None
+        self._failures.take()
+        if producer is not None:
+            try:
+                producer.purge()
+            except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
+                pass
+
+    def _call(self, what: str, call: Callable[[], None]) -> None:
+        """One transactional call, retried while its error says a retry may succeed."""
+        with self.waits.waiting(what):
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    call()
+                    return
+                except KafkaException as exc:
+                    err = error_of(exc)
+                    if cause_of(err) is not Cause.RETRIABLE or attempt == RETRIES:
+                        raise _CallFailed(what, err) from None
+                    log.warning("%s: retriable error %s (attempt %d)", what, describe(err), attempt)
+                    self.sleep(min(0.2 * attempt, 1.0))
+
+    def _bounded(self, what: str, call: Callable[[], None]) -> None:
+        """Runs a transactional call that librdkafka may not bound itself. Given up, it
+        stays blocked on its thread with its producer, which is abandoned: the producer
+        that replaces it fences it, so nothing it might still send can commit."""
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+        helper.start()
+        helper.join(self.call_timeout_s + self.unanswered_grace_s)
+        if helper.is_alive():
+            self.abandoned = True
+            raise KafkaException(KafkaError(
+                KafkaError._TIMED_OUT, f"{what} did not return within {self.call_timeout_s:g}s "
+                f"(+{self.unanswered_grace_s:g}s); this producer is abandoned"))
+        if outcome[0] is not None:
+            raise outcome[0]
+
+
+class AtLeastOnceOwner:
+    """At-least-once output: outputs are flushed, then the offsets committed through the
+    consumer; a crash in between replays (and duplicates) the epoch's outputs. A rewind
+    re-reads from the committed offsets; what was sent stays sent."""
+
+    abandoned = False  # every call here is bounded by librdkafka itself
+
+    def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float, slot_holder: SlotHolder,
+                 waits: KafkaWaits | None = None, producer_factory: ProducerFactory = Producer) -> None:
+        self.call_timeout_s = call_timeout_s
+        self.slot_holder = slot_holder
+        self.waits = waits if waits is not None else KafkaWaits()
+        self.producer_factory = producer_factory
+        self._failures = DeliveryFailures()
+        self._config = base_producer_config(bootstrap, extra)
+        self._config.update({"enable.idempotence": True, "on_delivery": self._failures.on_delivery})
+        self._producer: Any = None
+        self._produce: Produce | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def produce(self) -> Produce:
+        assert self._produce is not None, "producer not started"
+        return self._produce
+
+    def start(self) -> Outcome:
+        self._producer = self.producer_factory(self._config)
+        self._produce = make_produce(self._producer)
+        return DONE
+
+    def poll(self) -> Outcome:
+        if self._producer is not None:
+            self._producer.poll(0)
+        return DONE  # delivery failures are found before the next commit
+
+    def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome:
+        with self.waits.waiting("flush and commit offsets"):
+            remaining = self._producer.flush(self.call_timeout_s)
+            failure = self._failures.take()
+            if remaining or failure is not None:
+                return Outcome(Kind.REWIND, f"outputs not delivered before committing offsets ({remaining} "
+                                            f"pending, first error: {failure})", counts=True)
+            if not offsets:
+                return DONE
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                return self._refused(error_of(exc))
+        return DONE
+
+    def _refused(self, err: KafkaError) -> Outcome:
+        cause = cause_of(err)
+        reason = f"committing offsets refused: {describe(err)}"
+        if cause is Cause.REFUSED:
+            return Outcome(Kind.FATAL, reason)
+        if cause in IDENTITY_IN_DOUBT:
+            return self.abort(reason, counts=False, identity_in_doubt=True)
+        return Outcome(Kind.REWIND, reason, counts=cause is not Cause.GROUP_MOVED)
+
+    def abort(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome:
+        """Nothing to abort: outputs already sent stay (that is at-least-once)."""
+        if identity_in_doubt and (holder := self.slot_holder()) is not None:
+            return Outcome(Kind.REPLACED, f"{reason}; {holder}")
+        return Outcome(Kind.REWIND, reason, counts)
+
+    def failed(self, exc: BaseException) -> Outcome:
+        """`produce()` refused: an idempotent producer that failed is replaced."""
+        err = error_of(exc)
+        self.close(abort=False)
+        self.start()
+        return Outcome(Kind.REWIND, f"producing an output record failed: {describe(err)}", counts=True)
+
+    def consumer_failed(self, exc: BaseException) -> Outcome:
+        return consumer_verdict(exc, self.slot_holder)
+
+    def close(self, *, abort: bool) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush(self.call_timeout_s)

@@ -1,0 +1,302 @@
+"""The transaction's owner, one transition per test, at the seam the product owns: the
+owner takes its producers from a factory, and these tests give it scripted ones.
+
+Each test names what the client says (fenced at init, at produce, at send-offsets, at
+commit; an abortable error; a commit that timed out; the coordinator unavailable; a
+broker restart) and checks the one outcome the owner turns it into, how many producers
+it made (every abort replaces the producer, once) and whether it asked the slot guard.
+The real-broker suites check the same paths end to end.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from connectors.kafka_waits import KafkaWaits
+from connectors.transactions import DONE, AtLeastOnceOwner, Kind, TransactionOwner
+
+
+def _err(code: int, **flags) -> KafkaError:
+    return KafkaError(code, f"scripted {code}", **flags)
+
+
+FENCED = _err(KafkaError._FENCED, fatal=True)
+ABORTABLE = _err(KafkaError.INVALID_TXN_STATE, txn_requires_abort=True)
+TIMED_OUT = _err(KafkaError._TIMED_OUT, retriable=True)
+COORDINATOR_AWAY = _err(KafkaError.COORDINATOR_NOT_AVAILABLE, retriable=True)
+TRANSPORT = _err(KafkaError._TRANSPORT)
+STALE_GENERATION = _err(KafkaError.ILLEGAL_GENERATION)
+MEMBER_GONE = _err(KafkaError.UNKNOWN_MEMBER_ID)
+NOT_AUTHORISED = _err(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, fatal=True)
+
+
+class FakeProducer:
+    """Answers each call with the next scripted error for it (None: success)."""
+
+    def __init__(self, script: dict[str, list[KafkaError | None]]) -> None:
+        self.script = script
+        self.calls: list[str] = []
+
+    def _answer(self, call: str) -> None:
+        self.calls.append(call)
+        answers = self.script.get(call)
+        if answers:
+            err = answers.pop(0)
+            if err is not None:
+                raise KafkaException(err)
+
+    def init_transactions(self, timeout: float) -> None:
+        self._answer("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self._answer("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout: float) -> None:
+        self._answer("send_offsets_to_transaction")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._answer("commit_transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._answer("abort_transaction")
+
+    def produce(self, *args, **kwargs) -> None:
+        self._answer("produce")
+
+    def poll(self, timeout: float) -> int:
+        self.calls.append("poll")
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.calls.append("flush")
+        return 0
+
+    def purge(self) -> None:
+        self.calls.append("purge")
+
+
+class Consumer:
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+class Harness:
+    """An owner whose producers come from scripts, one script per producer it makes."""
+
+    def __init__(self, *scripts: dict[str, list[KafkaError | None]], holder: str | None = None) -> None:
+        self.scripts = list(scripts)
+        self.producers: list[FakeProducer] = []
+        self.slot_asked = 0
+        self.holder = holder
+        self.slept: list[float] = []
+        self.waits = KafkaWaits()
+        self.owner = TransactionOwner("localhost:9092", "job-w1", extra={}, transaction_timeout_ms=30_000,
+                                      call_timeout_s=1.0, slot_holder=self._holder, waits=self.waits,
+                                      producer_factory=self._make, sleep=self.slept.append)
+
+    def _make(self, config: dict) -> FakeProducer:
+        assert config["transactional.id"] == "job-w1"
+        producer = FakeProducer(self.scripts.pop(0) if self.scripts else {})
+        self.producers.append(producer)
+        return producer
+
+    def _holder(self) -> str | None:
+        self.slot_asked += 1
+        return self.holder
+
+    def commit(self):
+        return self.owner.commit([TopicPartition("orders", 0, 42)], Consumer())
+
+
+NEWER = "worker slot w1 is held by a newer process, member m-2"
+
+
+def _started(*scripts, holder: str | None = None) -> Harness:
+    harness = Harness(*scripts, holder=holder)
+    assert harness.owner.start() == DONE
+    return harness
+
+
+def test_start_initialises_the_transactional_id_and_opens_a_transaction():
+    harness = _started({})
+    assert harness.producers[0].calls == ["init_transactions", "begin_transaction"]
+    assert harness.slot_asked == 0
+
+
+def test_start_waits_out_an_unreachable_cluster_and_says_so_while_it_waits():
+    seen = []
+    harness = Harness({"init_transactions": [TRANSPORT, TIMED_OUT, None]})
+    harness.owner.sleep = lambda s: seen.append((s, harness.waits.current[0]))
+    assert harness.owner.start() == DONE
+    assert seen == [(0.5, "init_transactions"), (1.0, "init_transactions")]
+    assert len(harness.producers) == 1 and harness.waits.current is None
+
+
+def test_fenced_at_init_by_a_newer_process_is_replaced():
+    harness = Harness({"init_transactions": [FENCED]}, holder=NEWER)
+    outcome = harness.owner.start()
+    assert outcome.kind is Kind.REPLACED and NEWER in outcome.reason
+
+
+def test_init_refused_by_authorisation_is_fatal():
+    outcome = Harness({"init_transactions": [NOT_AUTHORISED]}).owner.start()
+    assert outcome.kind is Kind.FATAL and "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in outcome.reason
+
+
+def test_a_commit_sends_the_offsets_commits_and_opens_the_next_transaction():
+    harness = _started({})
+    assert harness.commit() == DONE
+    assert harness.producers[0].calls[2:] == ["send_offsets_to_transaction", "commit_transaction",
+                                              "begin_transaction"]
+
+
+def test_fenced_at_send_offsets_by_a_newer_process_is_replaced_without_initialising_again():
+    harness = _started({"send_offsets_to_transaction": [FENCED]}, holder=NEWER)
+    outcome = harness.commit()
+    assert outcome.kind is Kind.REPLACED and NEWER in outcome.reason
+    assert len(harness.producers) == 1 and harness.slot_asked == 1
+    assert "commit_transaction" not in harness.producers[0].calls
+
+
+def test_fenced_at_commit_by_a_peer_initialises_again_and_rewinds_without_counting():
+    harness = _started({"commit_transaction": [FENCED]}, {})
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, False)
+    assert "fenced" in outcome.reason and harness.slot_asked == 1
+    assert len(harness.producers) == 2 and harness.producers[0].calls[-1] == "purge"
+    assert harness.producers[1].calls == ["init_transactions", "begin_transaction"]
+
+
+def test_fenced_at_produce_is_found_from_the_producers_own_fatal_error():
+    """produce() on a fenced producer raises a bare _FATAL; the owner asks the producer
+    (any transactional call answers with the error that made it fatal)."""
+    harness = _started({"abort_transaction": [FENCED]}, holder=NEWER)
+    outcome = harness.owner.failed(KafkaException(_err(KafkaError._FATAL)))
+    assert outcome.kind is Kind.REPLACED and harness.slot_asked == 1
+    assert harness.producers[0].calls[-2:] == ["abort_transaction", "purge"]
+
+
+def test_an_abortable_error_at_commit_replaces_the_producer_once_and_counts():
+    harness = _started({"commit_transaction": [ABORTABLE]}, {})
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True)
+    assert len(harness.producers) == 2 and harness.slot_asked == 0
+
+
+def test_a_commit_that_timed_out_has_an_unknown_outcome_the_committed_offsets_decide():
+    harness = _started({"commit_transaction": [TIMED_OUT]}, {})
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True)
+    assert "committed offsets" in outcome.reason
+    assert harness.producers[0].calls.count("commit_transaction") == 1  # never retried blindly (no KIP-890)
+    assert len(harness.producers) == 2
+
+
+def test_a_coordinator_briefly_unavailable_is_retried_on_the_same_producer():
+    harness = _started({"commit_transaction": [COORDINATOR_AWAY, COORDINATOR_AWAY, None]})
+    assert harness.commit() == DONE
+    assert harness.producers[0].calls.count("commit_transaction") == 3 and len(harness.producers) == 1
+    assert harness.slept == [0.2, 0.4]
+
+
+def test_a_coordinator_that_stays_unavailable_fails_the_checkpoint():
+    harness = _started({"commit_transaction": [COORDINATOR_AWAY] * 5}, {})
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True) and len(harness.producers) == 2
+
+
+def test_a_rebalance_under_the_commit_rewinds_without_counting_or_asking_the_slot_guard():
+    harness = _started({"send_offsets_to_transaction": [STALE_GENERATION]}, {})
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, False)
+    assert harness.slot_asked == 0 and "rebalanced" in outcome.reason
+
+
+def test_a_member_the_group_forgot_asks_the_slot_guard():
+    harness = _started({"send_offsets_to_transaction": [MEMBER_GONE]}, holder=NEWER)
+    assert harness.commit().kind is Kind.REPLACED and harness.slot_asked == 1
+
+
+def test_a_broker_restart_during_the_commit_aborts_by_initialising_again_once_it_is_back():
+    seen = []
+    harness = _started({"commit_transaction": [TRANSPORT]},
+                       {"init_transactions": [TRANSPORT, TRANSPORT, None]})
+    harness.owner.sleep = lambda s: seen.append(harness.waits.current[0])
+    outcome = harness.commit()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True)
+    assert seen == ["init_transactions", "init_transactions"]  # /healthz sees the loop waiting on Kafka
+    assert len(harness.producers) == 2 and harness.producers[1].calls[-1] == "begin_transaction"
+
+
+def test_a_failed_delivery_dooms_the_transaction_when_polled():
+    harness = _started({}, {})
+    harness.owner._failures.on_delivery(_err(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    outcome = harness.owner.poll()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True) and len(harness.producers) == 2
+    assert harness.owner.poll() == DONE
+
+
+def test_an_abort_for_lost_partitions_stops_a_replaced_process_before_it_initialises():
+    harness = _started({}, holder=NEWER)
+    outcome = harness.owner.abort("lost partitions", counts=False, identity_in_doubt=True)
+    assert outcome.kind is Kind.REPLACED and len(harness.producers) == 1
+
+
+def test_an_abort_for_a_failed_checkpoint_asks_nobody_and_counts():
+    harness = _started({}, {})
+    outcome = harness.owner.abort("storage unreachable", counts=True)
+    assert (outcome.kind, outcome.counts, harness.slot_asked) == (Kind.REWIND, True, 0)
+
+
+def test_a_send_offsets_that_never_returns_is_given_up_and_its_producer_abandoned():
+    """librdkafka #5456/#5511: the call can wait for minutes past its own timeout."""
+    release = threading.Event()
+    harness = _started({}, {})
+    harness.producers[0].send_offsets_to_transaction = lambda *args: release.wait(30)
+    harness.owner.unanswered_grace_s = 0.2
+    outcome = harness.commit()
+    release.set()
+    assert (outcome.kind, outcome.counts) == (Kind.REWIND, True) and harness.owner.abandoned
+    assert "did not return" in outcome.reason and len(harness.producers) == 2
+
+
+@pytest.mark.parametrize("abort", [True, False])
+def test_closing_after_a_failure_aborts_the_open_transaction(abort):
+    harness = _started({})
+    harness.owner.close(abort=abort)
+    assert ("abort_transaction" in harness.producers[0].calls) is abort
+    assert not harness.owner.started
+
+
+@pytest.mark.parametrize("holder,kind", [(NEWER, Kind.REPLACED), (None, Kind.FATAL)])
+def test_a_fenced_consumer_is_replaced_or_cannot_continue(holder, kind):
+    harness = _started({}, holder=holder)
+    outcome = harness.owner.consumer_failed(KafkaException(_err(KafkaError.FENCED_INSTANCE_ID, fatal=True)))
+    assert outcome.kind is kind
+
+
+class OffsetsConsumer:
+    def __init__(self, error: KafkaError | None) -> None:
+        self.error = error
+
+    def commit(self, offsets, asynchronous: bool) -> None:
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+
+@pytest.mark.parametrize("error,holder,kind,counts", [
+    (None, None, Kind.COMMITTED, False),
+    (STALE_GENERATION, None, Kind.REWIND, False),
+    (MEMBER_GONE, NEWER, Kind.REPLACED, False),
+    (MEMBER_GONE, None, Kind.REWIND, False),
+    (TRANSPORT, None, Kind.REWIND, True),
+])
+def test_at_least_once_commits_offsets_through_the_consumer_with_the_same_outcomes(error, holder, kind, counts):
+    owner = AtLeastOnceOwner("localhost:9092", extra={}, call_timeout_s=1.0, slot_holder=lambda: holder,
+                             producer_factory=lambda config: FakeProducer({}))
+    assert owner.start() == DONE
+    outcome = owner.commit([TopicPartition("orders", 0, 42)], OffsetsConsumer(error))
+    assert (outcome.kind, outcome.counts) == (kind, counts)
