@@ -2,8 +2,10 @@
 input topic `read_committed`, never committing on its own.
 
 Offsets are committed only inside the checkpoint's transaction (or, at-least-once,
-after the checkpoint's outputs are flushed). Rebalance callbacks are handed to a
-listener that only delegates; the logic lives with the tasks.
+after the checkpoint's outputs are flushed). Rebalance callbacks only record what was
+assigned, revoked or lost; the worker's loop acts on it after `consume()` returns. A
+newly assigned partition is paused until its task is restored and positioned, so no
+record of it is fetched from a position the task does not begin at.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -25,30 +28,43 @@ from confluent_kafka import (
 )
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
-from eos.errors import ProducerFencedError
 
 log = logging.getLogger(__name__)
 
 
-class RebalanceListener(Protocol):
-    def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """Returns the partitions with the offsets to start from."""
-
-    def on_revoke(self, partitions: list[TopicPartition]) -> None: ...
-
-    def on_lost(self, partitions: list[TopicPartition]) -> None: ...
+ASSIGNED = "assigned"
+REVOKED = "revoked"
+LOST = "lost"
 
 
-def consumer_config(bootstrap: str, group: str, worker_id: str, *, session_timeout_ms: int,
-                    max_poll_interval_ms: int, auto_offset_reset: str, static_membership: bool,
-                    extra: dict[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Rebalance:
+    """What one rebalance callback said: partitions assigned, revoked or lost."""
+
+    kind: str
+    partitions: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    """The consumer's position in a partition is no longer in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeout_ms: int,
+                    max_poll_interval_ms: int, static_membership: bool,
+                    worker_id: str, extra: dict[str, str]) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": auto_offset_reset,
+        # Never reset on its own: a position that is gone is reported (see OutOfRange).
+        "auto.offset.reset": "error",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 5)),
@@ -61,7 +77,7 @@ def consumer_config(bootstrap: str, group: str, worker_id: str, *, session_timeo
         # long for a loop that drains the queue in milliseconds.
         "fetch.queue.backoff.ms": 10,
         "fetch.wait.max.ms": 50,
-        "client.id": f"{group}-{worker_id}",
+        "client.id": client_id,
     }
     if static_membership:
         config["group.instance.id"] = worker_id
@@ -72,31 +88,39 @@ def consumer_config(bootstrap: str, group: str, worker_id: str, *, session_timeo
 _message_error = Message.error
 
 
+class ConsumerFailed(KafkaException):
+    """The consumer reported a fatal error: it cannot be used any more."""
+
+
+def _keys(partitions: list[TopicPartition]) -> tuple[tuple[str, int], ...]:
+    return tuple((tp.topic, tp.partition) for tp in partitions)
+
+
 class KafkaSource:
-    """A consumer subscribed to the job's input topics, with rebalances delegated.
+    """A consumer subscribed to the job's input topics, its rebalances recorded.
 
-    The listener runs inside `consume`; from there it may call `committed`, `seek` and
-    the assignment methods, but nothing that enters the client's call state again
-    (consume, poll, list_topics, close): confluent-kafka keeps one call state per client,
-    and a nested call clears it, which crashes the next callback of the same consume."""
+    The callbacks run inside `consume`; there they only record, assign and pause: they
+    call nothing that enters the client's call state again (consume, poll, list_topics,
+    close), since confluent-kafka keeps one call state per client and a nested call
+    clears it, which crashes the next callback of the same consume."""
 
-    def __init__(self, config: dict[str, Any], waits: KafkaWaits | None = None) -> None:
+    def __init__(self, config: dict[str, Any], start_from: str = "earliest", waits: KafkaWaits | None = None) -> None:
         self.config = config
         self.waits = waits if waits is not None else KafkaWaits()
         self.consumer = Consumer(config)
-        self._listener: RebalanceListener | None = None
+        self._events: list[Rebalance] = []
+        self._out_of_range: list[OutOfRange] = []
         self._member_ids: set[str] = set()
-        reset = str(config.get("auto.offset.reset", "earliest"))
-        self.reset_offset = OFFSET_END if reset in ("latest", "largest", "end") else OFFSET_BEGINNING
+        # Where a partition nothing was committed for starts (the user's auto.offset.reset).
+        self.reset_offset = OFFSET_END if start_from in ("latest", "largest", "end") else OFFSET_BEGINNING
 
-    def subscribe(self, topics: Iterable[str], listener: RebalanceListener) -> None:
-        self._listener = listener
+    def subscribe(self, topics: Iterable[str]) -> None:
         self.consumer.subscribe(
             list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def member_ids(self) -> set[str]:
-        """Every group member id this consumer has held. A session timeout makes it
-        join again under a new one, while the group may still list an older one."""
+        """Every group member id this consumer has held: a session that expired makes
+        it join again under a new one, while the group may still list an older one."""
         self._note_member_id()
         return set(self._member_ids)
 
@@ -108,21 +132,41 @@ class KafkaSource:
         if member_id:
             self._member_ids.add(member_id)
 
+    def take_out_of_range(self) -> list[OutOfRange]:
+        """Positions the consumer found deleted from the log since the last call."""
+        found, self._out_of_range = self._out_of_range, []
+        return found
+
+    def take_rebalances(self) -> list[Rebalance]:
+        """What the callbacks recorded since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._note_member_id()
-        # The listener hears even an empty assignment: it means the worker has joined.
-        positioned = self._listener.on_assign(partitions) if self._listener is not None else []
-        consumer.incremental_assign(positioned)
+        # Recorded even when empty: it means the worker has joined.
+        consumer.incremental_assign(partitions)
+        if partitions:
+            consumer.pause(partitions)
+        self._events.append(Rebalance(ASSIGNED, _keys(partitions)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions and self._listener is not None:
-            self._listener.on_revoke(partitions)
         consumer.incremental_unassign(partitions)
+        if partitions:
+            self._events.append(Rebalance(REVOKED, _keys(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if partitions and self._listener is not None:
-            self._listener.on_lost(partitions)
         consumer.incremental_unassign(partitions)
+        if partitions:
+            self._events.append(Rebalance(LOST, _keys(partitions)))
+
+    def start_reading(self, positions: list[TopicPartition]) -> None:
+        """Positions newly assigned (paused) partitions where their tasks begin, then
+        lets them be fetched."""
+        for position in positions:
+            self.seek(position)
+        if positions:
+            self.consumer.resume([TopicPartition(p.topic, p.partition) for p in positions])
 
     def consume(self, max_records: int, timeout: float) -> list:
         """A batch of records; errors that only inform are logged, fatal ones raised."""
@@ -139,13 +183,14 @@ class KafkaSource:
             return False
         if err.code() == KafkaError._PARTITION_EOF:
             return True
-        fatal = err.fatal() or err.code() == KafkaError._FATAL
-        if err.code() == KafkaError.FENCED_INSTANCE_ID or (fatal and "fenced" in err.str().lower()):
-            raise ProducerFencedError(
-                f"group instance id {self.config.get('group.instance.id')!r} was taken over by a newer "
-                f"instance of this worker slot ({err.str()}); this instance stops")
-        if fatal:
-            raise KafkaException(err)
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+            # A position that is gone: the partition stops until it is sought. Without an
+            # offset it is one with nothing committed, which its task positions itself.
+            if msg.offset() is not None and msg.offset() >= 0:
+                self._out_of_range.append(OutOfRange(msg.topic(), msg.partition(), msg.offset()))
+            return True
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            raise ConsumerFailed(err)
         log.warning("consumer: %s", err)
         return True
 
@@ -167,8 +212,10 @@ class KafkaSource:
                 time.sleep(delay)
 
     def seek(self, partition: TopicPartition) -> None:
-        """Repositions an assigned partition; one whose fetcher has not started yet
-        (seek answers 'erroneous state') is re-assigned at the offset instead."""
+        """Repositions an assigned partition; one whose fetcher is not running (seek
+        answers 'erroneous state': not started yet, or stopped at a position that is
+        gone) is re-assigned at the offset instead. A re-assigned partition is no longer
+        paused: whoever paused it pauses it again (see savepoints)."""
         try:
             self.consumer.seek(partition)
         except KafkaException as exc:
@@ -176,31 +223,6 @@ class KafkaSource:
             bare = TopicPartition(partition.topic, partition.partition)
             self.consumer.incremental_unassign([bare])
             self.consumer.incremental_assign([partition])
-
-    def leave_group(self, timeout_s: float, joined: Callable[[], bool],
-                    still_member: Callable[[], bool | None]) -> bool:
-        """Gives up every partition and leaves the group now, so the remaining workers
-        take the partitions over at once rather than after the session timeout (a
-        static member does not leave when it merely closes; unsubscribing makes it).
-
-        The listener's revoke callback runs on the way (it checkpoints what it holds);
-        records fetched meanwhile are dropped unprocessed, so they are neither committed
-        nor lost: the next owner reads them from the committed offsets.
-
-        librdkafka sends the LeaveGroup request only after the unassignment is done, not
-        at all for a member that is still joining, and (for a static member) not once
-        closing has begun. So this waits for a join in progress to finish, and after
-        unsubscribing until `still_member()` (asked of the group, None: unknown) says the
-        group no longer lists this worker. Returns whether that happened in time."""
-        deadline = time.monotonic() + timeout_s
-        while not joined() and time.monotonic() < deadline:
-            self.consume(1000, 0.1)
-        self.consumer.unsubscribe()
-        while time.monotonic() < deadline:
-            self.consume(1000, 0.1)
-            if not self.consumer.assignment() and still_member() is False:
-                return True
-        return False
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Closes the consumer; the partitions it still holds are released without
@@ -211,7 +233,6 @@ class KafkaSource:
         the group moves its partitions) can wait on the group indefinitely, and a worker
         that is stopping has nothing left to hand over. The group then drops it after the
         session timeout."""
-        self._listener = None
         if timeout_s is None:
             self._close_quietly()
             return True

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions
 from eos.errors import ConfigurationError
 from service.job.api import Job
 from service.job.planner import plan, repartition_topic
-from service.membership.group import transactional_id
+from service.membership.slot import transactional_id
 from service.runtime.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
@@ -112,7 +112,7 @@ def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootst
                  "the resumed worker to rejoin")
         log = zombie.log_text()
         assert "fault injection: resumed at after_persist" in log, log
-        assert "a peer took this worker for departed" in log, log
+        assert "no newer process of this worker slot is in the group" in log, log
     assert "worker zombie left the group: ended its open transaction" in pool.log_texts()
     report = scenario.check()
     assert report.ok, report.summary()
@@ -135,7 +135,7 @@ def test_worker_fenced_by_a_peer_while_live_resumes_from_its_checkpoint(bootstra
         del peer  # as DepartedWorkerFencer does: it only ends the transaction
         scenario.wait_fed()
         scenario.wait_complete(worker, timeout=180)
-        assert "a peer took this worker for departed" in worker.log_text(), worker.log_text()
+        assert "no newer process of this worker slot is in the group" in worker.log_text(), worker.log_text()
     _assert_exactly_once(scenario)
 
 
@@ -157,17 +157,18 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
         scenario.wait_fed()
         scenario.wait_complete(None, timeout=180)
         log = zombie.log_text()
-        assert "not committed: the group rebalanced meanwhile" in log, log
+        assert re.search(r"checkpoint \d+ not committed: .* refused: the group (rebalanced meanwhile|no longer "
+                         r"knows this member)", log), log
     _assert_exactly_once(scenario)
 
 
-@pytest.mark.parametrize("wake", ["after its session expired", "before its session expired"])
-def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, wake):
-    """Frozen while a replacement of its slot starts. Woken after its session expired, it
-    learns first that its partitions were lost; woken before, it rejoins beside the
-    replacement and first hears of a rebalance. Either way it must stop (exit 3) rather
-    than initialise the slot's transactional id again, which would fence the replacement
-    and leave the old process running in its place."""
+@pytest.mark.parametrize("machines", ["one machine", "separate machines"])
+def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, machines):
+    """Frozen past its session timeout while a replacement of its slot starts, on the
+    same machine or on another (state directories that share nothing): woken, it must
+    stop (exit 3) rather than initialise the slot's transactional id again, which would
+    fence the replacement and leave the old process running in its place. The group
+    lists both processes' incarnations, so it knows the other is newer wherever it runs."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
     pool = WorkerPool(scenario)
     with _stopped_at_end(pool):
@@ -176,18 +177,72 @@ def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, wake):
         zombie = pool.start("w1").process
         wait_for(lambda: "assigned" in zombie.log_text(), 60, 0.2, "w1 to get partitions")
         zombie.signal(signal.SIGSTOP)
-        pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", membership=None)
-        if wake == "after its session expired":
-            wait_for(lambda: "assigned" in replacement.log_text(), 60, 0.2, "the replacement to get partitions")
-        else:
-            time.sleep(3)  # the session timeout is 6 s
+        state_dir = tmp_path / "other-machine" if machines == "separate machines" else scenario.workdir / "state"
+        pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", membership=None,
+                                                                        state_dir=state_dir)
+        wait_for(lambda: "assigned" in replacement.log_text() or not replacement.alive(), 60, 0.2,
+                 "the replacement to get partitions")
         zombie.signal(signal.SIGCONT)
         assert zombie.wait(60) == 3, f"the woken zombie did not stop:\n{zombie.log_text()}"
-        assert "worker slot w1 was taken over" in zombie.log_text(), zombie.log_text()
+        assert "worker slot w1 is held by a newer process" in zombie.log_text(), zombie.log_text()
         assert replacement.alive(), f"the zombie fenced its replacement:\n{replacement.log_text()}"
         scenario.wait_fed()
         scenario.wait_complete(replacement, timeout=180)
     _assert_exactly_once(scenario)
+
+
+def test_a_second_process_with_a_live_worker_id_stops_and_the_first_runs_on(bootstrap, tmp_path):
+    """Two processes started with the same --worker-id by mistake (dynamic membership):
+    the second sees the first listed in the group past a session timeout, stops with
+    exit 5 naming it, and never touches the slot's transactions; restarted by a
+    supervisor, it stops again."""
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
+    pool = WorkerPool(scenario)
+    with _stopped_at_end(pool):
+        scenario.start_feeding()
+        first = pool.start("w1").process
+        wait_for(lambda: "assigned" in first.log_text(), 60, 0.2, "w1 to get partitions")
+        for attempt in range(2):
+            twin = scenario.start_worker(worker_id="w1", membership=None, state_dir=tmp_path / f"twin-{attempt}")
+            assert twin.wait(60) == 5, twin.log_text()
+            _assert_names_the_live_process(twin.log_text())
+        assert first.alive()
+        scenario.wait_fed()
+        scenario.wait_complete(first, timeout=180)
+        assert "was fenced" not in first.log_text(), first.log_text()
+    _assert_exactly_once(scenario)
+
+
+def test_with_static_membership_a_replaced_process_restarted_by_its_supervisor_stops_instead_of_taking_turns(
+        bootstrap, tmp_path):
+    """Static members: the later process's join retires the earlier one at the group
+    (FENCED_INSTANCE_ID), which stops with exit 3 naming it. A supervisor restarting the
+    earlier one finds its record saying it was replaced and the other still alive: it
+    stops with exit 5 each time, rather than take the slot back in turn."""
+    scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
+    static = {"membership": "--static-membership"}
+    pool = WorkerPool(scenario)
+    with _stopped_at_end(pool):
+        scenario.start_feeding()
+        first = pool.start("w1", **static).process
+        wait_for(lambda: "assigned" in first.log_text(), 60, 0.2, "w1 to get partitions")
+        later = scenario.start_worker(worker_id="w1", state_dir=tmp_path / "elsewhere", **static)
+        assert first.wait(60) == 3, first.log_text()
+        assert "worker slot w1 is held by a newer process" in first.log_text(), first.log_text()
+        for _ in range(2):
+            restarted = scenario.start_worker(worker_id="w1", **static)
+            assert restarted.wait(60) == 5, restarted.log_text()
+            _assert_names_the_live_process(restarted.log_text())
+        assert later.alive(), later.log_tail()
+        scenario.wait_fed()
+        scenario.wait_complete(later, timeout=180)
+        assert later.terminate() == 0, later.log_tail()
+    _assert_exactly_once(scenario)
+
+
+def _assert_names_the_live_process(log: str) -> None:
+    assert "worker id w1 is already in use by a live process" in log, log
+    assert "started" in log.split("already in use", 1)[1], log  # names the other, with its start
 
 
 @pytest.mark.parametrize("storage", ["file", "s3"])

@@ -1,5 +1,6 @@
 """Scale-out rules that need no broker: liveness settings, group member names, which
-workers count as departed, partition-count checks of restored state."""
+workers count as departed, who holds a worker slot, partition-count checks of restored
+state."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka_waits import KafkaWaits
-from eos.errors import ConfigurationError, PartitionCountChangedError, ProducerFencedError
+from connectors.group import Member, client_id, member_identity, new_stamp
+from eos.errors import ConfigurationError, DuplicateWorkerError, PartitionCountChangedError
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import _check_partition_count
-from service.membership.group import DepartedWorkerFencer, SlotGuard, worker_of_member
+from service.membership.departed import DepartedWorkerFencer
+from service.membership.incarnation import Incarnation
+from service.membership.slot import SlotGuard
 from service.runtime.config import WorkerConfig, default_transaction_timeout_s
 from statestore.manifest import Manifest
 
@@ -44,95 +47,189 @@ def test_transaction_timeout_follows_a_longer_checkpoint_timeout():
     assert default_transaction_timeout_s(20.0, 30.0) == 55.0
 
 
-@pytest.mark.parametrize("instance,client,worker", [
-    ("w7", "job-w7", "w7"),            # static member
-    (None, "job-w7", "w7"),            # dynamic member: the worker's client id
-    (None, "job-a-b", "a-b"),
-    (None, "rdkafka", None),           # a foreign consumer in the group
+@pytest.mark.parametrize("instance,client,identity", [
+    ("w7", "job-w7#0001-aa", ("w7", "0001-aa")),   # static member: its instance id is its worker id
+    (None, "job-w7#0001-aa", ("w7", "0001-aa")),   # dynamic member: the worker's client id
+    (None, "job-a-b#0001-aa", ("a-b", "0001-aa")),
+    (None, "job-w7", ("w7", None)),                # a worker that carries no incarnation stamp
+    (None, "rdkafka", None),                       # a foreign consumer in the group
     (None, "job-", None),
 ])
-def test_worker_of_a_group_member(instance, client, worker):
-    assert worker_of_member("job", instance, client) == worker
+def test_the_worker_and_incarnation_of_a_group_member(instance, client, identity):
+    assert member_identity("job", instance, client) == identity
 
 
-class _ScriptedFencer(DepartedWorkerFencer):
-    """The membership answers are scripted; fencing is recorded instead of done."""
+def test_a_client_id_carries_the_worker_and_its_incarnation():
+    stamp = new_stamp(1_700_000_000.0)
+    assert member_identity("job", None, client_id("job", "w1", stamp)) == ("w1", stamp)
 
-    def __init__(self, answers: list[set[str] | None]) -> None:
-        self.group, self.own_worker, self.timeout_s = "job", "w1", 1.0
-        self._previous = None
+
+def test_later_incarnations_sort_after_earlier_ones():
+    assert new_stamp(1_700_000_000.0) < new_stamp(1_700_000_000.001) < new_stamp(1_800_000_000.0)
+
+
+class _ScriptedView:
+    """The group's answers, one per look (the last repeats); None: not described."""
+
+    group = "job"
+
+    def __init__(self, answers: list[list[Member] | None]) -> None:
         self._answers = answers
-        self.fenced: list[str] = []
 
-    def live_workers(self):
-        return self._answers.pop(0)
+    def members(self) -> list[Member] | None:
+        return self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
 
-    def _fence(self, worker: str) -> None:
-        self.fenced.append(worker)
+    def workers(self) -> set[str] | None:
+        members = self.members()
+        return None if members is None else {m.worker for m in members}
+
+
+def _member(worker: str, stamp: str | None, member_id: str = "m") -> Member:
+    return Member(worker, stamp, member_id, f"job-{worker}#{stamp}", "/10.0.0.7")
+
+
+class _FakeProducer:
+    def __init__(self, fenced: list[str], config: dict) -> None:
+        self.fenced, self.tid = fenced, config["transactional.id"]
+
+    def init_transactions(self, timeout: float) -> None:
+        self.fenced.append(self.tid)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def _fencer(answers) -> tuple[DepartedWorkerFencer, list[str]]:
+    fenced: list[str] = []
+    fencer = DepartedWorkerFencer(_ScriptedView(answers), "w1", {}, 1.0,
+                                  producer_factory=lambda config: _FakeProducer(fenced, config))
+    return fencer, fenced
 
 
 def test_only_workers_seen_before_and_gone_now_are_fenced():
-    fencer = _ScriptedFencer([{"w1", "w2", "w3"}, {"w1", "w3"}, None, {"w1", "w4"}, {"w1", "w4"}])
+    looks = [[_member(w, "1") for w in ws] if ws is not None else None
+             for ws in (["w1", "w2", "w3"], ["w1", "w3"], None, ["w1", "w4"], ["w1", "w4"])]
+    fencer, fenced = _fencer(looks)
     assert fencer.after_rebalance() == []            # first look: nothing known to have left
     assert fencer.after_rebalance() == ["w2"]
     assert fencer.after_rebalance() == []            # the group could not be described
     assert fencer.after_rebalance() == ["w3"]        # compared with the last successful look
     assert fencer.after_rebalance() == []
-    assert fencer.fenced == ["w2", "w3"]
+    assert fenced == ["job-w2", "job-w3"]
 
 
 def test_a_worker_never_fences_itself():
-    fencer = _ScriptedFencer([{"w1", "w2"}, {"w2"}])
+    fencer, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w2", "1")]])
     fencer.after_rebalance()
-    assert fencer.after_rebalance() == []
+    assert fencer.after_rebalance() == [] and fenced == []
 
 
-class _ScriptedView:
-    """The group's answers, one per look; None: it could not be described."""
-
-    def __init__(self, answers: list[list[tuple[str, str]] | None]) -> None:
-        self._answers = answers
-
-    def members(self):
-        return self._answers.pop(0)
+def test_a_slot_whose_new_process_is_listed_is_not_fenced():
+    fencer, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w1", "1"), _member("w2", "2")]])
+    fencer.after_rebalance()
+    assert fencer.after_rebalance() == [] and fenced == []
 
 
-def _guard(answers, own: set[str], superseded: bool = False) -> tuple[SlotGuard, list[float]]:
-    slept: list[float] = []
-    guard = SlotGuard(_ScriptedView(answers), "w1", lambda: own, lambda: superseded, KafkaWaits(),
-                      sleep=slept.append)
-    return guard, slept
+OWN = "0000000002000-aaaaaa"
+OLDER = "0000000001000-bbbbbb"
+NEWER = "0000000003000-cccccc"
 
 
-def test_a_worker_replaced_while_away_may_not_take_its_slot_back():
-    guard, _ = _guard([[("w1", "m-new"), ("w2", "m-2")]], own={"m-old"})
-    with pytest.raises(ProducerFencedError, match="worker slot w1 was taken over by another instance"):
-        guard.confirm()
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
-def test_a_worker_with_a_newer_process_of_its_slot_stops_even_while_the_group_lists_it():
-    """Woken before its session expired: the group lists it beside its replacement."""
-    guard, _ = _guard([[("w1", "m-old"), ("w1", "m-new")]], own={"m-old"}, superseded=True)
-    with pytest.raises(ProducerFencedError, match="newer process started in the same state directory"):
-        guard.confirm()
+def _guard(answers) -> tuple[SlotGuard, _Clock]:
+    clock = _Clock()
+    return SlotGuard(_ScriptedView(answers), "w1", OWN, sleep=clock.sleep, clock=lambda: clock.now), clock
+
+
+def test_a_worker_replaced_while_away_learns_who_holds_its_slot():
+    guard, _ = _guard([[_member("w1", OWN, "m-old"), _member("w1", NEWER, "m-new"), _member("w2", OLDER)]])
+    holder = guard.holder()
+    assert holder is not None and "m-new" in holder and "newer process" in holder
 
 
 @pytest.mark.parametrize("members", [
-    [("w1", "m-old"), ("w2", "m-2")],                   # still listed, and the slot's latest process
-    [("w1", "m-old"), ("w1", "m-new")],                 # the newer of two listed (the older yields)
-    [("w2", "m-2")],                                     # dropped, and nobody took the slot: fenced by a peer
+    [_member("w1", OWN), _member("w2", NEWER)],          # the only process of its slot
+    [_member("w1", OWN), _member("w1", OLDER)],          # beside an older one: that one yields
+    [_member("w2", NEWER)],                               # dropped out, and nobody took the slot
+    [_member("w1", None)],                                # an unstamped member proves nothing newer
     [],
 ])
-def test_a_worker_whose_slot_nobody_else_holds_may_initialise_again(members):
-    guard, _ = _guard([members], own={"m-old"})
-    guard.confirm()
+def test_a_worker_whose_slot_no_newer_process_holds_may_initialise_again(members):
+    guard, _ = _guard([members])
+    assert guard.holder() is None
 
 
 def test_the_guard_waits_for_the_group_to_answer():
-    guard, slept = _guard([None, None, [("w1", "m-new")]], own={"m-old"})
-    with pytest.raises(ProducerFencedError):
-        guard.confirm()
-    assert slept == [0.5, 1.0]
+    guard, clock = _guard([None, None, [_member("w1", NEWER)]])
+    assert guard.holder() is not None
+    assert clock.slept == [0.5, 1.0]
+
+
+def test_a_claim_waits_for_a_predecessor_to_leave_the_group():
+    guard, clock = _guard([[_member("w1", OLDER)], [_member("w1", OLDER)], [_member("w1", OWN)]])
+    guard.claim(9.0, known_dead=lambda stamp: False)
+    assert clock.slept == [0.5, 0.5]
+
+
+def test_a_claim_need_not_wait_for_a_predecessor_this_machine_knows_is_dead():
+    guard, clock = _guard([[_member("w1", OLDER)]])
+    guard.claim(9.0, known_dead=lambda stamp: stamp == OLDER)
+    assert clock.slept == []
+
+
+def test_a_live_process_with_the_same_worker_id_stops_the_newcomer_naming_both():
+    guard, clock = _guard([[_member("w1", OLDER, "m-live"), _member("w2", OLDER)]])
+    with pytest.raises(DuplicateWorkerError) as refused:
+        guard.claim(3.0, known_dead=lambda stamp: False)
+    message = str(refused.value)
+    assert "worker id w1 is already in use" in message and "m-live" in message and OWN in message
+    assert clock.now >= 3.0
+
+
+def _static_guard(answers, own: set[str]) -> tuple[SlotGuard, _Clock]:
+    clock = _Clock()
+    return SlotGuard(_ScriptedView(answers), "w1", OWN, static=True, own_member_ids=lambda: own,
+                     sleep=clock.sleep, clock=lambda: clock.now), clock
+
+
+def test_a_static_member_whose_entry_another_process_took_over_is_replaced():
+    """The group keeps a replaced static member's first client id: the member id tells."""
+    guard, _ = _static_guard([[_member("w1", OWN, "m-new")]], own={"m-old"})
+    assert "m-new" in (guard.holder() or "")
+    guard, _ = _static_guard([[_member("w1", OWN, "m-rejoined")]], own={"m-old", "m-rejoined"})
+    assert guard.holder() is None
+
+
+def test_a_static_member_joins_at_once_unless_its_predecessor_here_was_replaced():
+    guard, clock = _static_guard([[_member("w1", OLDER, "m-1")]], own=set())
+    guard.claim(3.0, known_dead=lambda stamp: False)
+    assert clock.slept == []
+    guard, clock = _static_guard([[_member("w1", OLDER, "m-1")]], own=set())
+    with pytest.raises(DuplicateWorkerError):
+        guard.claim(3.0, known_dead=lambda stamp: True, predecessor_replaced=True)  # stale client id: no proof
+
+
+def test_an_incarnation_that_gets_the_slot_lock_knows_its_predecessor_ended(tmp_path):
+    first = Incarnation(tmp_path, "job", "w1", OLDER)
+    first.begin()
+    second = Incarnation(tmp_path, "job", "w1", OWN)
+    second.begin()
+    assert not second.known_dead(OLDER)  # the first still holds the lock: alive or frozen
+    second.end(clean=False)
+    first.end(clean=False)               # an older process leaves the newer one's record alone
+    third = Incarnation(tmp_path, "job", "w1", NEWER)
+    assert third.begin() == 2            # two unclean exits before it
+    assert third.known_dead(OWN) and not third.known_dead(OLDER)
+    third.end(clean=True)
 
 
 class _Task:

@@ -1,19 +1,17 @@
-"""End offsets and partition counts as a savepoint needs them, asked of the cluster.
+"""Where partitions start and end, and how many a topic has, asked of the cluster.
 
-A batched ListOffsets (`read_committed`: the last stable offset) on an admin client of
-the worker's own answers in about a millisecond. The consumer's per-partition watermark
-calls would queue behind its fetch long-polls on the same broker connection, about 50 ms
-each, which a savepoint would pay on every drain check.
+A batched ListOffsets (`read_committed`: the end is the last stable offset) on an admin
+client of the worker's own answers in about a millisecond. The consumer's per-partition
+watermark calls would queue behind its fetch long-polls on the same broker connection,
+about 50 ms each, which a savepoint would pay on every drain check.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
-
-from eos.errors import SavepointError
 
 TIMEOUT_S = 10.0
 
@@ -51,6 +49,7 @@ class ClusterOffsets:
         for topic in topics:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
-                raise SavepointError(f"cannot read the partition count of topic {topic!r}")
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                f"cannot read the partition count of topic {topic!r}"))
             counts[topic] = len(info.partitions)
         return counts
