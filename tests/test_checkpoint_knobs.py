@@ -1,5 +1,6 @@
-"""The checkpoint knobs mean what Flink's mean, checked on the coordinator with a clock
-the test controls (the end-to-end behaviour is in the storage fault and chaos tests)."""
+"""The checkpoint knobs mean what Flink's mean, checked on the coordinator (and the loop,
+which counts failures) with a clock the test controls (the end-to-end behaviour is in
+the storage fault and chaos tests)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import pytest
 
 import service.checkpointing.coordinator as checkpoint_module
 import statestore.snapshots as snapshots_module
-from eos.errors import CheckpointError, ConfigurationError, TransactionAbortedError
+from connectors.transactions import DONE, Kind, Outcome
+from eos.errors import CheckpointsFailingError, ConfigurationError
 from service.checkpointing.coordinator import CheckpointCoordinator
 from service.checkpointing.faults import FaultInjector
 from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import OFFSET_COMMIT_INTERVAL_S, WorkerConfig
+from service.runtime.loop import ProcessingLoop
 from service.runtime.task import CompletedCheckpoint
 
 
@@ -28,22 +31,20 @@ class Clock:
         return self.now
 
 
-class Committer:
+class Owner:
     """Takes `commit_s` of the clock's time per commit; fails while `failing`."""
 
     def __init__(self, clock: Clock, commit_s: float) -> None:
         self.clock, self.commit_s = clock, commit_s
         self.failing = False
-        self.commits = self.aborts = 0
+        self.commits = 0
 
-    def commit(self, offsets, consumer) -> None:
+    def commit(self, offsets, consumer) -> Outcome:
         self.clock.now += self.commit_s
         if self.failing:
-            raise TransactionAbortedError("commit_transaction failed: broker says no")
+            return Outcome(Kind.REWIND, "commit_transaction failed: broker says no", counts=True)
         self.commits += 1
-
-    def abort(self) -> None:
-        self.aborts += 1
+        return DONE
 
 
 class Manager:
@@ -73,13 +74,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def _coordinator(clock: Clock, *, interval_s: float = 1.0, min_pause_s: float = 0.0, commit_s: float = 0.0,
-                 tolerable_failures: int = 3) -> tuple[CheckpointCoordinator, Manager, Committer]:
-    manager, committer = Manager(), Committer(clock, commit_s)
+) -> tuple[CheckpointCoordinator, Manager, Owner]:
+    manager, owner = Manager(), Owner(clock, commit_s)
     coordinator = CheckpointCoordinator(
-        manager, committer, consumer=None, job="j", worker="w", token="t", interval_s=interval_s,
-        timeout_s=60, min_pause_s=min_pause_s, tolerable_failures=tolerable_failures,
-        metrics=WorkerMetrics("j", "w"), faults=FaultInjector(""))
-    return coordinator, manager, committer
+        manager, owner, consumer=None, job="j", worker="w", token="t", interval_s=interval_s,
+        timeout_s=60, min_pause_s=min_pause_s, metrics=WorkerMetrics("j", "w"), faults=FaultInjector(""))
+    return coordinator, manager, owner
+
+
+def _loop(coordinator: CheckpointCoordinator, manager: Manager, tolerable_failures: int) -> ProcessingLoop:
+    return ProcessingLoop(source=None, owner=coordinator.owner, manager=manager, coordinator=coordinator,
+                          missing_input=None,
+                          monitor=SimpleNamespace(note_error=lambda message: None), metrics=WorkerMetrics("j", "w"),
+                          input_topics=[], consume_batch=1, state_cache_bytes=0,
+                          tolerable_failures=tolerable_failures, fencer=None, tick=lambda loop: None)
 
 
 def _at(clock: Clock, coordinator: CheckpointCoordinator, start: float, seconds: float) -> bool:
@@ -106,38 +114,48 @@ def test_min_pause_runs_from_the_end_of_one_checkpoint_to_the_start_of_the_next(
 
 
 def test_failures_in_a_row_beyond_the_tolerated_stop_the_worker_and_a_success_resets_the_count(clock):
-    coordinator, manager, committer = _coordinator(clock, tolerable_failures=1)
-    committer.failing = True
+    coordinator, manager, owner = _coordinator(clock)
+    loop = _loop(coordinator, manager, tolerable_failures=1)
+    owner.failing = True
     manager.touch()
-    assert "broker says no" in coordinator.trigger().error
-    assert (committer.aborts, manager.rewinds, coordinator.consecutive_failures) == (1, 1, 1)
-    committer.failing = False
-    assert coordinator.trigger().error is None
-    assert coordinator.consecutive_failures == 0
-    committer.failing = True
+    assert "broker says no" in loop.checkpoint("interval").error
+    assert (manager.rewinds, loop.failures) == (1, 1)
+    owner.failing = False
+    assert loop.checkpoint("interval").error is None
+    assert loop.failures == 0
+    owner.failing = True
     manager.touch()
-    coordinator.trigger()
+    loop.checkpoint("interval")
     manager.touch()
-    with pytest.raises(CheckpointError, match="2 consecutive checkpoints failed, more than the 1 tolerated"):
-        coordinator.trigger()
+    with pytest.raises(CheckpointsFailingError, match="2 consecutive checkpoints failed, more than the 1 tolerated"):
+        loop.checkpoint("interval")
+
+
+def test_a_checkpoint_interrupted_by_a_rebalance_rewinds_without_counting(clock):
+    coordinator, manager, owner = _coordinator(clock)
+    owner.commit = lambda offsets, consumer: Outcome(Kind.REWIND, "the group rebalanced meanwhile")
+    loop = _loop(coordinator, manager, tolerable_failures=0)
+    manager.touch()
+    assert "rebalanced" in loop.checkpoint("interval").error
+    assert (manager.rewinds, loop.failures) == (1, 0)
 
 
 def test_a_failed_checkpoints_id_is_never_reused(clock):
-    coordinator, manager, committer = _coordinator(clock)
-    committer.failing = True
+    coordinator, manager, owner = _coordinator(clock)
+    owner.failing = True
     manager.touch()
     failed = coordinator.trigger()
-    committer.failing = False
+    owner.failing = False
     assert coordinator.trigger().checkpoint_id == failed.checkpoint_id + 1
 
 
 def test_without_checkpoints_offsets_alone_are_committed_periodically(clock):
-    coordinator, manager, committer = _coordinator(clock, interval_s=0)
+    coordinator, manager, owner = _coordinator(clock, interval_s=0)
     start = clock.now
     manager.touch()
     assert not _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S - 0.1)
     assert _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S)
-    assert coordinator.trigger().error is None and committer.commits == 1
+    assert coordinator.trigger().error is None and owner.commits == 1
 
 
 @pytest.mark.parametrize("changes,message", [

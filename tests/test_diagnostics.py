@@ -21,7 +21,7 @@ def test_sigusr1_prints_every_threads_stack_and_the_worker_runs_on(bootstrap, tm
     worker.signal(signal.SIGUSR1)
     wait_for(lambda: "most recent call first" in worker.log_text(), 20, 0.2, "a stack dump in the log")
     log = worker.log_text()
-    assert "service/runtime/worker.py" in log and "in _loop" in log, log  # the main loop's frame is there
+    assert "service/runtime/loop.py" in log and "in turn" in log, log  # the main loop's frame is there
     scenario.wait_fed()
     scenario.wait_complete(worker)
     assert worker.terminate() == 0, worker.log_tail()

@@ -4,7 +4,6 @@ and the oracle passes; a bad record under policy `fail` is not retried."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.harness.kafka import produce

@@ -15,6 +15,7 @@ import pytest
 
 from service.checkpointing.faults import PHASES
 from tests.harness.scenario import RunningSum
+from tests.harness.worker_process import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -90,16 +91,19 @@ def test_kill_at_checkpoint_phase(bootstrap, tmp_path, phase):
 
 
 def test_frozen_worker_is_fenced_by_its_replacement(bootstrap, tmp_path):
+    """Frozen past its session timeout while a replacement of its slot takes over: woken,
+    it commits nothing and stops (exit 3), naming the process that holds its slot."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
     scenario.start_feeding()
     zombie = scenario.start_worker()
-    time.sleep(3)
+    wait_for(lambda: "assigned" in zombie.log_text(), 60, 0.2, "the first worker to get partitions")
     zombie.signal(signal.SIGSTOP)
     replacement = scenario.start_worker()
-    time.sleep(5)  # the replacement processes while the zombie is frozen
+    wait_for(lambda: "assigned" in replacement.log_text() or not replacement.alive(), 60, 0.2,
+             "the replacement to take the partitions over")
     zombie.signal(signal.SIGCONT)
     assert zombie.wait(60) == 3, f"the zombie was not fenced:\n{zombie.log_tail()}"
-    assert "taken over" in zombie.log_tail(), zombie.log_tail()
+    assert "held by a newer process" in zombie.log_text(), zombie.log_text()
     scenario.wait_fed()
     scenario.wait_complete(replacement)
     assert replacement.terminate() == 0, replacement.log_tail()

@@ -118,32 +118,3 @@ def test_kraft_cluster_ids_never_start_with_a_dash():
     from service.local_kafka.broker import _cluster_id
 
     assert not any(_cluster_id().startswith("-") for _ in range(5_000))
-
-
-def test_a_transactional_call_that_never_returns_is_given_up_and_its_producer_abandoned():
-    """librdkafka#5456: send_offsets_to_transaction can outlive its own timeout. The
-    worker must get its thread back, with an error the abort path understands."""
-    import threading
-    import time
-
-    from confluent_kafka import KafkaError, KafkaException
-
-    from connectors.kafka_sink import TransactionalProducer
-
-    producer = TransactionalProducer("localhost:1", "job-w1", extra={}, transaction_timeout_ms=30_000,
-                                     call_timeout_s=0.2)
-    producer.unanswered_grace_s = 0.1
-    release = threading.Event()
-    began = time.monotonic()
-    with pytest.raises(KafkaException) as raised:
-        producer._bounded("send_offsets_to_transaction", release.wait)
-    release.set()
-    assert time.monotonic() - began < 2.0
-    assert raised.value.args[0].code() == KafkaError._TIMED_OUT
-    assert producer.abandoned
-
-    def refused() -> None:
-        raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "refused"))
-
-    with pytest.raises(KafkaException, match="refused"):  # an answer, even a refusal, comes through
-        producer._bounded("send_offsets_to_transaction", refused)

@@ -8,9 +8,9 @@ For checkpoint n, in one worker:
   PERSISTED    new files are in checkpoint storage, then each manifest (last, atomic)
   COMMITTED    offsets (metadata naming n and its snapshot) and outputs commit in
                one Kafka transaction; only now is n complete
-  FAILED       anything above went wrong: the transaction aborts, every task rewinds
-               to its last completed checkpoint, and the failure counts toward the
-               tolerable limit
+  FAILED       anything above went wrong: the transaction's owner aborts it, and the
+               record carries the outcome (rewind, replaced, fatal) for the worker's
+               loop to act on
 
 The invariant exactly-once rests on: snapshot n is durable before the transaction
 that commits n's offsets. A crash anywhere before COMMITTED leaves the offsets at n-1,
@@ -19,8 +19,8 @@ and snapshot n an orphan that nothing references.
 The knobs mean what Flink's mean: the interval runs from the start of one checkpoint
 to the start of the next; the min pause from the end of one to the start of the next;
 the timeout bounds the time until every snapshot is durable (Flink's acknowledgement),
-after which the commit is the notification that n is complete; more consecutive
-failures than tolerated stop the worker.
+after which the commit is the notification that n is complete. Counting failures
+against the tolerated number is the loop's, which sees every outcome.
 
 With checkpoints disabled (at-least-once only) the same life cycle runs without the
 state phases: offsets alone are committed every OFFSET_COMMIT_INTERVAL_S, and a
@@ -33,22 +33,14 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from connectors.kafka_sink import OutputCommitter
-from eos.errors import (
-    CheckpointError,
-    CheckpointTimeoutError,
-    EosError,
-    GroupRebalancedError,
-    ProducerFencedError,
-    StateStoreError,
-)
+from connectors.transactions import DONE, Kind, Outcome, OutputOwner
+from eos.errors import CheckpointTimeoutError, EosError, StateStoreError
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import format_metadata
 from service.monitoring.metrics import WorkerMetrics
@@ -97,8 +89,8 @@ class CheckpointRecord:
     uploaded_bytes: int = 0
     state_keys: int = 0
     error: str | None = None
-    # Not committed because the group rebalanced meanwhile: not a failure.
-    interrupted: bool = False
+    # What became of the checkpoint's transaction, for the loop to act on.
+    outcome: Outcome = DONE
     offsets: dict[str, int] = field(default_factory=dict)
     # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
     # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
@@ -149,12 +141,12 @@ class CheckpointStats:
 
 
 class CheckpointCoordinator:
-    def __init__(self, manager: TaskManager, committer: OutputCommitter, consumer: object,
+    def __init__(self, manager: TaskManager, owner: OutputOwner, consumer: object,
                  *, job: str, worker: str, token: str, interval_s: float, timeout_s: float,
-                 min_pause_s: float, tolerable_failures: int, metrics: WorkerMetrics,
+                 min_pause_s: float, metrics: WorkerMetrics,
                  faults: FaultInjector) -> None:
         self.manager = manager
-        self.committer = committer
+        self.owner = owner
         self.consumer = consumer
         self.job, self.worker, self.token = job, worker, token
         # interval 0: no state snapshots, offsets alone are committed periodically.
@@ -162,16 +154,13 @@ class CheckpointCoordinator:
         self.interval_s = interval_s if self.snapshots else OFFSET_COMMIT_INTERVAL_S
         self.timeout_s = timeout_s
         self.min_pause_s = min_pause_s
-        self.tolerable_failures = tolerable_failures
         self.metrics = metrics
         self.faults = faults
         self.history: deque[CheckpointRecord] = deque(maxlen=HISTORY_SIZE)
         # The checkpoint running right now, for the status page (read from its thread).
         self.current: CheckpointRecord | None = None
-        self.on_error: Callable[[str], None] = lambda message: None
         self.pool = ThreadPoolExecutor(max_workers=STORAGE_THREADS, thread_name_prefix="eos-storage")
         self.stats = CheckpointStats()
-        self.consecutive_failures = 0
         self.last_id = 0  # last completed (committed) checkpoint
         # Ids are never reused, not even a failed one's (as in Flink): its snapshot
         # directory may still exist locally and in storage.
@@ -189,7 +178,10 @@ class CheckpointCoordinator:
 
     def trigger(self, reason: str = "interval") -> CheckpointRecord | None:
         """Runs one checkpoint of every task that made progress. Returns its record, or
-        None when nothing changed since the last one."""
+        None when nothing changed since the last one. The record's outcome says what
+        became of the transaction; the local state store failing (disk full, files
+        gone) raises instead: as in Flink, a failure of the synchronous part fails the
+        worker rather than counting as a tolerable checkpoint failure."""
         tasks = [t for t in self.manager.tasks.values() if t.changed]
         self._last_started = time.monotonic()
         if not tasks:
@@ -204,21 +196,19 @@ class CheckpointCoordinator:
         began = time.monotonic()
         try:
             manifests = self._run(record, tasks, began)
-        except (ProducerFencedError, StateStoreError):
-            # Fenced: another instance owns the slot. The local state store failing (disk
-            # full, files gone) is no checkpoint hiccup either: as in Flink, a failure of
-            # the synchronous part fails the worker instead of counting as tolerable.
+        except StateStoreError:
             raise
-        except GroupRebalancedError as exc:
-            self._interrupted(record, exc, began)
-            return record
         except (EosError, StorageError, OSError, KafkaException) as exc:
-            self._failed(record, exc, began)
-            return record
+            manifests = None
+            record.outcome = self.owner.abort(f"checkpoint {checkpoint_id} failed: {type(exc).__name__}: {exc}",
+                                              counts=True)
         finally:
             self._last_ended = time.monotonic()
             self.current = None
-        self._completed(record, tasks, manifests, began)
+        if record.outcome.committed:
+            self._completed(record, tasks, manifests, began)
+        else:
+            self._failed(record, began)
         return record
 
     def _run(self, record: CheckpointRecord, tasks: list[Task], began: float) -> dict[str, Manifest]:
@@ -280,7 +270,9 @@ class CheckpointCoordinator:
             offsets.append(TopicPartition(task.topic, task.partition, barriers[task.id].offset,
                                           metadata=format_metadata(n, snapshot, task.completed.savepoint)))
             record.offsets[task.id] = barriers[task.id].offset
-        self.committer.commit(offsets, self.consumer)
+        record.outcome = self.owner.commit(offsets, self.consumer)
+        if not record.outcome.committed:
+            return manifests
         record.step_done("commit")
         record.phase = Phase.COMMITTED
         self.faults.hit("after_commit")
@@ -302,7 +294,6 @@ class CheckpointCoordinator:
                    manifests: dict[str, Manifest], began: float) -> None:
         n = record.checkpoint_id
         self.last_id = n
-        self.consecutive_failures = 0
         retention = []
         for task in tasks:
             manifest = manifests.get(task.id)
@@ -349,29 +340,14 @@ class CheckpointCoordinator:
         for uid, keys in per_operator.items():
             self.metrics.labels(self.metrics.state_keys, operator=uid).set(keys)
 
-    def _interrupted(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
-        """The group rebalanced under the commit: the transaction is already aborted;
-        every task rewinds, and since nothing is wrong, no failure counts."""
+    def _failed(self, record: CheckpointRecord, began: float) -> None:
+        """Not committed. A rebalance under the commit is no failure (the group moved on,
+        KIP-447's zombie fence at work); anything else counts."""
         record.phase = Phase.FAILED
-        record.error = f"{type(exc).__name__}: {exc}"
-        record.interrupted = True
+        record.error = record.outcome.reason
         record.duration_s = time.monotonic() - began
-        log.info("checkpoint %d not committed: the group rebalanced meanwhile; rewinding", record.checkpoint_id)
-        self.manager.rewind_all()
-
-    def _failed(self, record: CheckpointRecord, exc: BaseException, began: float) -> None:
-        record.phase = Phase.FAILED
-        record.error = f"{type(exc).__name__}: {exc}"
-        record.duration_s = time.monotonic() - began
-        self.on_error(f"checkpoint {record.checkpoint_id} failed: {record.error}")
+        if record.outcome.kind is Kind.REWIND and not record.outcome.counts:
+            log.info("checkpoint %d not committed: %s", record.checkpoint_id, record.outcome.reason)
+            return
         self.stats.add(record)
-        self.consecutive_failures += 1
         self.metrics.labels(self.metrics.checkpoints_failed).inc()
-        log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id,
-                    self.consecutive_failures, record.error)
-        self.committer.abort()
-        if self.consecutive_failures > self.tolerable_failures:
-            raise CheckpointError(
-                f"{self.consecutive_failures} consecutive checkpoints failed, more than the "
-                f"{self.tolerable_failures} tolerated; last error: {record.error}") from exc
-        self.manager.rewind_all()

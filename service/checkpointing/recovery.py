@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
-from eos.errors import CorruptSnapshotError, PartitionCountChangedError, SnapshotMissingError, SnapshotUnreachableError
+from eos.errors import (
+    CorruptSnapshotError,
+    PartitionCountChangedError,
+    SnapshotLostError,
+    SnapshotMissingError,
+    SnapshotUnreachableError,
+)
 from service.runtime.task import CompletedCheckpoint, Task
 from statestore.manifest import Manifest
 from statestore.retention import checkpoint_id_of
@@ -101,9 +107,7 @@ def restore_task(task: Task, committed: TopicPartition,
                 _check_manifest(manifest, task, committed.offset, reference)
                 _check_partition_count(manifest, task)
                 stats = task.state.open(manifest)
-            except SnapshotUnreachableError:
-                raise  # storage is down, not the snapshot: falling back would be wrong
-            except SnapshotMissingError as exc:
+            except SnapshotLostError as exc:  # a store out of reach is not a lost snapshot: no fallback
                 if not fallback:
                     raise
                 return _fall_back(task, committed, reference, manifest, exc, began)
@@ -119,7 +123,7 @@ def restore_task(task: Task, committed: TopicPartition,
 
 
 def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointReference,
-               broken: Manifest | None, cause: SnapshotMissingError, began: float) -> Restored:
+               broken: Manifest | None, cause: SnapshotLostError, began: float) -> Restored:
     """Restores the newest older snapshot that is intact. The broken manifest's lineage
     (its retained predecessors) is tried first; without a readable manifest, every
     older manifest in storage is a candidate, newest first."""
@@ -141,9 +145,7 @@ def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointRefer
             older = restorer.load_manifest(snapshot)
             _check_older(older, task, committed.offset, reference)
             stats = task.state.open(older)
-        except SnapshotUnreachableError:
-            raise
-        except SnapshotMissingError as exc:
+        except SnapshotLostError as exc:
             log.warning("%s: older snapshot %s cannot be restored either: %s", task.id, snapshot, exc)
             failures.append(f"{snapshot}: {exc}")
             continue

@@ -57,6 +57,10 @@ from statestore.storage import S3Settings
 @click.option("--checkpoint-mode", type=click.Choice([INCREMENTAL, FULL]), default=INCREMENTAL,
               show_default=True, help="incremental: upload only SST files storage lacks; "
               "full: every checkpoint is a self-contained copy.")
+@click.option("--storage-scrub-interval", default="10s", show_default=True,
+              help="Every interval one task's latest snapshot is checked against checkpoint storage (sizes, and "
+                   "the content of some files in turn); a damaged file is written again from the intact local "
+                   "copy. 0 turns the scrub off.")
 @click.option("--fallback-to-older-checkpoint", is_flag=True,
               help="If the committed checkpoint's snapshot is missing or corrupt, restore the "
                    "newest intact older one and replay its input without emitting outputs.")
@@ -94,6 +98,11 @@ from statestore.storage import S3Settings
 @click.option("--error-policy", type=click.Choice(["fail", "dead-letter", "skip-and-log"]), default="fail",
               show_default=True, help="What to do with a record that cannot be processed, for operators "
               "whose job code does not choose (dead-letter: to the topic {group}-dlq, exactly-once).")
+@click.option("--on-missing-input", type=click.Choice(["fail", "skip-to-earliest"]), default="fail",
+              show_default=True, help="Input records deleted from Kafka before the job processed them (retention "
+              "ran out while it was down): stop naming the partition and how many are gone, or read on from the "
+              "earliest offset left, logging the same. Either way they are counted in "
+              "eos_input_records_missing_total.")
 @click.option("--http-host", default="127.0.0.1", show_default=True,
               help="Address the status page, /metrics and /healthz listen on (0.0.0.0 in a container).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
@@ -117,12 +126,12 @@ from statestore.storage import S3Settings
                    "fixed-delay:ATTEMPTS:DELAY or exponential-backoff:MAX.")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
-        tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
+        tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str, storage_scrub_interval: str,
         fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
         session_timeout: str, max_poll_interval: str, transaction_timeout: str | None,
         static_membership: bool, leave_group_on_stop: bool, fence_departed: bool, state_cache: int,
-        error_policy: str, http_host: str, http_port: int | None, control_token: str | None,
+        error_policy: str, on_missing_input: str, http_host: str, http_port: int | None, control_token: str | None,
         control_allow: tuple[str, ...], savepoint_dir: str | None, from_savepoint: str | None,
         allow_non_restored_state: bool, restart_strategy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
@@ -139,13 +148,14 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
+        storage_scrub_interval_s=parse_duration(storage_scrub_interval, "--storage-scrub-interval"),
         s3=s3,
         transaction_timeout_s=transaction_s,
         session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
         max_poll_interval_ms=int(parse_duration(max_poll_interval, "--max-poll-interval") * 1000),
         static_membership=static_membership, leave_group_on_stop=leave_group_on_stop,
         fence_departed_workers=fence_departed,
-        state_cache_bytes=state_cache << 20, error_policy=error_policy,
+        state_cache_bytes=state_cache << 20, error_policy=error_policy, on_missing_input=on_missing_input,
         kafka_config=load_kafka_config(kafka_config, kafka_config_files),
         http_host=http_host, http_port=http_port, control_token=control_token or None,
         control_allow=tuple(control_allow), savepoint_dir=savepoint_dir, from_savepoint=from_savepoint,

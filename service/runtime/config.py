@@ -140,6 +140,10 @@ class WorkerConfig:
     state_cache_bytes: int = 128 << 20
     consume_batch: int = 5000
     error_policy: str = "fail"
+    # Seconds between storage scrub rounds (one task's latest snapshot each); 0: none.
+    storage_scrub_interval_s: float = 10.0
+    # Input records deleted before they were processed: stop (fail) or skip-to-earliest.
+    on_missing_input: str = "fail"
     kafka_config: dict[str, str] = field(default_factory=dict)
     # Monitoring: no port, no HTTP server and no client statistics; 0 picks a free port.
     http_host: str = "127.0.0.1"

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from connectors.kafka_sink import Produce, RecordTooLarge, refused_output
+from connectors.kafka_sink import Produce, oversized
 from service.job.api import Node
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
@@ -35,11 +35,13 @@ class OperatorFailure(Exception):
 
 def _unsendable(uid: str, topic: str, key: bytes | None, value: bytes | None,
                 exc: KafkaException) -> Exception:
-    """An output the producer refuses outright (over `message.max.bytes`) is this record's
-    fault, so it goes to the error policy like a failing function; anything else is the
-    producer's (fenced, or failed) and propagates."""
-    refusal = refused_output(exc, topic, key, value)
-    return OperatorFailure(uid, refusal) if isinstance(refusal, RecordTooLarge) else refusal
+    """An output the producer refuses for its size is this record's fault, so it goes to
+    the error policy like a failing function; any other refusal is the producer's, and
+    is raised as it is for the worker's loop to hand to the transaction's owner."""
+    too_large = oversized(exc, topic, key, value)
+    if too_large is None:
+        raise exc
+    return OperatorFailure(uid, too_large)
 
 
 class ChainContext:

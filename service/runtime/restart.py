@@ -10,9 +10,10 @@ Each restart builds a new worker (new consumer, producer and incarnation token) 
 recovers from the last completed checkpoint like any start; the worker slot's record
 (service/membership/incarnation.py) counts it in `eos_restarts_total`. What a restart cannot cure
 is never retried: a bad record under policy `fail` (exit 2; the same record would stop
-it again), being fenced by a newer instance of the slot (exit 3), configuration errors,
-missing or corrupt snapshots and savepoint errors (exit 1, for a reason a restart does
-not change). A kill (SIGKILL, OOM) ends the process and is the process supervisor's to
+it again), a newer process holding the slot (exit 3), another live process with the same
+worker id (exit 5), configuration errors, lost snapshots, input records deleted before
+they were processed and savepoint errors (exit 1, for a reason a restart does not
+change). A kill (SIGKILL, OOM) ends the process and is the process supervisor's to
 restart.
 """
 
@@ -28,11 +29,13 @@ from dataclasses import dataclass
 
 from eos.errors import (
     ConfigurationError,
-    ProducerFencedError,
+    DuplicateWorkerError,
+    MissingInputError,
+    PartitionCountChangedError,
     RecordError,
     SavepointError,
-    SnapshotMissingError,
-    SnapshotUnreachableError,
+    SnapshotLostError,
+    WorkerReplacedError,
 )
 from service.runtime.config import parse_duration
 
@@ -44,7 +47,8 @@ EXPONENTIAL_BACKOFF = "exponential-backoff"
 FIRST_BACKOFF_S = 1.0
 
 # Failures a restart cannot cure.
-_PERMANENT = (RecordError, ProducerFencedError, ConfigurationError, SnapshotMissingError, SavepointError)
+_PERMANENT = (RecordError, WorkerReplacedError, DuplicateWorkerError, ConfigurationError, SnapshotLostError,
+              SavepointError, MissingInputError, PartitionCountChangedError)
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,6 @@ class RestartStrategy:
 def restartable(failure: BaseException | None) -> bool:
     """Whether a restart may cure this failure (a checkpoint error burst, a client or
     storage failure, checkpoint storage out of reach, an unexpected exception)."""
-    if isinstance(failure, SnapshotUnreachableError):
-        return True
     return failure is not None and not isinstance(failure, _PERMANENT)
 
 

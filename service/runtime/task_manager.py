@@ -1,32 +1,31 @@
-"""Owns the worker's tasks: creates and restores them on assignment, hands them to a
-checkpoint before release on revocation, drops them on loss, rewinds them after an
-aborted transaction.
+"""Owns the worker's tasks: creates and restores them when partitions are assigned,
+closes them when partitions go, rewinds them after their transaction was aborted.
 
-It is the rebalance listener's only delegate (Kafka Streams' TaskManager role), kept
-small by leaving checkpoint mechanics to the coordinator and state to TaskState.
+The worker's loop calls it after each rebalance the consumer recorded (Kafka Streams'
+TaskManager role); checkpoint mechanics belong to the coordinator and state to TaskState.
 
-Every (re)start of tasks bumps `task_starts`: the worker compares it around each consume
-call, because a rebalance or rewind served inside that call can leave records fetched
-for the old position in the very batch it returns.
+Every (re)start of tasks bumps `task_starts`: records fetched for a task's old position
+may still arrive after it, and the loop drops those of tasks started since the batch
+was asked for.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import TopicPartition
 
-from connectors.kafka_sink import OutputCommitter
+from connectors.kafka_sink import Produce
 from connectors.kafka_source import KafkaSource
-from eos.errors import SnapshotMissingError
-from service.checkpointing.recovery import restore_task
+from eos.errors import MissingInputError
+from service.checkpointing.recovery import Restored, restore_task
 from service.job.planner import Plan
-from service.membership.group import DepartedWorkerFencer
 from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import WorkerConfig
 from service.runtime.error_policy import ErrorHandler
+from service.runtime.missing_input import MissingInput
 from service.runtime.task import Task, task_id
 from service.runtime.topics import PartitionCounts
 from statestore.digests import DigestCache
@@ -39,84 +38,67 @@ from statestore.task_state import TaskState
 
 log = logging.getLogger(__name__)
 
-COMMITTED_TIMEOUT_S = 30.0
+Restore = Callable[..., Restored]
+TaskKey = tuple[str, int]
+
 
 class TaskManager:
-    def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource,
-                 committer: OutputCommitter, storage: CheckpointStorage, token: str,
-                 metrics: WorkerMetrics, errors: ErrorHandler, partition_counts: PartitionCounts,
-                 fencer: DepartedWorkerFencer | None = None) -> None:
+    def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource, produce: Callable[[], Produce],
+                 storage: CheckpointStorage, token: str, metrics: WorkerMetrics, errors: ErrorHandler,
+                 partition_counts: PartitionCounts, missing_input: MissingInput,
+                 restore: Restore = restore_task) -> None:
         self.plan = plan
         self.config = config
         self.source = source
-        self.committer = committer
+        # The current producer's produce functions: each (re)start binds the chains to them.
+        self.produce = produce
         self.storage = storage
         self.token = token
         self.metrics = metrics
         self.errors = errors
-        self.fencer = fencer
         self.partition_counts = partition_counts
+        self.missing_input = missing_input
+        # How a task gets back to its committed state (a resumed savepoint wraps it).
+        self.restore_task = restore
         self.digests = DigestCache()
-        self.tasks: dict[tuple[str, int], Task] = {}
-        self.retention: dict[tuple[str, int], RetainedSnapshots] = {}
-        # Set by the worker: runs a checkpoint of every task (before partitions go).
-        self.checkpoint_all: Callable[[str], None] = lambda reason: None
-        self.on_error: Callable[[str], None] = lambda message: None
+        self.tasks: dict[TaskKey, Task] = {}
+        self.retention: dict[TaskKey, RetainedSnapshots] = {}
         # True once the first assignment (even an empty one) is restored.
         self.ready = False
         self.rewinds = 0
-        # How a task gets back to its committed state (a resumed savepoint wraps it).
-        self.restore_task = restore_task
         self.task_starts = 0
-        # Tasks being revoked while their last checkpoint runs: a failed checkpoint
-        # rewinds the others, while these are released as they are.
-        self._releasing: set[tuple[str, int]] = set()
         # A pending transactional offset commit (of a worker that died between sending
         # offsets and committing) keeps committed offsets unreadable until it is aborted.
         self.committed_timeout_s = max(30.0, config.transaction_timeout_s + 15.0)
 
-    # -- rebalance listener -------------------------------------------------------
+    # -- partitions come and go ------------------------------------------------------
 
-    def on_assign(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        began = time.monotonic()
-        if self.fencer is not None:
-            self.fencer.after_rebalance()
-        if not self.committer.started:
-            # Only now, inside the first assignment: see service/membership/group.py for why
-            # this ordering keeps remaining workers from fencing a new instance.
-            self.committer.start()
-        if not partitions:  # a rebalance that gave this worker nothing (new)
+    def assign(self, keys: Iterable[TaskKey]) -> list[TopicPartition]:
+        """Creates and restores the tasks of newly assigned partitions; returns where
+        each partition is to be read from."""
+        keys = list(keys)
+        if not keys:
             self.ready = True
             return []
-        # Restoring may take long (downloads); commit what the open transaction holds
-        # first, so it cannot outlive its timeout while new tasks restore.
-        self.checkpoint_all("assign")
-        counts = self.partition_counts.of({tp.topic for tp in partitions})
-        new = [self._create(tp.topic, tp.partition, counts[tp.topic]) for tp in partitions]
-        positioned = self._restore(new)
+        began = time.monotonic()
+        counts = self.partition_counts.of({topic for topic, _ in keys})
+        new = [self._create(topic, partition, counts[topic]) for topic, partition in keys]
+        positions = self._restore(new)
         self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
         log.info("assigned %s (restored in %.2fs)", ", ".join(t.id for t in new), time.monotonic() - began)
         self.ready = True
-        return positioned
+        return positions
 
-    def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.info("revoking %s: checkpointing before release", ", ".join(task_id(*key) for key in keys))
-        self._releasing = set(keys)
-        try:
-            self.checkpoint_all("revoke")
-        finally:
-            self._releasing = set()
-            self._close(keys, keep_working_dir=False)
+    def release(self, keys: Iterable[TaskKey]) -> None:
+        """Closes the tasks of partitions revoked or lost; their next owner restores
+        them from the last committed checkpoint."""
+        self._close(list(keys))
 
-    def on_lost(self, partitions: list[TopicPartition]) -> None:
-        lost = ", ".join(task_id(tp.topic, tp.partition) for tp in partitions)
-        log.warning("lost %s without a chance to commit: aborting and rewinding the rest", lost)
-        self.on_error(f"lost partitions {lost} (session timeout?): work since the last checkpoint was aborted")
-        self.committer.abort()
-        self._close([(tp.topic, tp.partition) for tp in partitions], keep_working_dir=False)
-        self.rewind_all()
+    def changed(self, keys: Iterable[TaskKey] | None = None) -> bool:
+        """Whether any of these tasks (all, by default) has work no checkpoint covers."""
+        tasks = self.tasks.values() if keys is None else [self.tasks[k] for k in keys if k in self.tasks]
+        return any(t.changed for t in tasks)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -144,9 +126,8 @@ class TaskManager:
         committed = self.source.committed_with_retry(
             [TopicPartition(t.topic, t.partition) for t in tasks], timeout=self.committed_timeout_s)
         by_tp = {(c.topic, c.partition): c for c in committed}
-        produce = self.committer.produce_fn()
+        produce = self.produce()
         self.task_starts += 1
-        positions = []
         for task in tasks:
             restored = self.restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
                                     fallback=self.config.fallback_to_older_checkpoint)
@@ -163,8 +144,19 @@ class TaskManager:
                 # listing it now would stall processing, so orphans wait for the next
                 # assignment's sweep.
                 retention.restored(restored.completed.manifest, sweep_orphans=not rewind)
-            positions.append(self.position_of(task))
-        return positions
+        self._skip_missing_input(tasks)
+        return [self.position_of(task) for task in tasks]
+
+    def _skip_missing_input(self, tasks: list[Task]) -> None:
+        """Where a task's input was deleted before it was processed, the policy decides
+        (service/runtime/missing_input.py): stop, or read on from the earliest offset left."""
+        reading = {(t.topic, t.partition): t.read_from for t in tasks
+                   if t.read_from is not None and t.read_from >= 0 and t.replay_until is None}
+        decided = self.missing_input.read_from(reading)
+        for task in tasks:
+            offset = decided.get((task.topic, task.partition))
+            if offset is not None and offset != task.read_from:
+                task.read_from = task.next_offset = offset
 
     def position_of(self, task: Task) -> TopicPartition:
         """Where the task's partition is read from since its (re)start."""
@@ -174,10 +166,9 @@ class TaskManager:
     def _check_replayable(self, task: Task, replay_from: int) -> None:
         """A fallback needs the input from the older snapshot's offset on; Kafka's
         retention may have deleted it, and replaying from later would corrupt state."""
-        low, _ = self.source.consumer.get_watermark_offsets(
-            TopicPartition(task.topic, task.partition), timeout=COMMITTED_TIMEOUT_S)
+        low = self.missing_input.offsets.starts([TopicPartition(task.topic, task.partition)])[(task.topic, task.partition)]
         if low > replay_from:
-            raise SnapshotMissingError(
+            raise MissingInputError(
                 f"cannot fall back for {task.id}: the older snapshot needs topic {task.topic!r} "
                 f"partition {task.partition} from offset {replay_from}, but the earliest record "
                 f"left is at offset {low} (deleted by the topic's retention)")
@@ -185,7 +176,7 @@ class TaskManager:
     def rewind_all(self) -> None:
         """Back to the last committed checkpoint: the open transaction was aborted, so
         every task's state and position since then is void."""
-        tasks = [t for key, t in self.tasks.items() if key not in self._releasing]
+        tasks = list(self.tasks.values())
         self.rewinds += 1
         self.metrics.labels(self.metrics.restarts).inc()
         known: dict[str, list[Manifest]] = {}
@@ -197,12 +188,12 @@ class TaskManager:
             self.source.seek(position)
         log.info("rewound %d tasks to their last committed checkpoint", len(tasks))
 
-    def _close(self, keys: list[tuple[str, int]], keep_working_dir: bool) -> None:
+    def _close(self, keys: list[TaskKey]) -> None:
         for key in keys:
             task = self.tasks.pop(key, None)
             self.retention.pop(key, None)
             if task is not None and task.state is not None:
-                task.state.close(remove_working_dir=not keep_working_dir)
+                task.state.close(remove_working_dir=True)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
 
     def positions(self) -> dict[tuple[str, int], int | None]:
@@ -210,4 +201,4 @@ class TaskManager:
         return {key: task.next_offset for key, task in list(self.tasks.items())}
 
     def close_all(self) -> None:
-        self._close(list(self.tasks), keep_working_dir=False)
+        self._close(list(self.tasks))

@@ -1,10 +1,8 @@
-"""One worker process: one consumer, one producer, all its tasks in one loop.
+"""One worker process: one consumer, one transaction owner, all its tasks in one loop.
 
-    consume a batch -> run each partition's records through its task's chain
-    -> (checkpoint due?) -> coordinator runs a checkpoint -> repeat
-
-Single-threaded on purpose: there is no lock anywhere on the record path, and a
-checkpoint never races with processing because processing stops while it runs.
+`Worker.run` is the process's life: claim the worker slot, build the parts, run the loop
+(service/runtime/loop.py), finish with a final checkpoint, and turn whatever ended the
+run into the exit code a supervisor reads.
 """
 
 from __future__ import annotations
@@ -14,23 +12,33 @@ import signal
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaException
-
-from connectors.kafka_sink import AtLeastOnceProducer, OutputCommitter, TransactionalProducer
+from connectors.group import GroupView, client_id, new_stamp
 from connectors.kafka_source import KafkaSource, consumer_config
-from eos.errors import CheckpointError, EosError, ProducerFencedError, RecordError
+from connectors.offsets import ClusterOffsets
+from connectors.transactions import AtLeastOnceOwner, OutputOwner, TransactionOwner
+from eos.errors import (
+    CheckpointsFailingError,
+    DuplicateWorkerError,
+    EosError,
+    RecordError,
+    WorkerReplacedError,
+)
 from service.checkpointing.coordinator import CheckpointCoordinator
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import restore_task
+from service.checkpointing.scrubber import StorageScrubber
 from service.job.api import Job
 from service.job.planner import plan
-from service.membership.group import DepartedWorkerFencer, GroupView, SlotGuard, transactional_id
-from service.membership.incarnation import Incarnations
+from service.membership.departed import DepartedWorkerFencer
+from service.membership.incarnation import Incarnation
+from service.membership.slot import SlotGuard, transactional_id
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.monitor import WorkerMonitor
 from service.monitoring.status import FAILED, RUNNING, STOPPED, STOPPING
 from service.runtime.config import EXACTLY_ONCE, OFFSET_COMMIT_INTERVAL_S, WorkerConfig
 from service.runtime.error_policy import ErrorHandler, dead_letter_topic
+from service.runtime.loop import ProcessingLoop
+from service.runtime.missing_input import MissingInput
 from service.runtime.task_manager import TaskManager
 from service.runtime.topics import PartitionCounts, ensure_topics
 from service.savepoints.control import SavepointControl, default_savepoint_dir
@@ -40,10 +48,20 @@ from statestore.storage import open_storage
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_RECORD_ERROR = 2
-EXIT_FENCED = 3
-EXIT_CHECKPOINTS_FAILING = 4
 EXIT_ERROR = 1
+EXIT_RECORD_ERROR = 2
+EXIT_REPLACED = 3
+EXIT_CHECKPOINTS_FAILING = 4
+EXIT_DUPLICATE = 5
+
+# What ended a run, and how a supervisor should read it.
+_EXITS: tuple[tuple[type[EosError], int, str], ...] = (
+    (RecordError, EXIT_RECORD_ERROR, "stopping on a bad record"),
+    (WorkerReplacedError, EXIT_REPLACED, "replaced"),
+    (DuplicateWorkerError, EXIT_DUPLICATE, "duplicate worker id"),
+    (CheckpointsFailingError, EXIT_CHECKPOINTS_FAILING, "checkpoints keep failing"),
+    (EosError, EXIT_ERROR, "stopping"),
+)
 
 
 class Worker:
@@ -54,18 +72,21 @@ class Worker:
         self.group = config.group or job.name
         self.plan = plan(job, self.group)
         self.metrics = metrics or WorkerMetrics(self.group, config.worker_id)
-        # A fresh token per process incarnation: names its snapshots and working dirs, so
-        # nothing it writes can collide with a predecessor or a zombie of the same slot.
+        # A fresh token per process incarnation names its snapshots and working dirs, so
+        # nothing it writes can collide with a predecessor or a zombie of the same slot;
+        # the stamp tells the group's members which process of a slot started last.
         self.token = uuid.uuid4().hex[:8]
+        self.stamp = new_stamp()
         self._stop_requested = False
-        self.committer: OutputCommitter | None = None
+        self.owner: OutputOwner | None = None
         self.source: KafkaSource | None = None
         self.manager: TaskManager | None = None
-        self.coordinator: CheckpointCoordinator | None = None
+        self.loop: ProcessingLoop | None = None
+        self.scrubber: StorageScrubber | None = None
+        self.slot: SlotGuard | None = None
         self.group_view: GroupView | None = None
-        self.last_error: str | None = None
         self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
-        self.incarnations = Incarnations(config.state_dir, self.group, config.worker_id)
+        self.incarnation = Incarnation(config.state_dir, self.group, config.worker_id, self.stamp)
         # The exception that ended run() with a failure (the restart strategy reads it).
         self.failure: BaseException | None = None
         self.savepoints = SavepointControl(
@@ -74,6 +95,9 @@ class Worker:
             scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop,
             s3=config.s3)
         self.savepoints.add_routes(self.monitor.router)
+        # True when a client could not be closed in time: the process should then exit at
+        # once rather than wait on it again in the client's destructor.
+        self.abandoned_clients = False
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the batch, take a final checkpoint, exit 0."""
@@ -81,45 +105,31 @@ class Worker:
             log.info("stop requested: finishing with a final checkpoint")
         self._stop_requested = True
 
-    # True when a client could not be closed in time: the process should then exit at
-    # once rather than wait on it again in the client's destructor.
-    abandoned_clients = False
-
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        code = EXIT_ERROR
         try:
-            self.monitor.count_restarts(self.incarnations.begin())
+            self.monitor.count_restarts(self.incarnation.begin())
             self.monitor.start_server()
             self._start()
             self.monitor.set_state(RUNNING)
-            self._loop()
+            self.loop.run(lambda: self._stop_requested)
             self.monitor.set_state(STOPPING)
             self._finish()
-            code = EXIT_OK
             self.monitor.set_state(STOPPED)
             return EXIT_OK
-        except RecordError as exc:
-            return self._fail(exc, EXIT_RECORD_ERROR, "stopping on a bad record")
-        except ProducerFencedError as exc:
-            return self._fail(exc, EXIT_FENCED, "fenced", abort=False)
-        except CheckpointError as exc:
-            return self._fail(exc, EXIT_CHECKPOINTS_FAILING, "checkpoints keep failing")
         except EosError as exc:
-            return self._fail(exc, EXIT_ERROR, "stopping")
+            return self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - a bug or an unexpected client failure
-            # A fenced producer fails its next produce() with a bare fatal error; the
-            # producer itself can say whether fencing is behind it.
-            fenced = self.committer.fencing() if isinstance(exc, KafkaException) and self.committer else None
-            if fenced is not None:
-                return self._fail(fenced, EXIT_FENCED, "fenced", abort=False)
             log.exception("unexpected failure")
-            return self._fail(exc, EXIT_ERROR, "stopping")
+            return self._fail(exc)
         finally:
             self.savepoints.cancel_on_exit("the worker stopped")
             self._close()
-            self.incarnations.end(clean=code == EXIT_OK)
+            # Held by another process (newer, or alive at start): the next process of this
+            # slot here waits for that one rather than take the slot back (see SlotGuard.claim).
+            held = isinstance(self.failure, (WorkerReplacedError, DuplicateWorkerError)) and self.slot is not None
+            self.incarnation.end(clean=self.failure is None, replaced_by=self.slot.replaced_by if held else None)
             self.monitor.stop()
 
     def _start(self) -> None:
@@ -145,189 +155,107 @@ class Worker:
                 "Outputs may repeat (at-least-once) and aggregates restart from scratch.",
                 OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
-        producer_extra = {**kafka, **self.monitor.producer_settings()}
-        self.group_view = GroupView(self.group, client_config,
-                                    timeout_s=call_timeout)
+        self.group_view = GroupView(self.group, client_config, timeout_s=call_timeout)
+        slot = self.slot = SlotGuard(self.group_view, c.worker_id, self.stamp, static=c.static_membership,
+                                     own_member_ids=lambda: self.source.member_ids(), waits=self.monitor.kafka_waits)
+        # One process per worker id: wait out a predecessor's expiring session, refuse a live twin.
+        slot.claim(c.session_timeout_ms / 1000 + CLAIM_MARGIN_S, self.incarnation.known_dead,
+                   predecessor_replaced=self.incarnation.predecessor_replaced)
+        self.owner = self._output_owner(slot, {**kafka, **self.monitor.producer_settings()}, call_timeout)
         fencer = None
-        # The producer starts inside the first assignment (TaskManager.on_assign).
-        if c.processing_guarantee == EXACTLY_ONCE:
-            self.committer = TransactionalProducer(
-                c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=producer_extra,
-                transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
-                waits=self.monitor.kafka_waits,
-                confirm_slot=SlotGuard(self.group_view, c.worker_id, lambda: self.source.member_ids(),
-                                       self.incarnations.superseded, self.monitor.kafka_waits).confirm)
-            if c.fence_departed_workers:
-                fencer = DepartedWorkerFencer(
-                    self.group_view, c.worker_id,
-                    {**client_config, "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
-                    timeout_s=call_timeout)
-        else:
-            self.committer = AtLeastOnceProducer(c.bootstrap_servers, extra=producer_extra,
-                                                 call_timeout_s=call_timeout, waits=self.monitor.kafka_waits)
+        if c.processing_guarantee == EXACTLY_ONCE and c.fence_departed_workers:
+            fencer = DepartedWorkerFencer(
+                self.group_view, c.worker_id,
+                {**client_config, "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
+                timeout_s=call_timeout)
+        # The user's auto.offset.reset says only where partitions with nothing committed
+        # start: the consumer itself never resets (service/runtime/missing_input.py).
+        start_from = str(kafka.pop("auto.offset.reset", c.auto_offset_reset))
         consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
-            c.bootstrap_servers, self.group, c.worker_id, session_timeout_ms=c.session_timeout_ms,
-            max_poll_interval_ms=c.max_poll_interval_ms, auto_offset_reset=c.auto_offset_reset,
-            static_membership=c.static_membership, extra=consumer_extra), waits=self.monitor.kafka_waits)
-        self.manager = TaskManager(self.plan, c, self.source, self.committer, storage, self.token,
-                                   self.metrics, errors,
-                                   PartitionCounts(client_config), fencer)
-        self.coordinator = CheckpointCoordinator(
-            self.manager, self.committer, self.source.consumer, job=self.plan.job.name,
-            worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
-            timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s,
-            tolerable_failures=c.tolerable_failures, metrics=self.metrics, faults=FaultInjector())
-        self.manager.checkpoint_all = self.coordinator.trigger
-        self.monitor.attach(self.manager, self.coordinator)
+            c.bootstrap_servers, self.group, client_id(self.group, c.worker_id, self.stamp),
+            session_timeout_ms=c.session_timeout_ms, max_poll_interval_ms=c.max_poll_interval_ms,
+            static_membership=c.static_membership, worker_id=c.worker_id, extra=consumer_extra),
+            start_from=start_from, waits=self.monitor.kafka_waits)
+        restore = restore_task
         if resume is not None:
             resume.check_group_history(self.source.consumer, partition_counts)
-            self.manager.restore_task = resume.restore_fn(restore_task)
-        self.savepoints.attach(self.plan, self.manager, self.coordinator, self.source.consumer, partition_counts,
-                               client_config)
-        self.source.subscribe(self.plan.input_topics, self.manager)
-        log.info("worker %s of job %s (group %s) started: stages %s", c.worker_id, self.plan.job.name,
-                 self.group, ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
+            restore = resume.restore_fn(restore_task)
+        owner = self.owner
+        offsets = ClusterOffsets(client_config)
+        missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
+        self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
+                                   self.metrics, errors, PartitionCounts(client_config), missing_input, restore)
+        coordinator = CheckpointCoordinator(
+            self.manager, self.owner, self.source.consumer, job=self.plan.job.name,
+            worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
+            timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s, metrics=self.metrics,
+            faults=FaultInjector())
+        self.monitor.attach(self.manager, coordinator)
+        manager = self.manager
+        self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
+        self.savepoints.attach(self.plan, self.manager, self.source.consumer, partition_counts, offsets)
+        self.loop = ProcessingLoop(
+            source=self.source, owner=self.owner, manager=self.manager, coordinator=coordinator,
+            missing_input=missing_input,
+            monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.input_topics,
+            consume_batch=c.consume_batch, state_cache_bytes=c.state_cache_bytes,
+            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self.savepoints.tick)
+        # The producer starts with the first assignment (ProcessingLoop._assigned).
+        self.source.subscribe(self.plan.input_topics)
+        self.scrubber.start()
+        log.info("worker %s of job %s (group %s, incarnation %s) started: stages %s", c.worker_id,
+                 self.plan.job.name, self.group, self.stamp,
+                 ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
+
+    def _output_owner(self, slot: SlotGuard, extra: dict[str, Any], call_timeout: float) -> OutputOwner:
+        c = self.config
+        if c.processing_guarantee == EXACTLY_ONCE:
+            return TransactionOwner(
+                c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=extra,
+                transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
+                slot_holder=slot.holder, waits=self.monitor.kafka_waits)
+        return AtLeastOnceOwner(c.bootstrap_servers, extra=extra, call_timeout_s=call_timeout,
+                                slot_holder=slot.holder, waits=self.monitor.kafka_waits)
 
     def _positions(self) -> dict[tuple[str, int], int | None]:
         return self.manager.positions() if self.manager is not None else {}
 
-    def _loop(self) -> None:
-        source, committer, coordinator, monitor = self.source, self.committer, self.coordinator, self.monitor
-        savepoints = self.savepoints
-        manager = self.manager
-        batch = self.config.consume_batch
-        records_in = {t: self.metrics.labels(self.metrics.records_in, topic=t) for t in self.plan.input_topics}
-        while not self._stop_requested:
-            starts = manager.task_starts
-            msgs = source.consume(batch, 0.1)
-            if msgs and manager.task_starts != starts:
-                msgs = self._drop_stale(msgs, starts)
-            try:
-                if msgs:
-                    monitor.records_in += len(msgs)
-                    self._dispatch(msgs, records_in)
-                    self._bound_cache()
-                committer.poll()
-            except (ProducerFencedError, KafkaException) as exc:
-                self._resume_after_fencing(exc)
-                continue
-            savepoints.tick()
-            if coordinator.due():
-                coordinator.trigger()
-                monitor.publish()
-            monitor.tick()
-
-    def _resume_after_fencing(self, exc: Exception) -> None:
-        """An output refused, or the producer's poll failing, because this worker's
-        producer was fenced. A peer that saw it missing from the group (after a broker
-        restart, say) ends its transaction as it would a dead worker's; the worker then
-        initialises again and redoes the work since its last checkpoint. Replaced by a
-        newer instance of its slot, it stops: the abort raises ProducerFencedError (see
-        SlotGuard)."""
-        fenced = exc if isinstance(exc, ProducerFencedError) else self.committer.fencing()
-        if fenced is None:
-            raise exc
-        log.warning("the producer was fenced: %s; checking whether this process still holds its slot", fenced)
-        self.committer.abort()
-        self.manager.rewind_all()
-
-    def _drop_stale(self, msgs: list, starts: int) -> list:
-        """A rebalance or rewind served inside the last consume call (re)started some
-        tasks at their committed offsets, and the batch may still hold records fetched
-        for their old position, before or after them. Those tasks' records are dropped
-        and their partitions sought back to where each task now begins."""
-        tasks = self.manager.tasks
-        restarted = {key for key, task in tasks.items() if task.incarnation > starts}
-        if not restarted:
-            return msgs
-        kept, dropped = [], set()
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            if key in restarted:
-                dropped.add(key)
-            else:
-                kept.append(m)
-        for key in dropped:
-            self.source.seek(self.manager.position_of(tasks[key]))
-        if dropped:
-            log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
-                      len(msgs) - len(kept), len(dropped))
-        return kept
-
-    def _dispatch(self, msgs: list, records_in: dict) -> None:
-        """Splits the batch into runs of one partition and hands each to its task."""
-        tasks = self.manager.tasks
-        start = 0
-        first = msgs[0]
-        current = (first.topic(), first.partition())
-        for i in range(1, len(msgs)):
-            m = msgs[i]
-            tp = (m.topic(), m.partition())
-            if tp != current:
-                self._run_task(tasks.get(current), msgs[start:i], current, records_in)
-                start, current = i, tp
-        self._run_task(tasks.get(current), msgs[start:] if start else msgs, current, records_in)
-
-    @staticmethod
-    def _run_task(task: Any, run: list, tp: tuple[str, int], records_in: dict) -> None:
-        if task is None:
-            return  # the partition was revoked after these records were fetched
-        task.process(run)
-        records_in[tp[0]].inc(len(run))
-
-    def _bound_cache(self) -> None:
-        stateful = [t.state for t in self.manager.tasks.values() if t.state is not None]
-        if not stateful:
-            return
-        budget = self.config.state_cache_bytes // len(stateful)
-        for state in stateful:
-            if state.cached_bytes() > budget:
-                state.spill()
-
     def _finish(self) -> None:
-        if self.coordinator is None:
-            return
+        loop = self.loop
         savepoint = self.savepoints.stopped_by_savepoint
         if savepoint is not None:
             # The savepoint is the job's last committed state: anything read since (say,
             # partitions a departing worker's rebalance handed over) must not commit.
-            if any(t.changed for t in self.manager.tasks.values()):
-                self.committer.abort()
+            self.owner.close(abort=self.manager.changed())
             log.info("stopped with savepoint %s", savepoint)
             return
-        record = self.coordinator.trigger("shutdown")
-        if record is not None and record.error and not record.interrupted:
-            raise CheckpointError(f"the final checkpoint failed: {record.error}")
-        last = max([self.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
+        record = loop.checkpoint("shutdown")
+        if record is not None and not record.outcome.committed:
+            raise CheckpointsFailingError(f"the final checkpoint failed: {record.error}")
+        last = max([loop.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         if self.config.leave_group_on_stop:
-            # Nothing changed since the final checkpoint, so the revocation commits nothing more.
-            if self.source.leave_group(max(30.0, self.config.checkpoint_timeout_s),
-                                       joined=lambda: self.manager.ready,
-                                       still_member=lambda: self.group_view.lists(self.config.worker_id)):
+            # Nothing changed since the final checkpoint, so giving the partitions up aborts nothing.
+            if loop.leave_group(max(30.0, self.config.checkpoint_timeout_s),
+                                still_member=lambda: self.group_view.lists(self.config.worker_id)):
                 log.info("left the group; the remaining workers take over its partitions")
             else:
                 log.warning("could not confirm leaving the group; if still listed, its partitions move "
                             "after the session timeout")
-        log.info("stopped cleanly; last completed checkpoint %d; %s", last, self.coordinator.stats.summary())
+        log.info("stopped cleanly; last completed checkpoint %d; %s", last, loop.coordinator.stats.summary())
 
-    def _fail(self, exc: Exception, code: int, what: str, abort: bool = True) -> int:
-        self.last_error = str(exc)
+    def _fail(self, exc: BaseException) -> int:
         self.failure = exc
+        code, what = next(((code, what) for kind, code, what in _EXITS if isinstance(exc, kind)),
+                          (EXIT_ERROR, "stopping"))
         log.error("%s: %s", what, exc)
         self.monitor.set_state(FAILED, error=f"{what}: {exc}")
-        if abort and self.committer is not None:
-            try:
-                self.committer.abort()
-            except EosError as abort_exc:
-                log.warning("aborting the open transaction: %s", abort_exc)
         return code
 
     def _close(self) -> None:
+        if self.scrubber is not None:
+            self.scrubber.stop()
         if self.manager is not None:
-            # Closing the consumer revokes its partitions; after a failure that must not
-            # turn into a checkpoint of the failed epoch's work.
-            self.manager.checkpoint_all = lambda reason: None
             self.manager.close_all()
         if self.source is not None:
             # After a failure, closing may wait on a group that is moving the partitions
@@ -337,8 +265,15 @@ class Worker:
                 log.warning("the consumer did not close within %.0fs; the group drops this worker "
                             "after its session timeout", bound)
                 self.abandoned_clients = True
-        if self.committer is not None:
-            self.committer.close()
-            self.abandoned_clients = self.abandoned_clients or self.committer.abandoned
-        if self.coordinator is not None:
-            self.coordinator.close()
+        if self.owner is not None:
+            # After a failure the open transaction is aborted on the way out, unless the
+            # slot is another process's now: its transactions are not this one's to touch.
+            self.owner.close(abort=self.failure is not None and not isinstance(self.failure, WorkerReplacedError))
+            self.abandoned_clients = self.abandoned_clients or self.owner.abandoned
+        if self.loop is not None:
+            self.loop.coordinator.close()
+
+
+# A departing member is listed until its session expires and the coordinator notices;
+# a claim waits this much longer than the session timeout before calling it alive.
+CLAIM_MARGIN_S = 3.0

@@ -38,9 +38,9 @@ from urllib.parse import parse_qs
 import orjson
 from confluent_kafka import KafkaException, TopicPartition
 
+from connectors.offsets import ClusterOffsets
 from eos.errors import ConfigurationError, EosError, SavepointError
 from service.job.planner import Plan
-from service.savepoints.offsets import ClusterOffsets
 from service.savepoints.part import write_part
 from service.web.routing import Request, Response, Router
 from statestore.storage import S3Settings, open_storage
@@ -57,11 +57,13 @@ ACTIVE_PHASES = (DRAINING, WRITING, WRITTEN)
 
 MODES = ("trigger", "stop")
 # What fails a savepoint but not the worker; any other EosError raised on the way (a
-# checkpoint failure beyond the tolerated, being fenced) fails both.
+# checkpoint failure beyond the tolerated, being replaced) fails both.
 _SAVEPOINT_FAILURES = (SavepointError, ConfigurationError, KafkaException, OSError)
 CHECK_EVERY_S = 0.05
 DEFAULT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 120.0
+# The worker loop's checkpoint: runs one and acts on its outcome; returns its record.
+Checkpoint = Callable[[str], Any]
 
 
 def savepoint_location(directory: str, savepoint_id: str) -> str:
@@ -113,7 +115,7 @@ class SavepointOperation:
 
     # -- steps ----------------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, checkpoint: Checkpoint) -> None:
         manager = self.control.manager
         self._assignment = {key: id(task) for key, task in manager.tasks.items()}
         self._paused = [TopicPartition(t.topic, t.partition) for t in manager.tasks.values()
@@ -121,9 +123,9 @@ class SavepointOperation:
         self._pause()
         log.info("savepoint %s (%s): sources paused (%d partitions), draining", self.id, self.mode,
                  len(self._paused))
-        self._checkpoint()
+        self._checkpoint(checkpoint)
 
-    def step(self) -> None:
+    def step(self, checkpoint: Checkpoint) -> None:
         now = time.monotonic()
         if now - self.last_contact > self.timeout_s:
             self.cancel(f"no word from the savepoint client for {self.timeout_s:.0f}s")
@@ -138,7 +140,7 @@ class SavepointOperation:
         self._pause()  # a rewind may have re-assigned a partition, which resumes it
         tasks = list(self.control.manager.tasks.values())
         if any(t.changed for t in tasks):
-            self._checkpoint()
+            self._checkpoint(checkpoint)
         self.idle = not any(t.changed for t in tasks) and self._repartition_drained(tasks)
         self.progress = _progress_token(tasks)
 
@@ -180,9 +182,9 @@ class SavepointOperation:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _checkpoint(self) -> None:
-        record = self.control.coordinator.trigger("savepoint")
-        if record is not None and record.error:
+    def _checkpoint(self, checkpoint: Checkpoint) -> None:
+        record = checkpoint("savepoint")
+        if record is not None and not record.outcome.committed:
             raise SavepointError(f"checkpoint {record.checkpoint_id} for savepoint {self.id} failed: {record.error}")
 
     def _check_assignment(self) -> None:
@@ -231,7 +233,7 @@ class SavepointOperation:
         tasks = list(control.manager.tasks.values())
         partitions = control.offsets.partition_counts([s.topic for s in control.plan.stages])
         end_offsets = control.offsets.ends([TopicPartition(t.topic, t.partition) for t in tasks])
-        storage = open_storage(self.location, control.s3)
+        storage = _torn_on_first_file(open_storage(self.location, control.s3))
         part = write_part(plan=control.plan, tasks=tasks, worker=control.worker_id, storage=storage,
                           scratch=control.scratch_dir / self.id, partitions=partitions,
                           end_offsets=end_offsets, on_file_written=_fault_hook())
@@ -257,7 +259,6 @@ class SavepointControl:
         self.request_stop = request_stop
         self.plan: Plan | None = None
         self.manager: Any = None
-        self.coordinator: Any = None
         self.consumer: Any = None
         self.partition_counts: dict[str, int] = {}
         self.offsets: ClusterOffsets | None = None
@@ -266,10 +267,9 @@ class SavepointControl:
         # Replaced whole by the loop thread, read by HTTP threads.
         self.published: dict[str, Any] | None = None
 
-    def attach(self, plan: Plan, manager: Any, coordinator: Any, consumer: Any,
-               partition_counts: dict[str, int], admin_config: dict[str, Any]) -> None:
-        self.plan, self.manager, self.coordinator, self.consumer = plan, manager, coordinator, consumer
-        self.offsets = ClusterOffsets(admin_config)
+    def attach(self, plan: Plan, manager: Any, consumer: Any, partition_counts: dict[str, int],
+               offsets: ClusterOffsets) -> None:
+        self.plan, self.manager, self.consumer, self.offsets = plan, manager, consumer, offsets
         self.partition_counts = {s.topic: partition_counts[s.topic] for s in plan.stages}
 
     # -- HTTP threads ---------------------------------------------------------------
@@ -325,16 +325,18 @@ class SavepointControl:
 
     # -- loop thread ----------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Called once per loop pass: costs one queue check while nothing happens."""
+    def tick(self, loop: Any) -> None:
+        """Called by the loop once per pass, with itself: costs one queue check while
+        nothing happens. Checkpoints the savepoint needs are the loop's, so their
+        outcomes are acted on where every other outcome is."""
         if self._operation is None and self._inbox.empty():
             return
         while not self._inbox.empty():
-            self._handle(self._inbox.get_nowait())
+            self._handle(self._inbox.get_nowait(), loop.checkpoint)
         operation = self._operation
         if operation is not None and operation.active:
             try:
-                operation.step()
+                operation.step(loop.checkpoint)
             except _SAVEPOINT_FAILURES as exc:
                 operation.fail(str(exc))
             except EosError as exc:  # the worker's own failure (checkpoints failing, fenced)
@@ -343,11 +345,11 @@ class SavepointControl:
                 raise
             self._publish()
 
-    def _handle(self, command: _Command) -> None:
+    def _handle(self, command: _Command, checkpoint: Checkpoint) -> None:
         worker_failure: EosError | None = None
         try:
             if command.name == "begin":
-                status, reply = self._begin(command.body)
+                status, reply = self._begin(command.body, checkpoint)
             else:
                 status, reply = self._follow_up(command.name, command.body)
         except (*_SAVEPOINT_FAILURES, EosError) as exc:
@@ -363,7 +365,7 @@ class SavepointControl:
         if worker_failure is not None:
             raise worker_failure
 
-    def _begin(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _begin(self, body: dict[str, Any], checkpoint: Checkpoint) -> tuple[int, dict[str, Any]]:
         current = self._operation
         if current is not None and current.active:
             return 409, {"error": f"savepoint {current.id} is in progress ({current.phase})"}
@@ -380,7 +382,7 @@ class SavepointControl:
         if not isinstance(directory, str) or timeout_s <= 0:
             return 400, {"error": "target must be a directory path or URL, and timeout_s positive"}
         self._operation = SavepointOperation(self, savepoint_id, directory, mode, timeout_s)
-        self._operation.begin()
+        self._operation.begin(checkpoint)
         return 202, {}
 
     def _follow_up(self, name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -419,6 +421,26 @@ def _progress_token(tasks: list[Any]) -> str:
     """Changes whenever any task reads a record or commits a checkpoint."""
     parts = sorted(f"{t.id}:{t.next_offset}:{t.completed.checkpoint_id}:{t.records_since_checkpoint}" for t in tasks)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _torn_on_first_file(storage: Any) -> Any:
+    """Test-only: EOS_SAVEPOINT_FAULT=mid_file SIGKILLs the worker halfway through its
+    first savepoint file, leaving the file system's temporary file of that write."""
+    if os.environ.get("EOS_SAVEPOINT_FAULT") != "mid_file":
+        return storage
+
+    def put_file(key: str, source: Path) -> None:
+        def half_then_die(dst: Any) -> None:
+            data = source.read_bytes()
+            dst.write(data[: len(data) // 2])
+            dst.flush()
+            log.warning("fault injection: killing this worker while writing savepoint file %s", key)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        storage._write(key, half_then_die)
+
+    storage.put_file = put_file
+    return storage
 
 
 def _fault_hook() -> Callable[[str], None] | None:
