@@ -13,7 +13,7 @@ import pytest
 
 from connectors.kafka_waits import KafkaWaits
 from eos.errors import ConfigurationError
-from service.membership.incarnation import Incarnations
+from service.membership.incarnation import Incarnation
 from service.monitoring.kafka_stats import BrokerReachability, ConsumerLag, RecordsOut, partition_lag
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.status import RUNNING, STARTING, CheckpointStatus, StatusBoard, TaskStatus, WorkerStatus
@@ -327,23 +327,11 @@ def test_records_out_keeps_growing_across_a_recreated_producer():
 
 
 def test_a_slot_whose_previous_process_did_not_stop_cleanly_counts_a_restart(tmp_path: Path):
-    first = Incarnations(tmp_path, "g", "w1")
+    first = Incarnation(tmp_path, "g", "w1", "1")
     assert first.begin() == 0
-    # killed: end() never ran
-    second = Incarnations(tmp_path, "g", "w1")
+    first.end(clean=False)  # stopped by an error (a kill never runs end() at all)
+    second = Incarnation(tmp_path, "g", "w1", "2")
     assert second.begin() == 1
     second.end(clean=True)
-    assert Incarnations(tmp_path, "g", "w1").begin() == 1  # a clean stop is no restart
-    assert Incarnations(tmp_path, "g", "w2").begin() == 0  # slots count separately
-
-
-def test_an_older_process_of_a_slot_knows_it_was_superseded_and_leaves_the_record_alone(tmp_path: Path):
-    old = Incarnations(tmp_path, "g", "w1")
-    old.begin()
-    assert not old.superseded()
-    new = Incarnations(tmp_path, "g", "w1")
-    new.begin()
-    assert old.superseded() and not new.superseded()
-    old.end(clean=False)  # the woken old process stops: the newer one's record stays
-    assert not new.superseded()
-    assert Incarnations(tmp_path, "g", "w1").begin() == 2  # the newer one never stopped cleanly either
+    assert Incarnation(tmp_path, "g", "w1", "3").begin() == 1  # a clean stop is no restart
+    assert Incarnation(tmp_path, "g", "w2", "4").begin() == 0  # slots count separately

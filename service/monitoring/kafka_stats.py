@@ -103,8 +103,15 @@ class BrokerReachability:
     def __init__(self) -> None:
         self.down_since: float | None = None
         self.states: str = ""
+        # Out of the consumer group since (monotonic), and in which join state. A silent
+        # partition keeps connections "UP" until socket timeouts, but the group session
+        # expires within its timeout, so this is where an idle, cut-off worker shows.
+        self.out_of_group_since: float | None = None
+        self.join_state: str = ""
+        self._joined = False
 
     def update(self, stats: dict, now: float) -> None:
+        self._update_group(stats.get("cgrp"), now)
         brokers = stats.get("brokers", {})
         if not brokers:
             return  # no report of connections yet: nothing learned
@@ -118,6 +125,22 @@ class BrokerReachability:
 
     def unreachable_for(self, now: float) -> float | None:
         return None if self.down_since is None else now - self.down_since
+
+    def _update_group(self, cgrp: dict | None, now: float) -> None:
+        if not cgrp:
+            return
+        state = str(cgrp.get("join_state", ""))
+        if state == "steady":
+            self._joined, self.out_of_group_since, self.join_state = True, None, ""
+        elif self._joined and self.out_of_group_since is None:  # before the first join: starting
+            self.out_of_group_since, self.join_state = now, state
+        elif self.out_of_group_since is not None:
+            self.join_state = state
+
+    def out_of_group_for(self, now: float) -> tuple[str, float] | None:
+        """(join state, seconds) once the consumer left the group it had joined."""
+        since = self.out_of_group_since
+        return None if since is None else (self.join_state, now - since)
 
 
 class RecordsOut:

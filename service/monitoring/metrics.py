@@ -56,11 +56,19 @@ class WorkerMetrics:
         self.state_keys = gauge("eos_state_keys", "Keys in state (RocksDB estimate) at the last "
                                 "checkpoint, summed over this worker's tasks.", ("operator",))
         self.dlq_records = counter("eos_dlq_records", "Records sent to the dead-letter topic.")
+        self.input_records_missing = counter("eos_input_records_missing", "Input records deleted from Kafka before "
+                                             "the job processed them (see --on-missing-input).", ("topic",))
         self.tasks = gauge("eos_tasks", "Tasks (stage partitions) this worker runs.")
+        self.scrub_checked = counter("eos_storage_scrub_files_checked", "Snapshot files the storage scrub checked.")
+        self.scrub_damaged = counter("eos_storage_scrub_files_damaged", "Snapshot files the storage scrub found "
+                                     "missing, truncated or corrupt in checkpoint storage.")
+        self.scrub_mended = counter("eos_storage_scrub_files_mended", "Damaged snapshot files the storage scrub "
+                                    "wrote again from an intact local copy.")
         # Series without extra labels exist from the start, so a scrape shows 0 rather
         # than nothing before the first failure or restart.
         for metric in (self.checkpoints_completed, self.checkpoints_failed, self.checkpoint_duration,
-                       self.restarts, self.dlq_records, self.tasks, self.last_checkpoint_id):
+                       self.restarts, self.dlq_records, self.tasks, self.last_checkpoint_id,
+                       self.scrub_checked, self.scrub_damaged, self.scrub_mended):
             self.labels(metric)
 
     def labels(self, metric, **extra: str):

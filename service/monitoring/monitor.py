@@ -43,7 +43,7 @@ def checkpoint_status(record: "CheckpointRecord") -> CheckpointStatus:
     result = phase if phase in ("committed", "failed") else f"in progress: {phase}"
     return CheckpointStatus(record.checkpoint_id, record.reason, record.started_at, record.duration_s,
                             record.tasks, record.size_bytes, record.uploaded_bytes, record.state_keys,
-                            result, record.error)
+                            result, record.error, counted=record.error is not None and record.outcome.counts)
 
 
 class WorkerMonitor:
@@ -85,6 +85,7 @@ class WorkerMonitor:
         self.lag = ConsumerLag(self.metrics, positions)
         # /healthz turns 503 while the consumer reaches no broker (see BrokerReachability).
         self.board.kafka_unreachable = self.lag.brokers.unreachable_for
+        self.board.out_of_group = self.lag.brokers.out_of_group_for
         return {"statistics.interval.ms": self.config.stats_interval_ms, "stats_cb": self.lag}
 
     def producer_settings(self) -> dict[str, Any]:
@@ -101,7 +102,6 @@ class WorkerMonitor:
 
     def attach(self, manager: "TaskManager", coordinator: "CheckpointCoordinator") -> None:
         self.manager, self.coordinator = manager, coordinator
-        manager.on_error = coordinator.on_error = self.note_error
 
     # -- called by the worker's loop --------------------------------------------------
 

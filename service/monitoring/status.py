@@ -43,6 +43,8 @@ class CheckpointStatus:
     state_keys: int
     result: str  # committed | failed | in progress (phase name)
     error: str | None
+    # Failed in a way that counts toward --tolerable-failures (not a rebalance under it).
+    counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,21 @@ class WorkerStatus:
     last_error: str | None = None
     last_error_at: float | None = None
 
+    @property
+    def failing_checkpoints(self) -> int:
+        """Checkpoints failed in a row, newest first, that count toward the tolerated."""
+        failed = 0
+        for checkpoint in self.checkpoints:
+            if checkpoint.result == "committed":
+                break
+            failed += checkpoint.counted
+        return failed
+
+
+# /healthz turns 503 once this many checkpoints in a row failed (storage out of reach,
+# say): one alone is a hiccup the worker rewinds from.
+FAILING_CHECKPOINTS_UNHEALTHY = 2
+
 
 @dataclass
 class StatusBoard:
@@ -81,6 +98,9 @@ class StatusBoard:
     # The blocking Kafka call the loop is inside, and for how long; see connectors/kafka_waits.py.
     kafka_blocked: Callable[[float], tuple[str, float] | None] = field(default=lambda now: None)
     blocked_grace_s: float = 5.0
+    # Out of the consumer group it had joined: (join state, seconds), or None.
+    out_of_group: Callable[[float], tuple[str, float] | None] = field(default=lambda now: None)
+    out_of_group_grace_s: float = 10.0
 
     def publish(self, status: WorkerStatus) -> None:
         self.current = status
@@ -105,6 +125,14 @@ class StatusBoard:
         blocked = self.kafka_blocked(now)
         if blocked is not None and blocked[1] >= self.blocked_grace_s:
             return False, f"Kafka unreachable: {blocked[0]} has been waiting for the cluster for {blocked[1]:.0f}s"
+        outside = self.out_of_group(now)
+        if outside is not None and outside[1] >= self.out_of_group_grace_s:
+            return False, (f"out of the consumer group for {outside[1]:.0f}s (join state {outside[0]}): its session "
+                           "expired, so Kafka is unreachable or the group is rebalancing")
         if not status.ready:
             return False, "recovering: the first partition assignment is not restored yet"
+        failing = status.failing_checkpoints
+        if failing >= FAILING_CHECKPOINTS_UNHEALTHY:
+            last = next((c.error for c in status.checkpoints if c.counted), None)
+            return False, f"checkpoints failing: {failing} in a row, nothing is committed meanwhile; last: {last}"
         return True, "ok"
