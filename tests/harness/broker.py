@@ -42,31 +42,30 @@ def _testcontainers_broker() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _local_broker() -> Iterator[tuple[str, LocalBroker]]:
+def _local_broker() -> Iterator[str]:
     shared = LocalBroker(BrokerSettings(port=TEST_BROKER_PORT))
     if shared.is_running():
-        yield shared.bootstrap, shared
+        yield shared.bootstrap
         return
     data_dir = Path(tempfile.mkdtemp(prefix=f"eos-test-kafka-{TEST_BROKER_PORT}-"))
     broker = LocalBroker(BrokerSettings(port=TEST_BROKER_PORT, data_dir=data_dir))
     broker.start()
     try:
-        yield broker.bootstrap, broker
+        yield broker.bootstrap
     finally:
         broker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def session_broker() -> Iterator[tuple[str, LocalBroker | None]]:
-    """Yields (bootstrap, local broker or None). The local broker handle lets outage
-    tests stop and restart it; with an external broker those tests are skipped."""
+def session_broker() -> Iterator[str]:
+    """Yields the bootstrap address of the run's broker, started here if it is ours."""
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
-        yield given, None
+        yield given
     elif docker_engine_answers():
         with _testcontainers_broker() as bootstrap:
-            yield bootstrap, None
+            yield bootstrap
     else:
-        with _local_broker() as (bootstrap, broker):
-            yield bootstrap, broker
+        with _local_broker() as bootstrap:
+            yield bootstrap

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.membership.group import worker_of_member
+from connectors.group import member_identity
 
 
 def unique_name(prefix: str) -> str:
@@ -89,7 +89,7 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
 
 def group_members(bootstrap: str, group: str, timeout: float = 10.0) -> set[str]:
     """Worker ids of the group's current members (static instance id, else from the
-    client id `{group}-{worker id}`)."""
+    client id `{group}-{worker id}#{incarnation}`)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
     return {_worker(group, m) for m in description.members}
@@ -104,4 +104,5 @@ def group_assignment(bootstrap: str, group: str, timeout: float = 10.0) -> dict[
 
 
 def _worker(group: str, member) -> str:
-    return worker_of_member(group, member.group_instance_id, member.client_id) or member.client_id
+    identity = member_identity(group, member.group_instance_id, member.client_id)
+    return identity[0] if identity else member.client_id

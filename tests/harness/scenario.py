@@ -59,6 +59,28 @@ class RunningSum:
         self._feeder = threading.Thread(target=feed, daemon=True)
         self._feeder.start()
 
+    def start_feeding_until(self, stop: threading.Event, orders: dict[int, Order]) -> dict[int, Order]:
+        """Produces `orders` in chunks until `stop` is set (or they run out); returns the
+        orders produced so far, filled in as they go. A test that must see a backlog
+        feeds faster than the job processes until it has seen it: then the backlog is
+        there for as long as it takes to look, whatever the timing."""
+        items = list(orders.values())
+        fed: dict[int, Order] = {}
+
+        def feed() -> None:
+            for i in range(0, len(items), self.chunk):
+                if stop.is_set():
+                    return
+                chunk = {o.id: o for o in items[i:i + self.chunk]}
+                produce_orders(self.bootstrap, self.input, chunk, self.key_by_user)
+                fed.update(chunk)
+                time.sleep(self.chunk_pause_s)
+            raise AssertionError(f"ran out of the {len(items)} orders before the test stopped feeding")
+
+        self._feeder = threading.Thread(target=feed, daemon=True)
+        self._feeder.start()
+        return fed
+
     def feed_all_now(self, orders: dict[int, Order] | None = None) -> None:
         produce_orders(self.bootstrap, self.input, orders or self.orders, self.key_by_user)
 

@@ -41,9 +41,11 @@ class WorkerSpec:
     # session timeouts. Tests about membership itself, outages and the soak use the
     # product's default (dynamic) by setting this to None.
     membership: str | None = "--static-membership"
+    # A command the worker runs under, e.g. `ip netns exec HOST` to run it on a host of its own.
+    wrap: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
-        argv = [*EOS, "run", str(self.job), "--bootstrap-servers", self.bootstrap, "--group", self.group,
+        argv = [*self.wrap, *EOS, "run", str(self.job), "--bootstrap-servers", self.bootstrap, "--group", self.group,
                 "--state-dir", str(self.state_dir), "--checkpoint-storage", self.storage,
                 "--checkpoint-interval", self.interval, "--worker-id", self.worker_id,
                 "--processing-guarantee", self.guarantee, *self.extra_args]
