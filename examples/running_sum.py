@@ -5,7 +5,11 @@ Output: one record per input, key = user, value JSON
 {"user": str, "sum": int, "count": int, "last_id": int} with the user's running totals
 including this record.
 
-    eos run examples/running_sum.py -p input=orders -p output=totals ...
+Run it with the topics `orders` and `totals` in place and KAFKA_BOOTSTRAP_SERVERS set:
+
+    eos generate --topic orders --records 1000
+    eos run examples/running_sum.py --state-dir state --checkpoint-storage "file://$PWD/checkpoints" \
+        -p input=orders -p output=totals
 """
 
 from eos import JSON, STRING, Job, Params

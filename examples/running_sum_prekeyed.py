@@ -3,7 +3,11 @@ record key with `key_by_record_key()`, one stage, no repartition topic. The same
 as running_sum.py when every order's record key is its user; the computation the
 benchmark's baselines do.
 
-    eos run examples/running_sum_prekeyed.py -p input=orders-by-user -p output=totals ...
+Run it with the topics `orders-by-user` and `totals` in place and KAFKA_BOOTSTRAP_SERVERS set:
+
+    eos generate --topic orders-by-user --records 1000 --key-by-user
+    eos run examples/running_sum_prekeyed.py --state-dir state --checkpoint-storage "file://$PWD/checkpoints" \
+        -p input=orders-by-user -p output=totals
 """
 
 from eos import JSON, STRING, Job, Params

@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 @click.option("--start-id", type=click.IntRange(min=0), default=0, show_default=True,
               help="Id of the first order.")
 @click.option("--seed", type=int, default=None, help="Random seed (repeatable runs).")
+@click.option("--key-by-user", is_flag=True, help="Key each order by its user (so Kafka partitions them by "
+              "user), not by its id.")
 def generate(bootstrap_servers: str, topic: str, rate: float, records: int, users: int, start_id: int,
-             seed: int | None) -> None:
+             seed: int | None, key_by_user: bool) -> None:
     """Produce running-sum orders {"id", "user", "amount"} to TOPIC."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    generator = OrderGenerator(bootstrap_servers, topic, rate=rate, users=users, start_id=start_id, seed=seed)
+    generator = OrderGenerator(bootstrap_servers, topic, rate=rate, users=users, start_id=start_id, seed=seed,
+                               key_by_user=key_by_user)
     log.info("producing %s orders to %s at %.0f/s", records or "unbounded", topic, rate)
     produced = generator.run(records or None, stop)
     click.echo(f"produced {produced} orders to {topic} (ids {start_id}..{start_id + produced - 1})")

@@ -23,16 +23,17 @@ PROGRESS_EVERY = 500
 
 class OrderGenerator:
     def __init__(self, bootstrap: str, topic: str, *, rate: float, users: int, start_id: int = 0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, key_by_user: bool = False) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, not {rate}")
         self.topic = topic
         self.rate = rate
         self.users = users
         self.next_id = start_id
+        self.key_by_user = key_by_user
         self._rng = random.Random(seed)
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                                   "enable.idempotence": True})
+                                   "enable.idempotence": True, "partitioner": "murmur2_random"})
 
     def run(self, records: int | None = None, stop: threading.Event | None = None,
             progress: Callable[[int], None] | None = None) -> int:
@@ -44,7 +45,8 @@ class OrderGenerator:
         while (records is None or produced < records) and not stop.is_set():
             order = {"id": self.next_id, "user": f"user-{self._rng.randrange(self.users)}",
                      "amount": self._rng.randint(1, 100)}
-            self._send(json.dumps(order).encode(), f"order-{self.next_id}".encode())
+            key = order["user"] if self.key_by_user else f"order-{self.next_id}"
+            self._send(json.dumps(order).encode(), key.encode())
             self.next_id += 1
             produced += 1
             if produced % PROGRESS_EVERY == 0:

@@ -1,0 +1,120 @@
+"""Every runnable example in README.md and in examples/ runs exactly as documented.
+
+A runnable example is a block of `eos` commands with nothing left out (no `...`): the
+README's shell blocks, and the indented command blocks of the examples' docstrings. Each
+runs as a user would run it: its lines in order, in a shell, in a fresh directory that
+holds a copy of `examples/` (as the repository's root and the worker image do), with
+KAFKA_BOOTSTRAP_SERVERS naming a broker of the test's own where the topics the commands
+name exist. `eos run` runs until every generated order has its output, then stops on
+SIGTERM with exit code 0, and the independent oracle checks the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness.kafka import create_topics, read_all
+from tests.harness.oracle import Order, check_running_sum
+from tests.harness.worker_process import EOS, REPO, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+EOS_BIN_DIR = str(Path(EOS[0]).parent)
+
+
+def _command_lines(block: str) -> list[str]:
+    """Shell lines of a block, continuations joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and
+            not line.strip().startswith("#")]
+
+
+def _readme_blocks() -> list[tuple[str, list[str]]]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    return [("README.md", _command_lines(b)) for b in blocks]
+
+
+def _docstring_blocks() -> list[tuple[str, list[str]]]:
+    found = []
+    for path in sorted((REPO / "examples").glob("*.py")):
+        doc = (path.read_text().split('"""')[1:2] or [""])[0]
+        for block in re.findall(r"((?:^    eos .*\n(?:^        .*\n)*)+)", doc, re.M):
+            found.append((f"examples/{path.name}", _command_lines(block)))
+    return found
+
+
+def _runnable(blocks: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    return [(where, lines) for where, lines in blocks
+            if any(line.startswith("eos run ") for line in lines) and not any("..." in line for line in lines)]
+
+
+EXAMPLES = _runnable(_readme_blocks()) + _runnable(_docstring_blocks())
+
+
+def test_the_readme_and_every_example_have_a_runnable_example():
+    places = {where for where, _ in EXAMPLES}
+    assert "README.md" in places and {f"examples/{p.name}" for p in (REPO / "examples").glob("*.py")} <= places
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def _params(argv: list[str]) -> dict[str, str]:
+    return dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-p")
+
+
+@pytest.mark.parametrize("where,lines", EXAMPLES, ids=[f"{w}:{i}" for i, (w, _) in enumerate(EXAMPLES)])
+def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(REPO / "examples", workdir / "examples")
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": private_broker.bootstrap,
+           "PATH": f"{EOS_BIN_DIR}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    commands = [line for line in lines if not line.startswith("export ")]
+    run_line = next(line for line in commands if line.startswith("eos run "))
+    run_argv = shlex.split(run_line)
+    params = _params(run_argv)
+    generated = [shlex.split(line) for line in commands if line.startswith("eos generate ")]
+    create_topics(private_broker.bootstrap, sorted({params["input"], params["output"]}
+                                                     | {_option(g, "--topic") for g in generated}), 4)
+    for line in commands:
+        if line is run_line:
+            break
+        done = subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{where}: {line}\n{done.stdout}{done.stderr}"
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        orders = {o.id: o for o in (_order(v) for _, v in read_all(private_broker.bootstrap, params["input"]))}
+        assert orders, f"{where}: the example produced no input"
+
+        def done() -> bool:
+            assert worker.poll() is None, f"{where}: {run_line}\n{log_path.read_text()}"
+            return len(read_all(private_broker.bootstrap, params["output"])) >= len(orders)
+
+        wait_for(done, 180, 1.0, f"every order of {where} to have its output")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    report = check_running_sum(orders, read_all(private_broker.bootstrap, params["output"]))
+    assert report.ok, f"{where}: {report.summary()}"
+
+
+def _order(raw: bytes) -> Order:
+    value = json.loads(raw)
+    return Order(value["id"], value["user"], value["amount"])
