@@ -6,6 +6,9 @@ VENV        ?= .venv
 BIN         := $(VENV)/bin
 KAFKA_PORT  ?= 9092
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist) sharing one broker: most tests wait on Kafka's clocks
+# (session timeouts, transaction timeouts), so three fit two cores.
+TEST_PROCESSES ?= 3
 
 # pytest exits 5 when a subset selects no tests; that is not a failure.
 PYTEST = $(BIN)/pytest $(PYTEST_ARGS)
@@ -22,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: install
-	$(PYTEST) -m "not chaos" tests $(ALLOW_EMPTY)
+	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not chaos" tests $(ALLOW_EMPTY)
 
 chaos: install
 	$(PYTEST) -m chaos tests $(ALLOW_EMPTY)

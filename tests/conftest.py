@@ -1,13 +1,43 @@
-"""Shared fixtures: one real Kafka broker per test session, fresh topics per test."""
+"""Shared fixtures: one real Kafka broker per test run, fresh topics per test.
+
+The broker belongs to the process that runs the session (pytest's controller when tests
+run in parallel with pytest-xdist): it is chosen and started once in `pytest_configure`,
+handed to every test process through SHARED_BOOTSTRAP_ENV, and stopped when the run ends.
+No test stops it; tests that need a broker outage start a private one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.harness.broker import session_broker
 from tests.harness.kafka import create_topics, unique_name
+from tests.harness.ports import free_port
+
+SHARED_BOOTSTRAP_ENV = "EOS_TEST_SHARED_BOOTSTRAP"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or os.environ.get(SHARED_BOOTSTRAP_ENV):
+        return  # a test process of a parallel run: the controller owns the broker
+    broker = contextlib.ExitStack()
+    bootstrap = broker.enter_context(session_broker())
+    os.environ[SHARED_BOOTSTRAP_ENV] = bootstrap
+    config.stash[_broker_key] = broker
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    broker = config.stash.get(_broker_key, None)
+    if broker is not None:
+        os.environ.pop(SHARED_BOOTSTRAP_ENV, None)
+        broker.close()
+
+
+_broker_key = pytest.StashKey[contextlib.ExitStack]()
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +49,9 @@ def _no_worker_outlives_its_test():
 
 
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[tuple]:
-    with session_broker() as handle:
-        yield handle
-
-
-@pytest.fixture(scope="session")
-def bootstrap(kafka_broker) -> str:
-    return kafka_broker[0]
+def bootstrap() -> str:
+    """The run's shared broker."""
+    return os.environ[SHARED_BOOTSTRAP_ENV]
 
 
 @pytest.fixture
@@ -52,15 +77,6 @@ def s3_server() -> Iterator[S3Server]:
         yield server
 
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def private_broker_factory(tmp_path_factory):
     """Starts brokers of this test's own (for tests that stop them, or need listeners the
@@ -74,7 +90,7 @@ def private_broker_factory(tmp_path_factory):
     started = []
 
     def start(**settings) -> LocalBroker:
-        broker = LocalBroker(BrokerSettings(port=_free_port(), controller_port=_free_port(),
+        broker = LocalBroker(BrokerSettings(port=free_port(), controller_port=free_port(),
                                             data_dir=tmp_path_factory.mktemp("private-kafka"), **settings))
         broker.start()
         started.append(broker)

@@ -13,7 +13,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.local_kafka import BrokerSettings, LocalBroker
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import WorkerProcess, wait_for
 from tests.harness.workload import make_orders, produce_orders
@@ -32,12 +32,6 @@ SLOTS = ("w1", "w2")
 DEFAULT_WEIGHTS = {"sigkill": 5, "sigterm": 2, "zombie": 2, "broker_restart": 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Soak:
     def __init__(self, minutes: float, rate: int, seed: int, workdir: Path,
                  weights: dict[str, int] | None = None) -> None:
@@ -45,7 +39,7 @@ class Soak:
         self.rate = rate
         self.rng = random.Random(seed)
         self.weights = weights or DEFAULT_WEIGHTS
-        self.broker = LocalBroker(BrokerSettings(port=_free_port(), controller_port=_free_port(),
+        self.broker = LocalBroker(BrokerSettings(port=free_port(), controller_port=free_port(),
                                                  data_dir=workdir / "kafka"))
         self.broker.start()
         self.scenario = RunningSum(self.broker.bootstrap, workdir / "run", records=0, users=500)

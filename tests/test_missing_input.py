@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.kafka_source import KafkaSource, OutOfRange, consumer_config
 from tests.harness.kafka import produce, read_all, unique_name
-from tests.harness.prometheus import free_port
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import browser
-from tests.harness.prometheus import PrometheusServer, free_port, prometheus_binary
+from tests.harness.ports import free_port
+from tests.harness.prometheus import PrometheusServer, prometheus_binary
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO, WorkerProcess, wait_for
 

@@ -22,7 +22,7 @@ import pytest
 from service.local_kafka import BrokerSettings, LocalBroker
 from tests.harness import netns
 from tests.harness.kafka import group_members
-from tests.harness.prometheus import free_port
+from tests.harness.ports import free_port
 from tests.harness.s3_server import S3Server
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import WorkerProcess, wait_for

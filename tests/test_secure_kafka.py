@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import _free_port
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 
 pytestmark = pytest.mark.kafka
@@ -15,7 +15,7 @@ PASSWORD = "s3cr3t-Pa55word"
 
 @pytest.fixture
 def sasl_broker(private_broker_factory):
-    port = _free_port()
+    port = free_port()
     broker = private_broker_factory(sasl_port=port, scram_users={"alice": PASSWORD})
     return broker, f"localhost:{port}"
 

@@ -19,7 +19,7 @@ import pytest
 from statestore.digests import sha256_file
 from statestore.storage import FileStorage
 from tests.harness.checkpoint_history import TaskHistory
-from tests.harness.prometheus import free_port
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import EOS, OUTSIDE_REPO, wait_for
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.ports import free_port
+
 INSTALL_HINT = "apt-get install prometheus (Debian); .ci/run installs it"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def prometheus_binary() -> str:

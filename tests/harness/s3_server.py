@@ -15,7 +15,6 @@ import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,13 @@ from pathlib import Path
 
 import boto3
 
+from tests.harness.ports import free_port
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKET = "eos-test"
 REGION = "us-east-1"
 DUMMY_KEY = "testing"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class S3Server:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.harness.prometheus import free_port
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import EOS, OUTSIDE_REPO, REPO, WorkerProcess, wait_for
 

@@ -17,6 +17,8 @@ import socket
 import threading
 import time
 
+from tests.harness.ports import free_port
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
@@ -25,12 +27,12 @@ _BURST_GAP_S = 0.002  # a quieter gap than this starts a new request
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1",
-                 port: int = 0, latency_s: float = 0.0) -> None:
+                 port: int | None = None, latency_s: float = 0.0) -> None:
         self.target = (target_host, target_port)
         self.host = host
         self.latency_s = latency_s
-        self._listener = self._listen(port)
-        self.port = self._listener.getsockname()[1]
+        self.port = port or free_port(host)  # restore() listens on it again
+        self._listener = self._listen(self.port)
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._accepting: threading.Thread | None = None
