@@ -45,6 +45,9 @@ _BY_CODE = {
 
 # A client whose identity may have been taken over: ask the group before acting for it.
 IDENTITY_IN_DOUBT = {Cause.FENCED, Cause.MEMBER_GONE}
+# A consumer turned fatal reports a bare `_FATAL` with no way to read the cause; the
+# fatal error librdkafka's consumer knows is a static member's instance id taken over.
+CONSUMER_IDENTITY_IN_DOUBT = IDENTITY_IN_DOUBT | {Cause.CLIENT_FATAL}
 
 
 def error_of(exc: BaseException) -> KafkaError:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from connectors.kafka_errors import IDENTITY_IN_DOUBT, Cause, cause_of, describe, error_of
+from connectors.kafka_errors import CONSUMER_IDENTITY_IN_DOUBT, IDENTITY_IN_DOUBT, Cause, cause_of, describe, error_of
 from connectors.kafka_sink import DeliveryFailures, Produce, base_producer_config, make_produce
 from connectors.kafka_waits import KafkaWaits, backoff_delays
 
@@ -107,7 +107,7 @@ def consumer_verdict(exc: BaseException, slot_holder: SlotHolder) -> Outcome:
     """The consumer reported a fatal error: it cannot go on, whatever the producer does.
     Replaced if a newer process of the slot took its group instance id."""
     err = error_of(exc)
-    if cause_of(err) in IDENTITY_IN_DOUBT and (holder := slot_holder()) is not None:
+    if cause_of(err) in CONSUMER_IDENTITY_IN_DOUBT and (holder := slot_holder()) is not None:
         return Outcome(Kind.REPLACED, f"the consumer was fenced ({describe(err)}): {holder}")
     return Outcome(Kind.FATAL, f"the consumer failed and cannot continue ({describe(err)}); "
                                "a restart of the worker creates a new one")
@@ -163,7 +163,10 @@ class TransactionOwner:
         """Serves delivery reports; a failed delivery dooms the open transaction."""
         if self._producer is None:
             return DONE
-        self._producer.poll(0)
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:  # a producer turned fatal raises from poll
+            return self.failed(exc)
         failure = self._failures.take()
         return DONE if failure is None else self._settle("delivering an output record", failure)
 
@@ -365,7 +368,10 @@ class AtLeastOnceOwner:
 
     def poll(self) -> Outcome:
         if self._producer is not None:
-            self._producer.poll(0)
+            try:
+                self._producer.poll(0)
+            except KafkaException as exc:
+                return self.failed(exc)
         return DONE  # delivery failures are found before the next commit
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome:

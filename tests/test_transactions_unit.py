@@ -67,7 +67,7 @@ class FakeProducer:
         self._answer("produce")
 
     def poll(self, timeout: float) -> int:
-        self.calls.append("poll")
+        self._answer("poll")
         return 0
 
     def flush(self, timeout: float) -> int:
@@ -239,6 +239,15 @@ def test_a_failed_delivery_dooms_the_transaction_when_polled():
     assert harness.owner.poll() == DONE
 
 
+@pytest.mark.parametrize("holder,kind", [(NEWER, Kind.REPLACED), (None, Kind.REWIND)])
+def test_fenced_while_polled_is_replaced_or_initialises_again(holder, kind):
+    """A newer process's init_transactions fences this producer's in-flight batches: the
+    producer turns fatal and raises from poll."""
+    harness = _started({"poll": [FENCED]}, {}, holder=holder)
+    outcome = harness.owner.poll()
+    assert outcome.kind is kind and harness.slot_asked == 1
+
+
 def test_an_abort_for_lost_partitions_stops_a_replaced_process_before_it_initialises():
     harness = _started({}, holder=NEWER)
     outcome = harness.owner.abort("lost partitions", counts=False, identity_in_doubt=True)
@@ -272,9 +281,12 @@ def test_closing_after_a_failure_aborts_the_open_transaction(abort):
 
 
 @pytest.mark.parametrize("holder,kind", [(NEWER, Kind.REPLACED), (None, Kind.FATAL)])
-def test_a_fenced_consumer_is_replaced_or_cannot_continue(holder, kind):
+@pytest.mark.parametrize("error", [_err(KafkaError.FENCED_INSTANCE_ID, fatal=True), _err(KafkaError._FATAL)],
+                         ids=["fenced", "bare-fatal"])
+def test_a_fenced_consumer_is_replaced_or_cannot_continue(holder, kind, error):
+    """librdkafka's consumer reports its static fencing as a bare _FATAL from poll."""
     harness = _started({}, holder=holder)
-    outcome = harness.owner.consumer_failed(KafkaException(_err(KafkaError.FENCED_INSTANCE_ID, fatal=True)))
+    outcome = harness.owner.consumer_failed(KafkaException(error))
     assert outcome.kind is kind
 
 
