@@ -69,7 +69,7 @@ def list_savepoints(directory: str, s3: S3Settings | None = None) -> list[Savepo
     for name in sorted(sizes):
         location = savepoint_location(directory, name)
         if name not in has_manifest:
-            problem = "no manifest: never finished, not usable"
+            problem = "no manifest: never finished"
             if unfinished.get(name):
                 problem += f" ({unfinished[name]} unfinished writes left by a process that died while writing)"
             entries.append(SavepointEntry(name, location, INCOMPLETE, problem=problem, size=sizes[name]))

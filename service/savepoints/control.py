@@ -434,7 +434,7 @@ def _torn_on_first_file(storage: Any) -> Any:
             data = source.read_bytes()
             dst.write(data[: len(data) // 2])
             dst.flush()
-            log.warning("fault injection: killing this worker while writing savepoint file %s", key)
+            log.warning("fault injection: killing this worker while writing a savepoint (halfway through %s)", key)
             os.kill(os.getpid(), signal.SIGKILL)
 
         storage._write(key, half_then_die)

@@ -75,7 +75,7 @@ def open_savepoint(location: str, s3: S3Settings | None = None) -> tuple[Savepoi
         data = storage.get_bytes(MANIFEST_NAME)
     except ObjectNotFound:
         try:
-            anything = bool(storage.list(""))
+            anything = bool(storage.list("")) or bool(storage.list_unfinished(""))
         except StorageError:
             anything = False
         if anything:
