@@ -24,6 +24,7 @@ import pytest
 
 from tests.harness.kafka import create_topics, read_all
 from tests.harness.oracle import Order, check_running_sum
+from tests.harness.window_oracle import Expected, TimedOrder, WindowRules, check_windows, expected_windows
 from tests.harness.worker_process import EOS, REPO, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -97,22 +98,66 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
+    contract = (PerMinute if where.endswith("orders_per_minute.py") else RunningSumContract)(
+        read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
     try:
-        orders = {o.id: o for o in (_order(v) for _, v in read_all(private_broker.bootstrap, params["input"]))}
-        assert orders, f"{where}: the example produced no input"
-
         def done() -> bool:
             assert worker.poll() is None, f"{where}: {run_line}\n{log_path.read_text()}"
-            return len(read_all(private_broker.bootstrap, params["output"])) >= len(orders)
+            return len(contract.outputs(private_broker.bootstrap, params["output"])) >= contract.wanted
 
-        wait_for(done, 180, 1.0, f"every order of {where} to have its output")
+        wait_for(done, 180, 1.0, f"the outputs of {where}")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0, log_path.read_text()
     finally:
         if worker.poll() is None:
             worker.kill()
-    report = check_running_sum(orders, read_all(private_broker.bootstrap, params["output"]))
-    assert report.ok, f"{where}: {report.summary()}"
+    problems = contract.check(contract.outputs(private_broker.bootstrap, params["output"]))
+    assert not problems, f"{where}: {problems}"
+
+
+class RunningSumContract:
+    """running_sum*.py: one output per order, checked by the running-sum oracle."""
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        self.orders = {o.id: o for o in (_order(value) for _, _, _, value, _ in inputs)}
+        assert self.orders, "the example produced no input"
+        self.wanted = len(self.orders)
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        return read_all(bootstrap, topic)
+
+    def check(self, outputs: list) -> str | None:
+        report = check_running_sum(self.orders, outputs)
+        return None if report.ok else report.summary()
+
+
+class PerMinute:
+    """orders_per_minute.py: one final result per user and minute that the input's
+    watermark closed (its end plus 5 s of grace at or below the least, over the input
+    partitions, of the largest event time), checked by the window oracle. The job hears
+    of progress up to a second late, so a minute closing within that second may or may
+    not be out yet."""
+
+    RULES = WindowRules(60_000, None, 5_000, 0)
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        orders = [TimedOrder(o.id, o.user, o.amount, ts, partition)
+                  for partition, _, _, value, ts in inputs for o in [_order(value)]]
+        assert orders, "the example produced no input"
+        progress = min(max(o.ts for o in orders if o.partition == p) for p in {o.partition for o in orders})
+        expected = expected_windows(orders, self.RULES)
+        closing = lambda start: start + 60_000 + 5_000  # noqa: E731
+        self.surely = Expected({w: v for w, v in expected.windows.items() if closing(w[1]) <= progress - 1_000}, 0)
+        self.maybe = {w for w in expected.windows if progress - 1_000 < closing(w[1]) <= progress}
+        self.wanted = len(self.surely.windows)
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        return read_all(bootstrap, topic, with_timestamp=True)
+
+    def check(self, outputs: list) -> str | None:
+        sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
+        report = check_windows(self.surely, sure, "final", 60_000)
+        return None if report.ok and self.wanted > 0 else report.summary()
 
 
 def _order(raw: bytes) -> Order:

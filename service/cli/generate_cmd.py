@@ -28,14 +28,18 @@ log = logging.getLogger(__name__)
 @click.option("--seed", type=int, default=None, help="Random seed (repeatable runs).")
 @click.option("--key-by-user", is_flag=True, help="Key each order by its user (so Kafka partitions them by "
               "user), not by its id.")
+@click.option("--event-time-step-ms", type=click.IntRange(min=1), default=None,
+              help="Give order i the event time (start of the current hour) + i * STEP ms, as its Kafka "
+              "timestamp and in a \"ts\" field (event time for windows that does not depend on when the "
+              "orders are produced); default: the time each is produced.")
 def generate(bootstrap_servers: str, topic: str, rate: float, records: int, users: int, start_id: int,
-             seed: int | None, key_by_user: bool) -> None:
+             seed: int | None, key_by_user: bool, event_time_step_ms: int | None) -> None:
     """Produce running-sum orders {"id", "user", "amount"} to TOPIC."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     generator = OrderGenerator(bootstrap_servers, topic, rate=rate, users=users, start_id=start_id, seed=seed,
-                               key_by_user=key_by_user)
+                               key_by_user=key_by_user, event_time_step_ms=event_time_step_ms)
     log.info("producing %s orders to %s at %.0f/s", records or "unbounded", topic, rate)
     produced = generator.run(records or None, stop)
     click.echo(f"produced {produced} orders to {topic} (ids {start_id}..{start_id + produced - 1})")

@@ -19,11 +19,13 @@ from confluent_kafka import KafkaException, Producer
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 500
+HOUR_MS = 3_600_000
 
 
 class OrderGenerator:
     def __init__(self, bootstrap: str, topic: str, *, rate: float, users: int, start_id: int = 0,
-                 seed: int | None = None, key_by_user: bool = False) -> None:
+                 seed: int | None = None, key_by_user: bool = False,
+                 event_time_step_ms: int | None = None) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, not {rate}")
         self.topic = topic
@@ -31,6 +33,10 @@ class OrderGenerator:
         self.users = users
         self.next_id = start_id
         self.key_by_user = key_by_user
+        # Event time made of the ids rather than the clock: order i happens at the start
+        # of the current hour + i * step, in "ts" and as its Kafka timestamp.
+        self.event_time_step_ms = event_time_step_ms
+        self.event_time_origin_ms = int(time.time() * 1000) // HOUR_MS * HOUR_MS
         self._rng = random.Random(seed)
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
                                    "enable.idempotence": True, "partitioner": "murmur2_random"})
@@ -46,7 +52,10 @@ class OrderGenerator:
             order = {"id": self.next_id, "user": f"user-{self._rng.randrange(self.users)}",
                      "amount": self._rng.randint(1, 100)}
             key = order["user"] if self.key_by_user else f"order-{self.next_id}"
-            self._send(json.dumps(order).encode(), key.encode())
+            ts = None
+            if self.event_time_step_ms is not None:
+                ts = order["ts"] = self.event_time_origin_ms + self.next_id * self.event_time_step_ms
+            self._send(json.dumps(order).encode(), key.encode(), ts)
             self.next_id += 1
             produced += 1
             if produced % PROGRESS_EVERY == 0:
@@ -63,10 +72,11 @@ class OrderGenerator:
             progress(produced % PROGRESS_EVERY)
         return produced - remaining
 
-    def _send(self, value: bytes, key: bytes) -> None:
+    def _send(self, value: bytes, key: bytes, ts: int | None) -> None:
+        extra = {} if ts is None else {"timestamp": ts}
         while True:
             try:
-                self._producer.produce(self.topic, value, key)
+                self._producer.produce(self.topic, value, key, **extra)
                 return
             except BufferError:
                 self._producer.poll(0.1)

@@ -15,12 +15,14 @@ of a job whose state must survive.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.serdes import BYTES, Serde
 from eos.errors import ConfigurationError
+from service.eventtime.windows import Hopping, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
 
 
@@ -40,13 +42,13 @@ class Node:
         return self.kind in STATEFUL_KINDS
 
 
-STATEFUL_KINDS = {"aggregate", "reduce", "process"}
+STATEFUL_KINDS = {"aggregate", "reduce", "process", "window"}
 # What happens to a record on which an operator (or the source's serde) fails:
 # stop the job (default), send the original record to the job's dead-letter topic in
 # the same transaction, or log it and go on (only when explicitly chosen).
 ERROR_POLICIES = ("fail", "dead-letter", "skip-and-log")
 # Kinds after which the record value is no longer the source's bytes.
-VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process"}
+VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process", "window"}
 
 
 class Params(Mapping[str, str]):
@@ -82,11 +84,20 @@ class Job:
         self._position = 0
 
     def source(self, topic: str, *, value: Serde = BYTES, key: Serde = BYTES,
+               timestamp: Callable[[Any], int] | None = None, max_out_of_orderness_ms: int = 0,
                uid: str | None = None, on_error: str | None = None) -> Stream:
         """Reads a Kafka topic. The stream is keyed by the record key (deserialised with
         `key`); use `key_by` to key it by something else. `on_error` applies to records
-        the serdes cannot read."""
-        node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value},
+        the serdes (or `timestamp`) cannot read.
+
+        Event time, for windows: each record's Kafka timestamp, or what `timestamp`
+        returns for its value (milliseconds since the epoch). The watermark trails the
+        largest event time seen by `max_out_of_orderness_ms`."""
+        if max_out_of_orderness_ms < 0:
+            raise ConfigurationError(f"max_out_of_orderness_ms must not be negative, not {max_out_of_orderness_ms}")
+        node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value,
+                                                  "timestamp": timestamp,
+                                                  "out_of_orderness_ms": max_out_of_orderness_ms},
                           on_error=on_error)
         self.sources.append(node)
         return Stream(self, node)
@@ -172,6 +183,99 @@ class KeyedStream(Stream):
         """Runs a `KeyedProcessFunction` (made by `factory`, once per task) that reads and
         writes named keyed state and yields any number of outputs per record."""
         return self._then("process", uid, factory, on_error=on_error)
+
+    def window(self, shape: Any, *, grace_ms: int = 0) -> WindowedStream:
+        """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
+        A window closes when the watermark passes its end plus `grace_ms`; a record
+        that arrives for a closed window is late: dropped and counted in
+        eos_late_records_dropped_total. Follow with an aggregation."""
+        if not isinstance(shape, (Tumbling, Hopping)):
+            raise ConfigurationError(f"window({shape!r}): the shape must be Tumbling(...) or Hopping(...)")
+        if grace_ms < 0:
+            raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
+        return WindowedStream(self, shape, grace_ms)
+
+
+class WindowedStream:
+    """A keyed stream cut into windows: each aggregation gives a keyed stream of window
+    results, {"start": ms, "end": ms, "value": result} under the record key. `emit`
+    is "update" (the window's value after every record) or "final" (once, when the
+    window closes)."""
+
+    def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int) -> None:
+        self._stream = stream
+        self._shape = shape
+        self._grace_ms = grace_ms
+
+    def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None, emit: str = "update",
+                  uid: str | None = None, codec: ValueCodec = JSON_CODEC,
+                  on_error: str | None = None) -> KeyedStream:
+        """Folds each record into its window's accumulator, which starts as `initial`
+        (a value, copied, or a zero-argument factory)."""
+        return self._window(uid, fn, None, initial_factory(initial), emit, codec, on_error)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], *, emit: str = "update", uid: str | None = None,
+               codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
+        """Like aggregate, with the window's first record as its accumulator."""
+        return self._window(uid, fn, _same, None, emit, codec, on_error)
+
+    def count(self, *, emit: str = "update", uid: str | None = None) -> KeyedStream:
+        return self._window(uid, _count, None, _zero, emit, JSON_CODEC, None)
+
+    def sum(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
+            uid: str | None = None, on_error: str | None = None) -> KeyedStream:
+        of = of or _same
+        return self._window(uid, lambda acc, value: acc + of(value), None, _zero, emit, JSON_CODEC, on_error)
+
+    def min(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
+            uid: str | None = None, on_error: str | None = None) -> KeyedStream:
+        of = of or _same
+        return self._window(uid, lambda acc, value: min(acc, of(value)), of, None, emit, JSON_CODEC, on_error)
+
+    def max(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
+            uid: str | None = None, on_error: str | None = None) -> KeyedStream:
+        of = of or _same
+        return self._window(uid, lambda acc, value: max(acc, of(value)), of, None, emit, JSON_CODEC, on_error)
+
+    def collect(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
+                uid: str | None = None, codec: ValueCodec = JSON_CODEC,
+                on_error: str | None = None) -> KeyedStream:
+        """The window's values in the order they arrived (across a repartition, records of
+        different upstream tasks may interleave differently after a retry)."""
+        of = of or _same
+        return self._window(uid, lambda acc, value: [*acc, of(value)], lambda value: [of(value)], None,
+                            emit, codec, on_error)
+
+    def _window(self, uid: str | None, fold: Callable[[Any, Any], Any], first: Callable[[Any], Any] | None,
+                initial: Callable[[], Any] | None, emit: str, codec: ValueCodec,
+                on_error: str | None) -> KeyedStream:
+        if emit not in ("update", "final"):
+            raise ConfigurationError(f"emit={emit!r} is not one of update, final")
+        options = {"shape": self._shape, "grace_ms": self._grace_ms, "emit": emit, "fold": fold,
+                   "first": first, "initial": initial, "codec": codec}
+        return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _zero() -> int:
+    return 0
+
+
+def _count(acc: int, _: Any) -> int:
+    return acc + 1
+
+
+def initial_factory(initial: Any) -> Callable[[], Any]:
+    """`initial` as a factory: a callable as it is, an immutable value shared, any
+    other value copied per key (so no two keys share one mutable accumulator)."""
+    if callable(initial):
+        return initial
+    if initial is None or isinstance(initial, (int, float, str, bytes, bool, tuple)):
+        return lambda: initial
+    return lambda: copy.deepcopy(initial)
 
 
 class KeyedProcessFunction:

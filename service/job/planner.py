@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from connectors.serdes import KEY, PICKLE, Serde
 from eos.errors import ConfigurationError
+from service.eventtime.clock import clock_uid
 from service.job.api import VALUE_CHANGING_KINDS, Job, Node
 
 
@@ -32,6 +33,10 @@ class Stage:
     stateful_uids: list[str] = field(default_factory=list)
     # A key_by of this stage forwards the record's original bytes.
     forwards_raw: bool = False
+    # The stage whose key_by writes this stage's topic (repartition stages).
+    upstream_topic: str | None = None
+    # Runs on event time: a window is in it or in a stage it feeds. Its clock is state.
+    event_time: bool = False
 
 
 @dataclass
@@ -64,6 +69,15 @@ class Plan:
         nodes = [s.root for s in self.stages if not s.repartition]
         nodes += [n for s in self.stages for n in _walk_stage(s.root)]
         return {n.uid: n.on_error for n in nodes if n.on_error is not None}
+
+    def time_topics(self, topic: str) -> list[str]:
+        """Topics whose partition counts a task of `topic`'s stage needs on event time:
+        the stage it hears from, and the repartition topics it writes."""
+        stage = self.stage_of(topic)
+        if not stage.event_time:
+            return []
+        written = [n.options["topic"] for n in _walk_stage(stage.root) if n.kind == "key_by"]
+        return ([stage.upstream_topic] if stage.upstream_topic else []) + written
 
     @property
     def operator_uids(self) -> list[str]:
@@ -111,7 +125,7 @@ def plan(job: Job, group: str) -> Plan:
                 add_stage(Stage(
                     id=child.uid, topic=child.options["topic"], key_serde=KEY, value_serde=serde,
                     root=child, repartition=True, origin_topic=stage.origin_topic,
-                    partitions=child.options.get("partitions")))
+                    partitions=child.options.get("partitions"), upstream_topic=stage.topic))
             else:
                 _walk(stage, child, value_changed or child.kind in VALUE_CHANGING_KINDS)
 
@@ -120,4 +134,18 @@ def plan(job: Job, group: str) -> Plan:
         add_stage(Stage(id=source.uid, topic=opts["topic"], key_serde=opts["key_serde"],
                         value_serde=opts["value_serde"], root=source, repartition=False,
                         origin_topic=opts["topic"]))
+    _mark_event_time(stages)
     return Plan(job, group, stages)
+
+
+def _mark_event_time(stages: list[Stage]) -> None:
+    """A stage with a window runs on event time, and so does every stage before it: its
+    watermark is made from theirs. Each such stage keeps its clock as state."""
+    by_topic = {s.topic: s for s in stages}
+    for stage in stages:
+        if any(n.kind == "window" for n in _walk_stage(stage.root)):
+            current: Stage | None = stage
+            while current is not None and not current.event_time:
+                current.event_time = True
+                current.stateful_uids.append(clock_uid(current.id))
+                current = by_topic.get(current.upstream_topic) if current.upstream_topic else None

@@ -58,6 +58,8 @@ class WorkerMetrics:
         self.dlq_records = counter("eos_dlq_records", "Records sent to the dead-letter topic.")
         self.input_records_missing = counter("eos_input_records_missing", "Input records deleted from Kafka before "
                                              "the job processed them (see --on-missing-input).", ("topic",))
+        self.late_records_dropped = counter("eos_late_records_dropped", "Records that arrived for windows "
+                                            "already closed (past their end plus grace), dropped.", ("operator",))
         self.tasks = gauge("eos_tasks", "Tasks (stage partitions) this worker runs.")
         self.scrub_checked = counter("eos_storage_scrub_files_checked", "Snapshot files the storage scrub checked.")
         self.scrub_damaged = counter("eos_storage_scrub_files_damaged", "Snapshot files the storage scrub found "

@@ -9,14 +9,15 @@ which operator failed on which record.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
-from service.job.api import Node
+from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
+from service.eventtime.window_operator import build_window
+from service.job.api import Node, initial_factory
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
 from statestore.tables import ABSENT, DELETED, MISS
@@ -45,15 +46,35 @@ def _unsendable(uid: str, topic: str, key: bytes | None, value: bytes | None,
 
 
 class ChainContext:
-    """What operators of one task share: the producer, the task's state and the raw
-    bytes of the record being processed (for `key_by` passthrough)."""
+    """What operators of one task share: the producer, the task's state, the raw bytes
+    of the record being processed (for `key_by` passthrough) and, in a stage that runs
+    on event time, the record's timestamp, the watermark its origin had, the task's
+    clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
-    __slots__ = ("produce", "state", "raw")
+    __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
+                 "origin", "partitions", "late_counter")
 
-    def __init__(self, produce: Produce, state: Any) -> None:
+    def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
+                 partitions: dict[str, int] | None = None,
+                 late_counter: Callable[[str], Callable[[], None]] | None = None) -> None:
         self.produce = produce
         self.state = state
         self.raw: bytes | None = None
+        self.ts = 0
+        self.record_watermark = 0
+        self.clock = clock
+        self.watermark_listeners: list[Callable[[int], None]] = []
+        self.origin = origin
+        self.partitions = partitions or {}
+        self.late_counter = late_counter or (lambda uid: lambda: None)
+
+    @property
+    def timed(self) -> bool:
+        return self.clock is not None
+
+    def advance(self, watermark: int) -> None:
+        for listener in self.watermark_listeners:
+            listener(watermark)
 
 
 def build_chain(root: Node, ctx: ChainContext) -> Push:
@@ -122,6 +143,8 @@ def _flat_map(node: Node, ctx: ChainContext) -> Push:
 
 def _key_by(node: Node, ctx: ChainContext) -> Push:
     """Ends the stage: the record goes to the repartition topic, keyed by the new key."""
+    if ctx.timed:
+        return _timed_key_by(node, ctx)
     fn, uid = node.fn, node.uid
     produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
     topic = node.options["topic"]
@@ -157,12 +180,43 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
     return push_serialized
 
 
-def _initial_factory(initial: Any) -> Callable[[], Any]:
-    if callable(initial):
-        return initial
-    if initial is None or isinstance(initial, (int, float, str, bytes, bool, tuple)):
-        return lambda: initial
-    return lambda: copy.deepcopy(initial)
+def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
+    """key_by in a stage on event time: each record carries its event time, this task's
+    origin and its watermark in a header; when the watermark passes a marker interval, a marker
+    goes to every partition of the topic (service/eventtime/clock.py)."""
+    fn, uid, topic = node.fn, node.uid, node.options["topic"]
+    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    passthrough = node.options["passthrough"]
+    serialize = node.options["repartition_serde"].serialize
+    clock, origin = ctx.clock, ctx.origin
+    partitions = range(ctx.partitions[topic])
+    marked = [clock.watermark // MARKER_INTERVAL_MS]
+
+    def push(key: Any, value: Any) -> None:
+        try:
+            new_key = encode_key(fn(value))
+            data = ctx.raw if passthrough else serialize(value)
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        headers = time_header(origin, clock.watermark, ctx.ts)
+        try:
+            produce(topic, data, new_key, headers=headers)
+        except BufferError:
+            produce_blocking(topic, data, new_key, headers=headers)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, new_key, data, exc) from exc
+
+    def mark(watermark: int) -> None:
+        interval = watermark // MARKER_INTERVAL_MS
+        if interval <= marked[0]:
+            return
+        marked[0] = interval
+        headers = marker_header(origin, watermark)
+        for partition in partitions:
+            produce_blocking(topic, None, None, partition=partition, headers=headers)
+
+    ctx.watermark_listeners.append(mark)
+    return push
 
 
 def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> Push:
@@ -170,7 +224,7 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
     fn, uid, down = node.fn, node.uid, _downstream(node, ctx)
     table = ctx.state.value_table(f"{uid}:acc", node.options["codec"])
     pending, cache, load = table.pending, table.cache, table.load
-    make_initial = _initial_factory(node.options.get("initial"))
+    make_initial = initial_factory(node.options.get("initial"))
 
     def push(key: Any, value: Any) -> None:
         acc = pending.get(key, MISS)
@@ -226,6 +280,7 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
     key_serde, value_serde = node.options["key_serde"], node.options["value_serde"]
     fast_key, careful_key = key_serde.fast_serialize, key_serde.serialize
     fast_value, careful_value = value_serde.fast_serialize, value_serde.serialize
+    timed = ctx.timed  # outputs carry their event time as their Kafka timestamp
 
     def push(key: Any, value: Any) -> None:
         try:
@@ -240,13 +295,20 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
-            produce(topic, value_bytes, key_bytes)
+            if timed:
+                produce(topic, value_bytes, key_bytes, timestamp=ctx.ts)
+            else:
+                produce(topic, value_bytes, key_bytes)
         except BufferError:
-            produce_blocking(topic, value_bytes, key_bytes)
+            produce_blocking(topic, value_bytes, key_bytes, **({"timestamp": ctx.ts} if timed else {}))
         except KafkaException as exc:
             raise _unsendable(uid, topic, key_bytes, value_bytes, exc) from exc
 
     return push
+
+
+def _window(node: Node, ctx: ChainContext) -> Push:
+    return build_window(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 
 _BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {
@@ -258,4 +320,5 @@ _BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {
     "reduce": _reduce,
     "process": _process,
     "sink": _sink,
+    "window": _window,
 }

@@ -11,9 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
 from connectors.kafka_sink import Produce
 from connectors.serdes import BYTES, SerdeError
 from eos.errors import RecordError
+from service.eventtime.clock import EventClock, time_of
 from service.job.planner import Stage
 from service.runtime.error_policy import ErrorHandler
 from service.runtime.operators import ChainContext, OperatorFailure, build_chain
@@ -44,13 +47,27 @@ class CompletedCheckpoint:
     uncommitted: bool = False
 
 
+@dataclass(frozen=True)
+class TimeLayout:
+    """What a task on event time needs beyond its stage: how many upstream tasks feed its
+    partition (1 for a source), the partition counts of the topics its key_by writes, the
+    source's timestamp and out-of-orderness, and the late-record counter per operator."""
+
+    origins: int
+    partitions: dict[str, int]
+    timestamp: Any = None
+    out_of_orderness_ms: int = 0
+    late_counter: Any = None
+
+
 def task_id(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
 class Task:
     def __init__(self, stage: Stage, partition: int, state: TaskState | None,
-                 errors: ErrorHandler, topic_partitions: int | None = None) -> None:
+                 errors: ErrorHandler, topic_partitions: int | None = None,
+                 time: TimeLayout | None = None) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
@@ -73,6 +90,8 @@ class Task:
         # While set, records below this offset are replayed with outputs muted: their
         # outputs were committed before the state that belonged to them was lost.
         self.replay_until: int | None = None
+        # How the task runs on event time (None: it does not).
+        self.time = time
         self._produce: Produce | None = None
         self._push = None
         self._ctx: ChainContext | None = None
@@ -98,7 +117,14 @@ class Task:
         self._build_chain(MUTED if replay_until is not None else produce)
 
     def _build_chain(self, produce: Produce) -> None:
-        self._ctx = ChainContext(produce, self.state)
+        layout = self.time
+        if layout is None:
+            self._ctx = ChainContext(produce, self.state)
+        else:
+            self.state.flush()  # the clock and the window index are read from the store
+            clock = EventClock.of(self.state, self.stage.id, layout.origins)
+            self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
+                                     layout.late_counter)
         self._push = build_chain(self.stage.root, self._ctx)
 
     def process(self, msgs: list) -> None:
@@ -109,7 +135,13 @@ class Task:
             msgs = self._replay(msgs)
             if not msgs:
                 return
-        self._run(msgs)
+        self._run_records(msgs)
+
+    def _run_records(self, msgs: list) -> None:
+        if self.time is None:
+            self._run(msgs)
+        else:
+            self._run_timed(msgs, self._from_origins if self.stage.repartition else self._from_source)
 
     def _replay(self, msgs: list) -> list:
         """Runs the records below `replay_until` muted; returns the rest. Once caught up,
@@ -120,7 +152,7 @@ class Task:
         while cut < len(msgs) and msgs[cut].offset() < end:
             cut += 1
         if cut:
-            self._run(msgs[:cut])
+            self._run_records(msgs[:cut])
         if cut == len(msgs) and self.next_offset < end:
             return []
         replayed = self.records_since_checkpoint
@@ -164,6 +196,68 @@ class Task:
                 self.errors.handle(self._record_error(msg, exc), msg, ctx.produce)
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
+
+    def _run_timed(self, msgs: list, step: Any) -> None:
+        """The record loop of a task on event time: `step` runs one record and moves the
+        clock (a source's, or one fed by upstream tasks)."""
+        records = iter(msgs)
+        msg = None
+        while True:
+            try:
+                for msg in records:
+                    step(msg)
+                break
+            except (OperatorFailure, SerdeError) as exc:
+                self.errors.handle(self._record_error(msg, exc), msg, self._ctx.produce)
+        self.next_offset = msgs[-1].offset() + 1
+        self.records_since_checkpoint += len(msgs)
+
+    def _decode(self, msg: Any) -> tuple[Any, Any]:
+        key, value = msg.key(), msg.value()
+        self._ctx.raw = value
+        if self._key_serde is not None:
+            key = self._key_serde.deserialize(key)
+        if self._value_serde is not None:
+            value = self._value_serde.deserialize(value)
+        return key, value
+
+    def _from_source(self, msg: Any) -> None:
+        """A source record: its event time moves the task's own watermark, after it ran
+        (it is judged against the watermark of the records before it)."""
+        ctx, layout = self._ctx, self.time
+        key, value = self._decode(msg)
+        ts = self._event_time(msg, value)
+        ctx.ts, ctx.record_watermark = ts, ctx.clock.watermark
+        self._push(key, value)
+        if ctx.clock.observe(0, ts - layout.out_of_orderness_ms):
+            ctx.advance(ctx.clock.watermark)
+
+    def _event_time(self, msg: Any, value: Any) -> int:
+        extract = self.time.timestamp
+        if extract is None:
+            kind, ts = msg.timestamp()
+            if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
+                raise OperatorFailure(self.stage.root.uid, ValueError("the record has no timestamp"))
+            return ts
+        try:
+            return int(extract(value))
+        except Exception as exc:
+            raise OperatorFailure(self.stage.root.uid, exc) from exc
+
+    def _from_origins(self, msg: Any) -> None:
+        """A repartition record or marker: each carries its origin's watermark."""
+        ctx = self._ctx
+        carried = time_of(msg.headers())
+        if carried is None:
+            raise OperatorFailure(self.stage.root.uid, ValueError(
+                "the repartition record carries no event time header (written by an older version?)"))
+        origin, watermark, ts = carried
+        if ts is not None:  # a record, not a marker
+            key, value = self._decode(msg)
+            ctx.ts, ctx.record_watermark = ts, watermark
+            self._push(key, value)
+        if ctx.clock.observe(origin, watermark):
+            ctx.advance(ctx.clock.watermark)
 
     def _record_error(self, msg: Any, exc: Exception) -> RecordError:
         where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}

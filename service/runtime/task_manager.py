@@ -19,14 +19,14 @@ from confluent_kafka import TopicPartition
 
 from connectors.kafka_sink import Produce
 from connectors.kafka_source import KafkaSource
-from eos.errors import MissingInputError
+from eos.errors import KafkaClientError, MissingInputError
 from service.checkpointing.recovery import Restored, restore_task
-from service.job.planner import Plan
+from service.job.planner import Plan, Stage
 from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import WorkerConfig
 from service.runtime.error_policy import ErrorHandler
 from service.runtime.missing_input import MissingInput
-from service.runtime.task import Task, task_id
+from service.runtime.task import Task, TimeLayout, task_id
 from service.runtime.topics import PartitionCounts
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
@@ -81,8 +81,9 @@ class TaskManager:
             self.ready = True
             return []
         began = time.monotonic()
-        counts = self.partition_counts.of({topic for topic, _ in keys})
-        new = [self._create(topic, partition, counts[topic]) for topic, partition in keys]
+        topics = {topic for topic, _ in keys}
+        counts = self.partition_counts.of(topics | {t for topic in topics for t in self.plan.time_topics(topic)})
+        new = [self._create(topic, partition, counts) for topic, partition in keys]
         positions = self._restore(new)
         self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
@@ -102,7 +103,7 @@ class TaskManager:
 
     # -- life cycle ------------------------------------------------------------------
 
-    def _create(self, topic: str, partition: int, topic_partitions: int | None) -> Task:
+    def _create(self, topic: str, partition: int, counts: dict[str, int | None]) -> Task:
         stage = self.plan.stage_of(topic)
         state = None
         if stage.stateful_uids:
@@ -114,9 +115,25 @@ class TaskManager:
                 self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
                 state.restorer.load_manifest,
                 shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
-        task = Task(stage, partition, state, self.errors, topic_partitions)
+        task = Task(stage, partition, state, self.errors, counts[topic], self._time_layout(stage, counts))
         self.tasks[(topic, partition)] = task
         return task
+
+    def _time_layout(self, stage: Stage, counts: dict[str, int | None]) -> TimeLayout | None:
+        if not stage.event_time:
+            return None
+        needed = self.plan.time_topics(stage.topic)
+        unknown = [t for t in needed if counts.get(t) is None]
+        if unknown:
+            raise KafkaClientError(f"cannot run {stage.id!r} on event time: the partition counts of "
+                                   f"{', '.join(unknown)} are unknown (the cluster did not say)")
+        origins = counts[stage.upstream_topic] if stage.repartition else 1
+        source = stage.root.options
+        late = self.metrics.late_records_dropped
+        return TimeLayout(origins=origins, partitions={t: counts[t] for t in needed},
+                          timestamp=None if stage.repartition else source.get("timestamp"),
+                          out_of_orderness_ms=0 if stage.repartition else source.get("out_of_orderness_ms", 0),
+                          late_counter=lambda uid: self.metrics.labels(late, operator=uid).inc)
 
     def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
                  rewind: bool = False) -> list[TopicPartition]:

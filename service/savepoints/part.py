@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eos.errors import SavepointError
+from service.eventtime.clock import is_clock_uid
 from service.job.planner import Plan
 from service.savepoints.schema import DeclaredState, declared_states, operator_of
 from statestore.savepoint_data import write_state_file
@@ -65,6 +66,8 @@ def write_part(*, plan: Plan, tasks: list[Any], worker: str, storage: Checkpoint
                 continue
             for cf in task.state.store.column_families:
                 owner = operator_of(cf, task.stage.stateful_uids)
+                if owner is not None and is_clock_uid(owner[0]):
+                    continue  # time progress is per task, not per key: a resumed job starts its clocks anew
                 kind_codec = _kind_and_codec(cf, task.state, declared.get(cf))
                 if owner is None or kind_codec is None:
                     undeclared.append(f"{cf} (task {task.id})")

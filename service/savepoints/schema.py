@@ -65,6 +65,8 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
                 continue
             if node.kind in ("aggregate", "reduce"):
                 declared = [("acc", VALUE_STATE, node.options.get("codec") or JSON_CODEC)]
+            elif node.kind == "window":
+                declared = [("windows", MAP_STATE, node.options["codec"])]
             else:
                 declared = _process_states(uid, node.fn)
             for name, kind, codec in declared:

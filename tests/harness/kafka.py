@@ -47,10 +47,13 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
 
 
 def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
-             timeout: float = 60.0, with_meta: bool = False, with_headers: bool = False) -> list:
+             timeout: float = 60.0, with_meta: bool = False, with_headers: bool = False,
+             with_timestamp: bool = False) -> list:
     """Reads every record of `topic` from the beginning up to its current end (the last
     stable offset for read_committed). Returns (key, value) or, with `with_meta`,
-    (partition, offset, key, value) or, with `with_headers`, (key, value, headers) tuples."""
+    (partition, offset, key, value) or, with `with_headers`, (key, value, headers) or, with
+    `with_timestamp`, (key, value, Kafka timestamp) tuples (both: the timestamp appended
+    to the first)."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": unique_name("reader"),
@@ -76,10 +79,14 @@ def read_all(bootstrap: str, topic: str, *, isolation: str = "read_committed",
                         pending.discard(msg.partition())
                         continue
                     raise RuntimeError(f"reading {topic}: {err}")
-                if with_meta:
+                if with_meta and with_timestamp:
+                    out.append((msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1]))
+                elif with_meta:
                     out.append((msg.partition(), msg.offset(), msg.key(), msg.value()))
                 elif with_headers:
                     out.append((msg.key(), msg.value(), msg.headers() or []))
+                elif with_timestamp:
+                    out.append((msg.key(), msg.value(), msg.timestamp()[1]))
                 else:
                     out.append((msg.key(), msg.value()))
         return out

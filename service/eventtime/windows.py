@@ -1,0 +1,49 @@
+"""Window shapes: which windows a timestamp falls into.
+
+Windows are aligned to the epoch, as in Flink and Kafka Streams: a tumbling window of one
+minute covers [12:00, 12:01), never [12:00:17, 12:01:17). Times are milliseconds; a
+window's start is inclusive and its end exclusive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eos.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    """Fixed-size windows that do not overlap: each record belongs to exactly one."""
+
+    size_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0:
+            raise ConfigurationError(f"a window's size must be positive, not {self.size_ms} ms")
+
+    def starts(self, ts: int) -> tuple[int, ...]:
+        return (ts - ts % self.size_ms,)
+
+
+@dataclass(frozen=True)
+class Hopping:
+    """Fixed-size windows that start every `advance_ms`: a record belongs to
+    size / advance of them (Flink's sliding event-time windows)."""
+
+    size_ms: int
+    advance_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.advance_ms <= 0 or self.advance_ms > self.size_ms:
+            raise ConfigurationError(
+                f"a hopping window needs 0 < advance <= size (got size {self.size_ms} ms, "
+                f"advance {self.advance_ms} ms)")
+
+    def starts(self, ts: int) -> tuple[int, ...]:
+        last = ts - ts % self.advance_ms
+        first = last - self.size_ms + self.advance_ms
+        return tuple(range(first, last + 1, self.advance_ms))
+
+
+WindowShape = Tumbling | Hopping

@@ -1,0 +1,169 @@
+"""The independent oracle for windowed jobs, and the event-time input it checks.
+
+It knows nothing of the product: from the input it generated (which partition each
+order went to, in which order) it recomputes, with the textbook rules, which records are
+late and what every window holds, then checks the output topic against that.
+
+- A source partition's watermark before a record is the largest event time of the
+  records before it in that partition, minus the out-of-orderness bound.
+- A record is late for a window when the window's end plus the grace period is at or
+  below that watermark; it is dropped from that window. A record late for all its
+  windows counts as a dropped late record.
+- Each partition ends with a flush record far in the future, so every other window
+  closes.
+
+With emit=final, every window must appear exactly once with its value; with
+emit=update, each window's updates must count 1, 2, ... n once each and end at its
+value. An at-least-once run that replays after a crash repeats outputs and fails.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+FLUSH_USER = "~flush"
+
+
+@dataclass(frozen=True)
+class TimedOrder:
+    id: int
+    user: str
+    amount: int
+    ts: int
+    partition: int
+
+
+@dataclass(frozen=True)
+class WindowRules:
+    size_ms: int
+    advance_ms: int | None  # None: tumbling
+    grace_ms: int
+    out_of_orderness_ms: int
+
+    def starts(self, ts: int) -> list[int]:
+        step = self.advance_ms or self.size_ms
+        last = ts - ts % step
+        return [s for s in range(last - self.size_ms + step, last + 1, step) if s <= ts < s + self.size_ms]
+
+
+def timed_orders(count: int, partitions: int, users: int = 20, seed: int = 5, late_every: int = 37,
+                 step_ms: int = 40) -> list[TimedOrder]:
+    """Orders in production order: event time rises `step_ms` per order from a day ago
+    (brokers refuse timestamps far ahead of their clock) with up to ±700 ms of disorder,
+    and every `late_every`-th order is 15 s behind (late). Each partition ends with a
+    flush order an hour past the last."""
+    rng = random.Random(seed)
+    base_ms = (int(time.time()) - 86_400) // 60 * 60_000
+    orders = []
+    for i in range(count):
+        ts = base_ms + i * step_ms + rng.randint(-700, 700)
+        if i % late_every == late_every - 1:
+            ts -= 15_000
+        orders.append(TimedOrder(i, f"user-{rng.randrange(users)}", rng.randint(1, 100), ts, i % partitions))
+    flush_ts = base_ms + count * step_ms + 3_600_000
+    orders += [TimedOrder(count + p, FLUSH_USER, 0, flush_ts, p) for p in range(partitions)]
+    return orders
+
+
+def encode(order: TimedOrder) -> bytes:
+    return json.dumps({"id": order.id, "user": order.user, "amount": order.amount, "ts": order.ts}).encode()
+
+
+@dataclass
+class Expected:
+    windows: dict[tuple[str, int], dict[str, int]]  # (user, start) -> {"orders", "amount"}
+    late_records: int
+
+
+def expected_windows(orders: list[TimedOrder], rules: WindowRules) -> Expected:
+    watermark: dict[int, int] = {}
+    windows: dict[tuple[str, int], dict[str, int]] = {}
+    late = 0
+    for order in orders:
+        before = watermark.get(order.partition)
+        accepted = False
+        for start in rules.starts(order.ts):
+            if before is not None and start + rules.size_ms + rules.grace_ms <= before:
+                continue
+            accepted = True
+            if order.user != FLUSH_USER:
+                acc = windows.setdefault((order.user, start), {"orders": 0, "amount": 0})
+                acc["orders"] += 1
+                acc["amount"] += order.amount
+        if not accepted:
+            late += 1
+        candidate = order.ts - rules.out_of_orderness_ms
+        watermark[order.partition] = candidate if before is None else max(before, candidate)
+    return Expected(windows, late)
+
+
+@dataclass
+class WindowReport:
+    outputs: int = 0
+    windows: int = 0
+    missing: int = 0
+    unexpected: int = 0
+    repeated: int = 0
+    wrong: int = 0
+    bad_updates: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.repeated or self.wrong or self.bad_updates)
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < 8:
+            self.examples.append(text)
+
+    def summary(self) -> str:
+        return (f"outputs={self.outputs} windows={self.windows} missing={self.missing} unexpected={self.unexpected} "
+                f"repeated={self.repeated} wrong={self.wrong} bad_updates={self.bad_updates}; e.g. {self.examples}")
+
+
+def check_windows(expected: Expected, outputs: list[tuple[bytes, bytes, int]], emit: str,
+                  size_ms: int) -> WindowReport:
+    """`outputs`: (key, value, Kafka timestamp) in the order a read_committed consumer
+    saw them (a user's outputs share one partition, so theirs are in commit order)."""
+    report = WindowReport(outputs=len(outputs), windows=len(expected.windows))
+    seen: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for key, raw, ts in outputs:
+        value = json.loads(raw)
+        user = key.decode()
+        if user == FLUSH_USER:
+            continue
+        window = (user, value["start"])
+        if value["end"] != value["start"] + size_ms:
+            report.wrong += 1
+            report.note(f"{window}: end {value['end']}")
+        if emit == "final" and ts != value["end"] - 1:
+            report.wrong += 1
+            report.note(f"{window}: timestamp {ts}, not end - 1")
+        seen[window].append(value["value"])
+    for window, values in seen.items():
+        want = expected.windows.get(window)
+        if want is None:
+            report.unexpected += 1
+            report.note(f"{window}: not an expected window ({values[:3]})")
+            continue
+        if emit == "final":
+            if len(values) > 1:
+                report.repeated += 1
+                report.note(f"{window}: {len(values)} final results")
+        else:
+            counts = Counter(v["orders"] for v in values)
+            if sorted(counts) != list(range(1, want["orders"] + 1)) or max(counts.values()) > 1:
+                report.bad_updates += 1
+                report.note(f"{window}: update counts {sorted(counts.elements())[:12]} for {want['orders']} orders")
+        if values[-1] != want:
+            report.wrong += 1
+            report.note(f"{window}: last {values[-1]}, expected {want}")
+    missing = set(expected.windows) - set(seen)
+    report.missing = len(missing)
+    for window in sorted(missing)[:3]:
+        report.note(f"{window}: no output")
+    return report

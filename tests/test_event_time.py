@@ -1,0 +1,200 @@
+"""Windows on event time, exactly once, proven against the real broker with SIGKILLs.
+
+Workers run `eos run tests/jobs/windowed_orders.py` as users run jobs. The input has
+out-of-order and late records; the independent oracle (tests/harness/window_oracle.py)
+recomputes every window from it. Windows close across a repartition topic fed by four
+upstream tasks, so time progress travels between workers' tasks as it does in a job
+spread over machines.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.harness.kafka import create_topics, read_all, unique_name
+from tests.harness.ports import free_port
+from tests.harness.window_oracle import (
+    FLUSH_USER,
+    Expected,
+    TimedOrder,
+    WindowRules,
+    check_windows,
+    encode,
+    expected_windows,
+    timed_orders,
+)
+from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+JOB = REPO / "tests" / "jobs" / "windowed_orders.py"
+PARTITIONS = 4
+SIZE_MS, ADVANCE_MS, GRACE_MS, OUT_OF_ORDERNESS_MS = 10_000, 5_000, 2_000, 1_000
+
+
+def _rules(shape: str) -> WindowRules:
+    return WindowRules(SIZE_MS, ADVANCE_MS if shape == "hopping" else None, GRACE_MS, OUT_OF_ORDERNESS_MS)
+
+
+class WindowedRun:
+    """One run of the windowed job: its topics, its input fed over time, its workers."""
+
+    def __init__(self, bootstrap: str, workdir: Path, orders: list[TimedOrder], shape: str, emit: str) -> None:
+        self.bootstrap, self.workdir, self.orders, self.emit = bootstrap, workdir, orders, emit
+        self.input, self.output, self.group = unique_name("timed-orders"), unique_name("windows"), unique_name("win")
+        create_topics(bootstrap, [self.input, self.output], PARTITIONS)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.params = {"input": self.input, "output": self.output, "shape": shape, "emit": emit}
+        self.expected: Expected = expected_windows(orders, _rules(shape))
+        self._feeder: threading.Thread | None = None
+        self.started = 0
+
+    def feed(self, chunk: int = 400, pause_s: float = 0.3) -> None:
+        """Produces the orders in order, each to its partition, in chunks over time."""
+        from confluent_kafka import Producer
+
+        def run() -> None:
+            producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 10})
+            for i, order in enumerate(self.orders):
+                producer.produce(self.input, encode(order), str(order.id).encode(), partition=order.partition)
+                if i % chunk == chunk - 1:
+                    producer.flush(30)
+                    time.sleep(pause_s)
+            assert producer.flush(30) == 0
+
+        self._feeder = threading.Thread(target=run, daemon=True)
+        self._feeder.start()
+
+    def wait_fed(self) -> None:
+        self._feeder.join(120)
+
+    def start_worker(self, guarantee: str = "exactly-once", http_port: int | None = None,
+                     fault: str | None = None) -> WorkerProcess:
+        self.started += 1
+        extra = ["--http-port", str(http_port)] if http_port else []
+        spec = WorkerSpec(bootstrap=self.bootstrap, group=self.group, state_dir=self.workdir / "state",
+                          storage=f"file://{self.workdir / 'checkpoints'}", params=self.params, job=JOB,
+                          guarantee=guarantee, extra_args=extra)
+        return WorkerProcess(spec, self.workdir / f"worker-{self.started}.log", fault)
+
+    def outputs(self) -> list[tuple[bytes, bytes, int]]:
+        return [o for o in read_all(self.bootstrap, self.output, with_timestamp=True)
+                if o[0] != FLUSH_USER.encode()]
+
+    def wanted_outputs(self) -> int:
+        if self.emit == "final":
+            return len(self.expected.windows)
+        return sum(w["orders"] for w in self.expected.windows.values())
+
+    def wait_complete(self, worker: WorkerProcess, timeout: float = 180) -> None:
+        def done() -> bool:
+            assert worker.alive(), worker.log_tail()
+            return len(self.outputs()) >= self.wanted_outputs()
+
+        wait_for(done, timeout, 1.0, lambda: f"{len(self.outputs())} of {self.wanted_outputs()} window outputs")
+
+    def kill_at_random(self, kills: int, seed: int, guarantee: str = "exactly-once") -> None:
+        rng = random.Random(seed)
+        for _ in range(kills):
+            worker = self.start_worker(guarantee)
+            time.sleep(rng.uniform(2.0, 4.0))
+            assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
+            worker.kill()
+
+    def check(self):
+        return check_windows(self.expected, self.outputs(), self.emit, SIZE_MS)
+
+
+def _late_dropped(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.findall(r'^eos_late_records_dropped_total\{[^}]*operator="per-window"[^}]*\} (\S+)$', text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_the_oracle_sees_late_records_and_catches_a_repeated_or_missing_window():
+    """The oracle's self-test on outputs made by hand: right ones pass, a repeated final
+    result, a missing window and a wrong count each fail."""
+    orders = timed_orders(600, PARTITIONS)
+    expected = expected_windows(orders, _rules("tumbling"))
+    assert expected.late_records > 5, "the input has no late records to drop"
+    right = [(user.encode(), f'{{"start": {start}, "end": {start + SIZE_MS}, "value": '
+              f'{{"orders": {v["orders"]}, "amount": {v["amount"]}}}}}'.encode(), start + SIZE_MS - 1)
+             for (user, start), v in expected.windows.items()]
+    assert check_windows(expected, right, "final", SIZE_MS).ok
+    assert check_windows(expected, right + right[:1], "final", SIZE_MS).repeated == 1
+    assert check_windows(expected, right[1:], "final", SIZE_MS).missing == 1
+    wrong = [(k, v.replace(b'"orders": ', b'"orders": 1'), ts) for k, v, ts in right[:1]] + right[1:]
+    assert check_windows(expected, wrong, "final", SIZE_MS).wrong == 1
+
+
+def test_tumbling_final_results_are_the_same_with_and_without_kills(bootstrap, tmp_path):
+    """The same input through the same job twice: once undisturbed (which must also drop
+    and count exactly the late records the oracle finds), once with workers SIGKILLed
+    at random moments, some while windows close. Both give the oracle's windows, and
+    the same records, key, value and timestamp, one for one."""
+    # Dense late records: a restart that forgot the watermark would take some for on time.
+    orders = timed_orders(6_000, PARTITIONS, late_every=7)
+    calm = WindowedRun(bootstrap, tmp_path / "calm", orders, "tumbling", "final")
+    port = free_port()
+    calm.feed()
+    worker = calm.start_worker(http_port=port)
+    calm.wait_fed()
+    calm.wait_complete(worker)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _late_dropped(url) == calm.expected.late_records, 30, 0.5,
+             lambda: f"{_late_dropped(url)} late records counted, {calm.expected.late_records} expected")
+    assert worker.terminate() == 0, worker.log_tail()
+    report = calm.check()
+    assert report.ok, report.summary()
+
+    chaotic = WindowedRun(bootstrap, tmp_path / "chaotic", orders, "tumbling", "final")
+    chaotic.feed(chunk=200, pause_s=0.4)  # kills land while the input still flows
+    chaotic.kill_at_random(kills=6, seed=3)
+    chaotic.wait_fed()
+    final = chaotic.start_worker()
+    chaotic.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = chaotic.check()
+    assert report.ok, report.summary()
+    assert sorted(chaotic.outputs()) == sorted(calm.outputs())
+
+
+def test_hopping_updates_are_exactly_once_under_kills(bootstrap, tmp_path):
+    """emit=update on hopping windows: every window's updates count 1, 2, ... n exactly
+    once each across kills, and the last is the window's value."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(4_000, PARTITIONS, seed=8), "hopping", "update")
+    run.feed(chunk=200, pause_s=0.4)
+    run.kill_at_random(kills=4, seed=17)
+    run.wait_fed()
+    final = run.start_worker()
+    run.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+
+
+def test_oracle_catches_at_least_once_updates_under_kills(bootstrap, tmp_path):
+    """The oracle's self-test on a real run: without transactions, a worker killed after
+    its outputs were flushed but before its offsets were committed sends them again, and
+    the oracle must see the repeated updates."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(6_000, PARTITIONS, seed=4), "hopping", "update")
+    run.feed(chunk=200, pause_s=0.4)
+    for _ in range(3):  # killed when its 3rd checkpoint flushed the outputs, before it commits offsets
+        worker = run.start_worker("at-least-once", fault="after_flush@3")
+        assert worker.wait(60) == -signal.SIGKILL, worker.log_tail()
+    run.wait_fed()
+    final = run.start_worker(guarantee="at-least-once")
+    run.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = run.check()
+    assert not report.ok, "the oracle accepted an at-least-once run with kills: it is too weak"
+    assert report.bad_updates > 0, report.summary()
