@@ -9,12 +9,14 @@ spread over machines.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,12 +49,18 @@ def _rules(shape: str) -> WindowRules:
 class WindowedRun:
     """One run of the windowed job: its topics, its input fed over time, its workers."""
 
-    def __init__(self, bootstrap: str, workdir: Path, orders: list[TimedOrder], shape: str, emit: str) -> None:
+    def __init__(self, bootstrap: str, workdir: Path, orders: list[TimedOrder], shape: str, emit: str,
+                 late_topic: bool = False, idle_ms: int | None = None) -> None:
         self.bootstrap, self.workdir, self.orders, self.emit = bootstrap, workdir, orders, emit
         self.input, self.output, self.group = unique_name("timed-orders"), unique_name("windows"), unique_name("win")
-        create_topics(bootstrap, [self.input, self.output], PARTITIONS)
+        self.late = unique_name("late") if late_topic else None
+        create_topics(bootstrap, [self.input, self.output] + ([self.late] if self.late else []), PARTITIONS)
         workdir.mkdir(parents=True, exist_ok=True)
         self.params = {"input": self.input, "output": self.output, "shape": shape, "emit": emit}
+        if self.late:
+            self.params["late"] = self.late
+        if idle_ms is not None:
+            self.params["idle_ms"] = str(idle_ms)
         self.expected: Expected = expected_windows(orders, _rules(shape))
         self._feeder: threading.Thread | None = None
         self.started = 0
@@ -111,6 +119,45 @@ class WindowedRun:
 
     def check(self):
         return check_windows(self.expected, self.outputs(), self.emit, SIZE_MS)
+
+
+def test_late_records_go_to_the_late_topic_exactly_once_under_kills(bootstrap, tmp_path):
+    """With a late-data topic, each record the oracle finds late is there exactly once,
+    its bytes untouched and headers saying why, while workers are SIGKILLed."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(4_000, PARTITIONS, seed=12, late_every=7), "tumbling",
+                      "final", late_topic=True)
+    run.feed(chunk=200, pause_s=0.4)
+    run.kill_at_random(kills=4, seed=31)
+    run.wait_fed()
+    final = run.start_worker()
+    run.wait_complete(final)
+    wait_for(lambda: len(read_all(bootstrap, run.late)) >= len(run.expected.late_ids), 60, 1.0, "the late records")
+    assert final.terminate() == 0, final.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+    late = read_all(bootstrap, run.late, with_headers=True)
+    ids = Counter(json.loads(value)["id"] for _, value, _ in late)
+    assert set(ids) == run.expected.late_ids and max(ids.values()) == 1, (
+        f"{len(late)} late records for {len(run.expected.late_ids)} expected; "
+        f"repeated {[i for i, n in ids.items() if n > 1][:5]}, "
+        f"missing {sorted(run.expected.late_ids - set(ids))[:5]}, unexpected {sorted(set(ids) - run.expected.late_ids)[:5]}")
+    headers = dict(late[0][2])
+    assert headers["eos.operator"] == b"per-window" and b"had closed" in headers["eos.late.reason"], headers
+
+
+def test_an_idle_partition_does_not_hold_the_windows_back(bootstrap, tmp_path):
+    """One of the four input partitions gets nothing: with the source's idle timeout
+    the windows downstream close on the other three, and hold what the oracle says."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(3_000, PARTITIONS, seed=2, empty_partitions=(3,)),
+                      "tumbling", "final", idle_ms=2_000)
+    run.feed()
+    worker = run.start_worker()
+    run.wait_fed()
+    run.wait_complete(worker)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+    assert "had no input for 2s: idle" in worker.log_text()
 
 
 def _late_dropped(url: str) -> float:

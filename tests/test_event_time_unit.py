@@ -61,9 +61,23 @@ def test_the_clock_is_the_least_of_its_origins_and_never_goes_back():
     assert EventClock(table, origins=3).watermark == 7_000, "a clock rebuilt from its state lost its progress"
 
 
+def test_an_idle_origin_stops_holding_the_clock_back_until_it_sends_again():
+    table = _Table()
+    clock = EventClock(table, origins=2)
+    clock.observe(0, 9_000)
+    assert clock.watermark == NO_TIME
+    assert clock.idle(1) and clock.watermark == 9_000
+    assert EventClock(table, origins=2).watermark == 9_000, "a rebuilt clock forgot the origin is idle"
+    assert not clock.observe(1, 2_000) and clock.watermark == 9_000, "the watermark went back"
+    assert not clock.observe(0, 12_000) and clock.watermark == 9_000, "the origin back from idle was ignored"
+    assert clock.observe(1, 11_000) and clock.watermark == 11_000
+    assert not clock.idle(0) and clock.watermark == 11_000
+
+
 def test_time_headers_round_trip():
     assert time_of(time_header(3, -5, 1_700_000_000_000)) == (3, -5, 1_700_000_000_000)
     assert time_of(marker_header(2, NO_TIME)) == (2, NO_TIME, None)
+    assert time_of(marker_header(2, None)) == (2, None, None)
     assert time_of(None) is None
 
 

@@ -51,46 +51,71 @@ def time_header(origin: int, watermark: int, ts: int) -> list[tuple[str, bytes]]
     return [(TIME_HEADER, b"%d:%d:%d" % (origin, watermark, ts))]
 
 
-def marker_header(origin: int, watermark: int) -> list[tuple[str, bytes]]:
-    return [(MARKER_HEADER, b"%d:%d" % (origin, watermark))]
+def marker_header(origin: int, watermark: int | None) -> list[tuple[str, bytes]]:
+    """A marker of progress, or (watermark None) of an origin gone idle."""
+    text = b"%d:idle" % origin if watermark is None else b"%d:%d" % (origin, watermark)
+    return [(MARKER_HEADER, text)]
 
 
-def time_of(headers: list[tuple[str, bytes]] | None) -> tuple[int, int, int | None] | None:
-    """(origin, watermark, event time or None for a marker) from a repartition record's
-    headers; None when it has neither header."""
+def time_of(headers: list[tuple[str, bytes]] | None) -> tuple[int, int | None, int | None] | None:
+    """(origin, watermark or None for "idle", event time or None for a marker) from a
+    repartition record's headers; None when it has neither header."""
     for name, value in headers or ():
         if name == TIME_HEADER:
             origin, watermark, ts = value.split(b":")
             return int(origin), int(watermark), int(ts)
         if name == MARKER_HEADER:
             origin, watermark = value.split(b":")
-            return int(origin), int(watermark), None
+            return int(origin), None if watermark == b"idle" else int(watermark), None
     return None
 
 
 class EventClock:
-    """The watermark of each origin, and of the task: the least of them."""
+    """The watermark of each origin, and of the task: the least of them over the origins
+    not idle. An origin that said it is idle (its input had nothing for the source's
+    idle timeout) does not hold the others back until it sends again; the task's
+    watermark never goes back."""
 
     def __init__(self, table: ValueTable, origins: int) -> None:
         self._table = table
         self.origins = origins
-        self._views: dict[int, int] = {int(k): int(v) for k, v in table.items()}
-        self.watermark = self._least()
+        self._views: dict[int, int] = {}
+        self._idle: set[int] = set()
+        for origin, row in table.items():
+            self._views[int(origin)] = row["wm"]
+            if row["idle"]:
+                self._idle.add(int(origin))
+        self.watermark = NO_TIME
+        self._moved()
 
     @classmethod
     def of(cls, state: Any, stage_id: str, origins: int) -> EventClock:
         return cls(state.value_table(f"{clock_uid(stage_id)}:{CLOCK_STATE}", JSON_CODEC), origins)
 
     def _least(self) -> int:
-        views = self._views
-        return min(views.get(origin, NO_TIME) for origin in range(self.origins))
+        views, idle = self._views, self._idle
+        active = [views.get(origin, NO_TIME) for origin in range(self.origins) if origin not in idle]
+        return min(active) if active else self.watermark
 
     def observe(self, origin: int, watermark: int) -> bool:
         """Takes an origin's progress; returns whether the task's watermark moved."""
-        if watermark <= self._views.get(origin, NO_TIME):
+        was_idle = origin in self._idle
+        if watermark <= self._views.get(origin, NO_TIME) and not was_idle:
             return False
-        self._views[origin] = watermark
-        self._table.put(origin, watermark)
+        self._idle.discard(origin)
+        self._views[origin] = max(watermark, self._views.get(origin, NO_TIME))
+        self._table.put(origin, {"wm": self._views[origin], "idle": False})
+        return self._moved()
+
+    def idle(self, origin: int) -> bool:
+        """The origin went idle; returns whether the task's watermark moved."""
+        if origin in self._idle:
+            return False
+        self._idle.add(origin)
+        self._table.put(origin, {"wm": self._views.get(origin, NO_TIME), "idle": True})
+        return self._moved()
+
+    def _moved(self) -> bool:
         least = self._least()
         if least > self.watermark:
             self.watermark = least

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.job.api import Node
+from statestore.keys import encode_key
 from statestore.tables import ABSENT
 
 FINAL, UPDATE = "final", "update"
@@ -29,6 +30,17 @@ def window_result(start: int, end: int, value: Any) -> dict[str, Any]:
     return {"start": start, "end": end, "value": value}
 
 
+def late_headers(uid: str, ts: int, watermark: int, grace_ms: int) -> list[tuple[str, bytes]]:
+    """Why a record went to the late-data topic, for people and replays."""
+    return [
+        ("eos.operator", uid.encode()),
+        ("eos.late.event-time", str(ts).encode()),
+        ("eos.late.watermark", str(watermark).encode()),
+        ("eos.late.reason", f"every window of event time {ts} had closed: the watermark {watermark} "
+                            f"had passed its end plus the grace of {grace_ms} ms".encode()),
+    ]
+
+
 def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
                  failure: Callable[[str, BaseException], Exception]) -> Callable[[Any, Any], None]:
     uid, options = node.uid, node.options
@@ -36,19 +48,23 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     size = shape.size_ms
     fold, first, make_initial = options["fold"], options["first"], options["initial"]
     table = ctx.state.map_table(f"{uid}:windows", options["codec"])
-    late = ctx.late_counter(uid)
+    late_topic = options.get("late_topic")
+    late = ctx.late_counter(uid, late_topic is not None)
+    produce_blocking = ctx.produce.blocking
     # Open windows by end: {end: {(key, start): None}} (a dict keeps insertion order).
     by_end: dict[int, dict[tuple[Any, int], None]] = {}
     for (key, start), _ in table.items():
         by_end.setdefault(start + size, {})[(key, start)] = None
 
     def push(key: Any, value: Any) -> None:
-        ts, seen_by_origin = ctx.ts, ctx.record_watermark
+        # Late for a window: its origin had passed it (deterministic), or this task
+        # closed it already (only when an idle origin came back behind the others).
+        ts, passed = ctx.ts, max(ctx.record_watermark, ctx.clock.watermark)
         accepted = False
         for start in shape.starts(ts):
             end = start + size
-            if end + grace <= seen_by_origin:
-                continue  # its origin had passed this window already: late for it
+            if end + grace <= passed:
+                continue
             accepted = True
             acc = table.get(key, start, ABSENT)
             try:
@@ -64,6 +80,8 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
                 down(key, window_result(start, end, acc))
         if not accepted:
             late()
+            if late_topic is not None:
+                produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
 
     def close_until(watermark: int) -> None:
         due = sorted(end for end in by_end if end + grace <= watermark)

@@ -65,6 +65,13 @@ class Params(Mapping[str, str]):
                 f"the job needs parameter {name!r}: pass -p {name}=VALUE "
                 f"(given: {', '.join(sorted(self._values)) or 'none'})") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """An optional parameter: its value, or `default` when not given."""
+        return self._values.get(name, default)
+
     def __iter__(self):
         return iter(self._values)
 
@@ -85,19 +92,26 @@ class Job:
 
     def source(self, topic: str, *, value: Serde = BYTES, key: Serde = BYTES,
                timestamp: Callable[[Any], int] | None = None, max_out_of_orderness_ms: int = 0,
-               uid: str | None = None, on_error: str | None = None) -> Stream:
+               idle_timeout_ms: int | None = None, uid: str | None = None,
+               on_error: str | None = None) -> Stream:
         """Reads a Kafka topic. The stream is keyed by the record key (deserialised with
         `key`); use `key_by` to key it by something else. `on_error` applies to records
         the serdes (or `timestamp`) cannot read.
 
         Event time, for windows: each record's Kafka timestamp, or what `timestamp`
         returns for its value (milliseconds since the epoch). The watermark trails the
-        largest event time seen by `max_out_of_orderness_ms`."""
+        largest event time seen by `max_out_of_orderness_ms`. A partition that brings
+        nothing for `idle_timeout_ms` (of processing time) stops holding back the
+        watermark of the tasks it feeds until it brings records again; without it, one
+        empty partition stops every window downstream from closing."""
         if max_out_of_orderness_ms < 0:
             raise ConfigurationError(f"max_out_of_orderness_ms must not be negative, not {max_out_of_orderness_ms}")
+        if idle_timeout_ms is not None and idle_timeout_ms <= 0:
+            raise ConfigurationError(f"idle_timeout_ms must be positive, not {idle_timeout_ms}")
         node = self._node("source", uid, options={"topic": topic, "key_serde": key, "value_serde": value,
                                                   "timestamp": timestamp,
-                                                  "out_of_orderness_ms": max_out_of_orderness_ms},
+                                                  "out_of_orderness_ms": max_out_of_orderness_ms,
+                                                  "idle_timeout_ms": idle_timeout_ms},
                           on_error=on_error)
         self.sources.append(node)
         return Stream(self, node)
@@ -184,16 +198,18 @@ class KeyedStream(Stream):
         writes named keyed state and yields any number of outputs per record."""
         return self._then("process", uid, factory, on_error=on_error)
 
-    def window(self, shape: Any, *, grace_ms: int = 0) -> WindowedStream:
+    def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
         """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
         A window closes when the watermark passes its end plus `grace_ms`; a record
         that arrives for a closed window is late: dropped and counted in
-        eos_late_records_dropped_total. Follow with an aggregation."""
+        eos_late_records_dropped_total, or, with `late_topic`, written there in the same
+        transaction (its bytes as the window read them, headers saying why) and counted
+        in eos_late_records_routed_total. Follow with an aggregation."""
         if not isinstance(shape, (Tumbling, Hopping)):
             raise ConfigurationError(f"window({shape!r}): the shape must be Tumbling(...) or Hopping(...)")
         if grace_ms < 0:
             raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
-        return WindowedStream(self, shape, grace_ms)
+        return WindowedStream(self, shape, grace_ms, late_topic)
 
 
 class WindowedStream:
@@ -202,10 +218,11 @@ class WindowedStream:
     is "update" (the window's value after every record) or "final" (once, when the
     window closes)."""
 
-    def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int) -> None:
+    def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int, late_topic: str | None) -> None:
         self._stream = stream
         self._shape = shape
         self._grace_ms = grace_ms
+        self._late_topic = late_topic
 
     def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None, emit: str = "update",
                   uid: str | None = None, codec: ValueCodec = JSON_CODEC,
@@ -252,7 +269,7 @@ class WindowedStream:
         if emit not in ("update", "final"):
             raise ConfigurationError(f"emit={emit!r} is not one of update, final")
         options = {"shape": self._shape, "grace_ms": self._grace_ms, "emit": emit, "fold": fold,
-                   "first": first, "initial": initial, "codec": codec}
+                   "first": first, "initial": initial, "codec": codec, "late_topic": self._late_topic}
         return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
 
 

@@ -55,8 +55,10 @@ class Plan:
 
     @property
     def sink_topics(self) -> list[str]:
-        return sorted({n.options["topic"] for s in self.stages for n in _walk_stage(s.root)
-                       if n.kind == "sink"})
+        """Topics the job writes that must exist: sinks and windows' late-data topics."""
+        nodes = [n for s in self.stages for n in _walk_stage(s.root)]
+        return sorted({n.options["topic"] for n in nodes if n.kind == "sink"}
+                      | {n.options["late_topic"] for n in nodes if n.kind == "window" and n.options["late_topic"]})
 
     def stage_of(self, topic: str) -> Stage:
         for stage in self.stages:

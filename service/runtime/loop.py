@@ -56,6 +56,7 @@ class ProcessingLoop:
         # Work done between batches on the loop's thread (savepoint commands).
         self.tick = tick
         self.failures = 0  # consecutive rewinds that count, since the last committed checkpoint
+        self.event_time = any(stage.event_time for stage in manager.plan.stages)
         self._records_in = {t: metrics.labels(metrics.records_in, topic=t) for t in input_topics}
 
     def run(self, stop_requested: Callable[[], bool]) -> None:
@@ -84,6 +85,8 @@ class ProcessingLoop:
             except KafkaException as exc:  # produce() refused by the producer itself
                 self.settle(self.owner.failed(exc))
             self._bound_cache()
+        if self.event_time:
+            manager.check_idle()
         self.settle(self.owner.poll())
         self.tick(self)
         if self.coordinator.due():

@@ -52,11 +52,11 @@ class ChainContext:
     clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
     __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
-                 "origin", "partitions", "late_counter")
+                 "idle_listeners", "origin", "partitions", "late_counter")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
-                 late_counter: Callable[[str], Callable[[], None]] | None = None) -> None:
+                 late_counter: Callable[[str, bool], Callable[[], None]] | None = None) -> None:
         self.produce = produce
         self.state = state
         self.raw: bytes | None = None
@@ -64,9 +64,11 @@ class ChainContext:
         self.record_watermark = 0
         self.clock = clock
         self.watermark_listeners: list[Callable[[int], None]] = []
+        self.idle_listeners: list[Callable[[], None]] = []
         self.origin = origin
         self.partitions = partitions or {}
-        self.late_counter = late_counter or (lambda uid: lambda: None)
+        # (operator uid, routed to a late-data topic?) -> the counter's increment
+        self.late_counter = late_counter or (lambda uid, routed: lambda: None)
 
     @property
     def timed(self) -> bool:
@@ -75,6 +77,10 @@ class ChainContext:
     def advance(self, watermark: int) -> None:
         for listener in self.watermark_listeners:
             listener(watermark)
+
+    def went_idle(self) -> None:
+        for listener in self.idle_listeners:
+            listener()
 
 
 def build_chain(root: Node, ctx: ChainContext) -> Push:
@@ -211,11 +217,14 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
         if interval <= marked[0]:
             return
         marked[0] = interval
-        headers = marker_header(origin, watermark)
+        send_marker(marker_header(origin, watermark))
+
+    def send_marker(headers: list[tuple[str, bytes]]) -> None:
         for partition in partitions:
             produce_blocking(topic, None, None, partition=partition, headers=headers)
 
     ctx.watermark_listeners.append(mark)
+    ctx.idle_listeners.append(lambda: send_marker(marker_header(origin, None)))
     return push
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
@@ -57,6 +58,7 @@ class TimeLayout:
     partitions: dict[str, int]
     timestamp: Any = None
     out_of_orderness_ms: int = 0
+    idle_timeout_s: float | None = None
     late_counter: Any = None
 
 
@@ -90,8 +92,11 @@ class Task:
         # While set, records below this offset are replayed with outputs muted: their
         # outputs were committed before the state that belonged to them was lost.
         self.replay_until: int | None = None
-        # How the task runs on event time (None: it does not).
+        # How the task runs on event time (None: it does not), when its input last brought
+        # records and whether it told the tasks it feeds that it is idle.
         self.time = time
+        self.last_input = monotonic()
+        self.idle = False
         self._produce: Produce | None = None
         self._push = None
         self._ctx: ChainContext | None = None
@@ -197,9 +202,23 @@ class Task:
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
 
+    def check_idle(self, now: float) -> None:
+        """A source task on event time whose partition brought nothing for the source's
+        idle timeout tells the tasks it feeds, so they stop waiting for its watermark
+        (Flink's `withIdleness`); its next record makes it active again."""
+        layout = self.time
+        if (layout is None or layout.idle_timeout_s is None or self.stage.repartition or self.idle
+                or now - self.last_input < layout.idle_timeout_s):
+            return
+        self.idle = True
+        log.info("%s had no input for %.0fs: idle, the tasks it feeds go on without its watermark",
+                 self.id, layout.idle_timeout_s)
+        self._ctx.went_idle()
+
     def _run_timed(self, msgs: list, step: Any) -> None:
         """The record loop of a task on event time: `step` runs one record and moves the
         clock (a source's, or one fed by upstream tasks)."""
+        self.last_input, self.idle = monotonic(), False
         records = iter(msgs)
         msg = None
         while True:
@@ -256,7 +275,8 @@ class Task:
             key, value = self._decode(msg)
             ctx.ts, ctx.record_watermark = ts, watermark
             self._push(key, value)
-        if ctx.clock.observe(origin, watermark):
+        moved = ctx.clock.idle(origin) if watermark is None else ctx.clock.observe(origin, watermark)
+        if moved:
             ctx.advance(ctx.clock.watermark)
 
     def _record_error(self, msg: Any, exc: Exception) -> RecordError:

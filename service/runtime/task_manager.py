@@ -129,11 +129,17 @@ class TaskManager:
                                    f"{', '.join(unknown)} are unknown (the cluster did not say)")
         origins = counts[stage.upstream_topic] if stage.repartition else 1
         source = stage.root.options
-        late = self.metrics.late_records_dropped
+        metrics = self.metrics
+        idle_ms = None if stage.repartition else source.get("idle_timeout_ms")
+
+        def late_counter(uid: str, routed: bool):
+            counter = metrics.late_records_routed if routed else metrics.late_records_dropped
+            return metrics.labels(counter, operator=uid).inc
+
         return TimeLayout(origins=origins, partitions={t: counts[t] for t in needed},
                           timestamp=None if stage.repartition else source.get("timestamp"),
                           out_of_orderness_ms=0 if stage.repartition else source.get("out_of_orderness_ms", 0),
-                          late_counter=lambda uid: self.metrics.labels(late, operator=uid).inc)
+                          idle_timeout_s=None if idle_ms is None else idle_ms / 1000, late_counter=late_counter)
 
     def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
                  rewind: bool = False) -> list[TopicPartition]:
@@ -174,6 +180,13 @@ class TaskManager:
             offset = decided.get((task.topic, task.partition))
             if offset is not None and offset != task.read_from:
                 task.read_from = task.next_offset = offset
+
+    def check_idle(self) -> None:
+        """Source tasks on event time whose input went quiet say so (Task.check_idle)."""
+        now = time.monotonic()
+        for task in self.tasks.values():
+            if task.time is not None:
+                task.check_idle(now)
 
     def position_of(self, task: Task) -> TopicPartition:
         """Where the task's partition is read from since its (re)start."""

@@ -51,11 +51,11 @@ class WindowRules:
 
 
 def timed_orders(count: int, partitions: int, users: int = 20, seed: int = 5, late_every: int = 37,
-                 step_ms: int = 40) -> list[TimedOrder]:
+                 step_ms: int = 40, empty_partitions: tuple[int, ...] = ()) -> list[TimedOrder]:
     """Orders in production order: event time rises `step_ms` per order from a day ago
     (brokers refuse timestamps far ahead of their clock) with up to ±700 ms of disorder,
     and every `late_every`-th order is 15 s behind (late). Each partition ends with a
-    flush order an hour past the last."""
+    flush order an hour past the last. `empty_partitions` get nothing at all."""
     rng = random.Random(seed)
     base_ms = (int(time.time()) - 86_400) // 60 * 60_000
     orders = []
@@ -63,9 +63,10 @@ def timed_orders(count: int, partitions: int, users: int = 20, seed: int = 5, la
         ts = base_ms + i * step_ms + rng.randint(-700, 700)
         if i % late_every == late_every - 1:
             ts -= 15_000
-        orders.append(TimedOrder(i, f"user-{rng.randrange(users)}", rng.randint(1, 100), ts, i % partitions))
+        used = [p for p in range(partitions) if p not in empty_partitions]
+        orders.append(TimedOrder(i, f"user-{rng.randrange(users)}", rng.randint(1, 100), ts, used[i % len(used)]))
     flush_ts = base_ms + count * step_ms + 3_600_000
-    orders += [TimedOrder(count + p, FLUSH_USER, 0, flush_ts, p) for p in range(partitions)]
+    orders += [TimedOrder(count + p, FLUSH_USER, 0, flush_ts, p) for p in range(partitions) if p not in empty_partitions]
     return orders
 
 
@@ -77,12 +78,13 @@ def encode(order: TimedOrder) -> bytes:
 class Expected:
     windows: dict[tuple[str, int], dict[str, int]]  # (user, start) -> {"orders", "amount"}
     late_records: int
+    late_ids: set[int] = field(default_factory=set)
 
 
 def expected_windows(orders: list[TimedOrder], rules: WindowRules) -> Expected:
     watermark: dict[int, int] = {}
     windows: dict[tuple[str, int], dict[str, int]] = {}
-    late = 0
+    late, late_ids = 0, set()
     for order in orders:
         before = watermark.get(order.partition)
         accepted = False
@@ -96,9 +98,10 @@ def expected_windows(orders: list[TimedOrder], rules: WindowRules) -> Expected:
                 acc["amount"] += order.amount
         if not accepted:
             late += 1
+            late_ids.add(order.id)
         candidate = order.ts - rules.out_of_orderness_ms
         watermark[order.partition] = candidate if before is None else max(before, candidate)
-    return Expected(windows, late)
+    return Expected(windows, late, late_ids)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Input: JSON {"id": int, "user": str, "amount": int, "ts": ms}; event time is "ts" (not
 the Kafka timestamp), with 1 s of allowed out-of-orderness. Windows of 10 s, tumbling
 (`-p shape=tumbling`) or hopping every 5 s (`-p shape=hopping`), a grace of 2 s, and
-`-p emit=final|update`. Output: key = user, value
+`-p emit=final|update`; optional `-p late=TOPIC` (late records go there) and
+`-p idle_ms=N` (the source's idle timeout). Output: key = user, value
 {"start": ms, "end": ms, "value": {"orders": int, "amount": int}}.
 """
 
@@ -19,10 +20,11 @@ def add_order(totals: dict, order: dict) -> dict:
 def build(params: Params) -> Job:
     shape = Tumbling(SIZE_MS) if params["shape"] == "tumbling" else Hopping(SIZE_MS, ADVANCE_MS)
     job = Job("windowed-orders")
+    idle_ms = int(params["idle_ms"]) if "idle_ms" in params else None
     (job.source(params["input"], value=JSON, timestamp=lambda order: order["ts"],
-                max_out_of_orderness_ms=OUT_OF_ORDERNESS_MS, uid="orders")
+                max_out_of_orderness_ms=OUT_OF_ORDERNESS_MS, idle_timeout_ms=idle_ms, uid="orders")
         .key_by(lambda order: order["user"], uid="by-user")
-        .window(shape, grace_ms=GRACE_MS)
+        .window(shape, grace_ms=GRACE_MS, late_topic=params.get("late"))
         .aggregate(add_order, initial={"orders": 0, "amount": 0}, emit=params["emit"], uid="per-window")
         .sink(params["output"], key=STRING, value=JSON, uid="per-window-out"))
     return job
