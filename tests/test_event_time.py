@@ -23,6 +23,7 @@ import pytest
 
 from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.ports import free_port
+from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import (
     FLUSH_USER,
     Expected,
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 JOB = REPO / "tests" / "jobs" / "windowed_orders.py"
 PARTITIONS = 4
 SIZE_MS, ADVANCE_MS, GRACE_MS, OUT_OF_ORDERNESS_MS = 10_000, 5_000, 2_000, 1_000
+SILENCE_MS = 30_000  # examples/inactivity_alert.py
 
 
 def _rules(shape: str) -> WindowRules:
@@ -158,6 +160,52 @@ def test_an_idle_partition_does_not_hold_the_windows_back(bootstrap, tmp_path):
     report = run.check()
     assert report.ok, report.summary()
     assert "had no input for 2s: idle" in worker.log_text()
+
+
+def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
+    """examples/inactivity_alert.py, its input keyed by user with event times as Kafka
+    timestamps (some out of order), under SIGKILLs at random moments: every alert the
+    timer oracle finds is sent exactly once, none other."""
+    from confluent_kafka import Producer
+
+    orders = timed_orders(5_000, PARTITIONS, users=300, seed=21, late_every=11)
+    by_user = [TimedOrder(o.id, o.user, o.amount, o.ts, int(o.user.split("-")[-1]) % PARTITIONS if
+                          o.user != FLUSH_USER else o.partition) for o in orders]
+    topic, alerts, group = unique_name("orders-by-user"), unique_name("alerts"), unique_name("silence")
+    create_topics(bootstrap, [topic, alerts], PARTITIONS)
+    partitions: dict[int, list[tuple[str, int]]] = {}
+    for o in by_user:
+        partitions.setdefault(o.partition, []).append((o.user, o.ts))
+    expected = expected_alerts(partitions, SILENCE_MS)
+    assert len(expected) > 100, len(expected)
+
+    def feed() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
+        for i, o in enumerate(by_user):
+            producer.produce(topic, encode(o), o.user.encode(), partition=o.partition, timestamp=o.ts)
+            if i % 200 == 199:
+                producer.flush(30)
+                time.sleep(0.4)
+        assert producer.flush(30) == 0
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    spec = dict(bootstrap=bootstrap, group=group, state_dir=tmp_path / "state",
+                storage=f"file://{tmp_path / 'checkpoints'}", params={"input": topic, "output": alerts},
+                job=REPO / "examples" / "inactivity_alert.py")
+    rng = random.Random(5)
+    for i in range(4):
+        worker = WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log")
+        time.sleep(rng.uniform(2.0, 4.0))
+        assert worker.alive(), worker.log_tail()
+        worker.kill()
+    feeder.join(120)
+    final = WorkerProcess(WorkerSpec(**spec), tmp_path / "worker-final.log")
+    wait_for(lambda: len(read_all(bootstrap, alerts)) >= len(expected), 180, 1.0,
+             lambda: f"{len(read_all(bootstrap, alerts))} of {len(expected)} alerts")
+    assert final.terminate() == 0, final.log_tail()
+    problem = check_alerts(expected, read_all(bootstrap, alerts, with_timestamp=True), SILENCE_MS)
+    assert problem is None, problem
 
 
 def _late_dropped(url: str) -> float:

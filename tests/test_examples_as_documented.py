@@ -24,6 +24,7 @@ import pytest
 
 from tests.harness.kafka import create_topics, read_all
 from tests.harness.oracle import Order, check_running_sum
+from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import Expected, TimedOrder, WindowRules, check_windows, expected_windows
 from tests.harness.worker_process import EOS, REPO, wait_for
 
@@ -98,7 +99,8 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-    contract = (PerMinute if where.endswith("orders_per_minute.py") else RunningSumContract)(
+    contracts = {"orders_per_minute.py": PerMinute, "inactivity_alert.py": Inactivity}
+    contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(
         read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
     try:
         def done() -> bool:
@@ -158,6 +160,26 @@ class PerMinute:
         sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
         report = check_windows(self.surely, sure, "final", 60_000)
         return None if report.ok and self.wanted > 0 else report.summary()
+
+
+class Inactivity:
+    """inactivity_alert.py: the alerts the timer oracle finds, each exactly once."""
+
+    SILENCE_MS = 30_000
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        partitions: dict[int, list[tuple[str, int]]] = {}
+        for partition, _, _, value, ts in inputs:
+            partitions.setdefault(partition, []).append((_order(value).user, ts))
+        self.expected = expected_alerts(partitions, self.SILENCE_MS)
+        assert self.expected, "the example's input makes no alert"
+        self.wanted = len(self.expected)
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        return read_all(bootstrap, topic, with_timestamp=True)
+
+    def check(self, outputs: list) -> str | None:
+        return check_alerts(self.expected, outputs, self.SILENCE_MS)
 
 
 def _order(raw: bytes) -> Order:

@@ -193,10 +193,17 @@ class KeyedStream(Stream):
         return self._then("reduce", uid, fn, {"codec": codec}, on_error=on_error)
 
     def process(self, factory: Callable[[], Any], *, uid: str | None = None,
-                on_error: str | None = None) -> KeyedStream:
+                on_error: str | None = None, timers: bool | None = None) -> KeyedStream:
         """Runs a `KeyedProcessFunction` (made by `factory`, once per task) that reads and
-        writes named keyed state and yields any number of outputs per record."""
-        return self._then("process", uid, factory, on_error=on_error)
+        writes named keyed state and yields any number of outputs per record.
+
+        With timers (the default when `factory` is a class that defines `on_timer`; say
+        `timers=True` for another factory) the stage runs on event time: `ctx` also gives
+        the record's `timestamp`, the `watermark` and `register_event_time_timer` /
+        `register_processing_time_timer` (and their `delete_` twins)."""
+        if timers is None:
+            timers = getattr(factory, "on_timer", KeyedProcessFunction.on_timer) is not KeyedProcessFunction.on_timer
+        return self._then("process", uid, factory, {"timers": bool(timers)}, on_error=on_error)
 
     def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
         """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
@@ -304,3 +311,8 @@ class KeyedProcessFunction:
 
     def process(self, key: Any, value: Any, ctx: Any) -> Iterable[Any] | None:
         raise NotImplementedError
+
+    def on_timer(self, key: Any, timestamp: int, ctx: Any) -> Iterable[Any] | None:
+        """Called once per timer that fires, with the current key set; may update state
+        and yield outputs (their event time: the timer's)."""
+        return None

@@ -141,11 +141,12 @@ def plan(job: Job, group: str) -> Plan:
 
 
 def _mark_event_time(stages: list[Stage]) -> None:
-    """A stage with a window runs on event time, and so does every stage before it: its
+    """A stage with a window or timers runs on event time, and so does every stage before it: its
     watermark is made from theirs. Each such stage keeps its clock as state."""
     by_topic = {s.topic: s for s in stages}
     for stage in stages:
-        if any(n.kind == "window" for n in _walk_stage(stage.root)):
+        if any(n.kind == "window" or (n.kind == "process" and n.options.get("timers"))
+               for n in _walk_stage(stage.root)):
             current: Stage | None = stage
             while current is not None and not current.event_time:
                 current.event_time = True

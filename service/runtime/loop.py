@@ -86,7 +86,7 @@ class ProcessingLoop:
                 self.settle(self.owner.failed(exc))
             self._bound_cache()
         if self.event_time:
-            manager.check_idle()
+            manager.tick_time()
         self.settle(self.owner.poll())
         self.tick(self)
         if self.coordinator.due():

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
+from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
 from service.eventtime.window_operator import build_window
 from service.job.api import Node, initial_factory
 from statestore.keys import encode_key
@@ -52,7 +53,7 @@ class ChainContext:
     clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
     __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
-                 "idle_listeners", "origin", "partitions", "late_counter")
+                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
@@ -65,6 +66,8 @@ class ChainContext:
         self.clock = clock
         self.watermark_listeners: list[Callable[[int], None]] = []
         self.idle_listeners: list[Callable[[], None]] = []
+        # Who hears of the wall clock (ms), once a loop turn: processing-time timers.
+        self.clock_listeners: list[Callable[[int], None]] = []
         self.origin = origin
         self.partitions = partitions or {}
         # (operator uid, routed to a late-data topic?) -> the counter's increment
@@ -77,6 +80,10 @@ class ChainContext:
     def advance(self, watermark: int) -> None:
         for listener in self.watermark_listeners:
             listener(watermark)
+
+    def wall_clock(self, now_ms: int) -> None:
+        for listener in self.clock_listeners:
+            listener(now_ms)
 
     def went_idle(self) -> None:
         for listener in self.idle_listeners:
@@ -265,12 +272,19 @@ def _reduce(node: Node, ctx: ChainContext) -> Push:
 def _process(node: Node, ctx: ChainContext) -> Push:
     uid, down = node.uid, _downstream(node, ctx)
     function = node.fn()
-    keyed = KeyedContext(ctx.state, uid)
+    timed = node.options.get("timers") and ctx.timed
+    keyed = ProcessContext(ctx.state, uid, ctx) if timed else KeyedContext(ctx.state, uid)
     function.open(keyed)
     process = function.process
+    if timed:
+        on_timer = function.on_timer
+        ctx.watermark_listeners.append(lambda watermark: keyed.fire(EVENT_TIME, watermark, on_timer, down, uid))
+        ctx.clock_listeners.append(lambda now_ms: keyed.fire(PROCESSING_TIME, now_ms, on_timer, down, uid))
 
     def push(key: Any, value: Any) -> None:
         keyed.key = key
+        if timed:
+            keyed.timestamp = ctx.ts
         try:
             produced = process(key, value, keyed)
             results = list(produced) if produced is not None else ()

@@ -202,6 +202,12 @@ class Task:
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
 
+    def wall_clock(self, now_ms: int) -> None:
+        """Fires processing-time timers that are due (outside replay: their outputs
+        were committed already)."""
+        if self._ctx is not None and self._ctx.clock_listeners and self.replay_until is None:
+            self._ctx.wall_clock(now_ms)
+
     def check_idle(self, now: float) -> None:
         """A source task on event time whose partition brought nothing for the source's
         idle timeout tells the tasks it feeds, so they stop waiting for its watermark

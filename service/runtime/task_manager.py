@@ -181,12 +181,14 @@ class TaskManager:
             if offset is not None and offset != task.read_from:
                 task.read_from = task.next_offset = offset
 
-    def check_idle(self) -> None:
-        """Source tasks on event time whose input went quiet say so (Task.check_idle)."""
-        now = time.monotonic()
+    def tick_time(self) -> None:
+        """Time passes for tasks on event time even without input: source tasks whose
+        input went quiet say so (Task.check_idle), processing-time timers fire."""
+        now, now_ms = time.monotonic(), int(time.time() * 1000)
         for task in self.tasks.values():
             if task.time is not None:
                 task.check_idle(now)
+                task.wall_clock(now_ms)
 
     def position_of(self, task: Task) -> TopicPartition:
         """Where the task's partition is read from since its (re)start."""

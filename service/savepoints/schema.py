@@ -69,6 +69,8 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
                 declared = [("windows", MAP_STATE, node.options["codec"])]
             else:
                 declared = _process_states(uid, node.fn)
+                if node.options.get("timers"):
+                    declared.append(("timers", MAP_STATE, JSON_CODEC))
             for name, kind, codec in declared:
                 state = DeclaredState(uid, name, kind, codec, stage)
                 states[state.column_family] = state
