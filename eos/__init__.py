@@ -26,6 +26,7 @@ _EXPORTS = {
     "WindowedStream": "service.job.api",
     "Tumbling": "service.eventtime.windows",
     "Hopping": "service.eventtime.windows",
+    "Session": "service.eventtime.windows",
     "Serde": "connectors.serdes",
     "SerdeError": "connectors.serdes",
     "JSON": "connectors.serdes",

@@ -12,5 +12,6 @@ from service.job.api import Stream as Stream
 from statestore.codecs import JSON_CODEC as JSON_CODEC
 from statestore.codecs import PICKLE_CODEC as PICKLE_CODEC
 from service.eventtime.windows import Hopping as Hopping
+from service.eventtime.windows import Session as Session
 from service.eventtime.windows import Tumbling as Tumbling
 from service.job.api import WindowedStream as WindowedStream

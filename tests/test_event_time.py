@@ -31,6 +31,7 @@ from tests.harness.window_oracle import (
     WindowRules,
     check_windows,
     encode,
+    expected_sessions,
     expected_windows,
     timed_orders,
 )
@@ -40,7 +41,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 JOB = REPO / "tests" / "jobs" / "windowed_orders.py"
 PARTITIONS = 4
-SIZE_MS, ADVANCE_MS, GRACE_MS, OUT_OF_ORDERNESS_MS = 10_000, 5_000, 2_000, 1_000
+SIZE_MS, ADVANCE_MS, GAP_MS, GRACE_MS, OUT_OF_ORDERNESS_MS = 10_000, 5_000, 1_000, 2_000, 1_000
 SILENCE_MS = 30_000  # examples/inactivity_alert.py
 
 
@@ -63,7 +64,8 @@ class WindowedRun:
             self.params["late"] = self.late
         if idle_ms is not None:
             self.params["idle_ms"] = str(idle_ms)
-        self.expected: Expected = expected_windows(orders, _rules(shape))
+        self.expected: Expected = (expected_sessions(orders, GAP_MS, GRACE_MS, OUT_OF_ORDERNESS_MS)
+                                   if shape == "session" else expected_windows(orders, _rules(shape)))
         self._feeder: threading.Thread | None = None
         self.started = 0
 
@@ -269,6 +271,22 @@ def test_hopping_updates_are_exactly_once_under_kills(bootstrap, tmp_path):
     run = WindowedRun(bootstrap, tmp_path, timed_orders(4_000, PARTITIONS, seed=8), "hopping", "update")
     run.feed(chunk=200, pause_s=0.4)
     run.kill_at_random(kills=4, seed=17)
+    run.wait_fed()
+    final = run.start_worker()
+    run.wait_complete(final)
+    assert final.terminate() == 0, final.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+
+
+def test_session_windows_are_exactly_once_under_kills(bootstrap, tmp_path):
+    """Sessions grow and merge per user across a repartition while workers are killed:
+    every session the oracle finds (its start, end and totals) appears exactly once."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(5_000, PARTITIONS, seed=9, late_every=13), "session",
+                      "final")
+    assert len(run.expected.windows) > 300 and any(w["orders"] > 3 for w in run.expected.windows.values())
+    run.feed(chunk=200, pause_s=0.4)
+    run.kill_at_random(kills=4, seed=41)
     run.wait_fed()
     final = run.start_worker()
     run.wait_complete(final)

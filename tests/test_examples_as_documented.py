@@ -25,7 +25,14 @@ import pytest
 from tests.harness.kafka import create_topics, read_all
 from tests.harness.oracle import Order, check_running_sum
 from tests.harness.timer_oracle import check_alerts, expected_alerts
-from tests.harness.window_oracle import Expected, TimedOrder, WindowRules, check_windows, expected_windows
+from tests.harness.window_oracle import (
+    Expected,
+    TimedOrder,
+    WindowRules,
+    check_windows,
+    expected_sessions,
+    expected_windows,
+)
 from tests.harness.worker_process import EOS, REPO, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -99,7 +106,7 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-    contracts = {"orders_per_minute.py": PerMinute, "inactivity_alert.py": Inactivity}
+    contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity}
     contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(
         read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
     try:
@@ -143,10 +150,8 @@ class PerMinute:
     RULES = WindowRules(60_000, None, 5_000, 0)
 
     def __init__(self, inputs: list[tuple]) -> None:
-        orders = [TimedOrder(o.id, o.user, o.amount, ts, partition)
-                  for partition, _, _, value, ts in inputs for o in [_order(value)]]
-        assert orders, "the example produced no input"
-        progress = min(max(o.ts for o in orders if o.partition == p) for p in {o.partition for o in orders})
+        orders = _timed(inputs)
+        progress = _progress(orders)
         expected = expected_windows(orders, self.RULES)
         closing = lambda start: start + 60_000 + 5_000  # noqa: E731
         self.surely = Expected({w: v for w, v in expected.windows.items() if closing(w[1]) <= progress - 1_000}, 0)
@@ -160,6 +165,39 @@ class PerMinute:
         sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
         report = check_windows(self.surely, sure, "final", 60_000)
         return None if report.ok and self.wanted > 0 else report.summary()
+
+
+class Sessions(PerMinute):
+    """user_sessions.py: one final result per session the input's watermark closed (its
+    end plus 5 s of grace), checked by the session oracle, with the same second of doubt
+    as orders_per_minute.py."""
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        orders = _timed(inputs)
+        progress = _progress(orders)
+        expected = expected_sessions(orders, 30_000, 5_000, 0)
+        closing = {w: end + 5_000 for w, end in expected.ends.items()}
+        self.surely = Expected({w: v for w, v in expected.windows.items() if closing[w] <= progress - 1_000}, 0,
+                               ends=expected.ends)
+        self.maybe = {w for w in expected.windows if progress - 1_000 < closing[w] <= progress}
+        self.wanted = len(self.surely.windows)
+
+    def check(self, outputs: list) -> str | None:
+        sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
+        report = check_windows(self.surely, sure, "final", 0)
+        return None if report.ok and self.wanted > 0 else report.summary()
+
+
+def _timed(inputs: list[tuple]) -> list[TimedOrder]:
+    orders = [TimedOrder(o.id, o.user, o.amount, ts, partition)
+              for partition, _, _, value, ts in inputs for o in [_order(value)]]
+    assert orders, "the example produced no input"
+    return orders
+
+
+def _progress(orders: list[TimedOrder]) -> int:
+    """The least, over the input's partitions, of the largest event time."""
+    return min(max(o.ts for o in orders if o.partition == p) for p in {o.partition for o in orders})
 
 
 class Inactivity:

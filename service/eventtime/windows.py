@@ -46,4 +46,21 @@ class Hopping:
         return tuple(range(first, last + 1, self.advance_ms))
 
 
-WindowShape = Tumbling | Hopping
+
+
+@dataclass(frozen=True)
+class Session:
+    """Windows of activity per key: a record opens [ts, ts + gap) and sessions that
+    overlap merge, so a session ends `gap_ms` after its last record. A record is late
+    when its event time is `grace_ms` or more behind the watermark its origin had: that
+    rule, not the window's end, is what lets a session close the moment no on-time
+    record can reach it any more (its end plus the grace), with or without failures."""
+
+    gap_ms: int
+
+    def __post_init__(self) -> None:
+        if self.gap_ms <= 0:
+            raise ConfigurationError(f"a session gap must be positive, not {self.gap_ms} ms")
+
+
+WindowShape = Tumbling | Hopping | Session

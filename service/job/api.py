@@ -22,7 +22,7 @@ from typing import Any
 
 from connectors.serdes import BYTES, Serde
 from eos.errors import ConfigurationError
-from service.eventtime.windows import Hopping, Tumbling
+from service.eventtime.windows import Hopping, Session, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
 
 
@@ -212,8 +212,9 @@ class KeyedStream(Stream):
         eos_late_records_dropped_total, or, with `late_topic`, written there in the same
         transaction (its bytes as the window read them, headers saying why) and counted
         in eos_late_records_routed_total. Follow with an aggregation."""
-        if not isinstance(shape, (Tumbling, Hopping)):
-            raise ConfigurationError(f"window({shape!r}): the shape must be Tumbling(...) or Hopping(...)")
+        if not isinstance(shape, (Tumbling, Hopping, Session)):
+            raise ConfigurationError(
+                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...) or Session(...)")
         if grace_ms < 0:
             raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
         return WindowedStream(self, shape, grace_ms, late_topic)
@@ -231,35 +232,42 @@ class WindowedStream:
         self._grace_ms = grace_ms
         self._late_topic = late_topic
 
-    def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None, emit: str = "update",
+    def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
+                  merge: Callable[[Any, Any], Any] | None = None, emit: str = "update",
                   uid: str | None = None, codec: ValueCodec = JSON_CODEC,
                   on_error: str | None = None) -> KeyedStream:
         """Folds each record into its window's accumulator, which starts as `initial`
-        (a value, copied, or a zero-argument factory)."""
-        return self._window(uid, fn, None, initial_factory(initial), emit, codec, on_error)
+        (a value, copied, or a zero-argument factory). Session windows also need
+        `merge(earlier, later)`, which combines the accumulators of two sessions a
+        record joins."""
+        return self._window(uid, fn, None, initial_factory(initial), merge, emit, codec, on_error)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, emit: str = "update", uid: str | None = None,
                codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
-        """Like aggregate, with the window's first record as its accumulator."""
-        return self._window(uid, fn, _same, None, emit, codec, on_error)
+        """Like aggregate, with the window's first record as its accumulator (and `fn`
+        as the merge of two sessions)."""
+        return self._window(uid, fn, _same, None, fn, emit, codec, on_error)
 
     def count(self, *, emit: str = "update", uid: str | None = None) -> KeyedStream:
-        return self._window(uid, _count, None, _zero, emit, JSON_CODEC, None)
+        return self._window(uid, _count, None, _zero, _add, emit, JSON_CODEC, None)
 
     def sum(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
             uid: str | None = None, on_error: str | None = None) -> KeyedStream:
         of = of or _same
-        return self._window(uid, lambda acc, value: acc + of(value), None, _zero, emit, JSON_CODEC, on_error)
+        return self._window(uid, lambda acc, value: acc + of(value), None, _zero, _add, emit, JSON_CODEC,
+                            on_error)
 
     def min(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
             uid: str | None = None, on_error: str | None = None) -> KeyedStream:
         of = of or _same
-        return self._window(uid, lambda acc, value: min(acc, of(value)), of, None, emit, JSON_CODEC, on_error)
+        return self._window(uid, lambda acc, value: min(acc, of(value)), of, None, min, emit, JSON_CODEC,
+                            on_error)
 
     def max(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
             uid: str | None = None, on_error: str | None = None) -> KeyedStream:
         of = of or _same
-        return self._window(uid, lambda acc, value: max(acc, of(value)), of, None, emit, JSON_CODEC, on_error)
+        return self._window(uid, lambda acc, value: max(acc, of(value)), of, None, max, emit, JSON_CODEC,
+                            on_error)
 
     def collect(self, of: Callable[[Any], Any] | None = None, *, emit: str = "update",
                 uid: str | None = None, codec: ValueCodec = JSON_CODEC,
@@ -267,16 +275,20 @@ class WindowedStream:
         """The window's values in the order they arrived (across a repartition, records of
         different upstream tasks may interleave differently after a retry)."""
         of = of or _same
-        return self._window(uid, lambda acc, value: [*acc, of(value)], lambda value: [of(value)], None,
+        return self._window(uid, lambda acc, value: [*acc, of(value)], lambda value: [of(value)], None, _add,
                             emit, codec, on_error)
 
     def _window(self, uid: str | None, fold: Callable[[Any, Any], Any], first: Callable[[Any], Any] | None,
-                initial: Callable[[], Any] | None, emit: str, codec: ValueCodec,
-                on_error: str | None) -> KeyedStream:
+                initial: Callable[[], Any] | None, merge: Callable[[Any, Any], Any] | None, emit: str,
+                codec: ValueCodec, on_error: str | None) -> KeyedStream:
         if emit not in ("update", "final"):
             raise ConfigurationError(f"emit={emit!r} is not one of update, final")
+        if isinstance(self._shape, Session) and merge is None:
+            raise ConfigurationError("aggregate() on session windows needs merge=: two sessions a record "
+                                     "joins become one, and their accumulators must be combined")
         options = {"shape": self._shape, "grace_ms": self._grace_ms, "emit": emit, "fold": fold,
-                   "first": first, "initial": initial, "codec": codec, "late_topic": self._late_topic}
+                   "first": first, "initial": initial, "merge": merge, "codec": codec,
+                   "late_topic": self._late_topic}
         return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
 
 
@@ -290,6 +302,10 @@ def _zero() -> int:
 
 def _count(acc: int, _: Any) -> int:
     return acc + 1
+
+
+def _add(earlier: Any, later: Any) -> Any:
+    return earlier + later
 
 
 def initial_factory(initial: Any) -> Callable[[], Any]:

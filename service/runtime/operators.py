@@ -17,7 +17,9 @@ from confluent_kafka import KafkaException
 from connectors.kafka_sink import Produce, oversized
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
+from service.eventtime.session_operator import build_session
 from service.eventtime.window_operator import build_window
+from service.eventtime.windows import Session
 from service.job.api import Node, initial_factory
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
@@ -331,7 +333,8 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
 
 
 def _window(node: Node, ctx: ChainContext) -> Push:
-    return build_window(node, ctx, _downstream(node, ctx), OperatorFailure)
+    build = build_session if isinstance(node.options["shape"], Session) else build_window
+    return build(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 
 _BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from service.eventtime.windows import Session
 from service.job.planner import Plan, Stage
 from statestore.codecs import JSON_CODEC, ValueCodec
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
@@ -66,7 +67,8 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
             if node.kind in ("aggregate", "reduce"):
                 declared = [("acc", VALUE_STATE, node.options.get("codec") or JSON_CODEC)]
             elif node.kind == "window":
-                declared = [("windows", MAP_STATE, node.options["codec"])]
+                name = "sessions" if isinstance(node.options["shape"], Session) else "windows"
+                declared = [(name, MAP_STATE, node.options["codec"])]
             else:
                 declared = _process_states(uid, node.fn)
                 if node.options.get("timers"):
