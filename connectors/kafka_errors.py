@@ -34,6 +34,11 @@ _BY_CODE = {
     KafkaError.ILLEGAL_GENERATION: Cause.GROUP_MOVED,
     KafkaError.REBALANCE_IN_PROGRESS: Cause.GROUP_MOVED,
     KafkaError._TIMED_OUT: Cause.UNKNOWN_OUTCOME,
+    # Leadership moved (a broker restarted): the client's metadata is stale; ask again.
+    KafkaError.FENCED_LEADER_EPOCH: Cause.RETRIABLE,
+    KafkaError.UNKNOWN_LEADER_EPOCH: Cause.RETRIABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION: Cause.RETRIABLE,
+    KafkaError.LEADER_NOT_AVAILABLE: Cause.RETRIABLE,
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: Cause.REFUSED,
     KafkaError.CLUSTER_AUTHORIZATION_FAILED: Cause.REFUSED,
     KafkaError.GROUP_AUTHORIZATION_FAILED: Cause.REFUSED,

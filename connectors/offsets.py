@@ -8,25 +8,39 @@ about 50 ms each, which a savepoint would pay on every drain check.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from connectors.kafka_errors import Cause, cause_of, describe, error_of
+from connectors.kafka_waits import backoff_delays
+
+log = logging.getLogger(__name__)
+
 TIMEOUT_S = 10.0
+# How long a listing rides out a cluster that answers "ask again" (leadership moving
+# after a broker restart, a partition without a leader for a moment).
+RETRY_FOR_S = 60.0
 
 
 class ClusterOffsets:
     """Created with the worker's client settings; connects on first use."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], admin_factory: Callable[[dict[str, Any]], Any] = AdminClient,
+                 retry_pause_s: float | None = None) -> None:
         self._config = config
-        self._admin: AdminClient | None = None
+        self._admin_factory = admin_factory
+        self._admin: Any = None
+        self._retry_pause_s = retry_pause_s
 
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self._config)
+            self._admin = self._admin_factory(self._config)
         return self._admin
 
     def ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
@@ -36,12 +50,24 @@ class ClusterOffsets:
         return self._list(partitions, OffsetSpec.earliest())
 
     def _list(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        """One ListOffsets, asked again while the cluster says to (retriable errors) for
+        up to RETRY_FOR_S; any other error, or one that outlasts that, is raised."""
         if not partitions:
             return {}
-        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-                                          isolation_level=IsolationLevel.READ_COMMITTED,
-                                          request_timeout=TIMEOUT_S)
-        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+        deadline = time.monotonic() + RETRY_FOR_S
+        delays = backoff_delays(cap_s=5.0)
+        while True:
+            try:
+                futures = self.admin.list_offsets(
+                    {TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+                    isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=TIMEOUT_S)
+                return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+            except KafkaException as exc:
+                err = error_of(exc)
+                if cause_of(err) is not Cause.RETRIABLE or time.monotonic() > deadline:
+                    raise
+                log.info("listing offsets: %s; asking again", describe(err))
+                time.sleep(next(delays) if self._retry_pause_s is None else self._retry_pause_s)
 
     def partition_counts(self, topics: list[str]) -> dict[str, int]:
         metadata = self.admin.list_topics(timeout=TIMEOUT_S)
