@@ -47,7 +47,8 @@ class StageLayout:
 class PartitionPosition:
     """Where one input partition stood: `offset` is the next record to read (None: the
     partition was never read, so it starts from the beginning), `end_offset` the last
-    stable offset when the savepoint was written (equal to `offset` when drained)."""
+    stable offset when the savepoint was written (equal to `offset` when drained);
+    `watermark` its task's event-time watermark (None: the stage is not on event time)."""
 
     stage: str
     topic: str
@@ -56,6 +57,7 @@ class PartitionPosition:
     checkpoint_id: int
     end_offset: int | None
     worker: str
+    watermark: int | None = None
 
 
 @dataclass(frozen=True)

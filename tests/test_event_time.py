@@ -20,9 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.ports import free_port
+from tests.harness.savepoints import eos
 from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import (
     FLUSH_USER,
@@ -69,13 +71,14 @@ class WindowedRun:
         self._feeder: threading.Thread | None = None
         self.started = 0
 
-    def feed(self, chunk: int = 400, pause_s: float = 0.3) -> None:
-        """Produces the orders in order, each to its partition, in chunks over time."""
+    def feed(self, chunk: int = 400, pause_s: float = 0.3, orders: list[TimedOrder] | None = None) -> None:
+        """Produces the orders (all, by default) in order, each to its partition, in
+        chunks over time."""
         from confluent_kafka import Producer
 
         def run() -> None:
             producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 10})
-            for i, order in enumerate(self.orders):
+            for i, order in enumerate(self.orders if orders is None else orders):
                 producer.produce(self.input, encode(order), str(order.id).encode(), partition=order.partition)
                 if i % chunk == chunk - 1:
                     producer.flush(30)
@@ -89,9 +92,9 @@ class WindowedRun:
         self._feeder.join(120)
 
     def start_worker(self, guarantee: str = "exactly-once", http_port: int | None = None,
-                     fault: str | None = None) -> WorkerProcess:
+                     fault: str | None = None, extra: tuple[str, ...] = ()) -> WorkerProcess:
         self.started += 1
-        extra = ["--http-port", str(http_port)] if http_port else []
+        extra = list(extra) + (["--http-port", str(http_port)] if http_port else [])
         spec = WorkerSpec(bootstrap=self.bootstrap, group=self.group, state_dir=self.workdir / "state",
                           storage=f"file://{self.workdir / 'checkpoints'}", params=self.params, job=JOB,
                           guarantee=guarantee, extra_args=extra)
@@ -208,6 +211,52 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     assert final.terminate() == 0, final.log_tail()
     problem = check_alerts(expected, read_all(bootstrap, alerts, with_timestamp=True), SILENCE_MS)
     assert problem is None, problem
+
+
+def test_a_windowed_job_rescales_from_4_to_8_partitions_through_a_savepoint(bootstrap, tmp_path):
+    """Half the input on 4 partitions, stop with a savepoint while windows are open, grow
+    the input to 8 partitions, resume in a new group (8-partition repartition topic, so
+    the windows are re-hashed to their keys' new partitions) and read the rest: every
+    window is right and appears once. The savepoint carries time progress: the resumed
+    clocks start at the least watermark of the stopped job, so a window it closed cannot
+    open again."""
+    orders = [TimedOrder(o.id, o.user, o.amount, o.ts, o.id % 4 if o.id < 3_000 else o.partition)
+              for o in timed_orders(6_000, 8, seed=14, late_every=9)]
+    first, rest = [o for o in orders if o.id < 3_000], [o for o in orders if o.id >= 3_000]
+    run = WindowedRun(bootstrap, tmp_path, orders, "tumbling", "final")
+    run.expected = expected_windows(orders, _rules("tumbling"), resumed_at=3_000)
+    port = free_port()
+    run.feed(orders=first)
+    worker = run.start_worker(http_port=port)
+    run.wait_fed()
+    wait_for(lambda: _caught_up(bootstrap, run.group, run.input, 4), 120, 0.5, "the first half committed")
+    stopped = eos("savepoint", "stop", "--job", f"http://127.0.0.1:{port}", "--target", str(tmp_path / "savepoints"))
+    assert stopped.returncode == 0, stopped.stderr
+    assert worker.wait(60) == 0, worker.log_tail()
+    location = stopped.stdout.strip().splitlines()[-1]
+    assert len(run.outputs()) < len(run.expected.windows), "no window was open at the savepoint"
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_partitions([NewPartitions(run.input, 8)])[run.input].result(30)
+    run.group = unique_name("win-8")
+    run.feed(orders=rest)
+    resumed = run.start_worker(extra=("--from-savepoint", location))
+    run.wait_fed()
+    run.wait_complete(resumed)
+    assert resumed.terminate() == 0, resumed.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+
+
+def _caught_up(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return all(c.offset == consumer.get_watermark_offsets(c, timeout=10)[1] for c in committed)
+    finally:
+        consumer.close()
 
 
 def _late_dropped(url: str) -> float:

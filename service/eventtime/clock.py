@@ -36,6 +36,8 @@ MARKER_INTERVAL_MS = 1_000
 TIME_HEADER = "eos-time"
 MARKER_HEADER = "eos-watermark"
 CLOCK_STATE = "clock"
+# The clock state's row that holds where a task resumed from a savepoint starts.
+FLOOR = "floor"
 
 
 def clock_uid(stage_id: str) -> str:
@@ -45,6 +47,19 @@ def clock_uid(stage_id: str) -> str:
 
 def is_clock_uid(uid: str) -> bool:
     return uid.endswith("@clock")
+
+
+def clock_state(stage_id: str) -> str:
+    """The column family of a stage's clock."""
+    return f"{clock_uid(stage_id)}:{CLOCK_STATE}"
+
+
+def savepoint_floor(watermarks: list[int | None]) -> int | None:
+    """Where the clocks of a stage resumed from a savepoint start: the least watermark its
+    tasks had, so no window they closed opens again and no origin is taken to be further
+    than it was. Tasks that had seen nothing (or had no clock) do not count."""
+    known = [w for w in watermarks if w is not None and w > NO_TIME]
+    return min(known) if known else None
 
 
 def time_header(origin: int, watermark: int, ts: int) -> list[tuple[str, bytes]]:
@@ -81,7 +96,12 @@ class EventClock:
         self.origins = origins
         self._views: dict[int, int] = {}
         self._idle: set[int] = set()
+        # Origins not heard from yet stand at the floor (a savepoint's), else at NO_TIME.
+        self._floor = NO_TIME
         for origin, row in table.items():
+            if origin == FLOOR:
+                self._floor = row
+                continue
             self._views[int(origin)] = row["wm"]
             if row["idle"]:
                 self._idle.add(int(origin))
@@ -90,20 +110,22 @@ class EventClock:
 
     @classmethod
     def of(cls, state: Any, stage_id: str, origins: int) -> EventClock:
-        return cls(state.value_table(f"{clock_uid(stage_id)}:{CLOCK_STATE}", JSON_CODEC), origins)
+        return cls(state.value_table(clock_state(stage_id), JSON_CODEC), origins)
+
+    def _view(self, origin: int) -> int:
+        return self._views.get(origin, self._floor)
 
     def _least(self) -> int:
-        views, idle = self._views, self._idle
-        active = [views.get(origin, NO_TIME) for origin in range(self.origins) if origin not in idle]
+        active = [self._view(origin) for origin in range(self.origins) if origin not in self._idle]
         return min(active) if active else self.watermark
 
     def observe(self, origin: int, watermark: int) -> bool:
         """Takes an origin's progress; returns whether the task's watermark moved."""
         was_idle = origin in self._idle
-        if watermark <= self._views.get(origin, NO_TIME) and not was_idle:
+        if watermark <= self._view(origin) and not was_idle:
             return False
         self._idle.discard(origin)
-        self._views[origin] = max(watermark, self._views.get(origin, NO_TIME))
+        self._views[origin] = max(watermark, self._view(origin))
         self._table.put(origin, {"wm": self._views[origin], "idle": False})
         return self._moved()
 
@@ -112,7 +134,7 @@ class EventClock:
         if origin in self._idle:
             return False
         self._idle.add(origin)
-        self._table.put(origin, {"wm": self._views.get(origin, NO_TIME), "idle": True})
+        self._table.put(origin, {"wm": self._view(origin), "idle": True})
         return self._moved()
 
     def _moved(self) -> bool:

@@ -300,6 +300,11 @@ class Task:
                            operator=self.stage.root.uid, cause=exc, **where)
 
     @property
+    def watermark(self) -> int | None:
+        """The task's event-time watermark (None: the task is not on event time)."""
+        return self._ctx.clock.watermark if self.time is not None and self._ctx is not None else None
+
+    @property
     def changed(self) -> bool:
         """Whether the next checkpoint must cover this task. Not while it replays: its
         committed offset must not move back below what was committed already. A task

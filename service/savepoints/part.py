@@ -61,13 +61,14 @@ def write_part(*, plan: Plan, tasks: list[Any], worker: str, storage: Checkpoint
                 stage=task.stage.id, topic=task.topic, partition=task.partition,
                 offset=offset if offset is not None and offset >= 0 else None,
                 checkpoint_id=task.completed.checkpoint_id,
-                end_offset=end_offsets.get((task.topic, task.partition)), worker=worker))
+                end_offset=end_offsets.get((task.topic, task.partition)), worker=worker,
+                watermark=task.watermark))
             if task.state is None:
                 continue
             for cf in task.state.store.column_families:
                 owner = operator_of(cf, task.stage.stateful_uids)
                 if owner is not None and is_clock_uid(owner[0]):
-                    continue  # time progress is per task, not per key: a resumed job starts its clocks anew
+                    continue  # time progress is per task, not per key: it travels in the positions
                 kind_codec = _kind_and_codec(cf, task.state, declared.get(cf))
                 if owner is None or kind_codec is None:
                     undeclared.append(f"{cf} (task {task.id})")

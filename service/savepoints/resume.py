@@ -36,10 +36,12 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from connectors.serdes import BYTES, KEY
 from eos.errors import SavepointError
 from service.checkpointing.recovery import Restored, parse_metadata
+from service.eventtime.clock import FLOOR, clock_state, savepoint_floor
 from service.job.planner import Plan, Stage
 from service.runtime.task import CompletedCheckpoint, Task
 from service.savepoints.schema import declared_states
-from statestore.keys import decode_key
+from statestore.codecs import JSON_CODEC
+from statestore.keys import decode_key, encode_key
 from statestore.murmur2 import partition_for
 from statestore.savepoint_data import (
     LineWriter,
@@ -219,6 +221,8 @@ class SavepointResume:
         if task.state is not None:
             task.state.open(None)
             keys = self._load_state(task)
+            if task.time is not None:
+                self._start_clock(task)
         offset = self._offset(task)
         saved = self.manifest.position(task.topic, task.partition)
         checkpoint_id = max(committed_checkpoint_id, saved.checkpoint_id if saved is not None else 0)
@@ -245,6 +249,16 @@ class SavepointResume:
         if saved is None or saved.offset is None:
             return OFFSET_BEGINNING
         return saved.offset
+
+    def _start_clock(self, task: Task) -> None:
+        """A task on event time starts at its stage's floor in the savepoint, so its
+        windows do not take records for windows closed before the savepoint."""
+        floor = savepoint_floor([p.watermark for p in self.manifest.positions if p.stage == task.stage.id])
+        if floor is None:
+            return
+        cf = clock_state(task.stage.id)
+        task.state.store.ensure_column_family(cf)
+        task.state.store.write([(cf, encode_key(FLOOR), JSON_CODEC.encode(floor))])
 
     def _load_state(self, task: Task) -> int:
         store = task.state.store

@@ -82,12 +82,17 @@ class Expected:
     ends: dict[tuple[str, int], int] | None = None  # sessions: each window's own end
 
 
-def expected_windows(orders: list[TimedOrder], rules: WindowRules) -> Expected:
+def expected_windows(orders: list[TimedOrder], rules: WindowRules, resumed_at: int | None = None) -> Expected:
+    """`resumed_at`: the id of the first order read after a savepoint; from there every
+    partition's watermark starts at the least watermark any partition had."""
     watermark: dict[int, int] = {}
+    floor: int | None = None
     windows: dict[tuple[str, int], dict[str, int]] = {}
     late, late_ids = 0, set()
     for order in orders:
-        before = watermark.get(order.partition)
+        if order.id == resumed_at:
+            floor, watermark = min(watermark.values()), {}
+        before = watermark.get(order.partition, floor)
         accepted = False
         for start in rules.starts(order.ts):
             if before is not None and start + rules.size_ms + rules.grace_ms <= before:
