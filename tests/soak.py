@@ -29,7 +29,9 @@ from tests.harness.workload import make_orders, produce_orders
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = ("w1", "w2")
-DEFAULT_WEIGHTS = {"sigkill": 5, "sigterm": 2, "zombie": 2, "broker_restart": 1}
+DEFAULT_WEIGHTS = {"sigkill": 5, "sigterm": 2, "zombie": 2, "twin": 1, "broker_restart": 1}
+# Exit codes of `eos run` the soak expects from the processes it wrongs.
+EXIT_REPLACED, EXIT_DUPLICATE = 3, 5
 
 
 class Soak:
@@ -100,14 +102,27 @@ class Soak:
             self.stop_gracefully(slot, worker)
             self.start(slot)
         elif kind == "zombie":
+            # Frozen until its replacement holds the slot (past the session timeout, so
+            # the group has moved on): woken, it must see that it was replaced, and stop.
             worker.signal(signal.SIGSTOP)
             self.start(slot)
-            time.sleep(self.rng.uniform(3, 8))
+            replacement = self.workers[slot]
+            wait_for(lambda: "assigned" in replacement.log_text() or not replacement.alive(), 90, 0.5,
+                     "the replacement to take the slot")
+            time.sleep(self.rng.uniform(0, 3))
             worker.signal(signal.SIGCONT)
             code = self._exit_code(slot, worker, "zombie woken", worker.wait)
-            if code not in (None, 3, 0):
+            if code not in (None, EXIT_REPLACED, 0):
                 self.unexpected_exits.append(f"{slot} (zombie): {code}")
                 print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
+        elif kind == "twin":
+            # A second process started with a live worker's id: it must stop, saying so,
+            # and the live one go on.
+            twin = self.scenario.start_worker(worker_id=slot, membership=None)
+            code = self._exit_code(slot, twin, "twin", twin.wait)
+            if code not in (None, EXIT_DUPLICATE):
+                self.unexpected_exits.append(f"{slot} (twin): {code}")
+                print(f"  the twin exited with {code}:\n{twin.log_tail(20)}", flush=True)
         else:
             self.broker.stop()
             time.sleep(15)
@@ -116,7 +131,7 @@ class Soak:
         for name, proc in self.workers.items():  # anything that died on its own comes back
             if not proc.alive():
                 code = proc.proc.returncode
-                if code != 3:  # 3: fenced by its replacement, as a zombie must be
+                if code != EXIT_REPLACED:  # fenced by its replacement, as a zombie must be
                     self.unexpected_exits.append(f"{name}: {code}")
                     print(f"  {name} exited with {code}:\n{proc.log_tail(60)}", flush=True)
                 print(f"  {name} exited with {code}; restarting", flush=True)
