@@ -45,8 +45,9 @@ def running_sum(value: dict, state: State) -> dict:
     return {"user": value["user"], "sum": agg[0], "count": agg[1], "last_id": value["id"]}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_app(args: argparse.Namespace, build) -> None:
+    """Runs a Quix application with the benchmark's settings; `build(app, input, output)`
+    adds its dataframe."""
     own_state_dir = args.state_dir is None
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="bench-quix-state-")
     try:
@@ -64,9 +65,7 @@ def main(argv=None) -> int:
         )
         inp = app.topic(args.input, key_deserializer="bytes", value_deserializer="json")
         out = app.topic(args.output, key_serializer="bytes", value_serializer="json")
-        sdf = app.dataframe(inp)
-        sdf = sdf.apply(running_sum, stateful=True)
-        sdf.to_topic(out)  # keeps the message key (the user)
+        build(app, inp, out)
         if args.expect:
             app.run(count=args.expect, collect=False)
         else:
@@ -74,6 +73,13 @@ def main(argv=None) -> int:
     finally:
         if own_state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    def build(app: Application, inp, out) -> None:
+        app.dataframe(inp).apply(running_sum, stateful=True).to_topic(out)  # keeps the message key (the user)
+
+    run_app(parse_args(argv), build)
     return 0
 
 

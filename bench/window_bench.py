@@ -49,23 +49,26 @@ def produce_timed_input(bootstrap: str, records: int, users: int, seed: int) -> 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20,
                          "batch.size": 1_000_000, "partitioner": "murmur2_random",
                          "queue.buffering.max.messages": 1_000_000})
+    def send(value: bytes, key: bytes, ts: int, **partition: int) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key, timestamp=ts, **partition)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
     windows: set[tuple[bytes, int]] = set()
     for i, (key, value) in enumerate(workload.generate(records, users, seed)):
         ts = base + i * STEP_MS
         windows.add((key, ts // WINDOW_MS))
-        while True:
-            try:
-                producer.produce(topic, value, key, timestamp=ts)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        send(value, key, ts)
     # Two flush records per partition: Quix Streams expires windows with the stream time
     # it had before the current record, so one would leave its last window open.
     flush_ts = base + records * STEP_MS + 3_600_000
     for partition in range(workload.PARTITIONS):
         for later in (0, 1):
-            producer.produce(topic, orjson.dumps({"id": -1, "user": "flush", "amount": 0}), b"flush",
-                             partition=partition, timestamp=flush_ts + later)
+            send(orjson.dumps({"id": -1, "user": "flush", "amount": 0}), b"flush", flush_ts + later,
+                 partition=partition)
     if producer.flush(120):
         raise RuntimeError("window benchmark input not delivered")
     return topic, len(windows)

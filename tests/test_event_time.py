@@ -127,20 +127,25 @@ class WindowedRun:
     def check(self):
         return check_windows(self.expected, self.outputs(), self.emit, SIZE_MS)
 
+    def run_through_kills(self, kills: int, seed: int):
+        """Feeds the input while workers are SIGKILLed at random moments (the feed is slow
+        enough for kills to land while records flow), then lets a last worker finish;
+        returns the oracle's report."""
+        self.feed(chunk=200, pause_s=0.4)
+        self.kill_at_random(kills=kills, seed=seed)
+        self.wait_fed()
+        final = self.start_worker()
+        self.wait_complete(final)
+        assert final.terminate() == 0, final.log_tail()
+        return self.check()
+
 
 def test_late_records_go_to_the_late_topic_exactly_once_under_kills(bootstrap, tmp_path):
     """With a late-data topic, each record the oracle finds late is there exactly once,
     its bytes untouched and headers saying why, while workers are SIGKILLed."""
     run = WindowedRun(bootstrap, tmp_path, timed_orders(4_000, PARTITIONS, seed=12, late_every=7), "tumbling",
                       "final", late_topic=True)
-    run.feed(chunk=200, pause_s=0.4)
-    run.kill_at_random(kills=4, seed=31)
-    run.wait_fed()
-    final = run.start_worker()
-    run.wait_complete(final)
-    wait_for(lambda: len(read_all(bootstrap, run.late)) >= len(run.expected.late_ids), 60, 1.0, "the late records")
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_through_kills(kills=4, seed=31)
     assert report.ok, report.summary()
     late = read_all(bootstrap, run.late, with_headers=True)
     ids = Counter(json.loads(value)["id"] for _, value, _ in late)
@@ -303,13 +308,7 @@ def test_tumbling_final_results_are_the_same_with_and_without_kills(bootstrap, t
     assert report.ok, report.summary()
 
     chaotic = WindowedRun(bootstrap, tmp_path / "chaotic", orders, "tumbling", "final")
-    chaotic.feed(chunk=200, pause_s=0.4)  # kills land while the input still flows
-    chaotic.kill_at_random(kills=6, seed=3)
-    chaotic.wait_fed()
-    final = chaotic.start_worker()
-    chaotic.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = chaotic.check()
+    report = chaotic.run_through_kills(kills=6, seed=3)
     assert report.ok, report.summary()
     assert sorted(chaotic.outputs()) == sorted(calm.outputs())
 
@@ -318,13 +317,7 @@ def test_hopping_updates_are_exactly_once_under_kills(bootstrap, tmp_path):
     """emit=update on hopping windows: every window's updates count 1, 2, ... n exactly
     once each across kills, and the last is the window's value."""
     run = WindowedRun(bootstrap, tmp_path, timed_orders(4_000, PARTITIONS, seed=8), "hopping", "update")
-    run.feed(chunk=200, pause_s=0.4)
-    run.kill_at_random(kills=4, seed=17)
-    run.wait_fed()
-    final = run.start_worker()
-    run.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_through_kills(kills=4, seed=17)
     assert report.ok, report.summary()
 
 
@@ -334,13 +327,7 @@ def test_session_windows_are_exactly_once_under_kills(bootstrap, tmp_path):
     run = WindowedRun(bootstrap, tmp_path, timed_orders(5_000, PARTITIONS, seed=9, late_every=13), "session",
                       "final")
     assert len(run.expected.windows) > 300 and any(w["orders"] > 3 for w in run.expected.windows.values())
-    run.feed(chunk=200, pause_s=0.4)
-    run.kill_at_random(kills=4, seed=41)
-    run.wait_fed()
-    final = run.start_worker()
-    run.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_through_kills(kills=4, seed=41)
     assert report.ok, report.summary()
 
 
