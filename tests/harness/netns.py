@@ -18,15 +18,23 @@ Needs root and `ip`/`iptables`; `require()` skips a test with the reason otherwi
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 
 SERVICE_IP = "10.77.255.1"
+# Hosts are named for the test process that made them, so a later run can tell hosts
+# left behind by a process that died (their veth and subnet would shadow a new host's).
+HOST_PREFIX = "eos-h"
+_SUBNET_LOCK = "/run/lock/eos-test-hosts.lock"
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,27 +62,57 @@ def ensure_service_ip() -> None:
         _run("ip", "addr", "add", f"{SERVICE_IP}/32", "dev", "lo")
 
 
+@contextmanager
+def _subnet_lock() -> Iterator[None]:
+    """Serialises choosing a subnet and claiming it, across test processes."""
+    os.makedirs(os.path.dirname(_SUBNET_LOCK), exist_ok=True)
+    with open(_SUBNET_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _subnets_in_use() -> set[int]:
+    shown = _run("ip", "-4", "-o", "addr", "show").stdout
+    return {int(n) for n in re.findall(r"inet 10\.77\.(\d+)\.", shown)}
+
+
+def remove_stale_hosts() -> None:
+    """Deletes hosts whose test process is gone: a run killed before its teardown leaves
+    a namespace and a veth holding a subnet that a new host would then share."""
+    for line in _run("ip", "netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        found = re.fullmatch(rf"{HOST_PREFIX}(\d+)-\w+", name)
+        if found and not os.path.exists(f"/proc/{found.group(1)}"):
+            _run("ip", "netns", "del", name, check=False)
+    for line in _run("ip", "-o", "link", "show").stdout.splitlines():
+        found = re.search(r"^\d+: (veo(\d+)-\w+)@", line)
+        if found and not os.path.exists(f"/proc/{found.group(2)}"):
+            _run("ip", "link", "del", found.group(1), check=False)
+
+
 @dataclass
 class Host:
-    """One network namespace with a veth link to the test's namespace."""
+    """One network namespace with a veth link to the test's namespace, on a /24 that no
+    other interface holds (10.77.N.0/24, N chosen when it is created)."""
 
-    index: int
+    index: int = 0
     name: str = ""
     faults: list[list[str]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        tag = uuid.uuid4().hex[:5]
-        self.name = self.name or f"eos-h{self.index}-{tag}"
-        self.outer = f"veo{self.index}{tag}"
-        self.inner = f"vei{self.index}{tag}"
-        self.outer_ip = f"10.77.{self.index}.1"
-        self.ip = f"10.77.{self.index}.2"
-
     def create(self) -> Host:
-        _run("ip", "netns", "add", self.name)
-        _run("ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
-        _run("ip", "link", "set", self.inner, "netns", self.name)
-        _run("ip", "addr", "add", f"{self.outer_ip}/24", "dev", self.outer)
+        tag = uuid.uuid4().hex[:4]
+        self.name = f"{HOST_PREFIX}{os.getpid()}-{tag}"
+        self.outer = f"veo{os.getpid()}-{tag}"[:15]
+        self.inner = f"vei{tag}"
+        with _subnet_lock():
+            used = _subnets_in_use()
+            self.index = next(n for n in range(1, 255) if n not in used)
+            self.outer_ip = f"10.77.{self.index}.1"
+            self.ip = f"10.77.{self.index}.2"
+            _run("ip", "netns", "add", self.name)
+            _run("ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
+            _run("ip", "link", "set", self.inner, "netns", self.name)
+            _run("ip", "addr", "add", f"{self.outer_ip}/24", "dev", self.outer)
         _run("ip", "link", "set", self.outer, "up")
         self.exec("ip", "addr", "add", f"{self.ip}/24", "dev", self.inner)
         self.exec("ip", "link", "set", self.inner, "up")
@@ -117,5 +155,5 @@ class Host:
         self.faults.append(list(rule))
 
     def destroy(self) -> None:
-        _run("ip", "netns", "del", self.name, check=False)  # takes the inner veth, and so its peer, along
-        _run("ip", "link", "del", self.outer, check=False)
+        _run("ip", "link", "del", self.outer, check=False)  # takes its peer along, at once
+        _run("ip", "netns", "del", self.name, check=False)
