@@ -5,6 +5,8 @@ process asking, or any outgoing connection, may be handed it as soon as it is fr
 a test that stops a server and starts it on the same port would then find it taken by
 another test process of a parallel run. So each test process hands out ports from a block
 of its own below the ephemeral range, and only ports nothing is bound to.
+`EOS_TEST_PORT_BLOCKS_FROM` moves a whole run to later blocks, so that two runs on one
+machine (say, two checkouts tested at once) never hand out the same ports.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _handed_out = itertools.count()
 def _block_start() -> int:
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set by pytest-xdist: gw0, gw1, ...
     index = int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+    index += int(os.environ.get("EOS_TEST_PORT_BLOCKS_FROM", "0"))
     return _FIRST + (index % _BLOCKS) * _BLOCK
 
 
