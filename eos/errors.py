@@ -118,3 +118,16 @@ class SavepointError(EosError):
 
 class CorruptSavepointError(SavepointError):
     """A savepoint file does not match the size or checksum its manifest recorded."""
+
+
+class SinkUnavailableError(EosError):
+    """A transactional sink cannot commit the current epoch: its connection was lost, a
+    lock or statement timed out, its disk is full. The message names the sink, table,
+    task and checkpoint. The checkpoint fails (counting toward --tolerable-failures) and
+    the task's work since its last checkpoint is redone; at restore, recovery waits for
+    the sink up to its timeout and then stops the worker (a restart may cure it)."""
+
+
+class SinkFencedError(EosError):
+    """A newer process took over this task's sink (it claimed the task with its own
+    token): this process must not commit anything more there."""

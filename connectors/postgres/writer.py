@@ -1,0 +1,304 @@
+"""One task's two-phase participant for one PostgreSQL table (connectors/two_phase.py).
+
+During the epoch rows are buffered: in upsert mode the last change per key (a tombstone
+is a delete), in insert mode every row. A full buffer, and the checkpoint's prepare, write
+it in one statement (or one COPY) inside the epoch's transaction, which `prepare` ends
+with `PREPARE TRANSACTION 'eos:{job}:{sink}:{task}:{checkpoint}'` and `commit` with
+`COMMIT PREPARED` once the Kafka commit succeeded. `recover` settles whatever a crash
+left prepared (connectors/postgres/ownership.py).
+
+Failures never leave a half-written epoch behind: a refused row goes to the error policy
+and the rest of its batch is kept (each batch runs under a savepoint); any other error
+ends the epoch's transaction and is raised at the next prepare, so the checkpoint fails
+and its work is redone. A commit that cannot be made after its checkpoint completed is
+kept pending, which makes the task take part in the next checkpoint, whose failure
+rewinds it and so runs `recover`, which commits it.
+
+Under at-least-once every batch commits on its own, and nothing is prepared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from connectors.postgres.errors import describe, row_fault
+from connectors.postgres.ownership import claim, record_progress, resolve
+from connectors.postgres.table import UPSERT, TableShape, copy_sql, delete_sql, insert_sql, upsert_sql
+from connectors.two_phase import SinkContext
+from eos.errors import RecordError, SinkUnavailableError
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], psycopg.Connection]
+Row = tuple
+_GONE = psycopg.errors.UndefinedObject
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    mode: str
+    batch_rows: int
+    # How long recover (and a commit after its checkpoint completed) keeps trying to
+    # reach the database before giving up.
+    recovery_timeout_s: float
+    commit_timeout_s: float
+    key_of: Callable[[Any], Row]
+    row_of: Callable[[Any], Row]
+
+
+class PostgresWriter:
+    def __init__(self, settings: WriterSettings, shape: TableShape, context: SinkContext, connect: Connect,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.shape = shape
+        self.context = context
+        self.connect = connect
+        self.sleep = sleep
+        self.where = f"PostgreSQL sink {context.sink!r} (table {shape.qualified}, task {context.task})"
+        self.prefix = context.transaction_prefix()
+        self.upsert = settings.mode == UPSERT
+        self.conn: psycopg.Connection | None = None
+        self.in_transaction = False
+        # key -> (row, or None for a delete; the Kafka record it came from): upsert mode
+        self.changes: dict[Row, tuple[Row | None, Any]] = {}
+        # (row, Kafka record): insert mode
+        self.rows: list[tuple[Row, Any]] = []
+        self.committed = 0  # the last checkpoint known committed (from recover or commit)
+        self.prepared: str | None = None  # a prepared transaction not committed yet
+        self.broken: SinkUnavailableError | None = None
+        self._upsert, self._delete, self._insert = upsert_sql(shape), delete_sql(shape), insert_sql(shape)
+        self._copy = copy_sql(shape)
+
+    # -- the epoch ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Nothing to do until the first batch: the transaction starts with it."""
+
+    def write(self, key: Any, value: Any, source: Any) -> None:
+        if self.broken is not None:
+            return  # the epoch cannot commit; the next prepare says why
+        settings = self.settings
+        if self.upsert:
+            k = settings.key_of(key)
+            self.changes[k] = (None if value is None else k + settings.row_of(value), source)
+            size = len(self.changes)
+        else:
+            if value is None:
+                raise ValueError(f"a tombstone (null value) for key {key!r} has no row to insert into "
+                                 f"{self.shape.qualified} (insert mode; upsert mode deletes the key's row)")
+            row = settings.row_of(value)
+            self.rows.append(((settings.key_of(key) + row) if self.shape.key else row, source))
+            size = len(self.rows)
+        if size >= settings.batch_rows:
+            try:
+                self._flush(f"the epoch after checkpoint {self.committed}")
+            except psycopg.Error as exc:
+                self._break(exc, f"the epoch after checkpoint {self.committed}")
+
+    def prepare(self, checkpoint_id: int) -> None:
+        if self.broken is not None:
+            raise self.broken
+        at = f"checkpoint {checkpoint_id}"
+        try:
+            self._flush(at)
+            if self.in_transaction:
+                conn = self.conn
+                record_progress(conn, self.shape, self.context, checkpoint_id, self.where)
+                name = self.context.transaction_name(checkpoint_id)
+                conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(name)))
+                self.in_transaction = False
+                self.prepared = name
+        except psycopg.Error as exc:
+            raise self._break(exc, at) from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    def commit(self, checkpoint_id: int) -> None:
+        """After the Kafka commit: the checkpoint is complete whatever happens here, so a
+        failure is kept for the task's next recovery rather than raised."""
+        name = self.prepared
+        if name is None:
+            self.committed = checkpoint_id
+            return
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        for delay in _backoff():
+            try:
+                self._connection().execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(name)))
+                break
+            except _GONE:
+                log.info("%s: prepared transaction %r was committed by a recovery meanwhile", self.where, name)
+                break
+            except psycopg.Error as exc:
+                self._drop_connection()
+                if time.monotonic() + delay > deadline:
+                    self.broken = SinkUnavailableError(
+                        f"{self.where}: checkpoint {checkpoint_id} completed, but its prepared transaction {name!r} "
+                        f"could not be committed within {self.settings.commit_timeout_s:g}s: {describe(exc)}; the "
+                        "task's recovery commits it")
+                    log.error("%s", self.broken)
+                    return
+                log.warning("%s: committing %r after checkpoint %d completed failed (%s); retrying in %.1fs",
+                            self.where, name, checkpoint_id, describe(exc), delay)
+                self.sleep(delay)
+        self.prepared = None
+        self.committed = checkpoint_id
+
+    def abort(self) -> None:
+        """Drops the epoch's writes; a prepared transaction is left to `recover`."""
+        self.changes.clear()
+        self.rows.clear()
+        self._rollback()
+
+    def recover(self, committed_checkpoint_id: int) -> None:
+        self.abort()
+        c = committed_checkpoint_id
+        deadline = time.monotonic() + self.settings.recovery_timeout_s
+        for delay in _backoff():
+            try:
+                conn = self._connection()
+                if self.context.exactly_once:
+                    resolve(conn, self.prefix, c, self.where)
+                    claim(conn, self.shape, self.context, c, self.where)
+                break
+            except psycopg.Error as exc:
+                self._drop_connection()
+                if time.monotonic() + delay > deadline:
+                    raise SinkUnavailableError(
+                        f"{self.where}: cannot recover at checkpoint {c} within "
+                        f"{self.settings.recovery_timeout_s:g}s: {describe(exc)}") from exc
+                log.warning("%s: waiting for PostgreSQL to recover at checkpoint %d (%s); retrying in %.1fs",
+                            self.where, c, describe(exc), delay)
+                self.sleep(delay)
+        self.committed = c
+        self.prepared = None
+        self.broken = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.changes or self.rows or self.in_transaction or self.prepared or self.broken)
+
+    def close(self) -> None:
+        self.abort()
+        self._drop_connection()
+
+    # -- writing a batch ---------------------------------------------------------------
+
+    def _flush(self, at: str) -> None:
+        if not self.changes and not self.rows:
+            return
+        conn = self._connection()
+        if self.context.exactly_once:
+            if not self.in_transaction:
+                conn.execute("BEGIN")
+                self.in_transaction = True
+            self._write_batch(conn, at)
+        else:
+            with conn.transaction():
+                self._write_batch(conn, at)
+
+    def _write_batch(self, conn: psycopg.Connection, at: str) -> None:
+        if self.upsert:
+            changes, self.changes = self.changes, {}
+            deletes = [(key, source) for key, (row, source) in changes.items() if row is None]
+            upserts = [(row, source) for row, source in changes.values() if row is not None]
+            if deletes:
+                self._statement(conn, self._delete, deletes, at)
+            if upserts:
+                self._statement(conn, self._upsert, upserts, at)
+        else:
+            rows, self.rows = self.rows, []
+            try:
+                with conn.transaction(), conn.cursor().copy(self._copy) as copy:
+                    for row, _ in rows:
+                        copy.write_row(row)
+            except psycopg.Error as exc:
+                if not row_fault(exc):
+                    raise
+                self._one_by_one(conn, self._insert, rows, at)
+
+    def _statement(self, conn: psycopg.Connection, statement: sql.Composable, items: list, at: str) -> None:
+        """One statement for the whole batch, under a savepoint: if a row is refused, the
+        rows are tried one by one to find it."""
+        try:
+            with conn.transaction():
+                conn.execute(statement, [list(column) for column in zip(*(row for row, _ in items))])
+        except psycopg.Error as exc:
+            if not row_fault(exc):
+                raise
+            self._one_by_one(conn, statement, items, at)
+
+    def _one_by_one(self, conn: psycopg.Connection, statement: sql.Composable, items: list, at: str) -> None:
+        for row, source in items:
+            try:
+                with conn.transaction():
+                    conn.execute(statement, [[value] for value in row])
+            except psycopg.Error as exc:
+                if not row_fault(exc):
+                    raise
+                self._reject(row, source, exc, at)
+
+    def _reject(self, row: Row, source: Any, exc: psycopg.Error, at: str) -> None:
+        if self.shape.key:
+            key = row[:len(self.shape.key)]
+            what = f"the row for key {key[0] if len(key) == 1 else key!r}"
+        else:
+            what = f"the row {row!r}"
+        reason = f"{self.where} refused {what} in {at}: {describe(exc)}"
+        self.context.reject(RecordError(reason, topic=source.topic(), partition=source.partition(),
+                                        offset=source.offset(), operator=self.context.sink, cause=exc), source)
+
+    # -- the connection ----------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        conn = self.conn
+        if conn is None or conn.closed or conn.broken:
+            self._drop_connection()
+            conn = self.conn = self.connect()
+        return conn
+
+    def _break(self, exc: psycopg.Error, at: str) -> SinkUnavailableError:
+        """The epoch's transaction is lost: remembered, raised at the next prepare."""
+        self.broken = SinkUnavailableError(f"{self.where}: {at} cannot be committed: {describe(exc)}; the "
+                                           f"checkpoint fails and the task's work since checkpoint {self.committed} "
+                                           "is redone")
+        log.warning("%s", self.broken)
+        self.changes.clear()
+        self.rows.clear()
+        self._rollback()
+        return self.broken
+
+    def _rollback(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        if self.in_transaction or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                self._drop_connection()
+        self.in_transaction = False
+
+    def _drop_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        self.in_transaction = False
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+
+def _backoff():
+    """0.2 s, 0.4 s, ... up to 2 s, for ever; callers bound it by their deadline."""
+    delay = 0.2
+    while True:
+        yield delay
+        delay = min(2.0, delay * 2)
