@@ -34,6 +34,10 @@ _EXPORTS = {
     "BYTES": "connectors.serdes",
     "PICKLE": "connectors.serdes",
     "JSON_CODEC": "statestore.codecs",
+    "PostgresSink": "connectors.postgres",
+    "TransactionalSink": "connectors.two_phase",
+    "TwoPhaseCommitSink": "connectors.two_phase",
+    "SinkContext": "connectors.two_phase",
     "PICKLE_CODEC": "statestore.codecs",
 }
 

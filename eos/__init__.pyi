@@ -15,3 +15,7 @@ from service.eventtime.windows import Hopping as Hopping
 from service.eventtime.windows import Session as Session
 from service.eventtime.windows import Tumbling as Tumbling
 from service.job.api import WindowedStream as WindowedStream
+from connectors.postgres import PostgresSink as PostgresSink
+from connectors.two_phase import SinkContext as SinkContext
+from connectors.two_phase import TransactionalSink as TransactionalSink
+from connectors.two_phase import TwoPhaseCommitSink as TwoPhaseCommitSink

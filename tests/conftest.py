@@ -105,3 +105,20 @@ def private_broker_factory(tmp_path_factory):
 def private_broker(private_broker_factory):
     """A broker of this test's own, for tests that stop and restart it."""
     return private_broker_factory()
+
+
+from tests.harness.postgres import create_database, session_postgres  # noqa: E402 - appended fixture
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[str]:
+    """The admin DSN of this test process's PostgreSQL: POSTGRES_DSN's server, or one it
+    started in a temporary directory (stopped when the process ends)."""
+    with session_postgres() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def postgres_db(postgres_admin: str) -> str:
+    """A fresh database of this test's own; returns its DSN."""
+    return create_database(postgres_admin)

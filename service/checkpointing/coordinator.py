@@ -6,8 +6,12 @@ For checkpoint n, in one worker:
   FLUSHED      operators' write-back caches are written to RocksDB
   SNAPSHOTTED  each stateful task takes a local RocksDB checkpoint (hard links)
   PERSISTED    new files are in checkpoint storage, then each manifest (last, atomic)
+  PREPARED     every transactional sink of every task in n has prepared its writes
+               (connectors/two_phase.py): durable, not yet visible
   COMMITTED    offsets (metadata naming n and its snapshot) and outputs commit in
-               one Kafka transaction; only now is n complete
+               one Kafka transaction; only now is n complete. Then the sinks commit
+               what they prepared; a crash before they do is settled by their recovery,
+               which commits what was prepared for the committed checkpoint
   FAILED       anything above went wrong: the transaction's owner aborts it, and the
                record carries the outcome (rewind, replaced, fatal) for the worker's
                loop to act on
@@ -40,7 +44,7 @@ from functools import partial
 from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.transactions import DONE, Kind, Outcome, OutputOwner
-from eos.errors import CheckpointTimeoutError, EosError, StateStoreError
+from eos.errors import CheckpointTimeoutError, EosError, RecordError, SinkFencedError, StateStoreError
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import format_metadata
 from service.monitoring.metrics import WorkerMetrics
@@ -64,6 +68,7 @@ class Phase(enum.Enum):
     FLUSHED = "flushed"
     SNAPSHOTTED = "snapshotted"
     PERSISTED = "persisted"
+    PREPARED = "prepared"
     COMMITTED = "committed"
     FAILED = "failed"
 
@@ -196,12 +201,14 @@ class CheckpointCoordinator:
         began = time.monotonic()
         try:
             manifests = self._run(record, tasks, began)
-        except StateStoreError:
-            raise
+        except (StateStoreError, RecordError):
+            raise  # the local store failed, or a sink refused a row under policy `fail`
         except (EosError, StorageError, OSError, KafkaException) as exc:
             manifests = None
+            # A sink claimed by a newer process: this one may have been replaced.
+            fenced = isinstance(exc, SinkFencedError)
             record.outcome = self.owner.abort(f"checkpoint {checkpoint_id} failed: {type(exc).__name__}: {exc}",
-                                              counts=True)
+                                              counts=not fenced, identity_in_doubt=fenced)
         finally:
             self._last_ended = time.monotonic()
             self.current = None
@@ -259,6 +266,15 @@ class CheckpointCoordinator:
         record.phase = Phase.PERSISTED
         self.faults.hit("after_persist")
 
+        sinks = [sink for task in tasks for sink in task.sinks.values()]
+        writing = any(sink.pending for sink in sinks)
+        for sink in sinks:
+            sink.prepare(n)
+        record.phase = Phase.PREPARED
+        if writing:
+            record.step_done("prepare")
+            self.faults.hit("after_prepare")
+
         elapsed = time.monotonic() - began
         if elapsed > self.timeout_s:
             raise CheckpointTimeoutError(
@@ -275,6 +291,13 @@ class CheckpointCoordinator:
             return manifests
         record.step_done("commit")
         record.phase = Phase.COMMITTED
+        if writing:
+            self.faults.hit("after_kafka_commit")
+        for sink in sinks:
+            sink.commit(n)
+            sink.begin()
+        if writing:
+            record.step_done("sink commit")
         self.faults.hit("after_commit")
         return manifests
 

@@ -5,6 +5,8 @@
 deterministically at every step of a checkpoint; unset, the hooks cost one dict lookup
 per phase per checkpoint.
 
+The sink phases count only checkpoints in which a transactional sink had writes.
+
 `EOS_FAULT=after_persist@3:stop` freezes the process there instead (SIGSTOP to itself):
 a test resumes it with SIGCONT once the group has moved on, to check that a zombie
 caught just before its commit cannot commit.
@@ -25,8 +27,13 @@ PHASES = (
     "after_snapshot",
     "mid_manifest",
     "after_persist",
+    "after_prepare",
+    "after_kafka_commit",
     "after_commit",
 )
+# Reached only by checkpoints in which a transactional sink (connectors/two_phase.py) has
+# writes to prepare: after they prepared, and between the Kafka commit and theirs.
+SINK_PHASES = ("after_prepare", "after_kafka_commit")
 
 
 class FaultInjector:

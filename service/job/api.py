@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.serdes import BYTES, Serde
+from connectors.two_phase import TransactionalSink
 from eos.errors import ConfigurationError
 from service.eventtime.windows import Hopping, Session, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
@@ -43,6 +44,8 @@ class Node:
 
 
 STATEFUL_KINDS = {"aggregate", "reduce", "process", "window"}
+# A sink to a system other than Kafka, driven through connectors/two_phase.py.
+TRANSACTIONAL_SINK = "transactional_sink"
 # What happens to a record on which an operator (or the source's serde) fails:
 # stop the job (default), send the original record to the job's dead-letter topic in
 # the same transaction, or log it and go on (only when explicitly chosen).
@@ -170,11 +173,21 @@ class Stream:
         the input topic is partitioned by that key (as Kafka producers do by default)."""
         return KeyedStream(self._job, self._node)
 
-    def sink(self, topic: str, *, key: Serde = BYTES, value: Serde = BYTES,
+    def sink(self, target: str | TransactionalSink, *, key: Serde = BYTES, value: Serde = BYTES,
              uid: str | None = None, on_error: str | None = None) -> None:
-        """Writes to a Kafka topic inside the worker's transaction."""
-        self._then("sink", uid, None, {"topic": topic, "key_serde": key, "value_serde": value},
-                   on_error=on_error)
+        """Writes to a Kafka topic (`target` names it) inside the worker's transaction, or
+        to another system through a transactional sink (`PostgresSink(...)`, or your own
+        `TransactionalSink`), whose writes commit with the same checkpoints. A sink's uid
+        names its transactions in the target: keep it stable. `on_error` also applies to
+        rows the target refuses."""
+        if isinstance(target, str):
+            self._then("sink", uid, None, {"topic": target, "key_serde": key, "value_serde": value},
+                       on_error=on_error)
+        elif isinstance(target, TransactionalSink):
+            self._then(TRANSACTIONAL_SINK, uid, None, {"sink": target}, on_error=on_error)
+        else:
+            raise ConfigurationError(f"sink({target!r}): give a topic name or a transactional sink such as "
+                                     "PostgresSink(...)")
 
 
 class KeyedStream(Stream):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from connectors.serdes import KEY, PICKLE, Serde
 from eos.errors import ConfigurationError
 from service.eventtime.clock import clock_uid
-from service.job.api import VALUE_CHANGING_KINDS, Job, Node
+from service.job.api import TRANSACTIONAL_SINK, VALUE_CHANGING_KINDS, Job, Node
 
 
 @dataclass
@@ -59,6 +59,11 @@ class Plan:
         nodes = [n for s in self.stages for n in _walk_stage(s.root)]
         return sorted({n.options["topic"] for n in nodes if n.kind == "sink"}
                       | {n.options["late_topic"] for n in nodes if n.kind == "window" and n.options["late_topic"]})
+
+    def transactional_sinks(self, stage: Stage | None = None) -> list[Node]:
+        """The sinks to systems other than Kafka, of one stage or of the whole job."""
+        stages = self.stages if stage is None else [stage]
+        return [n for s in stages for n in _walk_stage(s.root) if n.kind == TRANSACTIONAL_SINK]
 
     def stage_of(self, topic: str) -> Stage:
         for stage in self.stages:

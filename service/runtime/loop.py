@@ -22,7 +22,13 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from connectors.kafka_source import ASSIGNED, LOST, ConsumerFailed, KafkaSource, OutOfRange, Rebalance
 from connectors.transactions import Kind, Outcome, OutputOwner
-from eos.errors import CheckpointsFailingError, KafkaClientError, WorkerReplacedError
+from eos.errors import (
+    CheckpointsFailingError,
+    KafkaClientError,
+    SinkFencedError,
+    SinkUnavailableError,
+    WorkerReplacedError,
+)
 from service.checkpointing.coordinator import CheckpointCoordinator, CheckpointRecord
 from service.membership.departed import DepartedWorkerFencer
 from service.monitoring.metrics import WorkerMetrics
@@ -84,6 +90,9 @@ class ProcessingLoop:
                 self._dispatch(msgs)
             except KafkaException as exc:  # produce() refused by the producer itself
                 self.settle(self.owner.failed(exc))
+            except (SinkUnavailableError, SinkFencedError) as exc:  # a transactional sink gave up the epoch
+                fenced = isinstance(exc, SinkFencedError)
+                self.settle(self.owner.abort(str(exc), counts=not fenced, identity_in_doubt=fenced))
             self._bound_cache()
         if self.event_time:
             manager.tick_time()

@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
+from eos.errors import EosError
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
 from service.eventtime.session_operator import build_session
@@ -55,13 +56,18 @@ class ChainContext:
     clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
     __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
-                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter")
+                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter", "sinks", "source")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
-                 late_counter: Callable[[str, bool], Callable[[], None]] | None = None) -> None:
+                 late_counter: Callable[[str, bool], Callable[[], None]] | None = None,
+                 sinks: dict[str, Any] | None = None) -> None:
         self.produce = produce
         self.state = state
+        # The task's transactional sinks by uid (none while outputs are muted), and the
+        # Kafka record being processed, which they keep for errors and dead letters.
+        self.sinks = sinks or {}
+        self.source: Any = None
         self.raw: bytes | None = None
         self.ts = 0
         self.record_watermark = 0
@@ -332,6 +338,26 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
     return push
 
 
+def _transactional_sink(node: Node, ctx: ChainContext) -> Push:
+    """Hands the record to the task's sink (connectors/two_phase.py); what the sink
+    raises on its own account (unavailable, fenced, a refused row under `fail`) passes
+    through, anything else is the record's fault."""
+    sink = ctx.sinks.get(node.uid)
+    if sink is None:
+        return _discard  # outputs muted while replaying
+    uid, write = node.uid, sink.write
+
+    def push(key: Any, value: Any) -> None:
+        try:
+            write(key, value, ctx.source)
+        except EosError:
+            raise
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+
+    return push
+
+
 def _window(node: Node, ctx: ChainContext) -> Push:
     build = build_session if isinstance(node.options["shape"], Session) else build_window
     return build(node, ctx, _downstream(node, ctx), OperatorFailure)
@@ -346,5 +372,6 @@ _BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {
     "reduce": _reduce,
     "process": _process,
     "sink": _sink,
+    "transactional_sink": _transactional_sink,
     "window": _window,
 }

@@ -16,6 +16,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from connectors.kafka_sink import Produce
 from connectors.serdes import BYTES, SerdeError
+from connectors.two_phase import TwoPhaseCommitSink
 from eos.errors import RecordError
 from service.eventtime.clock import EventClock, time_of
 from service.job.planner import Stage
@@ -69,7 +70,7 @@ def task_id(topic: str, partition: int) -> str:
 class Task:
     def __init__(self, stage: Stage, partition: int, state: TaskState | None,
                  errors: ErrorHandler, topic_partitions: int | None = None,
-                 time: TimeLayout | None = None) -> None:
+                 time: TimeLayout | None = None, sinks: dict[str, TwoPhaseCommitSink] | None = None) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
@@ -95,6 +96,9 @@ class Task:
         # How the task runs on event time (None: it does not), when its input last brought
         # records and whether it told the tasks it feeds that it is idle.
         self.time = time
+        # The task's transactional sinks by operator uid: its own transactions in other
+        # systems, prepared and committed with its checkpoints.
+        self.sinks = sinks or {}
         self.last_input = monotonic()
         self.idle = False
         self._produce: Produce | None = None
@@ -123,13 +127,14 @@ class Task:
 
     def _build_chain(self, produce: Produce) -> None:
         layout = self.time
+        sinks = None if produce is MUTED else self.sinks
         if layout is None:
-            self._ctx = ChainContext(produce, self.state)
+            self._ctx = ChainContext(produce, self.state, sinks=sinks)
         else:
             self.state.flush()  # the clock and the window index are read from the store
             clock = EventClock.of(self.state, self.stage.id, layout.origins)
             self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
-                                     layout.late_counter)
+                                     layout.late_counter, sinks=sinks)
         self._push = build_chain(self.stage.root, self._ctx)
 
     def process(self, msgs: list) -> None:
@@ -171,6 +176,7 @@ class Task:
     def _run(self, msgs: list) -> None:
         push, ctx = self._push, self._ctx
         forwards_raw = self.stage.forwards_raw
+        keeps_source = bool(ctx.sinks)
         fast_key = careful_key = fast_value = careful_value = None
         if self._key_serde is not None:
             fast_key, careful_key = self._key_serde.fast_deserialize, self._key_serde.deserialize
@@ -190,6 +196,8 @@ class Task:
                     value = msg.value()
                     if forwards_raw:
                         ctx.raw = value
+                    if keeps_source:
+                        ctx.source = msg
                     if fast_value is not None:
                         try:
                             value = fast_value(value)
@@ -240,6 +248,7 @@ class Task:
     def _decode(self, msg: Any) -> tuple[Any, Any]:
         key, value = msg.key(), msg.value()
         self._ctx.raw = value
+        self._ctx.source = msg
         if self._key_serde is not None:
             key = self._key_serde.deserialize(key)
         if self._value_serde is not None:
@@ -309,5 +318,8 @@ class Task:
         """Whether the next checkpoint must cover this task. Not while it replays: its
         committed offset must not move back below what was committed already. A task
         restored from a savepoint is covered once even if it read nothing, so its
-        committed offset records that it descends from the savepoint."""
-        return (self.records_since_checkpoint > 0 or self.completed.uncommitted) and self.replay_until is None
+        committed offset records that it descends from the savepoint. A task whose sink
+        holds work (say, a commit it could not make after its checkpoint completed) is
+        covered too, so that the next checkpoint settles it."""
+        return ((self.records_since_checkpoint > 0 or self.completed.uncommitted
+                 or any(sink.pending for sink in self.sinks.values())) and self.replay_until is None)

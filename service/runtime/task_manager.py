@@ -19,11 +19,12 @@ from confluent_kafka import TopicPartition
 
 from connectors.kafka_sink import Produce
 from connectors.kafka_source import KafkaSource
-from eos.errors import KafkaClientError, MissingInputError
+from connectors.two_phase import SinkContext, TwoPhaseCommitSink
+from eos.errors import KafkaClientError, MissingInputError, RecordError
 from service.checkpointing.recovery import Restored, restore_task
 from service.job.planner import Plan, Stage
 from service.monitoring.metrics import WorkerMetrics
-from service.runtime.config import WorkerConfig
+from service.runtime.config import EXACTLY_ONCE, WorkerConfig
 from service.runtime.error_policy import ErrorHandler
 from service.runtime.missing_input import MissingInput
 from service.runtime.task import Task, TimeLayout, task_id
@@ -115,9 +116,23 @@ class TaskManager:
                 self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
                 state.restorer.load_manifest,
                 shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
-        task = Task(stage, partition, state, self.errors, counts[topic], self._time_layout(stage, counts))
+        task = Task(stage, partition, state, self.errors, counts[topic], self._time_layout(stage, counts),
+                    sinks=self._open_sinks(stage, task_id(topic, partition)))
         self.tasks[(topic, partition)] = task
         return task
+
+    def _open_sinks(self, stage: Stage, tid: str) -> dict[str, TwoPhaseCommitSink]:
+        """The task's own participant in each transactional sink of its stage."""
+        return {node.uid: node.options["sink"].open(SinkContext(
+            job=self.plan.group, task=tid, sink=node.uid, owner=self.token,
+            exactly_once=self.config.processing_guarantee == EXACTLY_ONCE,
+            transaction_timeout_s=self.config.transaction_timeout_s, reject=self._reject_row))
+            for node in self.plan.transactional_sinks(stage)}
+
+    def _reject_row(self, error: RecordError, msg: object) -> None:
+        """A row a sink's target refused: the sink operator's error policy, with dead
+        letters in the current transaction."""
+        self.errors.handle(error, msg, self.produce())
 
     def _time_layout(self, stage: Stage, counts: dict[str, int | None]) -> TimeLayout | None:
         if not stage.event_time:
@@ -159,6 +174,9 @@ class TaskManager:
             if restored.replay_from is not None and restored.replay_from < offset:
                 self._check_replayable(task, restored.replay_from)
                 replay_until, offset = offset, restored.replay_from
+            for sink in task.sinks.values():
+                sink.recover(restored.completed.checkpoint_id)
+                sink.begin()
             task.start(restored.completed, produce, replay_until, self.task_starts)
             task.read_from = offset
             retention = self.retention.get((task.topic, task.partition))
@@ -213,6 +231,8 @@ class TaskManager:
         self.metrics.labels(self.metrics.restarts).inc()
         known: dict[str, list[Manifest]] = {}
         for task in tasks:
+            for sink in task.sinks.values():
+                sink.abort()
             if task.state is not None:
                 task.state.discard_working_db()
             known[task.id] = [m for m in (task.completed.manifest, task.attempted_manifest) if m is not None]
@@ -224,7 +244,11 @@ class TaskManager:
         for key in keys:
             task = self.tasks.pop(key, None)
             self.retention.pop(key, None)
-            if task is not None and task.state is not None:
+            if task is None:
+                continue
+            for sink in task.sinks.values():
+                sink.close()
+            if task.state is not None:
                 task.state.close(remove_working_dir=True)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
 

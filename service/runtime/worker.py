@@ -146,6 +146,10 @@ class Worker:
         client_config = {"bootstrap.servers": c.bootstrap_servers, **kafka}
         partition_counts = ensure_topics(self.plan, client_config,
                                          errors.dlq_topic if errors.uses_dead_letter else None)
+        for node in self.plan.transactional_sinks():  # reachable and as declared, before any input is read
+            sink = node.options["sink"]
+            sink.check(c.processing_guarantee == EXACTLY_ONCE)
+            log.info("sink %r: %s", node.uid, sink.describe())
         storage = open_storage(c.checkpoint_storage, c.s3)
         if not c.checkpoints_enabled:
             log.warning(

@@ -1,0 +1,43 @@
+"""The running sum into PostgreSQL (examples/running_sum_postgres.py) as a scenario: the
+Kafka scenario's topics, feeder and workers, plus a database, and both oracles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.harness.oracle import OracleReport
+from tests.harness.scenario import RunningSum
+from tests.harness.table_oracle import TableReport, check_tables, read_tables
+from tests.harness.worker_process import REPO, WorkerProcess, wait_for
+
+JOB = REPO / "examples" / "running_sum_postgres.py"
+
+
+@dataclass
+class PostgresRunningSum(RunningSum):
+    dsn: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.spec_overrides = {"job": JOB, **self.spec_overrides,
+                               "params": {"input": self.input, "output": self.output, "postgres": self.dsn}}
+
+    def logged_ids(self) -> set[int]:
+        try:
+            return {order_id for order_id, *_ in read_tables(self.dsn)[1]}
+        except Exception:  # noqa: BLE001 - tables not created yet, or the server restarting
+            return set()
+
+    def wait_in_table(self, worker: WorkerProcess | None, timeout: float = 180) -> None:
+        """Until every input id is in the log table (or the worker died)."""
+        want = set(self.orders)
+
+        def done() -> bool:
+            if worker is not None and not worker.alive():
+                raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+            return want <= self.logged_ids()
+
+        wait_for(done, timeout, 1.0, lambda: f"every input id in the table ({len(want - self.logged_ids())} missing)")
+
+    def check_all(self) -> tuple[OracleReport, TableReport]:
+        return self.check(), check_tables(self.orders, self.dsn)
