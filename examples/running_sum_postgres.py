@@ -33,19 +33,27 @@ def add_order(totals: dict, order: dict) -> dict:
     }
 
 
-def build(params: Params) -> Job:
+def user_totals(dsn: str, **options) -> PostgresSink:
+    """One row per user, keyed by the record key (the user)."""
+    return PostgresSink(dsn, "user_totals", key=["user_id"],
+                        columns={"user_id": "text", "total": "bigint", "orders": "bigint", "last_id": "bigint"},
+                        value=lambda t: (t["sum"], t["count"], t["last_id"]), **options)
+
+
+def order_log(dsn: str, **options) -> PostgresSink:
+    """One row appended per order applied."""
+    return PostgresSink(dsn, "order_log", mode="insert",
+                        columns={"order_id": "bigint", "user_id": "text", "amount": "bigint", "total": "bigint",
+                                 "orders": "bigint"},
+                        value=lambda t: (t["last_id"], t["user"], t["amount"], t["sum"], t["count"]), **options)
+
+
+def build(params: Params, **options) -> Job:
     job = Job("running-sum-postgres")
     totals = (job.source(params["input"], value=JSON, uid="orders")
               .key_by(lambda order: order["user"], uid="by-user")
               .aggregate(add_order, initial={"sum": 0, "count": 0}, uid="totals"))
     totals.sink(params["output"], key=STRING, value=JSON, uid="totals-out")
-    totals.sink(PostgresSink(
-        params["postgres"], "user_totals", key=["user_id"],
-        columns={"user_id": "text", "total": "bigint", "orders": "bigint", "last_id": "bigint"},
-        value=lambda t: (t["sum"], t["count"], t["last_id"])), uid="totals-db")
-    totals.sink(PostgresSink(
-        params["postgres"], "order_log", mode="insert",
-        columns={"order_id": "bigint", "user_id": "text", "amount": "bigint", "total": "bigint",
-                 "orders": "bigint"},
-        value=lambda t: (t["last_id"], t["user"], t["amount"], t["sum"], t["count"])), uid="order-log-db")
+    totals.sink(user_totals(params["postgres"], **options), uid="totals-db")
+    totals.sink(order_log(params["postgres"], **options), uid="order-log-db")
     return job

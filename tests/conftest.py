@@ -122,3 +122,17 @@ def postgres_admin() -> Iterator[str]:
 def postgres_db(postgres_admin: str) -> str:
     """A fresh database of this test's own; returns its DSN."""
     return create_database(postgres_admin)
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of this test's own, for tests that restart it, fill its disk
+    or cut it off; removed at the end."""
+    from tests.harness.postgres import PostgresServer, server_binaries
+
+    if server_binaries() is None:
+        pytest.skip("needs PostgreSQL's server binaries (apt-get install postgresql)")
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
