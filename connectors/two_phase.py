@@ -9,9 +9,11 @@ does, with Kafka's transaction as the one decision everything else follows:
   prepare    at the checkpoint's barrier, once its snapshot is durable: make the epoch's
              writes durable but invisible, so they can still go either way
   commit     once the Kafka commit succeeded: make them visible
-  abort      the epoch is given up (a failed checkpoint, a rewind): throw its writes away
-  recover    on restore, with the checkpoint id the committed offset names: commit what
-             was prepared for it (or before it) and roll back what was prepared after it
+  abort      the checkpoint failed before its Kafka commit was made: throw the epoch's
+             writes away, prepared or not
+  recover    on restore (and after a rewind), with the checkpoint id the committed offset
+             names: drop unprepared writes, commit what was prepared for that checkpoint
+             (or before it) and roll back what was prepared after it
 
 A crash between the Kafka commit and a sink's commit is therefore covered by the next
 `recover` of the task, wherever it runs. The checkpoint coordinator drives every sink of
@@ -105,7 +107,8 @@ class TwoPhaseCommitSink(Protocol):
         epoch, or a commit that could not be made yet)."""
 
     def close(self) -> None:
-        """Ends the sink; what it prepared is left to the task's next `recover`."""
+        """Ends the sink, dropping unprepared writes; what it prepared is left to the
+        task's next `recover` (whether its checkpoint committed may be unknown)."""
 
 
 @runtime_checkable

@@ -152,13 +152,22 @@ class PostgresWriter:
         self.committed = checkpoint_id
 
     def abort(self) -> None:
-        """Drops the epoch's writes; a prepared transaction is left to `recover`."""
-        self.changes.clear()
-        self.rows.clear()
-        self._rollback()
+        """The checkpoint will not commit (it failed before its Kafka commit was made):
+        drops the epoch's writes and rolls back what was prepared for it. A rollback
+        that cannot be made now is left to `recover`, which makes it."""
+        self._drop_epoch()
+        name, self.prepared = self.prepared, None
+        if name is None:
+            return
+        try:
+            self._connection().execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(name)))
+        except psycopg.Error as exc:
+            log.warning("%s: could not roll back %r now (%s); the task's recovery does", self.where, name,
+                        describe(exc))
+            self._drop_connection()
 
     def recover(self, committed_checkpoint_id: int) -> None:
-        self.abort()
+        self._drop_epoch()
         c = committed_checkpoint_id
         deadline = time.monotonic() + self.settings.recovery_timeout_s
         for delay in _backoff():
@@ -186,8 +195,15 @@ class PostgresWriter:
         return bool(self.changes or self.rows or self.in_transaction or self.prepared or self.broken)
 
     def close(self) -> None:
-        self.abort()
+        """What was prepared stays: whether its checkpoint committed may be unknown here,
+        and the task's next owner decides it from the committed offsets."""
+        self._drop_epoch()
         self._drop_connection()
+
+    def _drop_epoch(self) -> None:
+        self.changes.clear()
+        self.rows.clear()
+        self._rollback()
 
     # -- writing a batch ---------------------------------------------------------------
 
@@ -250,7 +266,8 @@ class PostgresWriter:
             key = row[:len(self.shape.key)]
             what = f"the row for key {key[0] if len(key) == 1 else key!r}"
         else:
-            what = f"the row {row!r}"
+            raw = source.key()
+            what = f"the row {row!r} (record key {raw.decode(errors='replace') if raw else None!r})"
         reason = f"{self.where} refused {what} in {at}: {describe(exc)}"
         self.context.reject(RecordError(reason, topic=source.topic(), partition=source.partition(),
                                         offset=source.offset(), operator=self.context.sink, cause=exc), source)

@@ -202,8 +202,10 @@ class CheckpointCoordinator:
         try:
             manifests = self._run(record, tasks, began)
         except (StateStoreError, RecordError):
+            self._abort_sinks(tasks)
             raise  # the local store failed, or a sink refused a row under policy `fail`
         except (EosError, StorageError, OSError, KafkaException) as exc:
+            self._abort_sinks(tasks)
             manifests = None
             # A sink claimed by a newer process: this one may have been replaced.
             fenced = isinstance(exc, SinkFencedError)
@@ -300,6 +302,14 @@ class CheckpointCoordinator:
             record.step_done("sink commit")
         self.faults.hit("after_commit")
         return manifests
+
+    @staticmethod
+    def _abort_sinks(tasks: list[Task]) -> None:
+        """The checkpoint failed before its Kafka commit was made, so it will never
+        complete: what the sinks prepared for it can go now, not at their recovery."""
+        for task in tasks:
+            for sink in task.sinks.values():
+                sink.abort()
 
     def _mid_manifest_fault(self, task: Task):
         """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind

@@ -231,8 +231,6 @@ class TaskManager:
         self.metrics.labels(self.metrics.restarts).inc()
         known: dict[str, list[Manifest]] = {}
         for task in tasks:
-            for sink in task.sinks.values():
-                sink.abort()
             if task.state is not None:
                 task.state.discard_working_db()
             known[task.id] = [m for m in (task.completed.manifest, task.attempted_manifest) if m is not None]

@@ -51,7 +51,9 @@ def read_tables(dsn: str) -> tuple[list[tuple], list[tuple]]:
     return totals, log
 
 
-def check_tables(orders: dict[int, Order], dsn: str) -> TableReport:
+def check_tables(orders: dict[int, Order], dsn: str, refused: set[int] = frozenset()) -> TableReport:
+    """`refused`: ids whose log row the table refuses (a constraint); they still count in
+    the totals, and each leaves a gap in its user's sequence of counts."""
     totals, log = read_tables(dsn)
     report = TableReport(users=len(totals), log_rows=len(log))
     expected: dict[str, tuple[int, int]] = {}
@@ -66,19 +68,21 @@ def check_tables(orders: dict[int, Order], dsn: str) -> TableReport:
             report.wrong_totals.append(f"{user}: (sum, count) {found[user]} != {expected[user]}")
     seen = Counter(order_id for order_id, *_ in log)
     report.repeated_ids = sorted(i for i, n in seen.items() if n > 1)
-    report.missing_ids = sorted(set(orders) - set(seen))
+    report.missing_ids = sorted(set(orders) - set(refused) - set(seen))
+    report.repeated_ids += sorted(set(refused) & set(seen))
     report.unknown_ids = sorted(set(seen) - set(orders))
     per_user: dict[str, list[tuple]] = defaultdict(list)
     for order_id, user, amount, total, count in log:
         per_user[user].append((count, total, order_id, amount))
     for user, rows in per_user.items():
-        previous = 0
-        for position, (count, total, order_id, amount) in enumerate(sorted(rows), start=1):
+        previous_count = previous = 0
+        for count, total, order_id, amount in sorted(rows):
             order = orders.get(order_id)
-            if count != position or order is None or order.user != user or amount != order.amount \
-                    or total != previous + amount:
-                report.broken_sequences.append(f"{user}: row {position} is count {count}, total {total}, order "
-                                               f"{order_id} (amount {amount}) after total {previous}")
+            gap = count != previous_count + 1
+            if (gap and not refused) or count <= previous_count or order is None or order.user != user \
+                    or amount != order.amount or (not gap and total != previous + amount):
+                report.broken_sequences.append(f"{user}: count {count}, total {total}, order {order_id} (amount "
+                                               f"{amount}) after count {previous_count}, total {previous}")
                 break
-            previous = total
+            previous_count, previous = count, total
     return report
