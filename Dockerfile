@@ -13,7 +13,7 @@ COPY service ./service
 COPY connectors ./connectors
 COPY statestore ./statestore
 COPY eos ./eos
-RUN pip install .
+RUN pip install ".[postgres]"
 COPY examples ./examples
 
 # Volumes mounted on these paths start with this ownership.

@@ -242,3 +242,49 @@ def test_the_worker_image_runs_eos_with_the_examples_in_its_workdir(workers):
     assert re.search(r'^ENTRYPOINT \["eos"\]$', dockerfile, re.M)
     exposed = {int(port) for port in re.findall(r"^EXPOSE (\d+)$", dockerfile, re.M)}
     assert {options["http_port"] for options in workers.values()} <= exposed
+
+
+def test_workers_write_to_the_postgres_service_as_its_owner(compose, workers):
+    """Every worker's database is the postgres service's: host, port, database and user
+    as the service creates them, the password from PGPASSWORD (never on the command
+    line), started once the server is healthy."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    services = compose["services"]
+    postgres = services["postgres"]
+    env = postgres["environment"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "/var/lib/postgresql/data" not in _mounts(postgres), "its tables would outlive Kafka's offsets"
+    for name, options in workers.items():
+        params = dict(p.split("=", 1) for p in options["params"])
+        target = conninfo_to_dict(params["postgres"])
+        assert target["host"] == "postgres" and int(target.get("port", 5432)) == 5432, f"{name}: {target}"
+        assert target["dbname"] == env["POSTGRES_DB"] and target["user"] == env["POSTGRES_USER"], name
+        assert "password" not in target, f"{name}: a password on the command line is visible to every user"
+        assert services[name]["environment"]["PGPASSWORD"] == env["POSTGRES_PASSWORD"], name
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+
+
+def test_the_postgres_service_can_prepare_a_transaction_per_writing_task(compose, workers):
+    """Exactly-once prepares one transaction per task and table at each checkpoint:
+    the server's max_prepared_transactions must cover the job's tasks (as many as the
+    input topic's partitions) times its PostgreSQL sinks."""
+    from service.job.loader import load_job
+    from service.job.planner import plan
+
+    services = compose["services"]
+    command = " ".join(services["postgres"]["command"])
+    allowed = int(re.search(r"max_prepared_transactions=(\d+)", command).group(1))
+    init_script = " ".join(services["topic-init"]["command"])
+    for name, options in workers.items():
+        params = dict(p.split("=", 1) for p in options["params"])
+        partitions = int(re.search(rf"--topic {params['input']} --partitions (\d+)", init_script).group(1))
+        job = load_job(options["job_file"], params)
+        sinks = plan(job, options["group"] or job.name).transactional_sinks()
+        assert sinks, f"{name}: the demo job writes nothing to PostgreSQL"
+        assert allowed >= partitions * len(sinks), f"{name}: {allowed} < {partitions} tasks x {len(sinks)} sinks"
+
+
+def test_the_worker_image_has_the_postgres_client():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r'^RUN pip install "\.\[postgres\]"$', dockerfile, re.M)
