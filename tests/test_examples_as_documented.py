@@ -5,7 +5,7 @@ README's shell blocks, and the indented command blocks of the examples' docstrin
 runs as a user would run it: its lines in order, in a shell, in a fresh directory that
 holds a copy of `examples/` (as the repository's root and the worker image do), with
 KAFKA_BOOTSTRAP_SERVERS naming a broker of the test's own where the topics the commands
-name exist. `eos run` runs until every generated order has its output, then stops on
+name exist (and POSTGRES_DSN a fresh database, for examples that write to PostgreSQL). `eos run` runs until every generated order has its output, then stops on
 SIGTERM with exit code 0, and the independent oracle checks the output.
 """
 
@@ -24,6 +24,7 @@ import pytest
 
 from tests.harness.kafka import create_topics, read_all
 from tests.harness.oracle import Order, check_running_sum
+from tests.harness.table_oracle import check_tables
 from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import (
     Expected,
@@ -84,11 +85,14 @@ def _params(argv: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("where,lines", EXAMPLES, ids=[f"{w}:{i}" for i, (w, _) in enumerate(EXAMPLES)])
-def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
+def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, request):
     workdir = tmp_path / "work"
     shutil.copytree(REPO / "examples", workdir / "examples")
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": private_broker.bootstrap,
            "PATH": f"{EOS_BIN_DIR}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    writes_postgres = any("POSTGRES_DSN" in line for line in lines)
+    if writes_postgres:
+        env["POSTGRES_DSN"] = request.getfixturevalue("postgres_db")
     commands = [line for line in lines if not line.startswith("export ")]
     run_line = next(line for line in commands if line.startswith("eos run "))
     run_argv = shlex.split(run_line)
@@ -107,8 +111,11 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity}
-    contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(
-        read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
+    inputs = read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True)
+    if writes_postgres:
+        contract = PostgresContract(inputs, env["POSTGRES_DSN"])
+    else:
+        contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(inputs)
     try:
         def done() -> bool:
             assert worker.poll() is None, f"{where}: {run_line}\n{log_path.read_text()}"
@@ -138,6 +145,19 @@ class RunningSumContract:
     def check(self, outputs: list) -> str | None:
         report = check_running_sum(self.orders, outputs)
         return None if report.ok else report.summary()
+
+
+class PostgresContract(RunningSumContract):
+    """running_sum_postgres.py: the running-sum oracle on the Kafka output, and the table
+    oracle on what the final checkpoint left in PostgreSQL."""
+
+    def __init__(self, inputs: list[tuple], dsn: str) -> None:
+        super().__init__(inputs)
+        self.dsn = dsn
+
+    def check(self, outputs: list) -> str | None:
+        report = check_tables(self.orders, self.dsn)
+        return super().check(outputs) or (None if report.ok else report.summary())
 
 
 class PerMinute:
