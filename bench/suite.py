@@ -3,7 +3,8 @@
 Every figure is reported against a baseline measured in the same run on the same broker:
 throughput as a ratio to the plain confluent-kafka transactional loop (the practical
 ceiling for a Python process) and to Quix Streams; the dead-letter path as a ratio of
-1% poison to clean input; monitoring as a ratio of scraped to unscraped. Results go to
+1% poison to clean input; monitoring as a ratio of scraped to unscraped; rows into
+PostgreSQL as a ratio to a plain psycopg COPY loop on the same server. Results go to
 docs/bench/results.json, plots to docs/bench/*.png, and the headline table into README.md.
 
     .venv-bench/bin/python bench/suite.py                 # everything (~30 min on 2 cores)
@@ -35,6 +36,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
+import postgres_bench  # noqa: E402
 import runner  # noqa: E402
 import window_bench  # noqa: E402 (registers the window candidates)
 import workload  # noqa: E402
@@ -282,10 +284,10 @@ def headline_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
+def update_readme(table: str, marker: str = "bench") -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,monitoring,dead-letter,state-size,rss")
+    ap.add_argument("--only", default="throughput,windows,monitoring,dead-letter,state-size,rss,postgres")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -334,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         results["checkpoint_vs_state"] = checkpoint_vs_state(sizes, log)
     if "rss" in sections:
         results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
+    if "postgres" in sections:
+        results["postgres"] = postgres_bench.postgres_throughput(args.bootstrap, records, 10_000,
+                                                                 1 if quick else 3, log)
+        if not quick:
+            update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
