@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if "rss" in sections:
         results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
     if "postgres" in sections:
-        results["postgres"] = postgres_bench.postgres_throughput(args.bootstrap, records, 10_000,
-                                                                 1 if quick else 3, log)
+        results["postgres"] = postgres_bench.postgres_throughput(
+            args.bootstrap, records if quick else postgres_bench.RECORDS, 10_000, 1 if quick else 3, log)
         if not quick:
             update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -141,20 +141,33 @@ def _key_mapper(shape: TableShape) -> Callable[[Any], tuple]:
 
 
 def _row_mapper(shape: TableShape, value: Callable[[Any], Any] | None) -> Callable[[Any], tuple]:
+    """The value columns of a record value. On the hot path: a tuple of the right length
+    (what a `value` function usually returns) goes through as it is."""
     columns = shape.values
     count = len(columns)
 
-    def row(record_value: Any) -> tuple:
-        mapped = record_value if value is None else value(record_value)
-        if isinstance(mapped, Mapping):
-            try:
-                return tuple([mapped[c] for c in columns])
-            except KeyError as missing:
-                raise ValueError(f"the row for {shape.qualified} has no value for column {missing}") from None
+    def from_mapping(mapped: Any) -> tuple:
+        try:
+            return tuple([mapped[c] for c in columns])
+        except KeyError as missing:
+            raise ValueError(f"the row for {shape.qualified} has no value for column {missing}") from None
+
+    def checked(mapped: Any) -> tuple:
+        if isinstance(mapped, (dict, Mapping)):
+            return from_mapping(mapped)
         values = tuple(mapped)
         if len(values) != count:
             raise ValueError(f"the row for {shape.qualified} has {len(values)} values, not {count} ({columns})")
         return values
+
+    if value is None:
+        return lambda record_value: from_mapping(record_value) if type(record_value) is dict else checked(record_value)
+
+    def row(record_value: Any) -> tuple:
+        mapped = value(record_value)
+        if type(mapped) is tuple and len(mapped) == count:
+            return mapped
+        return checked(mapped)
 
     return row
 

@@ -64,43 +64,64 @@ class PostgresWriter:
         self.where = f"PostgreSQL sink {context.sink!r} (table {shape.qualified}, task {context.task})"
         self.prefix = context.transaction_prefix()
         self.upsert = settings.mode == UPSERT
+        self.keyed = bool(shape.key)
         self.conn: psycopg.Connection | None = None
         self.in_transaction = False
         # key -> (row, or None for a delete; the Kafka record it came from): upsert mode
         self.changes: dict[Row, tuple[Row | None, Any]] = {}
-        # (row, Kafka record): insert mode
-        self.rows: list[tuple[Row, Any]] = []
+        # insert mode: the rows, and the Kafka record each came from
+        self.rows: list[Row] = []
+        self.sources: list[Any] = []
         self.committed = 0  # the last checkpoint known committed (from recover or commit)
         self.prepared: str | None = None  # a prepared transaction not committed yet
         self.broken: SinkUnavailableError | None = None
         self._upsert, self._delete, self._insert = upsert_sql(shape), delete_sql(shape), insert_sql(shape)
         self._copy = copy_sql(shape)
+        # The hot path: one closure per writer over the buffers, which are never replaced.
+        self.write = self._writer()
 
     # -- the epoch ---------------------------------------------------------------------
 
     def begin(self) -> None:
         """Nothing to do until the first batch: the transaction starts with it."""
 
-    def write(self, key: Any, value: Any, source: Any) -> None:
-        if self.broken is not None:
-            return  # the epoch cannot commit; the next prepare says why
-        settings = self.settings
+    def write(self, key: Any, value: Any, source: Any) -> None:  # replaced per instance by _writer()
+        raise NotImplementedError
+
+    def _writer(self) -> Callable[[Any, Any, Any], None]:
+        key_of, row_of, batch = self.settings.key_of, self.settings.row_of, self.settings.batch_rows
+        changes, rows, full = self.changes, self.rows, self._batch_full
         if self.upsert:
-            k = settings.key_of(key)
-            self.changes[k] = (None if value is None else k + settings.row_of(value), source)
-            size = len(self.changes)
-        else:
+            def write_change(key: Any, value: Any, source: Any) -> None:
+                k = key_of(key)
+                changes[k] = (None if value is None else k + row_of(value), source)
+                if len(changes) >= batch:
+                    full()
+
+            return write_change
+        append, keep = rows.append, self.sources.append
+        keyed, table = self.keyed, self.shape.qualified
+
+        def write_row(key: Any, value: Any, source: Any) -> None:
             if value is None:
-                raise ValueError(f"a tombstone (null value) for key {key!r} has no row to insert into "
-                                 f"{self.shape.qualified} (insert mode; upsert mode deletes the key's row)")
-            row = settings.row_of(value)
-            self.rows.append(((settings.key_of(key) + row) if self.shape.key else row, source))
-            size = len(self.rows)
-        if size >= settings.batch_rows:
-            try:
-                self._flush(f"the epoch after checkpoint {self.committed}")
-            except psycopg.Error as exc:
-                self._break(exc, f"the epoch after checkpoint {self.committed}")
+                raise ValueError(f"a tombstone (null value) for key {key!r} has no row to insert into {table} "
+                                 "(insert mode; upsert mode deletes the key's row)")
+            append(key_of(key) + row_of(value) if keyed else row_of(value))
+            keep(source)
+            if len(rows) >= batch:
+                full()
+
+        return write_row
+
+    def _batch_full(self) -> None:
+        at = f"the epoch after checkpoint {self.committed}"
+        if self.broken is not None:
+            self._clear()  # the epoch cannot commit; the next prepare says why
+            return
+        try:
+            self._flush(at)
+        except psycopg.Error as exc:
+            self._break(exc, at)
 
     def prepare(self, checkpoint_id: int) -> None:
         if self.broken is not None:
@@ -201,9 +222,13 @@ class PostgresWriter:
         self._drop_connection()
 
     def _drop_epoch(self) -> None:
+        self._clear()
+        self._rollback()
+
+    def _clear(self) -> None:
         self.changes.clear()
         self.rows.clear()
-        self._rollback()
+        self.sources.clear()
 
     # -- writing a batch ---------------------------------------------------------------
 
@@ -222,7 +247,8 @@ class PostgresWriter:
 
     def _write_batch(self, conn: psycopg.Connection, at: str) -> None:
         if self.upsert:
-            changes, self.changes = self.changes, {}
+            changes = dict(self.changes)
+            self.changes.clear()
             deletes = [(key, source) for key, (row, source) in changes.items() if row is None]
             upserts = [(row, source) for row, source in changes.values() if row is not None]
             if deletes:
@@ -230,15 +256,18 @@ class PostgresWriter:
             if upserts:
                 self._statement(conn, self._upsert, upserts, at)
         else:
-            rows, self.rows = self.rows, []
+            rows, sources = list(self.rows), list(self.sources)
+            self.rows.clear()
+            self.sources.clear()
             try:
                 with conn.transaction(), conn.cursor().copy(self._copy) as copy:
-                    for row, _ in rows:
-                        copy.write_row(row)
+                    write_row = copy.write_row
+                    for row in rows:
+                        write_row(row)
             except psycopg.Error as exc:
                 if not row_fault(exc):
                     raise
-                self._one_by_one(conn, self._insert, rows, at)
+                self._one_by_one(conn, self._insert, list(zip(rows, sources)), at)
 
     def _statement(self, conn: psycopg.Connection, statement: sql.Composable, items: list, at: str) -> None:
         """One statement for the whole batch, under a savepoint: if a row is refused, the
@@ -287,8 +316,7 @@ class PostgresWriter:
                                            f"checkpoint fails and the task's work since checkpoint {self.committed} "
                                            "is redone")
         log.warning("%s", self.broken)
-        self.changes.clear()
-        self.rows.clear()
+        self._clear()
         self._rollback()
         return self.broken
 
