@@ -52,7 +52,7 @@ class Manager:
         self.rewinds = 0
         self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0,
                                     completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
-                                    records_since_checkpoint=0, changed=False)
+                                    records_since_checkpoint=0, changed=False, sinks={})
         self.tasks = {("in", 0): self.task}
         self.plan = SimpleNamespace(stages=[])
 
