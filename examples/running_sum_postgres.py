@@ -22,15 +22,12 @@ the command line). With POSTGRES_DSN set and the topics `orders` and `totals` in
 
 from eos import JSON, STRING, Job, Params, PostgresSink
 
+from running_sum import add_order as add_to_totals
+
 
 def add_order(totals: dict, order: dict) -> dict:
-    return {
-        "user": order["user"],
-        "sum": totals["sum"] + order["amount"],
-        "count": totals["count"] + 1,
-        "last_id": order["id"],
-        "amount": order["amount"],
-    }
+    """The running sum's totals, and the amount of the order that made them (for the log)."""
+    return {**add_to_totals(totals, order), "amount": order["amount"]}
 
 
 def user_totals(dsn: str, **options) -> PostgresSink:

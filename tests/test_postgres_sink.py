@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from service.checkpointing.faults import PHASES
+from service.checkpointing.faults import PHASES, SINK_PHASES
 from tests.harness.pg_scenario import PostgresRunningSum
 from tests.harness.postgres import create_database, query
 from tests.harness.table_oracle import check_tables
@@ -40,20 +40,13 @@ def _finish_and_check(scenario: PostgresRunningSum) -> None:
     assert query(scenario.dsn, "SELECT gid FROM pg_prepared_xacts") == [], "a prepared transaction was left behind"
 
 
-def test_kill_between_the_kafka_commit_and_the_database_commit(bootstrap, tmp_path, postgres_db):
-    """The checkpoint completed in Kafka, its rows are only prepared: the next owner's
-    recovery commits them."""
+@pytest.mark.parametrize("phase", SINK_PHASES)
+def test_kill_between_the_database_prepare_and_commit(bootstrap, tmp_path, postgres_db, phase):
+    """after_prepare: prepared, but the checkpoint never completed, so the next owner rolls
+    it back and redoes the work. after_kafka_commit: the checkpoint completed in Kafka and
+    its rows are only prepared, so the next owner's recovery commits them."""
     scenario = PostgresRunningSum(bootstrap, tmp_path, records=4_000, chunk=250, chunk_pause_s=0.3, dsn=postgres_db)
-    _kill_at(scenario, "after_kafka_commit")
-    assert query(postgres_db, "SELECT count(*) FROM pg_prepared_xacts")[0][0] > 0, "nothing was left prepared"
-    _finish_and_check(scenario)
-
-
-def test_kill_after_the_database_prepared(bootstrap, tmp_path, postgres_db):
-    """Prepared, but the checkpoint never completed: the next owner rolls it back and
-    redoes the work."""
-    scenario = PostgresRunningSum(bootstrap, tmp_path, records=4_000, chunk=250, chunk_pause_s=0.3, dsn=postgres_db)
-    _kill_at(scenario, "after_prepare")
+    _kill_at(scenario, phase)
     assert query(postgres_db, "SELECT count(*) FROM pg_prepared_xacts")[0][0] > 0, "nothing was left prepared"
     _finish_and_check(scenario)
 
