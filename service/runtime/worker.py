@@ -7,6 +7,7 @@ run into the exit code a supervisor reads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import uuid
@@ -112,6 +113,7 @@ class Worker:
             self.monitor.count_restarts(self.incarnation.begin())
             self.monitor.start_server()
             self._start()
+            _freeze_startup_objects()
             self.monitor.set_state(RUNNING)
             self.loop.run(lambda: self._stop_requested)
             self.monitor.set_state(STOPPING)
@@ -276,6 +278,16 @@ class Worker:
             self.abandoned_clients = self.abandoned_clients or self.owner.abandoned
         if self.loop is not None:
             self.loop.coordinator.close()
+
+
+def _freeze_startup_objects() -> None:
+    """Moves everything alive after start (modules, the plan, clients: hundreds of
+    thousands of objects) out of the garbage collector's reach. Without it every full
+    collection, which the record path's allocations trigger over and over, walks all of
+    them again: a worker writing 1,000,000 rows to PostgreSQL spent about a fifth of its
+    CPU time on it."""
+    gc.collect()
+    gc.freeze()
 
 
 # A departing member is listed until its session expires and the coordinator notices;
