@@ -338,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
     if "postgres" in sections:
         results["postgres"] = postgres_bench.postgres_throughput(
-            args.bootstrap, records if quick else postgres_bench.RECORDS, 10_000, 1 if quick else 3, log)
+            args.bootstrap, records if quick else postgres_bench.RECORDS, 10_000, 1 if quick else postgres_bench.REPS,
+            log)
         if not quick:
             update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
+            postgres_bench.plot(results["postgres"], DOCS / "postgres.png")
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
