@@ -10,6 +10,7 @@ that says why. The runtime adds the record's topic, partition and offset.
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,31 @@ def _pickle_dumps(value: Any) -> bytes:
     return pickle.dumps(value, protocol=5)
 
 
+def _fixed_width(name: str, fmt: str, kind: type) -> Serde:
+    """Kafka's big-endian number serdes (the Java client's Integer, Long and Double
+    serializers), so jobs read and write what Java producers and consumers do. A null
+    stays null: a tombstone, or a record without a key."""
+    packer = struct.Struct(fmt)
+    size = packer.size
+
+    def serialize(value: Any) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            return packer.pack(kind(value))
+        except (struct.error, TypeError, ValueError, OverflowError) as exc:
+            raise SerdeError(f"cannot serialise {value!r} as {name}: {exc}") from None
+
+    def deserialize(data: bytes | None) -> Any:
+        if data is None:
+            return None
+        if len(data) != size:
+            raise SerdeError(f"{name} needs exactly {size} bytes, got {len(data)}")
+        return packer.unpack(data)[0]
+
+    return Serde(name, serialize, deserialize)
+
+
 JSON = Serde("json", _json_dumps, _json_loads, orjson.dumps, orjson.loads)
 STRING = Serde("string", _utf8_encode, _utf8_decode, str.encode, bytes.decode)
 BYTES = Serde("bytes", _bytes_serialize, _bytes_identity)
@@ -115,4 +141,8 @@ KEY = Serde("key", encode_key, _key_decode)
 # Internal: values re-keyed by `key_by` after the value changed (any Python object).
 PICKLE = Serde("pickle", _pickle_dumps, _pickle_loads)
 
-BY_NAME: dict[str, Serde] = {s.name: s for s in (JSON, STRING, BYTES, KEY, PICKLE)}
+INT32 = _fixed_width("int32", ">i", int)
+INT64 = _fixed_width("int64", ">q", int)
+FLOAT64 = _fixed_width("float64", ">d", float)
+
+BY_NAME: dict[str, Serde] = {s.name: s for s in (JSON, STRING, BYTES, KEY, PICKLE, INT32, INT64, FLOAT64)}

@@ -70,10 +70,17 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True)
 class Barrier:
-    """The in-band marker a source injects: records before it belong to checkpoint n."""
+    """The in-band marker a source injects: records before it belong to checkpoint n.
+    A task with several inputs has one position per input: the lead's, and the others'
+    (topic -> offset)."""
 
     checkpoint_id: int
     offset: int | None
+    others: tuple[tuple[str, int | None], ...] = ()
+
+    @classmethod
+    def of(cls, checkpoint_id: int, task: Task) -> Barrier:
+        return cls(checkpoint_id, task.next_offset, tuple((i.topic, i.next_offset) for i in task.others))
 
 
 @dataclass
@@ -92,6 +99,7 @@ class CheckpointRecord:
     # What became of the checkpoint's transaction, for the loop to act on.
     outcome: Outcome = DONE
     offsets: dict[str, int] = field(default_factory=dict)
+    barriers: dict[str, Barrier] = field(default_factory=dict)
     # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
     # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
     step_s: dict[str, float] = field(default_factory=dict)
@@ -213,7 +221,7 @@ class CheckpointCoordinator:
 
     def _run(self, record: CheckpointRecord, tasks: list[Task], began: float) -> dict[str, Manifest]:
         n = record.checkpoint_id
-        barriers = {t.id: Barrier(n, t.next_offset) for t in tasks}
+        barriers = {t.id: Barrier.of(n, t) for t in tasks}
         record.alignment_s = time.monotonic() - began
         record.step_done("barrier")
         self.faults.hit("after_barrier")
@@ -245,6 +253,7 @@ class CheckpointCoordinator:
                             partition=task.partition, checkpoint_id=n, snapshot=name,
                             worker=self.worker, created_at=record.started_at,
                             source_offset=barriers[task.id].offset,
+                            input_offsets={t: o for t, o in barriers[task.id].others if o is not None},
                             topic_partitions=task.topic_partitions,
                             lineage=retention.lineage_for_next())
             manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
@@ -267,9 +276,13 @@ class CheckpointCoordinator:
         offsets = []
         for task in tasks:
             snapshot = manifests[task.id].snapshot if task.id in manifests else None
-            offsets.append(TopicPartition(task.topic, task.partition, barriers[task.id].offset,
-                                          metadata=format_metadata(n, snapshot, task.completed.savepoint)))
-            record.offsets[task.id] = barriers[task.id].offset
+            metadata = format_metadata(n, snapshot, task.completed.savepoint)
+            barrier = barriers[task.id]
+            for topic, offset in ((task.topic, barrier.offset), *barrier.others):
+                if offset is not None:  # an input never read stays where it was
+                    offsets.append(TopicPartition(topic, task.partition, offset, metadata=metadata))
+            record.offsets[task.id] = barrier.offset
+            record.barriers[task.id] = barrier
         record.outcome = self.owner.commit(offsets, self.consumer)
         if not record.outcome.committed:
             return manifests
@@ -298,7 +311,8 @@ class CheckpointCoordinator:
         for task in tasks:
             manifest = manifests.get(task.id)
             task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest,
-                                                 savepoint=task.completed.savepoint)
+                                                 savepoint=task.completed.savepoint,
+                                                 other_offsets=record.barriers[task.id].others)
             task.attempted_manifest = None
             task.records_since_checkpoint = 0
             if manifest is not None:

@@ -50,6 +50,10 @@ from statestore.storage import S3Settings
                    "aborts and the worker rewinds.")
 @click.option("--min-pause", default="0s", show_default=True,
               help="Minimum time from the end of one checkpoint to the start of the next.")
+@click.option("--max-task-idle", default="0s", show_default=True,
+              help="How long a task reading several inputs (a join) waits for an input with nothing "
+                   "buffered before it runs the other inputs' records; it always waits for records "
+                   "already on the broker.")
 @click.option("--tolerable-failures", default=3, show_default=True,
               help="Consecutive failed checkpoints tolerated; one more stops the worker (exit 4).")
 @click.option("--checkpoints-retained", default=3, show_default=True,
@@ -126,7 +130,7 @@ from statestore.storage import S3Settings
                    "fixed-delay:ATTEMPTS:DELAY or exponential-backoff:MAX.")
 def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
-        tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str, storage_scrub_interval: str,
+        max_task_idle: str, tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str, storage_scrub_interval: str,
         fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
         processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
         session_timeout: str, max_poll_interval: str, transaction_timeout: str | None,
@@ -146,6 +150,7 @@ def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Pa
         params=parsed_params, processing_guarantee=processing_guarantee,
         checkpoint_interval_s=interval_s,
         checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
+        max_task_idle_s=parse_duration(max_task_idle, "--max-task-idle"),
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
         storage_scrub_interval_s=parse_duration(storage_scrub_interval, "--storage-scrub-interval"),

@@ -35,6 +35,10 @@ MARKER_INTERVAL_MS = 1_000
 # A header b"<origin>:<watermark>" under MARKER_HEADER marks a record that only carries progress.
 TIME_HEADER = "eos-time"
 MARKER_HEADER = "eos-watermark"
+# Header of a repartition record that feeds a task of several inputs, off event time:
+# b"<timestamp>", the time that task orders it by (the Kafka timestamp is when it was
+# written, for the same reason as above).
+TS_HEADER = "eos-ts"
 CLOCK_STATE = "clock"
 # The clock state's row that holds where a task resumed from a savepoint starts.
 FLOOR = "floor"
@@ -70,6 +74,23 @@ def marker_header(origin: int, watermark: int | None) -> list[tuple[str, bytes]]
     """A marker of progress, or (watermark None) of an origin gone idle."""
     text = b"%d:idle" % origin if watermark is None else b"%d:%d" % (origin, watermark)
     return [(MARKER_HEADER, text)]
+
+
+def ts_header(ts: int) -> list[tuple[str, bytes]]:
+    return [(TS_HEADER, b"%d" % ts)]
+
+
+def carried_time(headers: list[tuple[str, bytes]] | None) -> int | None:
+    """The time a repartition record carries across (a marker: before everything, it
+    only moves clocks); None when it carries none."""
+    for name, value in headers or ():
+        if name == TS_HEADER:
+            return int(value)
+        if name == TIME_HEADER:
+            return int(value.rsplit(b":", 1)[1])
+        if name == MARKER_HEADER:
+            return NO_TIME
+    return None
 
 
 def time_of(headers: list[tuple[str, bytes]] | None) -> tuple[int, int | None, int | None] | None:
@@ -112,8 +133,11 @@ class EventClock:
     def of(cls, state: Any, stage_id: str, origins: int) -> EventClock:
         return cls(state.value_table(clock_state(stage_id), JSON_CODEC), origins)
 
-    def _view(self, origin: int) -> int:
+    def view(self, origin: int) -> int:
+        """Where one origin stands."""
         return self._views.get(origin, self._floor)
+
+    _view = view
 
     def _least(self) -> int:
         active = [self._view(origin) for origin in range(self.origins) if origin not in self._idle]

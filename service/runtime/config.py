@@ -139,6 +139,10 @@ class WorkerConfig:
     fence_departed_workers: bool = True
     state_cache_bytes: int = 128 << 20
     consume_batch: int = 5000
+    # A task of several inputs waits this long for an input with nothing buffered before
+    # it runs the others' records (Kafka Streams' max.task.idle.ms): only records not yet
+    # produced can then reorder it. It always waits for records already on the broker.
+    max_task_idle_s: float = 0.0
     error_policy: str = "fail"
     # Seconds between storage scrub rounds (one task's latest snapshot each); 0: none.
     storage_scrub_interval_s: float = 10.0

@@ -15,12 +15,18 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
-from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
+from eos.errors import ConfigurationError
+from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header, ts_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
 from service.eventtime.session_operator import build_session
 from service.eventtime.window_operator import build_window
 from service.eventtime.windows import Session
+from connectors.serdes import KEY
 from service.job.api import Node, initial_factory
+from service.job.planner import StageInput
+from service.tables import operators as tables
+from service.tables.change import Change
+from service.tables.stream_join import build_stream_join
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
 from statestore.tables import ABSENT, DELETED, MISS
@@ -54,16 +60,20 @@ class ChainContext:
     on event time, the record's timestamp, the watermark its origin had, the task's
     clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
-    __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
-                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter")
+    __slots__ = ("produce", "state", "raw", "ts", "offset", "record_watermark", "clock", "watermark_listeners",
+                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter", "built",
+                 "global_tables", "carry_time")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
-                 late_counter: Callable[[str, bool], Callable[[], None]] | None = None) -> None:
+                 late_counter: Callable[[str, bool], Callable[[], None]] | None = None,
+                 global_tables: dict[str, Any] | None = None, carry_time: bool = False) -> None:
         self.produce = produce
         self.state = state
         self.raw: bytes | None = None
         self.ts = 0
+        # The offset of the record being processed, in its own input partition.
+        self.offset = 0
         self.record_watermark = 0
         self.clock = clock
         self.watermark_listeners: list[Callable[[int], None]] = []
@@ -74,6 +84,13 @@ class ChainContext:
         self.partitions = partitions or {}
         # (operator uid, routed to a late-data topic?) -> the counter's increment
         self.late_counter = late_counter or (lambda uid, routed: lambda: None)
+        # Operators built so far for this chain, by node: an operator reached from two
+        # parents (a merge, a join) is built once.
+        self.built: dict[int, Any] = {}
+        # The worker's global tables, by uid, for lookups.
+        self.global_tables = global_tables or {}
+        # Whether key_bys carry each record's timestamp (they feed a task of several inputs).
+        self.carry_time = carry_time
 
     @property
     def timed(self) -> bool:
@@ -92,8 +109,12 @@ class ChainContext:
             listener()
 
 
-def build_chain(root: Node, ctx: ChainContext) -> Push:
-    """The push function for the operators below `root` (a source or key_by node)."""
+def build_input(stage_input: StageInput, ctx: ChainContext) -> Push:
+    """The push function of one input of a task: its records go to the operators below
+    its root (a source, a table, a key_by or a group_by)."""
+    root = stage_input.root
+    if root.kind == "table":
+        return tables.build_table_source(root, ctx, _downstream(root, ctx))
     return _downstream(root, ctx)
 
 
@@ -101,8 +122,16 @@ def _discard(key: Any, value: Any) -> None:
     return None
 
 
+def _build(child: Node, parent: Node, ctx: ChainContext) -> Push:
+    """The push function of `child` as `parent` calls it; built once per chain."""
+    built = ctx.built.get(id(child))
+    if built is None:
+        built = ctx.built[id(child)] = _BUILDERS[child.kind](child, ctx)
+    return built.of(parent) if isinstance(built, tables.Sides) else built
+
+
 def _downstream(node: Node, ctx: ChainContext) -> Push:
-    pushes = [_BUILDERS[child.kind](child, ctx) for child in node.children]
+    pushes = [_build(child, node, ctx) for child in node.children]
     if not pushes:
         return _discard
     if len(pushes) == 1:
@@ -160,6 +189,8 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
     """Ends the stage: the record goes to the repartition topic, keyed by the new key."""
     if ctx.timed:
         return _timed_key_by(node, ctx)
+    if ctx.carry_time or node.options["key_serde"] is not KEY:
+        return _key_by_for_join(node, ctx)
     fn, uid = node.fn, node.uid
     produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
     topic = node.options["topic"]
@@ -195,6 +226,67 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
     return push_serialized
 
 
+def _key_by_for_join(node: Node, ctx: ChainContext) -> Push:
+    """key_by into a stage of several inputs: the key is serialised as the other side's
+    keys are (so it lands on the partition its partner's do), and the record's timestamp
+    travels in a header, since that stage orders records by it."""
+    fn, uid, topic = node.fn, node.uid, node.options["topic"]
+    produce_blocking = ctx.produce.blocking
+    serialize_key = node.options["key_serde"].serialize
+    passthrough = node.options["passthrough"]
+    serialize = node.options["repartition_serde"].serialize
+    carry = ctx.carry_time
+
+    def push(key: Any, value: Any) -> None:
+        try:
+            new_key = serialize_key(fn(value))
+            data = ctx.raw if passthrough else serialize(value)
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        try:
+            if carry:
+                produce_blocking(topic, data, new_key, headers=ts_header(ctx.ts))
+            else:
+                produce_blocking(topic, data, new_key)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, new_key, data, exc) from exc
+
+    return push
+
+
+def _group_by(node: Node, ctx: ChainContext) -> Push:
+    """A table's rows regrouped: each change becomes a retraction of the old row from
+    its old group and an addition of the new row to its new group, both through the
+    repartition topic, in the transaction of the change."""
+    if ctx.timed:
+        raise ConfigurationError(f"group_by {node.uid!r}: tables do not run on event time")
+    fn, uid, topic = node.fn, node.uid, node.options["topic"]
+    produce_blocking = ctx.produce.blocking
+    serialize_key = node.options["key_serde"].serialize
+    serialize = node.options["repartition_serde"].serialize
+    carry = ctx.carry_time
+
+    def send(key: Any, row: Any, op: str) -> None:
+        try:
+            group, value = fn(key, row)
+            group_key, data = serialize_key(group), serialize((op, value))
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        headers = ts_header(ctx.ts) if carry else None
+        try:
+            produce_blocking(topic, data, group_key, headers=headers)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, group_key, data, exc) from exc
+
+    def push(key: Any, change: Change) -> None:
+        if change.old is not None:
+            send(key, change.old, tables.RETRACT)
+        if change.new is not None:
+            send(key, change.new, tables.ADD)
+
+    return push
+
+
 def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
     """key_by in a stage on event time: each record carries its event time, this task's
     origin and its watermark in a header; when the watermark passes a marker interval, a marker
@@ -203,13 +295,14 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
     produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
     passthrough = node.options["passthrough"]
     serialize = node.options["repartition_serde"].serialize
+    serialize_key = node.options["key_serde"].serialize
     clock, origin = ctx.clock, ctx.origin
     partitions = range(ctx.partitions[topic])
     marked = [clock.watermark // MARKER_INTERVAL_MS]
 
     def push(key: Any, value: Any) -> None:
         try:
-            new_key = encode_key(fn(value))
+            new_key = serialize_key(fn(value))
             data = ctx.raw if passthrough else serialize(value)
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
@@ -306,6 +399,7 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
     fast_key, careful_key = key_serde.fast_serialize, key_serde.serialize
     fast_value, careful_value = value_serde.fast_serialize, value_serde.serialize
     timed = ctx.timed  # outputs carry their event time as their Kafka timestamp
+    tombstones = node.options.get("tombstones", False)
 
     def push(key: Any, value: Any) -> None:
         try:
@@ -313,10 +407,13 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
                 key_bytes = fast_key(key)
             except Exception:
                 key_bytes = careful_key(key)
-            try:
-                value_bytes = fast_value(value)
-            except Exception:
-                value_bytes = careful_value(value)
+            if value is None and tombstones:
+                value_bytes = None
+            else:
+                try:
+                    value_bytes = fast_value(value)
+                except Exception:
+                    value_bytes = careful_value(value)
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
@@ -337,14 +434,34 @@ def _window(node: Node, ctx: ChainContext) -> Push:
     return build(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 
-_BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {
+def _merge(node: Node, ctx: ChainContext) -> Push:
+    return _downstream(node, ctx)
+
+
+def _with_down(build: Callable[..., Any]) -> Callable[[Node, ChainContext], Any]:
+    """A builder of service/tables that takes the operators below and the failure type."""
+    return lambda node, ctx: build(node, ctx, _downstream(node, ctx), OperatorFailure)
+
+
+_BUILDERS: dict[str, Callable[[Node, ChainContext], Any]] = {
     "map": _map,
     "filter": _filter,
     "flat_map": _flat_map,
     "key_by": _key_by,
+    "group_by": _group_by,
     "aggregate": _aggregate,
     "reduce": _reduce,
     "process": _process,
     "sink": _sink,
     "window": _window,
+    "merge": _merge,
+    "materialize": _with_down(tables.build_materialize),
+    "to_stream": _with_down(tables.build_to_stream),
+    "table_map": _with_down(tables.build_table_map),
+    "table_filter": _with_down(tables.build_table_filter),
+    "table_aggregate": _with_down(tables.build_table_aggregate),
+    "stream_table_join": _with_down(tables.build_stream_table_join),
+    "table_join": _with_down(tables.build_table_join),
+    "global_join": _with_down(tables.build_global_join),
+    "stream_join": _with_down(build_stream_join),
 }

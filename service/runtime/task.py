@@ -3,6 +3,10 @@
 The task is where records meet the operator chain and where a failure gets its
 address: any exception while processing a record becomes a `RecordError` naming the
 topic, partition, offset and, when a user function raised, the operator's uid.
+
+A task reads the same partition of each of its stage's inputs (service/runtime/
+inputs.py): one input runs batch by batch on the fast path; several run record by
+record in timestamp order.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from connectors.kafka_sink import Produce
 from connectors.serdes import BYTES, SerdeError
 from eos.errors import RecordError
 from service.eventtime.clock import EventClock, time_of
-from service.job.planner import Stage
+from service.job.planner import Stage, StageInput
 from service.runtime.error_policy import ErrorHandler
-from service.runtime.operators import ChainContext, OperatorFailure, build_chain
+from service.runtime.inputs import PartitionGroup, TaskInput, timestamp_of
+from service.runtime.operators import ChainContext, OperatorFailure, build_input
 from statestore.manifest import Manifest
 from statestore.task_state import TaskState
 
@@ -46,20 +51,28 @@ class CompletedCheckpoint:
     # Restored from a savepoint and not yet committed in this group: the next
     # checkpoint includes the task even if it reads nothing.
     uncommitted: bool = False
+    # Where the task's other inputs (topic -> offset) continue, when it has several.
+    other_offsets: tuple[tuple[str, int | None], ...] = ()
+
+    def offset_of(self, topic: str, lead: str) -> int | None:
+        return self.offset if topic == lead else dict(self.other_offsets).get(topic)
 
 
 @dataclass(frozen=True)
 class TimeLayout:
-    """What a task on event time needs beyond its stage: how many upstream tasks feed its
-    partition (1 for a source), the partition counts of the topics its key_by writes, the
-    source's timestamp and out-of-orderness, and the late-record counter per operator."""
+    """What a task on event time needs beyond its stage: how many upstream tasks feed each
+    of its inputs (1 for a source or table), the partition counts of the topics its
+    key_bys write, the idle timeout of a source, and the late-record counter per
+    operator."""
 
-    origins: int
+    input_origins: tuple[int, ...]
     partitions: dict[str, int]
-    timestamp: Any = None
-    out_of_orderness_ms: int = 0
     idle_timeout_s: float | None = None
     late_counter: Any = None
+
+    @property
+    def origins(self) -> int:
+        return sum(self.input_origins)
 
 
 def task_id(topic: str, partition: int) -> str:
@@ -69,7 +82,8 @@ def task_id(topic: str, partition: int) -> str:
 class Task:
     def __init__(self, stage: Stage, partition: int, state: TaskState | None,
                  errors: ErrorHandler, topic_partitions: int | None = None,
-                 time: TimeLayout | None = None) -> None:
+                 time: TimeLayout | None = None, group: Any = None,
+                 global_tables: dict[str, Any] | None = None) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
@@ -79,11 +93,14 @@ class Task:
         # The input topic's partition count when the task was assigned: keyed state is
         # only valid while keys keep their partition, so snapshots record it.
         self.topic_partitions = topic_partitions
-        # Which (re)start of the worker's tasks this task's chain and position belong to,
-        # and the offset its partition is read from since (None: the reset policy).
+        # Which (re)start of the worker's tasks this task's chain and position belong to.
         self.incarnation = 0
-        self.read_from: int | None = None
-        self.next_offset: int | None = None
+        self.inputs = [TaskInput(i, spec, partition) for i, spec in enumerate(stage.inputs)]
+        self.lead = self.inputs[0]
+        # Several inputs run in timestamp order (a `PartitionGroup`, made by the manager).
+        self.group: PartitionGroup | None = group(self.inputs) if group is not None and len(self.inputs) > 1 \
+            else None
+        self.global_tables = global_tables or {}
         self.records_since_checkpoint = 0
         self.completed = CompletedCheckpoint(0, None, None)
         # The manifest of a checkpoint persisted but not (yet known to be) committed:
@@ -100,13 +117,32 @@ class Task:
         self._produce: Produce | None = None
         self._push = None
         self._ctx: ChainContext | None = None
-        key_serde, value_serde = stage.key_serde, stage.value_serde
-        self._key_serde = None if key_serde is BYTES else key_serde
-        self._value_serde = None if value_serde is BYTES else value_serde
 
     @property
     def stateful(self) -> bool:
         return bool(self.stage.stateful_uids)
+
+    # The lead input's position, which is all a task with one input has.
+    @property
+    def next_offset(self) -> int | None:
+        return self.lead.next_offset
+
+    @next_offset.setter
+    def next_offset(self, offset: int | None) -> None:
+        self.lead.next_offset = offset
+
+    @property
+    def read_from(self) -> int | None:
+        return self.lead.read_from
+
+    @read_from.setter
+    def read_from(self, offset: int | None) -> None:
+        self.lead.read_from = offset
+
+    @property
+    def others(self) -> list[TaskInput]:
+        """The inputs besides the lead, whose partitions the task takes along."""
+        return self.inputs[1:]
 
     def start(self, completed: CompletedCheckpoint, produce: Produce,
               replay_until: int | None = None, incarnation: int = 0) -> None:
@@ -115,7 +151,8 @@ class Task:
         self.incarnation = incarnation
         self.completed = completed
         self.attempted_manifest = None
-        self.next_offset = completed.offset
+        for task_input in self.inputs:
+            task_input.restart(completed.offset_of(task_input.topic, self.topic))
         self.records_since_checkpoint = 0
         self._produce = produce
         self.replay_until = replay_until
@@ -123,30 +160,71 @@ class Task:
 
     def _build_chain(self, produce: Produce) -> None:
         layout = self.time
+        shared = {"global_tables": self.global_tables, "carry_time": self.stage.carries_time}
         if layout is None:
-            self._ctx = ChainContext(produce, self.state)
+            self._ctx = ChainContext(produce, self.state, **shared)
         else:
             self.state.flush()  # the clock and the window index are read from the store
             clock = EventClock.of(self.state, self.stage.id, layout.origins)
             self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
-                                     layout.late_counter)
-        self._push = build_chain(self.stage.root, self._ctx)
+                                     layout.late_counter, **shared)
+        first_origin = 0
+        pushes = []
+        for task_input in self.inputs:
+            task_input.origins = first_origin
+            if layout is not None:
+                first_origin += layout.input_origins[task_input.index]
+            pushes.append(build_input(task_input.spec, self._ctx))
+            task_input.step = self._stepper(task_input, pushes[-1])
+        self._push = pushes[0]
+
+    @property
+    def _fast(self) -> bool:
+        """One input read batch by batch: no event time, no table, no timestamps to carry."""
+        return (self.group is None and self.time is None and not self.stage.lead.table
+                and not self.stage.carries_time)
 
     def process(self, msgs: list) -> None:
-        """Runs records of this task's partition through the chain, in order. A record
-        that fails goes to the error handler; unless its policy is `fail`, processing
-        continues with the next record."""
+        """Runs records of this task's (lead) partition through the chain, in order. A
+        record that fails goes to the error handler; unless its policy is `fail`,
+        processing continues with the next record."""
         if self.replay_until is not None:
             msgs = self._replay(msgs)
             if not msgs:
                 return
         self._run_records(msgs)
 
+    def receive(self, task_input: TaskInput, msgs: list) -> None:
+        """Records of one input of a task with several: buffered, then run in timestamp
+        order as far as the inputs allow."""
+        self.group.receive(task_input, msgs)
+        self.run_buffered()
+
+    def run_buffered(self) -> None:
+        """Runs buffered records of a task with several inputs while the next one is
+        known to be the earliest (see service/runtime/inputs.py)."""
+        group, ctx = self.group, self._ctx
+        taken = 0
+        while True:
+            picked = group.next()
+            if picked is None:
+                break
+            task_input, msg = picked
+            try:
+                task_input.step(msg)
+            except (OperatorFailure, SerdeError) as exc:
+                self.errors.handle(self._record_error(msg, exc), msg, ctx.produce)
+            task_input.next_offset = msg.offset() + 1
+            taken += 1
+        if taken:
+            self.last_input, self.idle = monotonic(), False
+            self.records_since_checkpoint += taken
+
     def _run_records(self, msgs: list) -> None:
-        if self.time is None:
+        if self._fast:
             self._run(msgs)
         else:
-            self._run_timed(msgs, self._from_origins if self.stage.repartition else self._from_source)
+            self._run_stepwise(msgs, self.lead.step)
 
     def _replay(self, msgs: list) -> list:
         """Runs the records below `replay_until` muted; returns the rest. Once caught up,
@@ -171,11 +249,12 @@ class Task:
     def _run(self, msgs: list) -> None:
         push, ctx = self._push, self._ctx
         forwards_raw = self.stage.forwards_raw
+        key_serde, value_serde = self.stage.key_serde, self.stage.value_serde
         fast_key = careful_key = fast_value = careful_value = None
-        if self._key_serde is not None:
-            fast_key, careful_key = self._key_serde.fast_deserialize, self._key_serde.deserialize
-        if self._value_serde is not None:
-            fast_value, careful_value = self._value_serde.fast_deserialize, self._value_serde.deserialize
+        if key_serde is not BYTES:
+            fast_key, careful_key = key_serde.fast_deserialize, key_serde.deserialize
+        if value_serde is not BYTES:
+            fast_value, careful_value = value_serde.fast_deserialize, value_serde.deserialize
         records = iter(msgs)
         msg = None
         while True:
@@ -221,9 +300,9 @@ class Task:
                  self.id, layout.idle_timeout_s)
         self._ctx.went_idle()
 
-    def _run_timed(self, msgs: list, step: Any) -> None:
-        """The record loop of a task on event time: `step` runs one record and moves the
-        clock (a source's, or one fed by upstream tasks)."""
+    def _run_stepwise(self, msgs: list, step: Any) -> None:
+        """The record loop of a task whose records each need more than the fast path
+        gives: event time, a table's tombstones, a timestamp to carry."""
         self.last_input, self.idle = monotonic(), False
         records = iter(msgs)
         msg = None
@@ -237,50 +316,60 @@ class Task:
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
 
-    def _decode(self, msg: Any) -> tuple[Any, Any]:
-        key, value = msg.key(), msg.value()
-        self._ctx.raw = value
-        if self._key_serde is not None:
-            key = self._key_serde.deserialize(key)
-        if self._value_serde is not None:
-            value = self._value_serde.deserialize(value)
-        return key, value
+    def _stepper(self, task_input: TaskInput, push: Any) -> Any:
+        """The function that runs one record of `task_input` through the chain."""
+        spec = task_input.spec
+        decode = _decoder(spec, self._ctx)
+        if self.time is None:
+            ctx = self._ctx
 
-    def _from_source(self, msg: Any) -> None:
-        """A source record: its event time moves the task's own watermark, after it ran
-        (it is judged against the watermark of the records before it)."""
-        ctx, layout = self._ctx, self.time
-        key, value = self._decode(msg)
-        ts = self._event_time(msg, value)
-        ctx.ts, ctx.record_watermark = ts, ctx.clock.watermark
-        self._push(key, value)
-        if ctx.clock.observe(0, ts - layout.out_of_orderness_ms):
+            def step(msg: Any) -> None:
+                key, value = decode(msg)
+                ctx.ts, ctx.offset = timestamp_of(msg), msg.offset()
+                push(key, value)
+
+            return step
+        if spec.repartition:
+            return lambda msg: self._from_origins(msg, task_input, decode, push)
+        return lambda msg: self._from_source(msg, task_input, decode, push)
+
+    def _from_source(self, msg: Any, task_input: TaskInput, decode: Any, push: Any) -> None:
+        """A source record: its event time moves its input's watermark, after it ran (it
+        is judged against the watermark of the records before it)."""
+        ctx = self._ctx
+        key, value = decode(msg)
+        ts = self._event_time(msg, value, task_input.spec)
+        origin = task_input.origins
+        ctx.ts, ctx.record_watermark, ctx.offset = ts, ctx.clock.view(origin), msg.offset()
+        push(key, value)
+        if ctx.clock.observe(origin, ts - task_input.spec.root.options.get("out_of_orderness_ms", 0)):
             ctx.advance(ctx.clock.watermark)
 
-    def _event_time(self, msg: Any, value: Any) -> int:
-        extract = self.time.timestamp
+    def _event_time(self, msg: Any, value: Any, spec: StageInput) -> int:
+        extract = spec.root.options.get("timestamp")
         if extract is None:
             kind, ts = msg.timestamp()
             if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
-                raise OperatorFailure(self.stage.root.uid, ValueError("the record has no timestamp"))
+                raise OperatorFailure(spec.root.uid, ValueError("the record has no timestamp"))
             return ts
         try:
             return int(extract(value))
         except Exception as exc:
-            raise OperatorFailure(self.stage.root.uid, exc) from exc
+            raise OperatorFailure(spec.root.uid, exc) from exc
 
-    def _from_origins(self, msg: Any) -> None:
+    def _from_origins(self, msg: Any, task_input: TaskInput, decode: Any, push: Any) -> None:
         """A repartition record or marker: each carries its origin's watermark."""
         ctx = self._ctx
         carried = time_of(msg.headers())
         if carried is None:
-            raise OperatorFailure(self.stage.root.uid, ValueError(
+            raise OperatorFailure(task_input.spec.root.uid, ValueError(
                 "the repartition record carries no event time header (written by an older version?)"))
         origin, watermark, ts = carried
+        origin += task_input.origins
         if ts is not None:  # a record, not a marker
-            key, value = self._decode(msg)
-            ctx.ts, ctx.record_watermark = ts, watermark
-            self._push(key, value)
+            key, value = decode(msg)
+            ctx.ts, ctx.record_watermark, ctx.offset = ts, watermark, msg.offset()
+            push(key, value)
         moved = ctx.clock.idle(origin) if watermark is None else ctx.clock.observe(origin, watermark)
         if moved:
             ctx.advance(ctx.clock.watermark)
@@ -290,14 +379,15 @@ class Task:
         if isinstance(exc, OperatorFailure):
             return RecordError(f"{type(exc.cause).__name__}: {exc.cause}", operator=exc.uid,
                                cause=exc.cause, **where)
-        part, serde = "value", self._value_serde
-        if self._key_serde is not None:
+        spec = next((i.spec for i in self.inputs if i.topic == msg.topic()), self.stage.lead)
+        part, serde = "value", spec.value_serde
+        if spec.key_serde is not BYTES:
             try:
-                self._key_serde.deserialize(msg.key())
+                spec.key_serde.deserialize(msg.key())
             except SerdeError:
-                part, serde = "key", self._key_serde
+                part, serde = "key", spec.key_serde
         return RecordError(f"cannot deserialise the record {part} with the {serde.name} serde: {exc}",
-                           operator=self.stage.root.uid, cause=exc, **where)
+                           operator=spec.root.uid, cause=exc, **where)
 
     @property
     def watermark(self) -> int | None:
@@ -311,3 +401,22 @@ class Task:
         restored from a savepoint is covered once even if it read nothing, so its
         committed offset records that it descends from the savepoint."""
         return (self.records_since_checkpoint > 0 or self.completed.uncommitted) and self.replay_until is None
+
+
+def _decoder(spec: StageInput, ctx: ChainContext) -> Any:
+    """Turns one record of an input into (key, value), keeping its raw value for key_by
+    passthrough. A table's record with a null value is a tombstone: its value is None."""
+    key_serde = None if spec.key_serde is BYTES else spec.key_serde
+    value_serde = None if spec.value_serde is BYTES else spec.value_serde
+    table = spec.table
+
+    def decode(msg: Any) -> tuple[Any, Any]:
+        key, value = msg.key(), msg.value()
+        ctx.raw = value
+        if key_serde is not None:
+            key = key_serde.deserialize(key)
+        if value_serde is not None and not (table and value is None):
+            value = value_serde.deserialize(value)
+        return key, value
+
+    return decode

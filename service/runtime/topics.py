@@ -52,8 +52,10 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
     """Returns the partition count of every topic the job reads or writes. The
     dead-letter topic, when the job uses one, is created like a repartition topic."""
     admin, reported = _admin(admin_config)
-    external = [s.topic for s in plan.stages if not s.repartition] + plan.sink_topics
-    owned = [s.topic for s in plan.repartition_stages] + ([dead_letter_topic] if dead_letter_topic else [])
+    repartition = plan.repartition_inputs
+    external = [i.topic for s in plan.stages for i in s.inputs if not i.repartition] + plan.sink_topics
+    external += [t.options["topic"] for t in plan.global_tables]
+    owned = [i.topic for i in repartition] + ([dead_letter_topic] if dead_letter_topic else [])
     counts = _partition_counts(admin, external + owned, reported, admin_config.get("bootstrap.servers"))
     missing = [t for t in external if t not in counts]
     if missing:
@@ -61,17 +63,18 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
             f"job {plan.job.name!r} needs topic(s) {', '.join(sorted(set(missing)))}, which do not exist "
             "on the cluster; create them first (input and output topics are not created automatically)")
     to_create = []
-    for stage in plan.repartition_stages:
-        wanted = stage.partitions or counts[stage.origin_topic]
-        have = counts.get(stage.topic)
+    for stage_input in repartition:
+        wanted = stage_input.partitions or counts[stage_input.partitions_like or stage_input.origin_topic]
+        have = counts.get(stage_input.topic)
         if have is None:
-            to_create.append(NewTopic(stage.topic, num_partitions=wanted, replication_factor=-1))
-            counts[stage.topic] = wanted
-        elif stage.partitions is not None and have != stage.partitions:
+            to_create.append(NewTopic(stage_input.topic, num_partitions=wanted, replication_factor=-1))
+            counts[stage_input.topic] = wanted
+        elif (stage_input.partitions is not None or stage_input.partitions_like is not None) and have != wanted:
             raise ConfigurationError(
-                f"repartition topic {stage.topic!r} has {have} partitions but key_by {stage.id!r} asks "
-                f"for {stage.partitions}; keys would move away from their state. Restore from a "
-                "savepoint into a new group to change it.")
+                f"repartition topic {stage_input.topic!r} has {have} partitions but {stage_input.root.uid!r} needs "
+                f"{wanted}; keys would move away from their state. Restore from a savepoint into a new group "
+                "to change it.")
+    check_co_partitioned(plan, counts)
     if dead_letter_topic and dead_letter_topic not in counts:
         wanted = counts[plan.stages[0].topic]
         to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
@@ -86,6 +89,21 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
     return counts
+
+
+def check_co_partitioned(plan: Plan, counts: dict[str, int]) -> None:
+    """The inputs of a stage meet partition by partition, so they need the same count
+    (keys hashed alike is the producers' part: murmur2 of the key bytes, as Kafka's Java
+    client and librdkafka's murmur2_random partitioner do)."""
+    for stage in plan.stages:
+        if len(stage.inputs) < 2:
+            continue
+        have = {i.topic: counts[i.topic] for i in stage.inputs}
+        if len(set(have.values())) > 1:
+            raise ConfigurationError(
+                f"stage {stage.id!r} reads {', '.join(f'{t} ({n} partitions)' for t, n in have.items())} "
+                "together, partition by partition, so they must have the same number of partitions; "
+                "repartition one side with key_by, or give the topics the same partitions")
 
 
 class PartitionCounts:

@@ -43,6 +43,7 @@ from service.runtime.task_manager import TaskManager
 from service.runtime.topics import PartitionCounts, ensure_topics
 from service.savepoints.control import SavepointControl, default_savepoint_dir
 from service.savepoints.resume import SavepointResume
+from service.tables.global_table import GlobalTable
 from statestore.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Worker:
         self.manager: TaskManager | None = None
         self.loop: ProcessingLoop | None = None
         self.scrubber: StorageScrubber | None = None
+        self.global_tables: dict[str, GlobalTable] = {}
         self.slot: SlotGuard | None = None
         self.group_view: GroupView | None = None
         self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
@@ -177,6 +179,8 @@ class Worker:
             session_timeout_ms=c.session_timeout_ms, max_poll_interval_ms=c.max_poll_interval_ms,
             static_membership=c.static_membership, worker_id=c.worker_id, extra=consumer_extra),
             start_from=start_from, waits=self.monitor.kafka_waits)
+        global_tables, global_positions = self._global_tables(partition_counts, c.bootstrap_servers,
+                                                              {**kafka, "isolation.level": "read_committed"})
         restore = restore_task
         if resume is not None:
             resume.check_group_history(self.source.consumer, partition_counts)
@@ -185,7 +189,8 @@ class Worker:
         offsets = ClusterOffsets(client_config)
         missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
-                                   self.metrics, errors, PartitionCounts(client_config), missing_input, restore)
+                                   self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
+                                   global_tables)
         coordinator = CheckpointCoordinator(
             self.manager, self.owner, self.source.consumer, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
@@ -197,8 +202,8 @@ class Worker:
         self.savepoints.attach(self.plan, self.manager, self.source.consumer, partition_counts, offsets)
         self.loop = ProcessingLoop(
             source=self.source, owner=self.owner, manager=self.manager, coordinator=coordinator,
-            missing_input=missing_input,
-            monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.input_topics,
+            missing_input=missing_input, global_positions=global_positions,
+            monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.all_input_topics + [t.options["topic"] for t in self.plan.global_tables],
             consume_batch=c.consume_batch, state_cache_bytes=c.state_cache_bytes,
             tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self.savepoints.tick)
         # The producer starts with the first assignment (ProcessingLoop._assigned).
@@ -207,6 +212,18 @@ class Worker:
         log.info("worker %s of job %s (group %s, incarnation %s) started: stages %s", c.worker_id,
                  self.plan.job.name, self.group, self.stamp,
                  ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
+
+    def _global_tables(self, partition_counts: dict[str, int], bootstrap: str,
+                       kafka: dict[str, Any]) -> tuple[dict[str, GlobalTable], list[Any]]:
+        """Each global table of the job, read to the end of its topic before the worker
+        joins the group; and where the consumer continues reading them."""
+        tables, positions = {}, []
+        for node in self.plan.global_tables:
+            table = self.global_tables[node.uid] = tables[node.uid] = GlobalTable(
+                node, self.config.state_dir, self.group, self.config.worker_id)
+            positions += table.bootstrap({"bootstrap.servers": bootstrap, **kafka},
+                                         partition_counts[table.topic], GLOBAL_TABLE_BOOTSTRAP_S)
+        return tables, positions
 
     def _output_owner(self, slot: SlotGuard, extra: dict[str, Any], call_timeout: float) -> OutputOwner:
         c = self.config
@@ -255,6 +272,8 @@ class Worker:
     def _close(self) -> None:
         if self.scrubber is not None:
             self.scrubber.stop()
+        for table in self.global_tables.values():
+            table.close()
         if self.manager is not None:
             self.manager.close_all()
         if self.source is not None:
@@ -273,6 +292,9 @@ class Worker:
         if self.loop is not None:
             self.loop.coordinator.close()
 
+
+# A global table is read to the end of its topic at start within this long.
+GLOBAL_TABLE_BOOTSTRAP_S = 600.0
 
 # A departing member is listed until its session expires and the coordinator notices;
 # a claim waits this much longer than the session timeout before calling it alive.

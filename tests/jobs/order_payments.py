@@ -1,0 +1,21 @@
+"""Orders and their payments: two streams joined within 10 s of event time.
+
+Input `-p orders=TOPIC`: key = order key, JSON {"order": int}; `-p payments=TOPIC`: key =
+order key, JSON {"payment": int}; event time is the Kafka timestamp. Output `-p
+output=TOPIC`: key = order key, {"order", "payment"} for every order and payment of one
+key at most 10 s apart.
+"""
+
+from eos import JSON, STRING, Job, Params
+
+WITHIN_MS = 10_000
+
+
+def build(params: Params) -> Job:
+    job = Job("order-payments")
+    payments = job.source(params["payments"], key=STRING, value=JSON, uid="payments")
+    (job.source(params["orders"], key=STRING, value=JSON, uid="orders")
+        .join(payments, lambda order, payment: {"order": order["order"], "payment": payment["payment"]},
+              within_ms=WITHIN_MS, uid="paid")
+        .sink(params["output"], key=STRING, value=JSON, uid="paid-out"))
+    return job
