@@ -33,6 +33,13 @@ _EXPORTS = {
     "STRING": "connectors.serdes",
     "BYTES": "connectors.serdes",
     "PICKLE": "connectors.serdes",
+    "INT32": "connectors.serdes",
+    "INT64": "connectors.serdes",
+    "FLOAT64": "connectors.serdes",
+    "Table": "service.job.tables",
+    "GroupedTable": "service.job.tables",
+    "GlobalTable": "service.job.tables",
+    "Change": "service.tables.change",
     "JSON_CODEC": "statestore.codecs",
     "PICKLE_CODEC": "statestore.codecs",
 }

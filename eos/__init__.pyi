@@ -15,3 +15,10 @@ from service.eventtime.windows import Hopping as Hopping
 from service.eventtime.windows import Session as Session
 from service.eventtime.windows import Tumbling as Tumbling
 from service.job.api import WindowedStream as WindowedStream
+from connectors.serdes import FLOAT64 as FLOAT64
+from connectors.serdes import INT32 as INT32
+from connectors.serdes import INT64 as INT64
+from service.job.tables import GlobalTable as GlobalTable
+from service.job.tables import GroupedTable as GroupedTable
+from service.job.tables import Table as Table
+from service.tables.change import Change as Change

@@ -8,14 +8,19 @@ from the generated input.
 
 from __future__ import annotations
 
+import json
 import random
+import struct
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.harness import table_oracle as oracle
-from tests.harness.kafka import create_topics, read_all, unique_name
+from tests.harness.kafka import create_topics, produce, read_all, unique_name
+from tests.harness.ports import free_port
+from tests.harness.savepoints import ControlledWorker, stop_with_savepoint
 from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -152,3 +157,166 @@ def test_inputs_that_meet_in_a_task_must_have_the_same_partitions(bootstrap, tmp
     worker = run.start_worker()
     assert worker.wait(60) == 1, worker.log_tail()
     assert "must have the same number of partitions" in worker.log_text(), worker.log_tail()
+
+
+def test_a_left_stream_stream_join_emits_each_order_without_payment_once_its_time_has_passed(bootstrap, tmp_path):
+    events = oracle.stream_join_events(records=2_000, keys=300, seed=31)
+    events += oracle.flush_events(events, PARTITIONS, ("orders", "payments"))
+    expected = oracle.expected_pairs(events, within_ms=10_000)
+    unmatched = oracle.expected_unmatched_orders(events, within_ms=10_000)
+    assert len(unmatched) > 100
+    run = JoinRun(bootstrap, tmp_path, "order_payments.py", ["orders", "payments"])
+    run.extra += ["-p", "how=left"]
+    run.feed(events, chunk=150, pause_s=0.3)
+    run.kill_at_random(kills=3, seed=37)
+    run.wait_fed()
+    run.finish(lambda outputs: len(outputs) >= sum(expected.values()) + len(unmatched), "every pair and lone order")
+    report = oracle.check_pairs(expected, run.outputs(), unmatched)
+    assert report.ok, report.summary()
+
+
+def test_a_global_table_is_read_whole_by_each_worker_and_met_by_a_value_of_the_record(bootstrap, tmp_path):
+    """The countries topic has 3 partitions, the orders 4: no co-partitioning. Both
+    workers read every country before they process an order; a country renamed later
+    is seen by the orders produced after it, also by a worker restarted meanwhile."""
+    countries = {f"c{i}": {"name": f"country-{i}"} for i in range(30)}
+    run = JoinRun(bootstrap, tmp_path, "orders_with_country.py", ["countries", "orders"],
+                  partitions={"countries": 3})
+    first = [oracle.Event("countries", code, row, oracle.base_time()) for code, row in countries.items()]
+    run.feed(first, chunk=len(first), pause_s=0)
+    run.wait_fed()
+    orders = [oracle.Event("orders", str(i), {"id": i, "country": f"c{i % 33}"}, oracle.base_time() + i)
+              for i in range(2_000)]
+    workers = [run.start_worker() for _ in range(1)]
+    spec_w2 = WorkerSpec(bootstrap=bootstrap, group=run.group, state_dir=tmp_path / "state-w2",
+                         storage=f"file://{tmp_path / 'checkpoints'}", job=run.job, worker_id="w2",
+                         params={**run.topics, "output": run.output})
+    workers.append(WorkerProcess(spec_w2, tmp_path / "w2.log"))
+    run.feed(orders[:1_000], chunk=250, pause_s=0.2)
+    run.wait_fed()
+    wait_for(lambda: len(run.outputs()) >= 1_000, 120, 1.0, "the first orders")
+    workers[0].kill()
+    run.feed([oracle.Event("countries", "c1", {"name": "renamed"}, oracle.base_time() + 5_000)], chunk=1, pause_s=0)
+    run.wait_fed()
+    workers[0] = run.start_worker()
+    _wait_until_every_partition_sees(run, "c1", "renamed")
+    run.feed(orders[1_000:], chunk=250, pause_s=0.2)
+    run.wait_fed()
+    wait_for(lambda: len({json.loads(v)["id"] for _, v in run.outputs()} & set(range(2_000))) >= 2_000, 120, 1.0,
+             "every order")
+    for worker in workers:
+        assert worker.terminate() == 0, worker.log_tail()
+    seen = {}
+    for _, value in run.outputs():
+        row = json.loads(value)
+        assert row["id"] not in seen, f"order {row['id']} appears twice"
+        seen[row["id"]] = row["country"]
+    seen = {i: name for i, name in seen.items() if i < PROBES}
+    for i in range(2_000):
+        code = f"c{i % 33}"
+        name = None if code not in countries else countries[code]["name"]
+        if code == "c1" and i >= 1_000:
+            name = "renamed"
+        assert seen[i] == name, f"order {i} (country {code}) met {seen[i]!r}, not {name!r}"
+
+
+PROBES = 1_000_000  # order ids from here on are probes, not checked one by one
+
+
+def _wait_until_every_partition_sees(run: JoinRun, code: str, name: str) -> None:
+    """Sends a probe order of country `code` to every input partition until each
+    partition's worker answers with `name`: its global table has read the change."""
+    probes = oracle.keys_covering(PARTITIONS, "probe-")
+    sent = iter(range(PROBES, PROBES + 100_000))
+    waiting = set(probes)
+
+    def seen_everywhere() -> bool:
+        current = {key: next(sent) for key in waiting}
+        produce(run.bootstrap, run.topics["orders"],
+                [(key.encode(), json.dumps({"id": i, "country": code}).encode()) for key, i in current.items()])
+        wait_for(lambda: {i for i in current.values()} <= {json.loads(v)["id"] for _, v in run.outputs()}, 60, 0.5,
+                 "the probes' outputs")
+        answers = {json.loads(v)["id"]: json.loads(v)["country"] for _, v in run.outputs()}
+        waiting.difference_update(key for key, i in current.items() if answers[i] == name)
+        return not waiting
+
+    wait_for(seen_everywhere, 120, 0.5, f"every partition's worker to see {code} as {name!r}")
+
+
+def test_merged_streams_go_to_several_topics_each_with_its_own_serde(bootstrap, tmp_path):
+    rng = random.Random(41)
+    orders = [{"id": i, "user": f"u{rng.randrange(25)}", "amount": rng.randrange(1, 100)} for i in range(3_000)]
+    events = [oracle.Event(rng.choice(["web", "shop"]), str(o["id"]), o, oracle.base_time() + o["id"]) for o in orders]
+    run = JoinRun(bootstrap, tmp_path, "merged_orders.py", ["web", "shop"])
+    outputs = {"all": unique_name("all"), "amounts": unique_name("amounts")}
+    create_topics(bootstrap, list(outputs.values()), PARTITIONS)
+    run.extra += [arg for name, topic in outputs.items() for arg in ("-p", f"{name}={topic}")]
+    run.feed(events, chunk=300, pause_s=0.3)
+    run.kill_at_random(kills=2, seed=43)
+    run.wait_fed()
+    run.finish(lambda totals: len(totals) >= len(orders), "every order's total")
+    everything = read_all(bootstrap, outputs["all"])
+    assert sorted(json.loads(v)["id"] for _, v in everything) == list(range(len(orders)))
+    amounts = Counter((k.decode(), struct.unpack(">q", v)[0]) for k, v in read_all(bootstrap, outputs["amounts"]))
+    assert amounts == Counter((o["user"], o["amount"]) for o in orders)
+    counts: dict[str, list[int]] = {}
+    for _, value in run.outputs():
+        total = json.loads(value)
+        counts.setdefault(total["user"], []).append(total["count"])
+    for user, seen in counts.items():
+        assert seen == list(range(1, len(seen) + 1)), f"{user}: counts {seen[:20]}..."
+    assert {u: len(c) for u, c in counts.items()} == Counter(o["user"] for o in orders)
+
+
+def test_a_stream_aggregate_as_a_table_meets_a_table_from_a_topic_across_a_repartition(bootstrap, tmp_path):
+    """Totals per user (repartitioned by user, kept as a table) joined with the users'
+    profiles: the repartition topic takes the profiles' partitions and key serde."""
+    rng = random.Random(47)
+    profiles = [oracle.Event("users", f"u{u}", {"version": v}, oracle.base_time() + v)
+                for v, u in enumerate(rng.randrange(30) for _ in range(300))]
+    orders = [{"id": i, "user": f"u{rng.randrange(30)}", "amount": rng.randrange(1, 50)} for i in range(3_000)]
+    run = JoinRun(bootstrap, tmp_path, "totals_with_profile.py", ["users", "orders"],
+                  partitions={"users": 3, "orders": 5})
+    run.feed(profiles, chunk=300, pause_s=0)
+    run.wait_fed()
+    run.feed([oracle.Event("orders", str(o["id"]), o, oracle.base_time() + 1_000 + o["id"]) for o in orders],
+             chunk=300, pause_s=0.3)
+    run.kill_at_random(kills=2, seed=53)
+    run.wait_fed()
+    tables = oracle.final_tables(profiles)["users"]
+    sums = Counter()
+    for order in orders:
+        sums[order["user"]] += order["amount"]
+    expected = {user: {"sum": total, "version": tables.get(user, {}).get("version")} for user, total in sums.items()}
+    run.finish(lambda outputs: oracle.as_table(outputs) == expected, "the joined totals")
+    report = oracle.compare_tables(expected, oracle.as_table(run.outputs()))
+    assert report.ok, report.summary()
+
+
+def test_keys_placed_by_another_partitioner_are_refused_naming_the_record(bootstrap, tmp_path):
+    run = JoinRun(bootstrap, tmp_path, "enrich_clicks.py", ["users", "clicks"])
+    from statestore.murmur2 import partition_for
+
+    wrong = (partition_for(b"u1", PARTITIONS) + 1) % PARTITIONS
+    produce(bootstrap, run.topics["users"], [(b"u1", b'{"version": 1}')], partition=wrong)
+    worker = run.start_worker()
+    assert worker.wait(60) == 1, worker.log_tail()
+    assert f"partition {wrong} offset 0 holds key b'u1'" in worker.log_text(), worker.log_tail()
+
+
+def test_a_join_stops_with_a_savepoint_and_resumes_from_it_exactly_once(bootstrap, tmp_path):
+    events = oracle.enrichment_events(clicks=3_000, users=40, seed=59)
+    expected = oracle.expected_enrichment(events)
+    run = JoinRun(bootstrap, tmp_path, "enrich_clicks.py", ["users", "clicks"], extra=("--max-task-idle", "1s"))
+    run.feed(events, chunk=150, pause_s=0.3)
+    port = free_port()
+    run.extra += ["--http-port", str(port)]
+    worker = ControlledWorker(run.start_worker(), port).wait_ready()
+    wait_for(lambda: len(run.outputs()) >= 500, 90, 0.5, "the first clicks")
+    location = stop_with_savepoint([worker], tmp_path / "savepoints")
+    assert len(run.outputs()) < len(expected), "the savepoint was not taken mid-run"
+    run.extra = [a for a in run.extra if a not in ("--http-port", str(port))] + ["--from-savepoint", location]
+    run.wait_fed()
+    run.finish(lambda outputs: len(outputs) >= len(expected), "every click enriched")
+    report = oracle.check_enrichment(expected, run.outputs())
+    assert report.ok, report.summary()

@@ -337,6 +337,20 @@ def _choose_repartition_serdes(stages: list[Stage], inputs: list[StageInput]) ->
         walk(stage_of[id(stage_input)], stage_input, stage_input.root, value_changed=stage_input.table)
 
 
+def _one_upstream_per_input(stage: Stage, stages: list[Stage]) -> None:
+    """On event time a repartition input's origins are the tasks of the one stage that
+    writes it; a key_by after a merge of several streams has more than one."""
+    for stage_input in stage.inputs:
+        if not stage_input.repartition:
+            continue
+        writers = [s.id for s in stages if any(n is stage_input.root for n in s.nodes())]
+        if len(writers) > 1:
+            raise ConfigurationError(
+                f"{stage_input.root.uid!r} is written by several stages ({', '.join(writers)}), after a merge, and "
+                f"feeds {stage.id!r}, which runs on event time: watermarks cannot travel through it yet. Key "
+                "each stream before merging them, into a stage of several inputs.")
+
+
 def _mark_event_time(stages: list[Stage]) -> None:
     """A stage with a window, timers or a stream-stream join runs on event time, and so
     does every stage before it: its watermark is made from theirs. Each such stage keeps
@@ -353,6 +367,7 @@ def _mark_event_time(stages: list[Stage]) -> None:
                 current = pending.pop()
                 if current.event_time:
                     continue
+                _one_upstream_per_input(current, stages)
                 current.event_time = True
                 current.stateful_uids.append(clock_uid(current.id))
                 pending.extend(by_topic[t] for t in current.upstream_topics)

@@ -9,12 +9,14 @@ because keys would land on other partitions than their state.
 from __future__ import annotations
 
 import logging
+import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from eos.errors import ConfigurationError
 from service.job.planner import Plan
+from statestore.murmur2 import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,50 @@ def check_co_partitioned(plan: Plan, counts: dict[str, int]) -> None:
                 f"stage {stage.id!r} reads {', '.join(f'{t} ({n} partitions)' for t, n in have.items())} "
                 "together, partition by partition, so they must have the same number of partitions; "
                 "repartition one side with key_by, or give the topics the same partitions")
+
+
+# Records sampled per partition when checking that a topic's keys are placed as Kafka's
+# Java client places them.
+SAMPLED_PER_PARTITION = 3
+
+
+def check_key_partitioning(plan: Plan, consumer_config: dict[str, object], counts: dict[str, int],
+                           timeout_s: float = 10.0) -> None:
+    """Inputs that meet in a task must place each key on the partition Kafka's Java
+    client does (murmur2 of the key bytes): a topic written with librdkafka's default
+    partitioner (CRC32) would send a user's clicks and profile to different tasks, which
+    would then never meet. The first records of each partition are checked."""
+    topics = sorted({i.topic for s in plan.stages if len(s.inputs) > 1 for i in s.inputs if not i.repartition})
+    if not topics:
+        return
+    consumer = Consumer({**consumer_config, "group.id": "eos-partitioning-check", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(counts[t])])
+        pending = {(t, p): SAMPLED_PER_PARTITION for t in topics for p in range(counts[t])}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                key = (msg.topic(), msg.partition())
+                if key not in pending:
+                    continue
+                if msg.error() is not None:
+                    pending.pop(key, None)  # the end, or nothing readable: nothing to judge
+                    continue
+                if msg.key() is not None:
+                    expected = partition_for(msg.key(), counts[msg.topic()])
+                    if expected != msg.partition():
+                        raise ConfigurationError(
+                            f"topic {msg.topic()!r} partition {msg.partition()} offset {msg.offset()} holds key "
+                            f"{msg.key()!r}, which Kafka's Java client places in partition {expected}: the topic's "
+                            "keys are not partitioned by murmur2, so its records would not meet their partners in "
+                            "the join. Produce it with Kafka's default partitioner (librdkafka: "
+                            "partitioner=murmur2_random), or key_by it in the job.")
+                pending[key] -= 1
+                if not pending[key]:
+                    del pending[key]
+    finally:
+        consumer.close()
 
 
 class PartitionCounts:

@@ -40,7 +40,7 @@ from service.runtime.error_policy import ErrorHandler, dead_letter_topic
 from service.runtime.loop import ProcessingLoop
 from service.runtime.missing_input import MissingInput
 from service.runtime.task_manager import TaskManager
-from service.runtime.topics import PartitionCounts, ensure_topics
+from service.runtime.topics import PartitionCounts, check_key_partitioning, ensure_topics
 from service.savepoints.control import SavepointControl, default_savepoint_dir
 from service.savepoints.resume import SavepointResume
 from service.tables.global_table import GlobalTable
@@ -148,6 +148,7 @@ class Worker:
         client_config = {"bootstrap.servers": c.bootstrap_servers, **kafka}
         partition_counts = ensure_topics(self.plan, client_config,
                                          errors.dlq_topic if errors.uses_dead_letter else None)
+        check_key_partitioning(self.plan, {**client_config, "isolation.level": "read_committed"}, partition_counts)
         storage = open_storage(c.checkpoint_storage, c.s3)
         if not c.checkpoints_enabled:
             log.warning(

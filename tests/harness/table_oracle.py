@@ -205,11 +205,37 @@ def stream_join_events(records: int, keys: int, seed: int, spread_ms: int = 30_0
     return sorted(events, key=lambda e: e.ts)
 
 
+def flush_events(events: list[Event], partitions: int, roles: tuple[str, ...]) -> list[Event]:
+    """One record per partition of each role an hour past the last event, with keys that
+    meet nothing: every watermark passes every earlier record."""
+    last = max(e.ts for e in events)
+    return [Event(role, key, {"flush": True}, last + 3_600_000)
+            for role in roles for key in keys_covering(partitions, f"~flush-{role}-")]
+
+
+def keys_covering(partitions: int, prefix: str) -> list[str]:
+    """A key for each partition, placed as Kafka's Java client places keys."""
+    from statestore.murmur2 import partition_for  # Kafka's published hash, checked against the Java client
+
+    found: dict[int, str] = {}
+    candidate = 0
+    while len(found) < partitions:
+        key = f"{prefix}{candidate}"
+        found.setdefault(partition_for(key.encode(), partitions), key)
+        candidate += 1
+    return [found[p] for p in range(partitions)]
+
+
+def expected_unmatched_orders(events: list[Event], within_ms: int) -> set[int]:
+    matched = {order for order, _ in expected_pairs(events, within_ms)}
+    return {e.value["order"] for e in events if e.topic == "orders" and "order" in e.value} - matched
+
+
 def expected_pairs(events: list[Event], within_ms: int) -> Counter:
-    orders = [e for e in events if e.topic == "orders"]
+    orders = [e for e in events if e.topic == "orders" and "order" in e.value]
     payments: dict[str, list[Event]] = defaultdict(list)
     for event in events:
-        if event.topic == "payments":
+        if event.topic == "payments" and "payment" in event.value:
             payments[event.key].append(event)
     pairs: Counter = Counter()
     for order in orders:
@@ -219,13 +245,18 @@ def expected_pairs(events: list[Event], within_ms: int) -> Counter:
     return pairs
 
 
-def check_pairs(expected: Counter, outputs: list[tuple[bytes, bytes]]) -> Report:
+def check_pairs(expected: Counter, outputs: list[tuple[bytes, bytes]], unmatched: set[int] | None = None) -> Report:
+    """Every pair as often as expected; with `unmatched`, each of those orders once with
+    payment None (a left join), and no other order so."""
     report = Report(counted=len(outputs))
     seen: Counter = Counter()
     for _, value in outputs:
         row = json.loads(value)
         seen[(row["order"], row["payment"])] += 1
-    for pair in sorted(set(expected) | set(seen)):
-        if seen[pair] != expected[pair]:
-            report.problems.append(f"pair {pair} appears {seen[pair]} times, expected {expected[pair]}")
+    wanted = Counter(expected)
+    for order in unmatched or ():
+        wanted[(order, None)] += 1
+    for pair in sorted(set(wanted) | set(seen), key=str):
+        if seen[pair] != wanted[pair]:
+            report.problems.append(f"pair {pair} appears {seen[pair]} times, expected {wanted[pair]}")
     return report

@@ -3,7 +3,8 @@
 Input `-p orders=TOPIC`: key = order key, JSON {"order": int}; `-p payments=TOPIC`: key =
 order key, JSON {"payment": int}; event time is the Kafka timestamp. Output `-p
 output=TOPIC`: key = order key, {"order", "payment"} for every order and payment of one
-key at most 10 s apart.
+key at most 10 s apart; with `-p how=left`, also each order that met no payment, with
+payment None, once 10 s of event time have passed it.
 """
 
 from eos import JSON, STRING, Job, Params
@@ -15,7 +16,7 @@ def build(params: Params) -> Job:
     job = Job("order-payments")
     payments = job.source(params["payments"], key=STRING, value=JSON, uid="payments")
     (job.source(params["orders"], key=STRING, value=JSON, uid="orders")
-        .join(payments, lambda order, payment: {"order": order["order"], "payment": payment["payment"]},
-              within_ms=WITHIN_MS, uid="paid")
+        .join(payments, lambda order, payment: {"order": order["order"], "payment": payment and payment["payment"]},
+              within_ms=WITHIN_MS, how=params.get("how", "inner"), uid="paid")
         .sink(params["output"], key=STRING, value=JSON, uid="paid-out"))
     return job
