@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import struct
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from service.checkpointing.faults import PHASES
 from tests.harness import table_oracle as oracle
 from tests.harness.kafka import create_topics, produce, read_all, unique_name
 from tests.harness.ports import free_port
@@ -316,6 +318,24 @@ def test_a_join_stops_with_a_savepoint_and_resumes_from_it_exactly_once(bootstra
     location = stop_with_savepoint([worker], tmp_path / "savepoints")
     assert len(run.outputs()) < len(expected), "the savepoint was not taken mid-run"
     run.extra = [a for a in run.extra if a not in ("--http-port", str(port))] + ["--from-savepoint", location]
+    run.wait_fed()
+    run.finish(lambda outputs: len(outputs) >= len(expected), "every click enriched")
+    report = oracle.check_enrichment(expected, run.outputs())
+    assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_kill_at_each_checkpoint_phase_of_a_task_with_two_inputs_loses_and_repeats_nothing(bootstrap, tmp_path,
+                                                                                             phase):
+    """Both inputs' offsets commit in the checkpoint's one transaction: killed at any
+    phase, the worker's successor goes on from the last checkpoint, and every click
+    appears once, with the profile version of its time."""
+    events = oracle.enrichment_events(clicks=1_500, users=30, seed=61)
+    expected = oracle.expected_enrichment(events)
+    run = JoinRun(bootstrap, tmp_path, "enrich_clicks.py", ["users", "clicks"], extra=("--max-task-idle", "1s"))
+    run.feed(events, chunk=100, pause_s=0.2)
+    doomed = run.start_worker(fault=f"{phase}@3")
+    assert doomed.wait(120) == -signal.SIGKILL, f"fault {phase} did not fire:\n{doomed.log_tail()}"
     run.wait_fed()
     run.finish(lambda outputs: len(outputs) >= len(expected), "every click enriched")
     report = oracle.check_enrichment(expected, run.outputs())
