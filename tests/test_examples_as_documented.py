@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import re
 import shlex
 import shutil
@@ -106,13 +107,17 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-    contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity}
+    contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity,
+                 "order_enrichment.py": Enrichment, "users_per_country.py": UsersPerCountry}
     contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(
         read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
+    if hasattr(contract, "read_tables"):
+        contract.read_tables({name: read_all(private_broker.bootstrap, topic, with_meta=True)
+                              for name, topic in params.items() if name not in ("input", "output")})
     try:
         def done() -> bool:
             assert worker.poll() is None, f"{where}: {run_line}\n{log_path.read_text()}"
-            return len(contract.outputs(private_broker.bootstrap, params["output"])) >= contract.wanted
+            return contract.complete(contract.outputs(private_broker.bootstrap, params["output"]))
 
         wait_for(done, 180, 1.0, f"the outputs of {where}")
         worker.send_signal(signal.SIGTERM)
@@ -124,7 +129,16 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
     assert not problems, f"{where}: {problems}"
 
 
-class RunningSumContract:
+class Contract:
+    """What an example must give: complete once `wanted` outputs are there."""
+
+    wanted = 0
+
+    def complete(self, outputs: list) -> bool:
+        return len(outputs) >= self.wanted
+
+
+class RunningSumContract(Contract):
     """running_sum*.py: one output per order, checked by the running-sum oracle."""
 
     def __init__(self, inputs: list[tuple]) -> None:
@@ -140,7 +154,56 @@ class RunningSumContract:
         return None if report.ok else report.summary()
 
 
-class PerMinute:
+class Enrichment(RunningSumContract):
+    """order_enrichment.py: every order once, with its user's country from the users
+    topic (each user has one profile, produced before any order), or None."""
+
+    def read_tables(self, tables: dict[str, list]) -> None:
+        self.countries = {key.decode(): json.loads(value)["country"] for _, _, key, value in tables["users"]}
+        assert self.countries, "the example produced no profile"
+
+    def check(self, outputs: list) -> str | None:
+        seen = {}
+        for _, value in outputs:
+            order = json.loads(value)
+            if order["id"] in seen:
+                return f"order {order['id']} appears twice"
+            seen[order["id"]] = order["country"]
+        wrong = [(i, c) for i, c in seen.items() if c != self.countries.get(self.orders[i].user)]
+        if wrong or set(seen) != set(self.orders):
+            return f"{len(wrong)} orders with the wrong country ({wrong[:5]}), {len(set(self.orders) - set(seen))} missing"
+        if not any(c is None for c in seen.values()):
+            return "no order of a user without a profile: the example should show the left join"
+        return None
+
+
+class UsersPerCountry(Contract):
+    """users_per_country.py: the latest count of each country equals the number of
+    users whose latest profile names it (a country left empty says 0)."""
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        latest = {}
+        for _, _, key, value, _ in sorted(inputs, key=lambda record: (record[0], record[1])):
+            latest[key.decode()] = json.loads(value)["country"]
+        assert latest, "the example produced no profile"
+        self.expected = dict(Counter(latest.values()))
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        return read_all(bootstrap, topic)
+
+    def _counts(self, outputs: list) -> dict[str, int]:
+        counts = {key.decode(): json.loads(value) for key, value in outputs}
+        return {country: count for country, count in counts.items() if count}
+
+    def complete(self, outputs: list) -> bool:
+        return self._counts(outputs) == self.expected
+
+    def check(self, outputs: list) -> str | None:
+        counts = self._counts(outputs)
+        return None if counts == self.expected else f"counts {counts}, expected {self.expected}"
+
+
+class PerMinute(Contract):
     """orders_per_minute.py: one final result per user and minute that the input's
     watermark closed (its end plus 5 s of grace at or below the least, over the input
     partitions, of the largest event time), checked by the window oracle. The job hears
@@ -200,7 +263,7 @@ def _progress(orders: list[TimedOrder]) -> int:
     return min(max(o.ts for o in orders if o.partition == p) for p in {o.partition for o in orders})
 
 
-class Inactivity:
+class Inactivity(Contract):
     """inactivity_alert.py: the alerts the timer oracle finds, each exactly once."""
 
     SILENCE_MS = 30_000

@@ -1,4 +1,5 @@
-"""`eos generate`: running-sum orders at a steady rate, for demos and load."""
+"""`eos generate`: running-sum orders (or user profiles) at a steady rate, for demos,
+examples and load."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 
 import click
 
-from service.cli.generator import OrderGenerator
+from service.cli.generator import OrderGenerator, ProfileGenerator
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,20 @@ log = logging.getLogger(__name__)
               help="Give order i the event time (start of the current hour) + i * STEP ms, as its Kafka "
               "timestamp and in a \"ts\" field (event time for windows that does not depend on when the "
               "orders are produced); default: the time each is produced.")
+@click.option("--profiles", is_flag=True,
+              help="Produce user profiles {\"user\", \"country\"} keyed by user instead of orders: one per "
+                   "user (default --records: --users), then changes of random users' countries.")
 def generate(bootstrap_servers: str, topic: str, rate: float, records: int, users: int, start_id: int,
-             seed: int | None, key_by_user: bool, event_time_step_ms: int | None) -> None:
-    """Produce running-sum orders {"id", "user", "amount"} to TOPIC."""
+             seed: int | None, key_by_user: bool, event_time_step_ms: int | None, profiles: bool) -> None:
+    """Produce running-sum orders {"id", "user", "amount"} (or user profiles) to TOPIC."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if profiles:
+        generator = ProfileGenerator(bootstrap_servers, topic, rate=rate, users=users, seed=seed)
+        produced = generator.run(records or users, stop)
+        click.echo(f"produced {produced} profiles of {users} users to {topic}")
+        return
     generator = OrderGenerator(bootstrap_servers, topic, rate=rate, users=users, start_id=start_id, seed=seed,
                                key_by_user=key_by_user, event_time_step_ms=event_time_step_ms)
     log.info("producing %s orders to %s at %.0f/s", records or "unbounded", topic, rate)
