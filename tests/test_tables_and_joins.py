@@ -340,3 +340,27 @@ def test_a_kill_at_each_checkpoint_phase_of_a_task_with_two_inputs_loses_and_rep
     run.finish(lambda outputs: len(outputs) >= len(expected), "every click enriched")
     report = oracle.check_enrichment(expected, run.outputs())
     assert report.ok, report.summary()
+
+
+def test_tasks_of_a_join_move_between_workers_with_both_their_partitions(bootstrap, tmp_path):
+    """A second worker joins and the first is killed later: each task's two partitions
+    move together (the group assigns the lead, the task takes its partner along), and
+    every click still appears once, with the version of its time."""
+    events = oracle.enrichment_events(clicks=3_000, users=40, seed=67)
+    expected = oracle.expected_enrichment(events)
+    run = JoinRun(bootstrap, tmp_path, "enrich_clicks.py", ["users", "clicks"], extra=("--max-task-idle", "1s"))
+    run.feed(events, chunk=150, pause_s=0.3)
+    first = run.start_worker()
+    wait_for(lambda: len(run.outputs()) >= 500, 90, 0.5, "the first clicks")
+    second = WorkerProcess(WorkerSpec(bootstrap=bootstrap, group=run.group, state_dir=tmp_path / "state-w2",
+                                      storage=f"file://{tmp_path / 'checkpoints'}", job=run.job, worker_id="w2",
+                                      params={**run.topics, "output": run.output}, extra_args=run.extra),
+                           tmp_path / "w2.log")
+    wait_for(lambda: "assigned" in second.log_text() and len(run.outputs()) >= 1_500, 120, 0.5,
+             "the second worker to take tasks over while clicks flow")
+    first.kill()
+    run.wait_fed()
+    wait_for(lambda: len(run.outputs()) >= len(expected), 180, 1.0, "every click enriched")
+    assert second.terminate() == 0, second.log_tail()
+    report = oracle.check_enrichment(expected, run.outputs())
+    assert report.ok, report.summary()
