@@ -48,6 +48,8 @@ class TaskState:
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
         self._acquired = False
+        # Whether RocksDB took writes since the database was opened or last snapshotted.
+        self._written = False
 
     def open(self, manifest: Manifest | None) -> RestoreStats | None:
         """Builds a fresh working database, from `manifest`'s snapshot when given."""
@@ -63,6 +65,7 @@ class TaskState:
             families = list(manifest.column_families)
         self.store = TaskStore(working, families)
         self.tables = {}
+        self._written = False
         return stats
 
     def value_table(self, cf: str, codec: ValueCodec) -> ValueTable:
@@ -88,7 +91,14 @@ class TaskState:
                 count += table.drain_into(batch, self.store.handle(table.cf))
         if count:
             self.store.commit(batch)
+            self._written = True
         return count
+
+    def changed_since_snapshot(self) -> bool:
+        """Whether the state differs from its last snapshot: the task must then be in the
+        next checkpoint even if it read nothing (timers that fired, windows or join
+        buffers that expired with time alone)."""
+        return self._written or any(table.pending for table in self.tables.values())
 
     def cached_bytes(self) -> int:
         return sum(t.entry_bytes() for t in self.tables.values())
@@ -102,6 +112,7 @@ class TaskState:
     def snapshot_local(self, snapshot: str) -> Path:
         target = self.directory.snapshot_dir(snapshot)
         self.store.checkpoint(target)
+        self._written = False
         return target
 
     def plan_upload(self, local_dir: Path, previous: Manifest | None) -> UploadPlan:

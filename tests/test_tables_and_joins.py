@@ -364,3 +364,25 @@ def test_tasks_of_a_join_move_between_workers_with_both_their_partitions(bootstr
     assert second.terminate() == 0, second.log_tail()
     report = oracle.check_enrichment(expected, run.outputs())
     assert report.ok, report.summary()
+
+
+def test_an_input_partition_that_brings_nothing_stops_holding_back_a_joins_watermark(bootstrap, tmp_path):
+    """No payment ever lands in partition 3: with an idle timeout the orders there still
+    expire, and the left join emits those that met nothing."""
+    from statestore.murmur2 import partition_for
+
+    events = oracle.stream_join_events(records=1_000, keys=200, seed=71)
+    events += oracle.flush_events(events, PARTITIONS, ("orders", "payments"))
+    events = [e for e in events if e.topic == "orders" or partition_for(e.key.encode(), PARTITIONS) != 3]
+    expected = oracle.expected_pairs(events, within_ms=10_000)
+    unmatched = oracle.expected_unmatched_orders(events, within_ms=10_000)
+    assert any(partition_for(e.key.encode(), PARTITIONS) == 3 for e in events
+               if e.topic == "orders" and e.value.get("order") in unmatched)
+    run = JoinRun(bootstrap, tmp_path, "order_payments.py", ["orders", "payments"])
+    run.extra += ["-p", "how=left", "-p", "idle_ms=2000"]
+    run.feed(events, chunk=500, pause_s=0.1)
+    run.wait_fed()
+    run.finish(lambda outputs: len(outputs) >= sum(expected.values()) + len(unmatched), "every pair and lone order")
+    report = oracle.check_pairs(expected, run.outputs(), unmatched)
+    assert report.ok, report.summary()
+

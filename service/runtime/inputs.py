@@ -34,7 +34,7 @@ class TaskInput:
     processed, and (with several inputs) what is buffered."""
 
     __slots__ = ("index", "spec", "topic", "partition", "key", "next_offset", "read_from", "buffer",
-                 "last_received", "empty_since", "step", "priority", "origins")
+                 "last_received", "last_input", "empty_since", "step", "priority", "origins")
 
     def __init__(self, index: int, spec: StageInput, partition: int) -> None:
         self.index = index
@@ -46,6 +46,7 @@ class TaskInput:
         self.read_from: int | None = None  # where the partition is read from since the (re)start
         self.buffer: deque[tuple[int, Any]] = deque()  # (timestamp, message), received, not processed
         self.last_received = -1
+        self.last_input = time.monotonic()  # when the partition last brought records
         self.empty_since: float | None = None
         self.step: Any = None  # runs one record of this input through the chain
         # Ties at one timestamp: tables first, then inputs in the stage's order.
@@ -93,6 +94,7 @@ class PartitionGroup:
         for msg in msgs:
             buffer.append((timestamp_of(msg), msg))
         task_input.last_received = msgs[-1].offset()
+        task_input.last_input = time.monotonic()
         task_input.empty_since = None
         if len(buffer) > MAX_BUFFERED:
             self.hold([task_input.key], BUFFER_HOLD)

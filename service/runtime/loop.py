@@ -216,7 +216,7 @@ class ProcessingLoop:
         position is gone; what it fetched before is in this batch or was in an earlier
         one): the policy stops the worker, or the task reads on from the earliest offset
         left."""
-        if (gone.topic, gone.partition) not in self.manager.tasks:
+        if (gone.topic, gone.partition) not in self.manager.routes:
             return  # revoked meanwhile: its next owner finds the gap itself
         earliest = self.missing_input.out_of_range(gone.topic, gone.partition, gone.offset)
         self.source.seek(TopicPartition(gone.topic, gone.partition, earliest))

@@ -290,7 +290,10 @@ class Task:
     def check_idle(self, now: float) -> None:
         """A source task on event time whose partition brought nothing for the source's
         idle timeout tells the tasks it feeds, so they stop waiting for its watermark
-        (Flink's `withIdleness`); its next record makes it active again."""
+        (Flink's `withIdleness`); its next record makes it active again. In a task of
+        several inputs, a source input idle that long stops holding back the task's own
+        watermark the same way."""
+        self._inputs_idle(now)
         layout = self.time
         if (layout is None or layout.idle_timeout_s is None or self.stage.repartition or self.idle
                 or now - self.last_input < layout.idle_timeout_s):
@@ -299,6 +302,17 @@ class Task:
         log.info("%s had no input for %.0fs: idle, the tasks it feeds go on without its watermark",
                  self.id, layout.idle_timeout_s)
         self._ctx.went_idle()
+
+    def _inputs_idle(self, now: float) -> None:
+        if self.group is None or self.time is None or self._ctx is None:
+            return
+        clock = self._ctx.clock
+        for task_input in self.inputs:
+            idle_ms = task_input.spec.root.options.get("idle_timeout_ms") if not task_input.spec.repartition else None
+            if idle_ms is None or task_input.buffer or now - task_input.last_input < idle_ms / 1000:
+                continue
+            if clock.idle(task_input.origins):
+                self._ctx.advance(clock.watermark)
 
     def _run_stepwise(self, msgs: list, step: Any) -> None:
         """The record loop of a task whose records each need more than the fast path
@@ -400,7 +414,9 @@ class Task:
         committed offset must not move back below what was committed already. A task
         restored from a savepoint is covered once even if it read nothing, so its
         committed offset records that it descends from the savepoint."""
-        return (self.records_since_checkpoint > 0 or self.completed.uncommitted) and self.replay_until is None
+        return ((self.records_since_checkpoint > 0 or self.completed.uncommitted
+                 or (self.state is not None and self.state.store is not None and self.state.changed_since_snapshot()))
+                and self.replay_until is None)
 
 
 def _decoder(spec: StageInput, ctx: ChainContext) -> Any:
