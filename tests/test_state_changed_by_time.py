@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness.kafka import produce
 from tests.harness.worker_process import wait_for
-from tests.test_tables_and_joins import JoinRun
+from tests.harness.join_run import JoinRun
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

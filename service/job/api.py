@@ -47,9 +47,6 @@ class Node:
 
 STATEFUL_KINDS = {"aggregate", "reduce", "process", "window", "table", "materialize", "table_aggregate",
                   "stream_join"}
-# Kinds that start a stage of their own: they read a topic (a source, a table, or the
-# repartition topic a key_by or group_by writes).
-ROOT_KINDS = {"source", "table", "key_by", "group_by"}
 # Kinds that meet several streams in one task: their inputs must be co-partitioned.
 JOIN_KINDS = {"stream_table_join", "table_join", "stream_join"}
 # What happens to a record on which an operator (or the source's serde) fails:

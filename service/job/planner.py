@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from connectors.serdes import KEY, PICKLE, Serde
 from eos.errors import ConfigurationError
 from service.eventtime.clock import clock_uid
-from service.job.api import JOIN_KINDS, ROOT_KINDS, VALUE_CHANGING_KINDS, Job, Node
+from service.job.api import JOIN_KINDS, VALUE_CHANGING_KINDS, Job, Node
 
 
 @dataclass
