@@ -50,7 +50,7 @@ class Owner:
 class Manager:
     def __init__(self) -> None:
         self.rewinds = 0
-        self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0,
+        self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0, others=[],
                                     completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
                                     records_since_checkpoint=0, changed=False)
         self.tasks = {("in", 0): self.task}

@@ -276,8 +276,9 @@ def test_a_kill_at_each_checkpoint_phase_of_a_task_with_two_inputs_loses_and_rep
     events = oracle.enrichment_events(clicks=1_500, users=30, seed=61)
     expected = oracle.expected_enrichment(events)
     run = JoinRun(bootstrap, tmp_path, "enrich_clicks.py", ["users", "clicks"], extra=("--max-task-idle", "1s"))
-    run.feed(events, chunk=100, pause_s=0.2)
     doomed = run.start_worker(fault=f"{phase}@3")
+    wait_for(lambda: "assigned" in doomed.log_text() or not doomed.alive(), 60, 0.2, "the doomed worker's tasks")
+    run.feed(events, chunk=100, pause_s=0.2)  # input arrives over more than three checkpoints
     assert doomed.wait(120) == -signal.SIGKILL, f"fault {phase} did not fire:\n{doomed.log_tail()}"
     run.wait_fed()
     run.finish(lambda outputs: len(outputs) >= len(expected), "every click enriched")

@@ -73,9 +73,9 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
             counts[stage_input.topic] = wanted
         elif (stage_input.partitions is not None or stage_input.partitions_like is not None) and have != wanted:
             raise ConfigurationError(
-                f"repartition topic {stage_input.topic!r} has {have} partitions but {stage_input.root.uid!r} needs "
-                f"{wanted}; keys would move away from their state. Restore from a savepoint into a new group "
-                "to change it.")
+                f"repartition topic {stage_input.topic!r} has {have} partitions but {stage_input.root.kind} "
+                f"{stage_input.root.uid!r} asks for {wanted}; keys would move away from their state. Restore from "
+                "a savepoint into a new group to change it.")
     check_co_partitioned(plan, counts)
     if dead_letter_topic and dead_letter_topic not in counts:
         wanted = counts[plan.stages[0].topic]
