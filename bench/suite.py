@@ -37,6 +37,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import runner  # noqa: E402
 import join_bench  # noqa: E402 (registers the join candidates)
+import latency_bench  # noqa: E402
 import window_bench  # noqa: E402 (registers the window candidates)
 import workload  # noqa: E402
 from runner import MAIN_PY, REGISTRY, register, run_benchmark, run_once  # noqa: E402
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,joins,monitoring,dead-letter,state-size,rss")
+    ap.add_argument("--only", default="throughput,windows,joins,latency,monitoring,dead-letter,state-size,rss")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if "joins" in sections:
         results["joins"] = join_bench.join_throughput(args.bootstrap, records, 1_000 if quick else 10_000,
                                                       1 if quick else 3, log)
+    if "latency" in sections:
+        results["latency"] = latency_bench.latency(args.bootstrap, records, 1_000 if quick else 10_000,
+                                                   10.0 if quick else 25.0, 1 if quick else 3, log)
     if "monitoring" in sections:
         results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
     if "dead-letter" in sections:
