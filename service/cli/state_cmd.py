@@ -168,7 +168,7 @@ def _checkpoint_lines(storage: Any, job: str, uid: str, selector: str | None, jo
     if not catalogs:
         raise click.ClickException(f"no checkpoints of job {job!r} for operator {uid!r} in {storage.describe('')}")
     for catalog in catalogs:
-        record = catalog.find(selector) if selector is not None else catalog.newest_complete()
+        record = catalog.find(selector) if selector is not None else catalog.newest_complete
         if record is None or record.manifest is None:
             click.echo(f"warning: task {catalog.task} has no complete checkpoint {selector or ''}".rstrip(), err=True)
             continue
