@@ -57,8 +57,12 @@ def resolve(member: Member, group: str, path: str = "/status.json", token: str |
         if code == 200 and body.get("worker") == member.worker and body.get("group") == group:
             peer.url, peer.status = url, body
             return peer
-        problems.append(f"{url}{path}: answered {code} as worker {body.get('worker')!r} of "
-                        f"{body.get('group')!r}")
+        if code == 403:
+            problems.append(f"{url}{path}: refused control: {body.get('text') or body.get('error')} (give the "
+                            "worker's control token: --control-token-file or EOS_CONTROL_TOKEN)")
+        else:
+            problems.append(f"{url}{path}: answered {code} as worker {body.get('worker')!r} of "
+                            f"{body.get('group')!r}")
     peer.error = "; ".join(problems)
     return peer
 
