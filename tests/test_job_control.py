@@ -16,7 +16,7 @@ import pytest
 from service.savepoints.resume import open_savepoint
 from tests.harness import browser
 from tests.harness.oracle import Order
-from tests.harness.savepoints import ControlledWorker, eos, start_controlled
+from tests.harness.savepoints import ControlledWorker, eos, start_controlled, wait_settled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO, wait_for
 
@@ -34,24 +34,11 @@ def _expected_totals(orders: dict[int, Order]) -> dict[str, tuple[int, int]]:
     return {user: (s, n) for user, (s, n) in totals.items()}
 
 
-def _settled(workers: list[ControlledWorker]) -> None:
-    previous: list = []
-
-    def balanced() -> bool:
-        nonlocal previous
-        assignment = [sorted(t["task"] for t in w.status()["tasks"]) for w in workers]
-        settled = all(assignment) and assignment == previous
-        previous = assignment
-        return settled
-
-    wait_for(balanced, 120, 1.0, "every worker to hold tasks, unchanged for a second")
-
-
 def _start(scenario: RunningSum, *extra: str) -> list[ControlledWorker]:
     workers = [start_controlled(scenario, worker_id=w, extra_args=list(extra)) for w in WORKERS]
     for worker in workers:
         worker.wait_ready()
-    _settled(workers)
+    wait_settled(workers)
     return workers
 
 
