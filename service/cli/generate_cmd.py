@@ -10,13 +10,13 @@ import threading
 import click
 
 from service.cli.generator import OrderGenerator, ProfileGenerator
+from service.cli.options import DURATION, bootstrap_option
 
 log = logging.getLogger(__name__)
 
 
 @click.command("generate")
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", required=True,
-              help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
+@bootstrap_option()
 @click.option("--topic", required=True, help="Topic to produce the orders to.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
               help="Orders per second.")
@@ -29,16 +29,20 @@ log = logging.getLogger(__name__)
 @click.option("--seed", type=int, default=None, help="Random seed (repeatable runs).")
 @click.option("--key-by-user", is_flag=True, help="Key each order by its user (so Kafka partitions them by "
               "user), not by its id.")
-@click.option("--event-time-step-ms", type=click.IntRange(min=1), default=None,
-              help="Give order i the event time (start of the current hour) + i * STEP ms, as its Kafka "
+@click.option("--event-time-step", type=DURATION, default=None,
+              help="Give order i the event time (start of the current hour) + i * STEP, as its Kafka "
               "timestamp and in a \"ts\" field (event time for windows that does not depend on when the "
               "orders are produced); default: the time each is produced.")
+@click.option("--event-time-step-ms", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--profiles", is_flag=True,
               help="Produce user profiles {\"user\", \"country\"} keyed by user instead of orders: one per "
                    "user (default --records: --users), then changes of random users' countries.")
 def generate(bootstrap_servers: str, topic: str, rate: float, records: int, users: int, start_id: int,
-             seed: int | None, key_by_user: bool, event_time_step_ms: int | None, profiles: bool) -> None:
+             seed: int | None, key_by_user: bool, event_time_step: float | None, event_time_step_ms: int | None,
+             profiles: bool) -> None:
     """Produce running-sum orders {"id", "user", "amount"} (or user profiles) to TOPIC."""
+    if event_time_step is not None:
+        event_time_step_ms = max(1, round(event_time_step * 1000))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -152,6 +152,8 @@ class WorkerConfig:
     # Monitoring: no port, no HTTP server and no client statistics; 0 picks a free port.
     http_host: str = "127.0.0.1"
     http_port: int | None = None
+    # Where others reach the HTTP port, tried in order (advertised in the consumer's client id).
+    http_advertised_urls: tuple[str, ...] = ()
     control_token: str | None = None
     control_allow: tuple[str, ...] = ()
     stats_interval_ms: int = 1000

@@ -42,6 +42,8 @@ from service.runtime.missing_input import MissingInput
 from service.runtime.task_manager import TaskManager
 from service.runtime.topics import PartitionCounts, check_key_partitioning, ensure_topics
 from service.savepoints.control import SavepointControl, default_savepoint_dir
+from service.savepoints.publish import add_manifest_route
+from service.web.state_queries import StateQueries, add_state_route
 from service.savepoints.resume import SavepointResume
 from service.tables.global_table import GlobalTable
 from statestore.storage import open_storage
@@ -96,7 +98,11 @@ class Worker:
             default_dir=config.savepoint_dir or default_savepoint_dir(config.checkpoint_storage, self.group),
             scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop,
             s3=config.s3)
+        self.queries = StateQueries(config.worker_id, self.group,
+                                    {"bootstrap.servers": config.bootstrap_servers, **config.kafka_config})
         self.savepoints.add_routes(self.monitor.router)
+        add_manifest_route(self.monitor.router, self.savepoints)
+        add_state_route(self.monitor.router, self.queries)
         # True when a client could not be closed in time: the process should then exit at
         # once rather than wait on it again in the client's destructor.
         self.abandoned_clients = False
@@ -176,7 +182,7 @@ class Worker:
         start_from = str(kafka.pop("auto.offset.reset", c.auto_offset_reset))
         consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
-            c.bootstrap_servers, self.group, client_id(self.group, c.worker_id, self.stamp),
+            c.bootstrap_servers, self.group, client_id(self.group, c.worker_id, self.stamp, self.monitor.advertised_urls()),
             session_timeout_ms=c.session_timeout_ms, max_poll_interval_ms=c.max_poll_interval_ms,
             static_membership=c.static_membership, worker_id=c.worker_id, extra=consumer_extra),
             start_from=start_from, waits=self.monitor.kafka_waits)
@@ -201,12 +207,13 @@ class Worker:
         manager = self.manager
         self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
         self.savepoints.attach(self.plan, self.manager, self.source.consumer, partition_counts, offsets)
+        self.queries.attach(self.plan, self.manager, partition_counts)
         self.loop = ProcessingLoop(
             source=self.source, owner=self.owner, manager=self.manager, coordinator=coordinator,
             missing_input=missing_input, global_positions=global_positions,
             monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.all_input_topics + [t.options["topic"] for t in self.plan.global_tables],
             consume_batch=c.consume_batch, state_cache_bytes=c.state_cache_bytes,
-            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self.savepoints.tick)
+            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self._tick)
         # The producer starts with the first assignment (ProcessingLoop._assigned).
         self.source.subscribe(self.plan.input_topics)
         self.scrubber.start()
@@ -235,6 +242,11 @@ class Worker:
                 slot_holder=slot.holder, waits=self.monitor.kafka_waits)
         return AtLeastOnceOwner(c.bootstrap_servers, extra=extra, call_timeout_s=call_timeout,
                                 slot_holder=slot.holder, waits=self.monitor.kafka_waits)
+
+    def _tick(self, loop: ProcessingLoop) -> None:
+        """The loop's turn for requests that came over HTTP: savepoints, state queries."""
+        self.savepoints.tick(loop)
+        self.queries.tick(loop)
 
     def _positions(self) -> dict[tuple[str, int], int | None]:
         return self.manager.positions() if self.manager is not None else {}
