@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH_DIR))
 
 import runner  # noqa: E402
+import async_snapshot_bench  # noqa: E402
 import join_bench  # noqa: E402 (registers the join candidates)
 import latency_bench  # noqa: E402
 import window_bench  # noqa: E402 (registers the window candidates)
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,joins,latency,monitoring,dead-letter,state-size,rss")
+    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,monitoring,dead-letter,"
+                                      "state-size,rss")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -333,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if "latency" in sections:
         results["latency"] = latency_bench.latency(args.bootstrap, records, 1_000 if quick else 10_000,
                                                    10.0 if quick else 25.0, 1 if quick else 3, log)
+    if "async-snapshots" in sections:
+        results["async_snapshots"] = async_snapshot_bench.async_snapshots(
+            args.bootstrap, 100_000 if quick else 1_000_000, 200_000 if quick else 1_000_000, 20.0,
+            1 if quick else 2, log)
     if "monitoring" in sections:
         results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
     if "dead-letter" in sections:

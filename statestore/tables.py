@@ -76,12 +76,54 @@ class _CachedTable:
         pending.clear()
         return count
 
+    def capture(self) -> CapturedChanges | None:
+        """The pending changes as they are now, serialised, for a snapshot written in the
+        background; the table goes on with an empty set of changes. The values are
+        encoded here, in one call for all of them, because user code may change an
+        accumulator in place once it is read again; the captured entries stay readable
+        in the cache. None when nothing changed."""
+        if not self.pending:
+            return None
+        # A copy, then cleared in place: operators hold the pending dict itself (the hot
+        # path writes to it without looking it up).
+        pending = self.pending.copy()
+        self.pending.clear()
+        puts = [(entry, value) for entry, value in pending.items() if value is not DELETED]
+        deletes = [entry for entry, value in pending.items() if value is DELETED] if len(puts) < len(pending) else []
+        blob = self.codec.encode([value for _, value in puts]) if puts else b""
+        self.cache.update(pending)
+        return CapturedChanges(self, [entry for entry, _ in puts], blob, deletes, len(blob))
+
     def entry_bytes(self) -> int:
         return (len(self.cache) + len(self.pending)) * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
 
     def evict(self) -> None:
         assert not self.pending, "evicting unflushed state would lose it"
         self.cache.clear()
+
+
+class CapturedChanges:
+    """One table's changes captured at a barrier (see `_CachedTable.capture`), written to
+    RocksDB later, off the loop's thread."""
+
+    __slots__ = ("table", "entries", "blob", "deletes", "size")
+
+    def __init__(self, table: _CachedTable, entries: list, blob: bytes, deletes: list, size: int) -> None:
+        self.table, self.entries, self.blob, self.deletes, self.size = table, entries, blob, deletes, size
+
+    def write_into(self, batch: Any, handle: Any) -> int:
+        """Puts the captured changes into a RocksDB write batch (any thread: nothing here
+        is shared with the loop but the codec)."""
+        table, raw_key = self.table, self.table._raw_key
+        if self.entries:
+            encode = table.codec.encode
+            values = table.codec.decode(self.blob)
+            for entry, value in zip(self.entries, values):
+                batch.put(raw_key(entry), encode(value), handle)
+            table.avg_encoded_bytes = max(16, self.size // len(self.entries))
+        for entry in self.deletes:
+            batch.delete(raw_key(entry), handle)
+        return len(self.entries) + len(self.deletes)
 
 
 class ValueTable(_CachedTable):
@@ -121,11 +163,14 @@ class MapTable(_CachedTable):
     """Per-key maps of one operator state (`MapState`): entries live under the key's
     prefix in RocksDB, so one key's map can be iterated without loading others."""
 
-    __slots__ = ("dirty_by_key",)
+    __slots__ = ("dirty_by_key", "unwritten")
 
     def __init__(self, store: TaskStore, cf: str, codec: ValueCodec) -> None:
         super().__init__(store, cf, codec)
         self.dirty_by_key: dict[Any, set[Any]] = {}
+        # Changes captured for a snapshot and not yet in RocksDB: (their dirty keys, their
+        # values), overlaid on what RocksDB holds until they are written.
+        self.unwritten: tuple[dict[Any, set[Any]], dict[Any, Any]] | None = None
 
     def _raw_key(self, entry: Any) -> bytes:
         key, map_key = entry
@@ -148,19 +193,36 @@ class MapTable(_CachedTable):
         self.put(key, map_key, DELETED)
 
     def entries(self, key: Any) -> dict[Any, Any]:
-        """The whole map of `key`: RocksDB's entries overlaid with unflushed changes."""
+        """The whole map of `key`: RocksDB's entries overlaid with changes not written
+        there yet (captured for a snapshot, then pending)."""
         prefix = composite_prefix(encode_key(key))
         result = {
             decode_key(split_composite(raw_key)[1]): self.codec.decode(raw)
             for raw_key, raw in self.store.items(self.cf, prefix)
         }
-        for map_key in self.dirty_by_key.get(key, ()):
-            value = self.pending[(key, map_key)]
-            if value is DELETED:
-                result.pop(map_key, None)
-            else:
-                result[map_key] = value
+        layers = [(self.dirty_by_key, self.pending)]
+        if self.unwritten is not None:
+            layers.insert(0, self.unwritten)
+        for dirty_by_key, values in layers:
+            for map_key in dirty_by_key.get(key, ()):
+                value = values[(key, map_key)]
+                if value is DELETED:
+                    result.pop(map_key, None)
+                else:
+                    result[map_key] = value
         return result
+
+    def capture(self) -> CapturedChanges | None:
+        dirty_by_key, pending = self.dirty_by_key.copy(), self.pending.copy()
+        captured = super().capture()
+        if captured is not None:
+            self.dirty_by_key.clear()
+            self.unwritten = (dirty_by_key, pending)
+        return captured
+
+    def written(self) -> None:
+        """The captured changes are in RocksDB: RocksDB alone shows them now."""
+        self.unwritten = None
 
     def drain_into(self, batch: Any, handle: Any) -> int:
         self.dirty_by_key.clear()

@@ -8,6 +8,7 @@ files. Tables are created on first use, so operators declare state lazily in `op
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from statestore.scrub import TaskScrub
 from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, UploadPlan, run_all, task_prefix
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
-from statestore.tables import MapTable, ValueTable
+from statestore.tables import CapturedChanges, MapTable, ValueTable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class TaskState:
         self._acquired = False
         # Whether RocksDB took writes since the database was opened or last snapshotted.
         self._written = False
+        # Set while no captured snapshot is being written: anything else that writes to
+        # or replaces the database waits for it.
+        self._idle = threading.Event()
+        self._idle.set()
 
     def open(self, manifest: Manifest | None) -> RestoreStats | None:
         """Builds a fresh working database, from `manifest`'s snapshot when given."""
@@ -83,8 +88,43 @@ class TaskState:
             raise TypeError(f"state {cf!r} is used both as {type(table).__name__} and {kind.__name__}")
         return table
 
+    def capture(self) -> list[CapturedChanges]:
+        """The synchronous part of a snapshot: every table's changes since the last one,
+        taken as they are now (`write_snapshot` writes them, on another thread). The
+        tables go on at once; until the write is done, nothing else writes to RocksDB."""
+        self.wait_written()
+        captured = [c for table in self.tables.values() if (c := table.capture()) is not None]
+        self._idle.clear()
+        return captured
+
+    def write_snapshot(self, captured: list[CapturedChanges], snapshot: str) -> Path:
+        """The captured changes into RocksDB as one batch, then the snapshot of exactly
+        that state (hard links). Runs off the loop's thread."""
+        try:
+            batch, count = self.store.new_batch(), 0
+            for changes in captured:
+                count += changes.write_into(batch, self.store.handle(changes.table.cf))
+            if count:
+                self.store.commit(batch)
+            for changes in captured:
+                if isinstance(changes.table, MapTable):
+                    changes.table.written()
+            return self.snapshot_local(snapshot)
+        finally:
+            self._idle.set()
+
+    def drop_capture(self) -> None:
+        """The captured changes will not be written (the checkpoint failed at its barrier;
+        a rewind rebuilds the database from the last snapshot)."""
+        self._idle.set()
+
+    def wait_written(self) -> None:
+        """Waits until no captured snapshot is being written."""
+        self._idle.wait()
+
     def flush(self) -> int:
         """Writes every table's pending changes to RocksDB as one atomic batch."""
+        self.wait_written()
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
@@ -141,6 +181,7 @@ class TaskState:
         return {cf: self.store.estimate_keys(cf) for cf in self.store.column_families}
 
     def close(self, remove_working_dir: bool = True) -> None:
+        self.wait_written()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -151,6 +192,7 @@ class TaskState:
 
     def discard_working_db(self) -> None:
         """Closes the database without releasing the directory: a rewind follows."""
+        self.wait_written()
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -32,7 +32,11 @@ class Clock:
 
 
 class Owner:
-    """Takes `commit_s` of the clock's time per commit; fails while `failing`."""
+    """Takes `commit_s` of the clock's time per commit; fails while `failing`. It commits
+    in the loop (no pool), so these tests see whole checkpoints on the clock."""
+
+    asynchronous = False
+    closing = False
 
     def __init__(self, clock: Clock, commit_s: float) -> None:
         self.clock, self.commit_s = clock, commit_s

@@ -34,7 +34,7 @@ def build_session(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     table = ctx.state.map_table(f"{uid}:sessions", options["codec"])
     late_topic = options.get("late_topic")
     late = ctx.late_counter(uid, late_topic is not None)
-    produce_blocking = ctx.produce.blocking
+    out = ctx.produce
     open_sessions: dict[Any, dict[int, int]] = {}  # key -> {start: end}
     by_end: dict[int, dict[tuple[Any, int], None]] = {}
     for (key, start), (end, _) in table.items():
@@ -54,7 +54,7 @@ def build_session(node: Node, ctx: Any, down: Callable[[Any, Any], None],
         if ts + grace <= passed:
             late()
             if late_topic is not None:
-                produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
+                out.blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
             return
         sessions = open_sessions.setdefault(key, {})
         start, end = ts, ts + gap

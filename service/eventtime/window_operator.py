@@ -50,7 +50,7 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     table = ctx.state.map_table(f"{uid}:windows", options["codec"])
     late_topic = options.get("late_topic")
     late = ctx.late_counter(uid, late_topic is not None)
-    produce_blocking = ctx.produce.blocking
+    out = ctx.produce
     # Open windows by end: {end: {(key, start): None}} (a dict keeps insertion order).
     by_end: dict[int, dict[tuple[Any, int], None]] = {}
     for (key, start), _ in table.items():
@@ -81,7 +81,7 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
         if not accepted:
             late()
             if late_topic is not None:
-                produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
+                out.blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
 
     def close_until(watermark: int) -> None:
         due = sorted(end for end in by_end if end + grace <= watermark)

@@ -90,29 +90,42 @@ class ProcessingLoop:
         manager.tick()
         self.settle(self.owner.poll())
         self.tick(self)
-        if self.coordinator.due():
-            self.checkpoint("interval")
+        ended = self.coordinator.poll()
+        if ended is not None:
+            self._checkpoint_ended(ended)
             self.monitor.publish()
+        if self.coordinator.due():
+            begun = self.coordinator.begin("interval")
+            if begun is not None and begun.ended:  # it ran in the loop, or failed at its barrier
+                self._checkpoint_ended(begun)
+                self.monitor.publish()
         self.monitor.tick()
 
     # -- outcomes -----------------------------------------------------------------------
 
     def checkpoint(self, reason: str) -> CheckpointRecord | None:
-        """One checkpoint of every changed task, its outcome acted on."""
+        """One checkpoint of every changed task, run to its end (after the one in flight),
+        its outcome acted on."""
         record = self.coordinator.trigger(reason)
         if record is not None:
-            if record.outcome.committed:
-                self.failures = 0
-            else:
-                if record.outcome.counts:
-                    log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id, self.failures + 1,
-                                record.error)
-                self.settle(record.outcome)
+            self._checkpoint_ended(record)
         return record
+
+    def _checkpoint_ended(self, record: CheckpointRecord) -> None:
+        if record.outcome.committed:
+            self.failures = 0
+            return
+        if record.outcome.counts:
+            log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id, self.failures + 1,
+                        record.error)
+        self.settle(record.outcome)
 
     def settle(self, outcome: Outcome) -> None:
         if outcome.committed:
             return
+        # A checkpoint still in flight ends first: its transaction is gone with the
+        # others (the owner gave them all up), but it may have committed before.
+        self.coordinator.settle_in_flight()
         if outcome.kind is Kind.REPLACED:
             raise WorkerReplacedError(outcome.reason)
         if outcome.kind is Kind.FATAL:
@@ -172,7 +185,7 @@ class ProcessingLoop:
         if lost:
             outcome = self.owner.abort(f"lost partitions {_ids(keys)} without a chance to commit (session "
                                        "expired?)", counts=False, identity_in_doubt=True)
-        elif self.manager.changed(keys):
+        elif self.manager.changed(keys) or self.coordinator.in_flight:
             outcome = self.owner.abort(f"partitions {_ids(keys)} were revoked with work no checkpoint covers; "
                                        "their next owner redoes it", counts=False)
         else:

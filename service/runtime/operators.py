@@ -192,7 +192,7 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
     if ctx.carry_time or node.options["key_serde"] is not KEY:
         return _key_by_for_join(node, ctx)
     fn, uid = node.fn, node.uid
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     topic = node.options["topic"]
     if node.options["passthrough"]:
         def push(key: Any, value: Any) -> None:
@@ -201,9 +201,9 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
             except Exception as exc:
                 raise OperatorFailure(uid, exc) from exc
             try:
-                produce(topic, ctx.raw, new_key)
+                out.fast(topic, ctx.raw, new_key)
             except BufferError:
-                produce_blocking(topic, ctx.raw, new_key)
+                out.blocking(topic, ctx.raw, new_key)
             except KafkaException as exc:
                 raise _unsendable(uid, topic, new_key, ctx.raw, exc) from exc
 
@@ -217,9 +217,9 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
-            produce(topic, data, new_key)
+            out.fast(topic, data, new_key)
         except BufferError:
-            produce_blocking(topic, data, new_key)
+            out.blocking(topic, data, new_key)
         except KafkaException as exc:
             raise _unsendable(uid, topic, new_key, data, exc) from exc
 
@@ -231,7 +231,7 @@ def _key_by_for_join(node: Node, ctx: ChainContext) -> Push:
     keys are (so it lands on the partition its partner's do), and the record's timestamp
     travels in a header, since that stage orders records by it."""
     fn, uid, topic = node.fn, node.uid, node.options["topic"]
-    produce_blocking = ctx.produce.blocking
+    out = ctx.produce
     serialize_key = node.options["key_serde"].serialize
     passthrough = node.options["passthrough"]
     serialize = node.options["repartition_serde"].serialize
@@ -245,9 +245,9 @@ def _key_by_for_join(node: Node, ctx: ChainContext) -> Push:
             raise OperatorFailure(uid, exc) from exc
         try:
             if carry:
-                produce_blocking(topic, data, new_key, headers=ts_header(ctx.ts))
+                out.blocking(topic, data, new_key, headers=ts_header(ctx.ts))
             else:
-                produce_blocking(topic, data, new_key)
+                out.blocking(topic, data, new_key)
         except KafkaException as exc:
             raise _unsendable(uid, topic, new_key, data, exc) from exc
 
@@ -261,7 +261,7 @@ def _group_by(node: Node, ctx: ChainContext) -> Push:
     if ctx.timed:
         raise ConfigurationError(f"group_by {node.uid!r}: tables do not run on event time")
     fn, uid, topic = node.fn, node.uid, node.options["topic"]
-    produce_blocking = ctx.produce.blocking
+    out = ctx.produce
     serialize_key = node.options["key_serde"].serialize
     serialize = node.options["repartition_serde"].serialize
     carry = ctx.carry_time
@@ -274,7 +274,7 @@ def _group_by(node: Node, ctx: ChainContext) -> Push:
             raise OperatorFailure(uid, exc) from exc
         headers = ts_header(ctx.ts) if carry else None
         try:
-            produce_blocking(topic, data, group_key, headers=headers)
+            out.blocking(topic, data, group_key, headers=headers)
         except KafkaException as exc:
             raise _unsendable(uid, topic, group_key, data, exc) from exc
 
@@ -292,7 +292,7 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
     origin and its watermark in a header; when the watermark passes a marker interval, a marker
     goes to every partition of the topic (service/eventtime/clock.py)."""
     fn, uid, topic = node.fn, node.uid, node.options["topic"]
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     passthrough = node.options["passthrough"]
     serialize = node.options["repartition_serde"].serialize
     serialize_key = node.options["key_serde"].serialize
@@ -308,9 +308,9 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
             raise OperatorFailure(uid, exc) from exc
         headers = time_header(origin, clock.watermark, ctx.ts)
         try:
-            produce(topic, data, new_key, headers=headers)
+            out.fast(topic, data, new_key, headers=headers)
         except BufferError:
-            produce_blocking(topic, data, new_key, headers=headers)
+            out.blocking(topic, data, new_key, headers=headers)
         except KafkaException as exc:
             raise _unsendable(uid, topic, new_key, data, exc) from exc
 
@@ -323,7 +323,7 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
 
     def send_marker(headers: list[tuple[str, bytes]]) -> None:
         for partition in partitions:
-            produce_blocking(topic, None, None, partition=partition, headers=headers)
+            out.blocking(topic, None, None, partition=partition, headers=headers)
 
     ctx.watermark_listeners.append(mark)
     ctx.idle_listeners.append(lambda: send_marker(marker_header(origin, None)))
@@ -393,7 +393,7 @@ def _process(node: Node, ctx: ChainContext) -> Push:
 
 def _sink(node: Node, ctx: ChainContext) -> Push:
     uid = node.uid
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     topic = node.options["topic"]
     key_serde, value_serde = node.options["key_serde"], node.options["value_serde"]
     fast_key, careful_key = key_serde.fast_serialize, key_serde.serialize
@@ -418,11 +418,11 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
             raise OperatorFailure(uid, exc) from exc
         try:
             if timed:
-                produce(topic, value_bytes, key_bytes, timestamp=ctx.ts)
+                out.fast(topic, value_bytes, key_bytes, timestamp=ctx.ts)
             else:
-                produce(topic, value_bytes, key_bytes)
+                out.fast(topic, value_bytes, key_bytes)
         except BufferError:
-            produce_blocking(topic, value_bytes, key_bytes, **({"timestamp": ctx.ts} if timed else {}))
+            out.blocking(topic, value_bytes, key_bytes, **({"timestamp": ctx.ts} if timed else {}))
         except KafkaException as exc:
             raise _unsendable(uid, topic, key_bytes, value_bytes, exc) from exc
 

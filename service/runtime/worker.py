@@ -31,7 +31,7 @@ from service.job.api import Job
 from service.job.planner import plan
 from service.membership.departed import DepartedWorkerFencer
 from service.membership.incarnation import Incarnation
-from service.membership.slot import SlotGuard, transactional_id
+from service.membership.slot import SlotGuard, transactional_ids
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.monitor import WorkerMonitor
 from service.monitoring.status import FAILED, RUNNING, STOPPED, STOPPING
@@ -96,7 +96,9 @@ class Worker:
         self.savepoints = SavepointControl(
             worker_id=config.worker_id, group=self.group, job_name=job.name, params=config.params,
             default_dir=config.savepoint_dir or default_savepoint_dir(config.checkpoint_storage, self.group),
-            scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop,
+            # Per worker: workers of one job may share a state directory.
+            scratch_dir=config.state_dir / self.group / "savepoint-scratch" / config.worker_id,
+            request_stop=self.request_stop,
             s3=config.s3)
         self.queries = StateQueries(config.worker_id, self.group,
                                     {"bootstrap.servers": config.bootstrap_servers, **config.kafka_config})
@@ -237,7 +239,7 @@ class Worker:
         c = self.config
         if c.processing_guarantee == EXACTLY_ONCE:
             return TransactionOwner(
-                c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=extra,
+                c.bootstrap_servers, transactional_ids(self.group, c.worker_id), extra=extra,
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
                 slot_holder=slot.holder, waits=self.monitor.kafka_waits)
         return AtLeastOnceOwner(c.bootstrap_servers, extra=extra, call_timeout_s=call_timeout,
@@ -287,6 +289,8 @@ class Worker:
             self.scrubber.stop()
         for table in self.global_tables.values():
             table.close()
+        if self.loop is not None:
+            self.loop.coordinator.wait_in_flight()  # its snapshot writes into the stores closed next
         if self.manager is not None:
             self.manager.close_all()
         if self.source is not None:
