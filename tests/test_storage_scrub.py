@@ -63,7 +63,6 @@ def test_a_file_damaged_in_storage_is_written_again_from_the_intact_local_copy(b
     sst = next(f for f in manifest["files"] if f["name"].endswith(".sst"))
     damaged = checkpoints / scenario.group / "tasks" / manifest["task"] / sst["key"]
     damaged.write_bytes(bytes(b ^ 0xFF for b in damaged.read_bytes()))  # same size, every byte wrong
-    assert _verify(f"file://{checkpoints}", scenario.group).returncode == 1
 
     wait_for(lambda: _metric(port, "eos_storage_scrub_files_mended_total") >= 1 or not worker.alive(), 120, 0.5,
              "the scrub to mend the damaged file")
