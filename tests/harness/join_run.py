@@ -54,13 +54,13 @@ class JoinRun:
             assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
             worker.kill()
 
-    def finish(self, done, what: str, timeout: float = 180) -> None:
+    def finish(self, done, what: str, timeout: float = 180, guarantee: str = "exactly-once") -> None:
         """A last worker runs until `done(outputs)` holds, then stops cleanly."""
-        worker = self.start_worker()
+        worker = self.start_worker(guarantee)
 
         def complete() -> bool:
             assert worker.alive(), worker.log_tail()
-            return done(self.outputs())
+            return worker.running() and done(self.outputs())
 
         wait_for(complete, timeout, 1.0, what)
         assert worker.terminate() == 0, worker.log_tail()

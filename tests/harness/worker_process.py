@@ -106,6 +106,10 @@ class WorkerProcess:
             if self.proc.returncode is not None:
                 self._log.close()
 
+    def running(self) -> bool:
+        """Whether this incarnation logged its start: it handles SIGTERM from then on."""
+        return " started: stages " in self.log_text()
+
     def log_text(self) -> str:
         """This incarnation's log so far."""
         try:
