@@ -8,6 +8,8 @@ they write must be read by the job, across a schema change made while the job ru
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import SCHEMA_REGISTRY_GROUP
@@ -23,6 +25,7 @@ from tests.harness.registry_clients import (
     protobuf_totals,
     register_json_schema,
 )
+from tests.harness.savepoints import eos, start_controlled, stop_with_savepoint
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
 from tests.harness.workload import make_orders
@@ -84,6 +87,33 @@ def test_avro_orders_become_protobuf_totals_exactly_once_while_the_order_schema_
     messages = {value: dict(headers)["eos.error.message"].decode() for _, value, headers in dead}
     assert "not a schema-registry avro record" in messages[NOT_FRAMED]
     assert "a schema the registry does not have" in messages[UNKNOWN_SCHEMA_ID]
+
+
+def test_a_savepoint_of_version_1_state_resumes_onto_version_2_orders(bootstrap, schema_registry, tmp_path):
+    """State is the job's accumulators in eos's own codec (JSON), not registry-framed:
+    a savepoint taken while orders were version 1 resumes onto version-2 orders."""
+    scenario = _scenario(bootstrap, schema_registry.url, tmp_path, 2_000)
+    producer = AvroOrderProducer(bootstrap, schema_registry.url, scenario.input)
+    decode = protobuf_totals(schema_registry.url, scenario.output)
+    orders = list(scenario.orders.values())
+    old, new = orders[:1_000], orders[1_000:]
+    producer.produce(old, version=1)
+    worker = start_controlled(scenario).wait_ready()
+    wait_for(lambda: len(_outputs_seen(scenario, decode)) >= 300, 120, 0.5, "outputs of version-1 orders")
+    location = stop_with_savepoint([worker], tmp_path / "savepoints")
+
+    state = eos("state", "read", location, "--uid", "totals")
+    assert state.returncode == 0, state.stderr
+    accumulators = [json.loads(line)["value"] for line in state.stdout.splitlines()]
+    assert accumulators and all(a["last_coupon"] is None for a in accumulators)
+
+    producer.produce(new, version=2)
+    resumed = start_controlled(scenario, extra_args=["--from-savepoint", location])
+    wait_for(lambda: set(scenario.orders) <= _outputs_seen(scenario, decode), 180, 1.0,
+             lambda: f"every order's output ({resumed.process.log_tail(5)})")
+    assert resumed.process.terminate() == 0, resumed.process.log_tail()
+    report = check_running_sum(scenario.orders, scenario.outputs(), decode=decode)
+    assert report.ok, report.summary()
 
 
 def test_a_record_not_framed_by_the_registry_stops_the_job_naming_it(bootstrap, schema_registry, tmp_path):
