@@ -20,10 +20,8 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -32,6 +30,7 @@ from pathlib import Path
 
 from service.local_kafka.distribution import cache_root, require_java
 from tests.harness.ports import free_port
+from tests.harness.server_process import start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -83,38 +82,20 @@ class RegistryServer:
 
     def start(self, timeout: float = 120.0) -> None:
         runner = ensure_registry_app()
-        with open(self.log_path, "wb") as out:
-            self._proc = subprocess.Popen(
-                [require_java(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                 f"-Dquarkus.http.port={self.port}", f"-Dquarkus.http.host={self.host}",
-                 "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
-                 "-Dquarkus.log.category.\"io.quarkus.http.access-log\".level=WARN",
-                 "-jar", str(runner)],
-                cwd=runner.parent, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Apicurio Registry on {self.base} exited with {self._proc.returncode}:\n"
-                                   f"{self._log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Apicurio Registry on {self.base} did not answer within {timeout:.0f}s:\n"
-                                   f"{self._log_tail()}")
-            time.sleep(0.25)
+        self._proc = start_server(
+            [require_java(), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             f"-Dquarkus.http.port={self.port}", f"-Dquarkus.http.host={self.host}",
+             "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
+             "-Dquarkus.log.category.\"io.quarkus.http.access-log\".level=WARN",
+             "-jar", str(runner)],
+            self.log_path, self._answers, f"Apicurio Registry on {self.base}", timeout, cwd=runner.parent,
+            poll_s=0.25)
         self.set_compatibility("BACKWARD")
         log.info("Apicurio Registry up at %s (pid %d)", self.url, self._proc.pid)
 
     def stop(self, grace: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_server(proc, grace)
 
     def set_compatibility(self, level: str, subject: str | None = None) -> None:
         """Confluent's `PUT /config[/subject]`: the compatibility new schemas must keep."""
@@ -134,12 +115,6 @@ class RegistryServer:
             return True
         except (urllib.error.URLError, OSError, ValueError):
             return False
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @contextlib.contextmanager
