@@ -4,7 +4,15 @@ A serde is plain callables so the hot path can bind them once and call them with
 attribute lookups. Each direction has a fast callable (the C function itself, e.g.
 `orjson.loads`) and a careful one: the hot path calls the fast one and only when it
 raises asks the careful one, which either copes (a null key) or raises a `SerdeError`
-that says why. The runtime adds the record's topic, partition and offset.
+that says why. The runtime adds the record's topic, partition and offset. A serde that
+fails for a reason no record is at fault for (its schema registry is out of reach)
+raises an `EosError` instead, which stops the worker.
+
+Some serdes need to know where their bytes live: a schema registry's serializers name
+a subject after the topic and the field (key or value). The planner binds every serde
+to its topic and field once, when it plans the job (`Serde.bound`); serdes that do not
+care return themselves, so binding costs them nothing, and the hot path calls bound
+callables with one argument as before.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -24,6 +32,11 @@ class SerdeError(ValueError):
     """Bytes could not be turned into a value (or a value into bytes) by a serde."""
 
 
+Field = Literal["key", "value"]
+KEY_FIELD: Field = "key"
+VALUE_FIELD: Field = "value"
+
+
 @dataclass(frozen=True)
 class Serde:
     name: str
@@ -31,12 +44,22 @@ class Serde:
     deserialize: Callable[[bytes | None], Any]
     fast_serialize: Callable[[Any], bytes | None] | None = None
     fast_deserialize: Callable[[bytes | None], Any] | None = None
+    # (topic, field, writes) -> this serde bound there; None: the serde is the same
+    # wherever it is used. A bound serde keeps its binder, so binding it again binds the
+    # original anew (a job planned twice).
+    binder: Callable[[str, Field, bool], Serde] | None = None
 
     def __post_init__(self) -> None:
         if self.fast_serialize is None:
             object.__setattr__(self, "fast_serialize", self.serialize)
         if self.fast_deserialize is None:
             object.__setattr__(self, "fast_deserialize", self.deserialize)
+
+    def bound(self, topic: str, field: Field, writes: bool = False) -> Serde:
+        """This serde as used for `field` of `topic`'s records; `writes`: the job
+        writes them, so the bound serde must be able to serialise (an error at plan
+        time, not at the first record, if it cannot)."""
+        return self if self.binder is None else self.binder(topic, field, writes)
 
 
 def _json_loads(data: bytes | None) -> Any:

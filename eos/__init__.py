@@ -36,6 +36,7 @@ _EXPORTS = {
     "INT32": "connectors.serdes",
     "INT64": "connectors.serdes",
     "FLOAT64": "connectors.serdes",
+    "SchemaRegistry": "connectors.registry",
     "Table": "service.job.tables",
     "GroupedTable": "service.job.tables",
     "GlobalTable": "service.job.tables",

@@ -22,3 +22,4 @@ from service.job.tables import GlobalTable as GlobalTable
 from service.job.tables import GroupedTable as GroupedTable
 from service.job.tables import Table as Table
 from service.tables.change import Change as Change
+from connectors.registry import SchemaRegistry as SchemaRegistry

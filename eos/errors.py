@@ -118,3 +118,9 @@ class SavepointError(EosError):
 
 class CorruptSavepointError(SavepointError):
     """A savepoint file does not match the size or checksum its manifest recorded."""
+
+
+class SchemaRegistryUnavailableError(EosError):
+    """The schema registry could not be reached, or failed, while a serde needed it: no
+    record is at fault, so the worker stops (a restart strategy restarts it) rather than
+    send records to the error policy."""

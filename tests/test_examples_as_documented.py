@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SCHEMA_REGISTRY_GROUP
 from tests.harness.kafka import create_topics, read_all
+from tests.harness.registry_clients import protobuf_totals
 from tests.harness.oracle import Order, check_running_sum
 from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import (
@@ -71,6 +73,19 @@ def _runnable(blocks: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]
 EXAMPLES = _runnable(_readme_blocks()) + _runnable(_docstring_blocks())
 
 
+def _needs_registry(lines: list[str]) -> bool:
+    """Examples of schema-registry serdes: their job file makes a SchemaRegistry."""
+    run = shlex.split(next(line for line in lines if line.startswith("eos run ")))
+    return "SchemaRegistry" in (REPO / run[2]).read_text()
+
+
+def _example_params() -> list:
+    """Examples that need the schema registry run in its test process (one registry)."""
+    return [pytest.param(where, lines, id=f"{where}:{i}",
+                         marks=[pytest.mark.xdist_group(SCHEMA_REGISTRY_GROUP)] if _needs_registry(lines) else [])
+            for i, (where, lines) in enumerate(EXAMPLES)]
+
+
 def test_the_readme_and_every_example_have_a_runnable_example():
     places = {where for where, _ in EXAMPLES}
     assert "README.md" in places and {f"examples/{p.name}" for p in (REPO / "examples").glob("*.py")} <= places
@@ -84,12 +99,16 @@ def _params(argv: list[str]) -> dict[str, str]:
     return dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-p")
 
 
-@pytest.mark.parametrize("where,lines", EXAMPLES, ids=[f"{w}:{i}" for i, (w, _) in enumerate(EXAMPLES)])
-def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
+@pytest.mark.parametrize("where,lines", _example_params())
+def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, request):
     workdir = tmp_path / "work"
     shutil.copytree(REPO / "examples", workdir / "examples")
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": private_broker.bootstrap,
            "PATH": f"{EOS_BIN_DIR}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    registry = {}
+    if _needs_registry(lines):
+        env["SCHEMA_REGISTRY_URL"] = request.getfixturevalue("schema_registry").url
+        registry["registry_url"] = env["SCHEMA_REGISTRY_URL"]
     commands = [line for line in lines if not line.startswith("export ")]
     run_line = next(line for line in commands if line.startswith("eos run "))
     run_argv = shlex.split(run_line)
@@ -108,9 +127,11 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path):
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity,
-                 "order_enrichment.py": Enrichment, "users_per_country.py": UsersPerCountry}
-    contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(
-        read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True))
+                 "order_enrichment.py": Enrichment, "users_per_country.py": UsersPerCountry,
+                 "registry_totals.py": RegistryTotals}
+    job_file = shlex.split(run_line)[2].rsplit("/", 1)[-1]
+    contract = contracts.get(job_file, RunningSumContract)(
+        read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True), **registry)
     if hasattr(contract, "read_tables"):
         contract.read_tables({name: read_all(private_broker.bootstrap, topic, with_meta=True)
                               for name, topic in params.items() if name not in ("input", "output")})
@@ -152,6 +173,34 @@ class RunningSumContract(Contract):
     def check(self, outputs: list) -> str | None:
         report = check_running_sum(self.orders, outputs)
         return None if report.ok else report.summary()
+
+
+class RegistryTotals(RunningSumContract):
+    """registry_totals.py: Avro orders in, Protobuf totals out, both decoded by
+    confluent-kafka's own deserializers; then the running-sum oracle."""
+
+    def __init__(self, inputs: list[tuple], registry_url: str) -> None:
+        self.registry_url = registry_url
+        self.read_order = _avro_orders(registry_url)
+        super().__init__([(p, o, k, self.read_order(v), ts) for p, o, k, v, ts in inputs])
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        if not hasattr(self, "decode"):
+            self.decode = protobuf_totals(self.registry_url, topic)
+        return read_all(bootstrap, topic)
+
+    def check(self, outputs: list) -> str | None:
+        report = check_running_sum(self.orders, outputs, decode=self.decode)
+        return None if report.ok else report.summary()
+
+
+def _avro_orders(registry_url: str):
+    """Avro orders as the JSON the running-sum contract reads."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    return lambda raw: json.dumps(deserializer(raw, None)).encode()
 
 
 class Enrichment(RunningSumContract):

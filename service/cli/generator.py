@@ -4,7 +4,8 @@ the examples that join them with a table.
 Used by `eos generate` (the docker-compose stack's load) and by `eos demo`. Each order
 is `{"id", "user", "amount"}` as examples/running_sum.py expects, keyed by order id,
 so the job has to repartition by user. A profile is `{"user", "country"}`, keyed by
-user: first one per user, then changes of random users' countries.
+user: first one per user, then changes of random users' countries. Orders are JSON, or
+Avro of `ORDER_AVRO_SCHEMA` through a schema registry (examples/registry_totals.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,22 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 500
 HOUR_MS = 3_600_000
 
+# Version 1 of the orders' Avro schema, registered under the topic's value subject.
+ORDER_AVRO_SCHEMA = {
+    "type": "record", "name": "Order", "namespace": "eos.examples",
+    "fields": [{"name": "id", "type": "long"}, {"name": "user", "type": "string"},
+               {"name": "amount", "type": "long"}],
+}
+
+
+def _json(order: dict) -> bytes:
+    return json.dumps(order).encode()
+
 
 class OrderGenerator:
     def __init__(self, bootstrap: str, topic: str, *, rate: float, users: int, start_id: int = 0,
                  seed: int | None = None, key_by_user: bool = False,
-                 event_time_step_ms: int | None = None) -> None:
+                 event_time_step_ms: int | None = None, encode: Callable[[dict], bytes] = _json) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, not {rate}")
         self.topic = topic
@@ -35,6 +47,7 @@ class OrderGenerator:
         self.users = users
         self.next_id = start_id
         self.key_by_user = key_by_user
+        self.encode = encode
         # Event time made of the ids rather than the clock: order i happens at the start
         # of the current hour + i * step, in "ts" and as its Kafka timestamp.
         self.event_time_step_ms = event_time_step_ms
@@ -52,7 +65,7 @@ class OrderGenerator:
         if self.event_time_step_ms is not None:
             ts = order["ts"] = self.event_time_origin_ms + self.next_id * self.event_time_step_ms
         self.next_id += 1
-        return json.dumps(order).encode(), key.encode(), ts
+        return self.encode(order), key.encode(), ts
 
     def run(self, records: int | None = None, stop: threading.Event | None = None,
             progress: Callable[[int], None] | None = None) -> int:

@@ -15,6 +15,12 @@ the same partition of the stage's other inputs along.
 When nothing between a stage's start and a `key_by` changes the record value (only
 filters), the `key_by` forwards the record's original bytes and the next stage reads
 them with the source's serde: no second serialisation on the hot path.
+
+Every serde is bound here to the topic and field it reads or writes (`Serde.bound`):
+a schema registry's serializers name their subject after them. Sources, tables and
+global tables read their topic; sinks and repartitioning writers write theirs; a key
+serialised like another input's keys, to meet them in a join, is bound to that input's
+topic, so it gets the bytes (and the schema id) the other side's producers write.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from connectors.serdes import KEY, PICKLE, Serde
+from connectors.serdes import KEY, KEY_FIELD, PICKLE, VALUE_FIELD, Serde
 from eos.errors import ConfigurationError
 from service.eventtime.clock import clock_uid
 from service.job.api import JOIN_KINDS, VALUE_CHANGING_KINDS, Job, Node
@@ -202,6 +208,7 @@ def plan(job: Job, group: str) -> Plan:
     for stage in stages:
         _co_partition(stage)
     _choose_repartition_serdes(stages, inputs)
+    _bind_outputs(job, stages)
     _mark_event_time(stages)
     return Plan(job, group, stages)
 
@@ -230,9 +237,10 @@ def _inputs(job: Job, group: str) -> list[StageInput]:
 
     for source in job.sources:
         opts = source.options
-        inputs.append(StageInput(topic=opts["topic"], root=source, key_serde=opts["key_serde"],
-                                 value_serde=opts["value_serde"], repartition=False, table=source.kind == "table",
-                                 origin_topic=opts["topic"]))
+        topic = opts["topic"]
+        inputs.append(StageInput(topic=topic, root=source, key_serde=opts["key_serde"].bound(topic, KEY_FIELD),
+                                 value_serde=opts["value_serde"].bound(topic, VALUE_FIELD), repartition=False,
+                                 table=source.kind == "table", origin_topic=topic))
     for source in job.sources:
         visit(source, source.options["topic"], source.options["topic"])
     return inputs
@@ -293,7 +301,8 @@ def _co_partition(stage: Stage) -> None:
                 continue
             if external:
                 stage_input.key_serde = external[0].key_serde
-                stage_input.root.options["key_serde"] = external[0].key_serde
+                stage_input.root.options["key_serde"] = external[0].key_serde.bound(external[0].topic, KEY_FIELD,
+                                                                                    writes=True)
                 stage_input.partitions_like = external[0].topic
             elif stage_input is not stage.lead:
                 if stage.lead.partitions is None:
@@ -325,16 +334,33 @@ def _choose_repartition_serdes(stages: list[Stage], inputs: list[StageInput]) ->
                     decided.add(id(child))
                     child.options["passthrough"] = (child.kind == "key_by" and not value_changed
                                                     and child.options.get("value_serde") is None)
-                serde = (stage_input.value_serde if child.options["passthrough"]
-                         else child.options.get("value_serde") or PICKLE)
-                child.options["repartition_serde"] = serde
-                by_root[id(child)].value_serde = serde
+                topic = child.options["topic"]
+                if child.options["passthrough"]:
+                    writer = reader = stage_input.value_serde  # the source's bytes, as they are
+                else:
+                    serde = child.options.get("value_serde") or PICKLE
+                    writer, reader = serde.bound(topic, VALUE_FIELD, writes=True), serde.bound(topic, VALUE_FIELD)
+                child.options["repartition_serde"] = writer
+                by_root[id(child)].value_serde = reader
                 stage.forwards_raw = stage.forwards_raw or child.options["passthrough"]
             else:
                 walk(stage, stage_input, child, value_changed or child.kind in VALUE_CHANGING_KINDS)
 
     for stage_input in inputs:
         walk(stage_of[id(stage_input)], stage_input, stage_input.root, value_changed=stage_input.table)
+
+
+def _bind_outputs(job: Job, stages: list[Stage]) -> None:
+    """Binds each sink's serdes to the topic it writes and each global table's to the
+    topic it reads. A serde bound before (the job planned again) is bound anew."""
+    for node in {id(n): n for s in stages for n in s.nodes() if n.kind == "sink"}.values():
+        topic = node.options["topic"]
+        node.options["key_serde"] = node.options["key_serde"].bound(topic, KEY_FIELD, writes=True)
+        node.options["value_serde"] = node.options["value_serde"].bound(topic, VALUE_FIELD, writes=True)
+    for node in job.global_tables:
+        topic = node.options["topic"]
+        node.options["key_serde"] = node.options["key_serde"].bound(topic, KEY_FIELD)
+        node.options["value_serde"] = node.options["value_serde"].bound(topic, VALUE_FIELD)
 
 
 def _one_upstream_per_input(stage: Stage, stages: list[Stage]) -> None:

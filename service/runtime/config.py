@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eos import secrets
 from eos.errors import ConfigurationError
 from statestore.storage import S3Settings
 
@@ -41,24 +41,10 @@ def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str,
     return result
 
 
-SECRET_PREFIXES = ("@env:", "@file:")
-
-
 def resolve_value(name: str, value: str) -> str:
     """`@env:VAR` and `@file:PATH` keep secrets (SASL passwords, TLS key passwords) off
     the command line, where `ps` shows them to every user of the machine."""
-    if value.startswith("@env:"):
-        var = value[len("@env:"):]
-        if var not in os.environ:
-            raise ConfigurationError(f"--kafka-config {name}: environment variable {var} is not set")
-        return os.environ[var]
-    if value.startswith("@file:"):
-        path = Path(value[len("@file:"):])
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--kafka-config {name}: cannot read {path}: {exc.strerror}") from None
-    return value
+    return secrets.resolve(value, f"--kafka-config {name}")
 
 
 def load_kafka_config(pairs: tuple[str, ...] | list[str], files: tuple[Path, ...] | list[Path] = ()) -> dict[str, str]:

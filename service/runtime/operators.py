@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
-from eos.errors import ConfigurationError
+from eos.errors import ConfigurationError, EosError
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header, ts_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
 from service.eventtime.session_operator import build_session
@@ -214,6 +214,8 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
         try:
             new_key = encode_key(fn(value))
             data = serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
@@ -241,6 +243,8 @@ def _key_by_for_join(node: Node, ctx: ChainContext) -> Push:
         try:
             new_key = serialize_key(fn(value))
             data = ctx.raw if passthrough else serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
@@ -270,6 +274,8 @@ def _group_by(node: Node, ctx: ChainContext) -> Push:
         try:
             group, value = fn(key, row)
             group_key, data = serialize_key(group), serialize((op, value))
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         headers = ts_header(ctx.ts) if carry else None
@@ -304,6 +310,8 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
         try:
             new_key = serialize_key(fn(value))
             data = ctx.raw if passthrough else serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         headers = time_header(origin, clock.watermark, ctx.ts)
@@ -414,6 +422,8 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
                     value_bytes = fast_value(value)
                 except Exception:
                     value_bytes = careful_value(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
