@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.serdes import BYTES, Serde
 from eos.errors import ConfigurationError
-from service.eventtime.windows import Hopping, Session, Tumbling
+from service.eventtime.windows import Count, Hopping, Session, Sliding, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
 
 if TYPE_CHECKING:
@@ -324,17 +324,21 @@ class KeyedStream(Stream):
         return self._then("process", uid, factory, {"timers": bool(timers)}, on_error=on_error)
 
     def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
-        """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
-        A window closes when the watermark passes its end plus `grace_ms`; a record
-        that arrives for a closed window is late: dropped and counted in
-        eos_late_records_dropped_total, or, with `late_topic`, written there in the same
-        transaction (its bytes as the window read them, headers saying why) and counted
-        in eos_late_records_routed_total. Follow with an aggregation."""
-        if not isinstance(shape, (Tumbling, Hopping, Session)):
+        """Groups each key's records into windows: on event time (`Tumbling`, `Hopping`,
+        `Sliding`, `Session`) or on counts (`Count`). A time window closes when the
+        watermark passes its end plus `grace_ms`; a record that arrives for a closed
+        window is late: dropped and counted in eos_late_records_dropped_total, or, with
+        `late_topic`, written there in the same transaction (its bytes as the window read
+        them, headers saying why) and counted in eos_late_records_routed_total. Count
+        windows know no time: no grace, nothing late. Follow with an aggregation."""
+        if not isinstance(shape, (Tumbling, Hopping, Sliding, Session, Count)):
             raise ConfigurationError(
-                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...) or Session(...)")
+                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...), Sliding(...), Session(...) "
+                "or Count(...)")
         if grace_ms < 0:
             raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
+        if isinstance(shape, Count) and (grace_ms or late_topic):
+            raise ConfigurationError(f"window({shape!r}): count windows have no time, so no grace_ms or late_topic")
         return WindowedStream(self, shape, grace_ms, late_topic)
 
 

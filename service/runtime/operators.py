@@ -18,9 +18,11 @@ from connectors.kafka_sink import Produce, oversized
 from eos.errors import ConfigurationError
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header, ts_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
+from service.eventtime.count_operator import build_count
 from service.eventtime.session_operator import build_session
+from service.eventtime.sliding_operator import build_sliding
 from service.eventtime.window_operator import build_window
-from service.eventtime.windows import Session
+from service.eventtime.windows import Count, Session, Sliding
 from connectors.serdes import KEY
 from service.job.api import Node, initial_factory
 from service.job.planner import StageInput
@@ -429,8 +431,12 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
     return push
 
 
+_WINDOW_BUILDERS: dict[type, Callable[..., Push]] = {Session: build_session, Sliding: build_sliding,
+                                                     Count: build_count}
+
+
 def _window(node: Node, ctx: ChainContext) -> Push:
-    build = build_session if isinstance(node.options["shape"], Session) else build_window
+    build = _WINDOW_BUILDERS.get(type(node.options["shape"]), build_window)
     return build(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 

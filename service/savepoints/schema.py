@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from service.eventtime.windows import Session
+from service.eventtime.windows import Count, Session
 from service.job.planner import Plan, Stage
 from statestore.codecs import JSON_CODEC, ValueCodec
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
@@ -69,6 +69,8 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
             elif node.kind == "window":
                 name = "sessions" if isinstance(node.options["shape"], Session) else "windows"
                 declared = [(name, MAP_STATE, node.options["codec"])]
+                if isinstance(node.options["shape"], Count):
+                    declared.append(("count", VALUE_STATE, JSON_CODEC))
             else:
                 declared = _process_states(uid, node.fn)
                 if node.options.get("timers"):
