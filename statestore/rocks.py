@@ -160,6 +160,22 @@ class TaskStore:
             yield key, it.value()
             it.next()
 
+    def scan(self, cf: str, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` entries of a column family in key order, from the first one (or
+        the first one after `after`): a slice for the background cleanup."""
+        it = self._views[cf].iter()
+        if after is None:
+            it.seek_to_first()
+        else:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        entries = []
+        while it.valid() and len(entries) < limit:
+            entries.append((it.key(), it.value()))
+            it.next()
+        return entries
+
     def estimate_keys(self, cf: str) -> int:
         return int(self._views[cf].property_int_value("rocksdb.estimate-num-keys") or 0)
 

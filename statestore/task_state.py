@@ -23,6 +23,7 @@ from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestor
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
 from statestore.tables import MapTable, ValueTable
+from statestore.ttl import ExpiringMap, ExpiringValues, Sweeper, TtlClock, ttl_codec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class TaskState:
         self.scrub = TaskScrub(storage, prefix, self.persister.damaged)
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
+        # The background cleanup of each state with a time to live, by column family.
+        self.sweepers: dict[str, Sweeper] = {}
         self._acquired = False
         # Whether RocksDB took writes since the database was opened or last snapshotted.
         self._written = False
@@ -64,7 +67,7 @@ class TaskState:
             stats = self.restorer.restore(manifest, working, self.directory.local_snapshots())
             families = list(manifest.column_families)
         self.store = TaskStore(working, families)
-        self.tables = {}
+        self.tables, self.sweepers = {}, {}
         self._written = False
         return stats
 
@@ -73,6 +76,18 @@ class TaskState:
 
     def map_table(self, cf: str, codec: ValueCodec) -> MapTable:
         return self._table(cf, codec, MapTable)  # type: ignore[return-value]
+
+    def expiring_values(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringValues:
+        """A value state whose values expire `ttl_ms` after their last write (statestore/ttl.py),
+        swept at every flush."""
+        table = self.value_table(cf, ttl_codec(codec))
+        self.sweepers[cf] = Sweeper(table, ttl_ms, clock)
+        return ExpiringValues(table, ttl_ms, clock)
+
+    def expiring_map(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringMap:
+        table = self.map_table(cf, ttl_codec(codec))
+        self.sweepers[cf] = Sweeper(table, ttl_ms, clock)
+        return ExpiringMap(table, ttl_ms, clock)
 
     def _table(self, cf: str, codec: ValueCodec, kind: type) -> ValueTable | MapTable:
         table = self.tables.get(cf)
@@ -84,7 +99,10 @@ class TaskState:
         return table
 
     def flush(self) -> int:
-        """Writes every table's pending changes to RocksDB as one atomic batch."""
+        """Writes every table's pending changes to RocksDB as one atomic batch, with what
+        a slice of each state with a time to live has expired."""
+        for sweeper in self.sweepers.values():
+            sweeper.sweep()
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
@@ -144,7 +162,7 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.sweepers = {}, {}
         if self._acquired:
             self.directory.release(remove_working_dir)
             self._acquired = False
@@ -154,4 +172,4 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.sweepers = {}, {}

@@ -104,6 +104,7 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
         worker.kill()
     feeder.join(120)
     final = WorkerProcess(WorkerSpec(**spec), tmp_path / "worker-final.log")
+    final.wait_assigned()
     wait_for(lambda: len(read_all(bootstrap, alerts)) >= len(expected), 180, 1.0,
              lambda: f"{len(read_all(bootstrap, alerts))} of {len(expected)} alerts")
     assert final.terminate() == 0, final.log_tail()

@@ -300,15 +300,19 @@ class KeyedStream(Stream):
 
     def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
                   uid: str | None = None, codec: ValueCodec = JSON_CODEC,
-                  on_error: str | None = None) -> KeyedStream:
+                  on_error: str | None = None, ttl_ms: int | None = None) -> KeyedStream:
         """Folds each record into its key's accumulator and emits the new accumulator.
-        `initial` is a value (copied per key) or a zero-argument factory."""
-        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec}, on_error=on_error)
+        `initial` is a value (copied per key) or a zero-argument factory. With `ttl_ms`,
+        an accumulator not written for that long (of event time: the stage runs on it)
+        is gone, and the key's next record starts from `initial`."""
+        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec, **_ttl_option(ttl_ms)},
+                          on_error=on_error)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, uid: str | None = None,
-               codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
+               codec: ValueCodec = JSON_CODEC, on_error: str | None = None,
+               ttl_ms: int | None = None) -> KeyedStream:
         """Like aggregate, with the key's first record as the initial accumulator."""
-        return self._then("reduce", uid, fn, {"codec": codec}, on_error=on_error)
+        return self._then("reduce", uid, fn, {"codec": codec, **_ttl_option(ttl_ms)}, on_error=on_error)
 
     def process(self, factory: Callable[[], Any], *, uid: str | None = None,
                 on_error: str | None = None, timers: bool | None = None) -> KeyedStream:
@@ -318,10 +322,13 @@ class KeyedStream(Stream):
         With timers (the default when `factory` is a class that defines `on_timer`; say
         `timers=True` for another factory) the stage runs on event time: `ctx` also gives
         the record's `timestamp`, the `watermark` and `register_event_time_timer` /
-        `register_processing_time_timer` (and their `delete_` twins)."""
+        `register_processing_time_timer` (and their `delete_` twins). So it does when
+        `open` declares a state with a time to live (`ttl_ms=`), found by calling `open`
+        against a context that only records what is declared."""
         if timers is None:
             timers = getattr(factory, "on_timer", KeyedProcessFunction.on_timer) is not KeyedProcessFunction.on_timer
-        return self._then("process", uid, factory, {"timers": bool(timers)}, on_error=on_error)
+        options = {"timers": bool(timers), "event_time": bool(timers) or _declares_ttl(factory)}
+        return self._then("process", uid, factory, options, on_error=on_error)
 
     def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
         """Groups each key's records into windows: on event time (`Tumbling`, `Hopping`,
@@ -412,6 +419,40 @@ class WindowedStream:
                    "first": first, "initial": initial, "merge": merge, "codec": codec,
                    "late_topic": self._late_topic}
         return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
+
+
+def _ttl_option(ttl_ms: int | None) -> dict[str, Any]:
+    """An operator with a time to live runs on event time, which the planner reads here."""
+    if ttl_ms is None:
+        return {}
+    if ttl_ms <= 0:
+        raise ConfigurationError(f"ttl_ms must be positive, not {ttl_ms}")
+    return {"ttl_ms": ttl_ms, "event_time": True}
+
+
+class _TtlProbe:
+    """Stands in for a process function's context while `open` runs at build time: it
+    only notes whether a state with a time to live is declared."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def value_state(self, name: str, codec: Any = None, ttl_ms: int | None = None) -> None:
+        self.found = self.found or ttl_ms is not None
+
+    map_state = value_state
+
+
+def _declares_ttl(factory: Callable[[], Any]) -> bool:
+    """Whether the function's `open` declares a state with a time to live; a function
+    whose `open` needs more than declarations is taken to declare none (should it, the
+    task says so when it opens the state)."""
+    probe = _TtlProbe()
+    try:
+        factory().open(probe)
+    except Exception:  # noqa: BLE001 - user code run early; the task reports a real problem
+        return False
+    return probe.found
 
 
 def _same(value: Any) -> Any:

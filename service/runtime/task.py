@@ -69,6 +69,7 @@ class TimeLayout:
     partitions: dict[str, int]
     idle_timeout_s: float | None = None
     late_counter: Any = None
+    expired_counter: Any = None
 
     @property
     def origins(self) -> int:
@@ -167,7 +168,7 @@ class Task:
             self.state.flush()  # the clock and the window index are read from the store
             clock = EventClock.of(self.state, self.stage.id, layout.origins)
             self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
-                                     layout.late_counter, **shared)
+                                     layout.late_counter, expired_counter=layout.expired_counter, **shared)
         first_origin = 0
         pushes = []
         for task_input in self.inputs:

@@ -116,6 +116,8 @@ class WindowedRun:
         return sum(w["orders"] for w in self.expected.windows.values())
 
     def wait_complete(self, worker: WorkerProcess, timeout: float = 180) -> None:
+        worker.wait_assigned()
+
         def done() -> bool:
             assert worker.alive(), worker.log_tail()
             return len(self.outputs()) >= self.wanted_outputs()

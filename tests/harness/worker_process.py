@@ -106,6 +106,13 @@ class WorkerProcess:
             if self.proc.returncode is not None:
                 self._log.close()
 
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until this incarnation holds its first partitions (before that, a SIGTERM may
+        find the process still starting, before it handles the signal)."""
+        wait_for(lambda: "assigned" in self.log_text() or not self.alive(), timeout, 0.2,
+                 lambda: f"the worker to get partitions:\n{self.log_tail()}")
+        assert self.alive(), self.log_tail()
+
     def log_text(self) -> str:
         """This incarnation's log so far."""
         try:
