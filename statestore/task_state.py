@@ -48,8 +48,10 @@ class TaskState:
         self.scrub = TaskScrub(storage, prefix, self.persister.damaged)
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
-        # The background cleanup of each state with a time to live, by column family.
-        self.sweepers: dict[str, Sweeper] = {}
+        # What runs before each flush, by the column family it writes: parts that keep
+        # their progress in memory write it into their table, the cleanup of each state
+        # with a time to live deletes what expired.
+        self.before_flush: dict[str, Callable[[], object]] = {}
         self._acquired = False
         # Whether RocksDB took writes since the database was opened or last snapshotted.
         self._written = False
@@ -67,7 +69,7 @@ class TaskState:
             stats = self.restorer.restore(manifest, working, self.directory.local_snapshots())
             families = list(manifest.column_families)
         self.store = TaskStore(working, families)
-        self.tables, self.sweepers = {}, {}
+        self.tables, self.before_flush = {}, {}
         self._written = False
         return stats
 
@@ -81,12 +83,12 @@ class TaskState:
         """A value state whose values expire `ttl_ms` after their last write (statestore/ttl.py),
         swept at every flush."""
         table = self.value_table(cf, ttl_codec(codec))
-        self.sweepers[cf] = Sweeper(table, ttl_ms, clock)
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
         return ExpiringValues(table, ttl_ms, clock)
 
     def expiring_map(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringMap:
         table = self.map_table(cf, ttl_codec(codec))
-        self.sweepers[cf] = Sweeper(table, ttl_ms, clock)
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
         return ExpiringMap(table, ttl_ms, clock)
 
     def _table(self, cf: str, codec: ValueCodec, kind: type) -> ValueTable | MapTable:
@@ -101,8 +103,8 @@ class TaskState:
     def flush(self) -> int:
         """Writes every table's pending changes to RocksDB as one atomic batch, with what
         a slice of each state with a time to live has expired."""
-        for sweeper in self.sweepers.values():
-            sweeper.sweep()
+        for prepare in self.before_flush.values():
+            prepare()
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
@@ -162,7 +164,7 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables, self.sweepers = {}, {}
+        self.tables, self.before_flush = {}, {}
         if self._acquired:
             self.directory.release(remove_working_dir)
             self._acquired = False
@@ -172,4 +174,4 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables, self.sweepers = {}, {}
+        self.tables, self.before_flush = {}, {}
