@@ -58,12 +58,16 @@ class _CachedTable:
         return value
 
     def drain_into(self, batch: Any, handle: Any) -> int:
-        """Puts the pending changes into `batch`; they stay cached as clean entries."""
+        """Puts the pending changes into `batch`; written values stay cached as clean
+        entries, deleted ones leave the cache (state that churns, such as closed windows
+        or expired values, would otherwise fill it with entries never read again; a key
+        read again after its deletion costs one miss). The caller commits the batch before
+        anything reads the table again."""
         encode, raw_key, cache, total = self.codec.encode, self._raw_key, self.cache, 0
         pending = self.pending
         for entry, value in pending.items():
             if value is DELETED:
-                cache[entry] = ABSENT
+                cache.pop(entry, None)
                 batch.delete(raw_key(entry), handle)
             else:
                 cache[entry] = value

@@ -168,8 +168,14 @@ class EventClock:
         self._idle.discard(origin)
         self._views[origin] = watermark
         self._unsaved.add(origin)
-        if before > self.watermark and not was_idle:
-            return False  # it was not what held the task back (the watermark is at least the least)
+        if not was_idle:
+            if self.origins == 1:  # a source task: its watermark is its one origin's
+                if watermark > self.watermark:
+                    self.watermark = watermark
+                    return True
+                return False
+            if before > self.watermark:
+                return False  # it was not what held the task back (the watermark is at least the least)
         return self._moved()
 
     def idle(self, origin: int) -> bool:

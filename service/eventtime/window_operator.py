@@ -21,7 +21,7 @@ from typing import Any
 from service.job.api import Node
 from statestore.keys import encode_key
 from service.eventtime.clock import NO_TIME
-from statestore.tables import ABSENT, MISS
+from statestore.tables import ABSENT, DELETED, MISS
 
 FINAL, UPDATE = "final", "update"
 EMIT_MODES = (UPDATE, FINAL)
@@ -111,9 +111,10 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
         due = sorted(end for end in by_end if end + grace <= watermark)
         saved_ts = ctx.ts
         for end in due:
-            for key, start in by_end.pop(end):
+            for entry in by_end.pop(end):
+                key, start = entry
                 acc = table.get(key, start, ABSENT)
-                table.delete(key, start)
+                pending[entry] = DELETED
                 if acc is not ABSENT and not emit_updates:
                     ctx.ts = end - 1
                     down(key, window_result(start, end, acc))
