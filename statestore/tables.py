@@ -57,6 +57,14 @@ class _CachedTable:
             value = self.cache.get(entry, MISS)
         return value
 
+    def _forget(self, entry: Any) -> None:
+        """A deletion: written at the next flush, or, for an entry known to be absent from
+        RocksDB (created since the last flush), simply dropped."""
+        if self.cache.get(entry, MISS) is ABSENT:
+            self.pending.pop(entry, None)
+        else:
+            self.pending[entry] = DELETED
+
     def drain_into(self, batch: Any, handle: Any) -> int:
         """Puts the pending changes into `batch`; written values stay cached as clean
         entries, deleted ones leave the cache (state that churns, such as closed windows
@@ -113,7 +121,7 @@ class ValueTable(_CachedTable):
         self.pending[key] = value
 
     def delete(self, key: Any) -> None:
-        self.pending[key] = DELETED
+        self._forget(key)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) in RocksDB. Callers flush first (savepoints do)."""
@@ -149,7 +157,8 @@ class MapTable(_CachedTable):
         self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def delete(self, key: Any, map_key: Any) -> None:
-        self.put(key, map_key, DELETED)
+        self._forget((key, map_key))
+        self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def entries(self, key: Any) -> dict[Any, Any]:
         """The whole map of `key`: RocksDB's entries overlaid with unflushed changes."""
@@ -159,7 +168,9 @@ class MapTable(_CachedTable):
             for raw_key, raw in self.store.items(self.cf, prefix)
         }
         for map_key in self.dirty_by_key.get(key, ()):
-            value = self.pending[(key, map_key)]
+            value = self.pending.get((key, map_key), MISS)
+            if value is MISS:
+                continue  # created and deleted since the last flush
             if value is DELETED:
                 result.pop(map_key, None)
             else:

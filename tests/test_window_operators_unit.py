@@ -1,5 +1,5 @@
-"""The sliding and count window operators against the independent oracle, without a
-broker: random inputs with out-of-order and late records run through the operator over
+"""The window operators (tumbling, hopping, sliding, count) against the independent
+oracle, without a broker: random inputs with out-of-order and late records run through the operator over
 a real RocksDB, with the chain rebuilt from its state now and then (as after a restart);
 what it sends must be what the oracle derives from the definitions."""
 
@@ -12,9 +12,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eos import JSON, Count, Job, Sliding
+from eos import JSON, Count, Hopping, Job, Sliding, Tumbling
 from service.eventtime.count_operator import build_count
 from service.eventtime.sliding_operator import build_sliding
+from service.eventtime.window_operator import build_window
 from service.job.api import Node
 from service.runtime.operators import OperatorFailure
 from statestore.rocks import TaskStore
@@ -22,9 +23,11 @@ from statestore.tables import MapTable, ValueTable
 from tests.harness.window_oracle import (
     FLUSH_USER,
     TimedOrder,
+    WindowRules,
     check_windows,
     expected_count_windows,
     expected_sliding,
+    expected_windows,
 )
 
 
@@ -76,7 +79,7 @@ class _Chain:
         def down(key, value):
             self.outputs.append((key.encode(), json.dumps(value).encode(), ctx.ts))
 
-        build = build_count if isinstance(self.node.options["shape"], Count) else build_sliding
+        build = {Count: build_count, Sliding: build_sliding}.get(type(self.node.options["shape"]), build_window)
         self.push = build(self.node, ctx, down, OperatorFailure)
 
     def send(self, order: TimedOrder) -> None:
@@ -124,6 +127,19 @@ def _run(shape, emit: str, orders: list[TimedOrder], tmp_path, rebuild_every: in
             chain.rebuild()
         chain.send(order)
     return chain.outputs
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rebuild_every=st.sampled_from([0, 1, 7, 31]),
+       advance=st.sampled_from([None, 250, 500]), emit=st.sampled_from(["final", "update"]))
+def test_tumbling_and_hopping_windows_are_what_their_definition_says(seed, rebuild_every, advance, emit,
+                                                                    tmp_path_factory):
+    orders = _orders(seed, 300, users=3)
+    expected = expected_windows(orders, WindowRules(SIZE_MS, advance, GRACE_MS, OUT_OF_ORDERNESS_MS))
+    shape = Tumbling(SIZE_MS) if advance is None else Hopping(SIZE_MS, advance)
+    outputs = _run(shape, emit, orders, tmp_path_factory.mktemp("tumbling"), rebuild_every)
+    report = check_windows(expected, outputs, emit, SIZE_MS)
+    assert report.ok, report.summary()
 
 
 @settings(max_examples=25, deadline=None)

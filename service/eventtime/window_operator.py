@@ -82,13 +82,14 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
                 open_windows = by_end[end] = {}
                 if end < next_end[0] or next_end[0] == NO_TIME:
                     next_end[0] = end
-            acc = ABSENT
             if entry in open_windows:
                 acc = pending.get(entry, MISS)
                 if acc is MISS:
                     acc = cache.get(entry, MISS)
                     if acc is MISS:
                         acc = table.get(key, start, ABSENT)
+            else:  # a new window, known to be absent from RocksDB
+                acc = cache[entry] = ABSENT
             try:
                 if acc is ABSENT:
                     acc = first(value) if first is not None else fold(make_initial(), value)
@@ -114,7 +115,10 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
             for entry in by_end.pop(end):
                 key, start = entry
                 acc = table.get(key, start, ABSENT)
-                pending[entry] = DELETED
+                if cache.pop(entry, MISS) is ABSENT:
+                    del pending[entry]  # never flushed: nothing to delete in RocksDB
+                else:
+                    pending[entry] = DELETED
                 if acc is not ABSENT and not emit_updates:
                     ctx.ts = end - 1
                     down(key, window_result(start, end, acc))
