@@ -10,11 +10,7 @@ spread over machines.
 from __future__ import annotations
 
 import json
-import random
 import re
-import signal
-import threading
-import time
 import urllib.request
 from collections import Counter
 
@@ -25,9 +21,9 @@ from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.ports import free_port
 from tests.harness.savepoints import eos
 from tests.harness.timer_oracle import check_alerts, expected_alerts
-from tests.harness.window_oracle import TimedOrder, check_windows, encode, expected_windows, timed_orders
-from tests.harness.windowed_run import PARTITIONS, SIZE_MS, WindowedRun, by_user_partition, rules
-from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
+from tests.harness.window_oracle import TimedOrder, check_windows, expected_windows, timed_orders
+from tests.harness.windowed_run import PARTITIONS, SIZE_MS, WindowedRun, by_user_partition, feed_in_background, rules
+from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, kill_at_random, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -70,8 +66,6 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     """examples/inactivity_alert.py, its input keyed by user with event times as Kafka
     timestamps (some out of order), under SIGKILLs at random moments: every alert the
     timer oracle finds is sent exactly once, none other."""
-    from confluent_kafka import Producer
-
     orders = timed_orders(5_000, PARTITIONS, users=300, seed=21, late_every=11)
     by_user = by_user_partition(orders)
     topic, alerts, group = unique_name("orders-by-user"), unique_name("alerts"), unique_name("silence")
@@ -82,26 +76,11 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     expected = expected_alerts(partitions, SILENCE_MS)
     assert len(expected) > 100, len(expected)
 
-    def feed() -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
-        for i, o in enumerate(by_user):
-            producer.produce(topic, encode(o), o.user.encode(), partition=o.partition, timestamp=o.ts)
-            if i % 200 == 199:
-                producer.flush(30)
-                time.sleep(0.4)
-        assert producer.flush(30) == 0
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = feed_in_background(bootstrap, topic, by_user, key=lambda o: o.user.encode(), event_time_as_timestamp=True)
     spec = dict(bootstrap=bootstrap, group=group, state_dir=tmp_path / "state",
                 storage=f"file://{tmp_path / 'checkpoints'}", params={"input": topic, "output": alerts},
                 job=REPO / "examples" / "inactivity_alert.py")
-    rng = random.Random(5)
-    for i in range(4):
-        worker = WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log")
-        time.sleep(rng.uniform(2.0, 4.0))
-        assert worker.alive(), worker.log_tail()
-        worker.kill()
+    kill_at_random(lambda i: WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log"), kills=4, seed=5)
     feeder.join(120)
     final = WorkerProcess(WorkerSpec(**spec), tmp_path / "worker-final.log")
     final.wait_assigned()
@@ -230,14 +209,6 @@ def test_oracle_catches_at_least_once_updates_under_kills(bootstrap, tmp_path):
     its outputs were flushed but before its offsets were committed sends them again, and
     the oracle must see the repeated updates."""
     run = WindowedRun(bootstrap, tmp_path, timed_orders(6_000, PARTITIONS, seed=4), "hopping", "update")
-    run.feed(chunk=200, pause_s=0.4)
-    for _ in range(3):  # killed when its 3rd checkpoint flushed the outputs, before it commits offsets
-        worker = run.start_worker("at-least-once", fault="after_flush@3")
-        assert worker.wait(60) == -signal.SIGKILL, worker.log_tail()
-    run.wait_fed()
-    final = run.start_worker(guarantee="at-least-once")
-    run.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_at_least_once_with_kills()
     assert not report.ok, "the oracle accepted an at-least-once run with kills: it is too weak"
     assert report.bad_updates > 0, report.summary()

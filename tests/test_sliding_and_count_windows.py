@@ -9,8 +9,6 @@ definitions and checks both topics.
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from tests.harness.window_oracle import timed_orders
@@ -52,14 +50,6 @@ def test_oracle_catches_count_windows_run_at_least_once_under_kills(bootstrap, t
     fire again and later windows hold the wrong orders; the oracle must see it."""
     run = WindowedRun(bootstrap, tmp_path, by_user_partition(timed_orders(6_000, PARTITIONS, seed=5)), "count",
                       "final")
-    run.feed(chunk=200, pause_s=0.4)
-    for _ in range(3):
-        worker = run.start_worker("at-least-once", fault="after_flush@3")
-        assert worker.wait(60) == -signal.SIGKILL, worker.log_tail()
-    run.wait_fed()
-    final = run.start_worker(guarantee="at-least-once")
-    run.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_at_least_once_with_kills()
     assert not report.ok, "the oracle accepted an at-least-once run with kills: it is too weak"
     assert report.repeated or report.wrong, report.summary()

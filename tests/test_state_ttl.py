@@ -11,9 +11,6 @@ deletes them from the store: the state a savepoint holds at the end has no user 
 from __future__ import annotations
 
 import json
-import random
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +19,9 @@ from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.ports import free_port
 from tests.harness.savepoints import ControlledWorker, stop_with_savepoint
 from tests.harness.ttl_oracle import check_outputs, expected_ttl
-from tests.harness.window_oracle import FLUSH_USER, TimedOrder, encode, timed_orders
-from tests.harness.windowed_run import PARTITIONS, by_user_partition
-from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
+from tests.harness.window_oracle import FLUSH_USER, TimedOrder, timed_orders
+from tests.harness.windowed_run import PARTITIONS, by_user_partition, feed_in_background
+from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, kill_at_random, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -32,21 +29,8 @@ JOB = REPO / "tests" / "jobs" / "ttl_orders.py"
 TTL_MS, OUT_OF_ORDERNESS_MS = 2_000, 1_000
 
 
-def _feed(bootstrap: str, topic: str, orders: list[TimedOrder]) -> threading.Thread:
-    from confluent_kafka import Producer
-
-    def run() -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
-        for i, order in enumerate(orders):
-            producer.produce(topic, encode(order), order.user.encode(), partition=order.partition)
-            if i % 200 == 199:
-                producer.flush(30)
-                time.sleep(0.4)
-        assert producer.flush(30) == 0
-
-    feeder = threading.Thread(target=run, daemon=True)
-    feeder.start()
-    return feeder
+def _by_user(order: TimedOrder) -> bytes:
+    return order.user.encode()
 
 
 def _saved_users(savepoint: Path, uid: str, state: str) -> set[str]:
@@ -77,13 +61,8 @@ def test_expired_state_is_never_read_and_leaves_the_store_under_kills(bootstrap,
     # The flush orders (an hour after the rest) come once the last worker runs, so the
     # cleanup that follows them is its own.
     flush = [o for o in orders if o.user == FLUSH_USER]
-    feeder = _feed(bootstrap, topic, [o for o in orders if o.user != FLUSH_USER])
-    rng = random.Random(47)
-    for i in range(4):
-        worker = WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log")
-        time.sleep(rng.uniform(2.0, 4.0))
-        assert worker.alive(), worker.log_tail()
-        worker.kill()
+    feeder = feed_in_background(bootstrap, topic, [o for o in orders if o.user != FLUSH_USER], key=_by_user)
+    kill_at_random(lambda i: WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log"), kills=4, seed=47)
     feeder.join(120)
     port = free_port()
     final = ControlledWorker(WorkerProcess(WorkerSpec(**spec, extra_args=["--http-port", str(port)]),
@@ -98,7 +77,7 @@ def test_expired_state_is_never_read_and_leaves_the_store_under_kills(bootstrap,
     assert check_outputs(expected.recall, outputs(recall), "id") == []
 
     # Event time moves an hour on: the next checkpoints sweep every user.
-    _feed(bootstrap, topic, flush).join(60)
+    feed_in_background(bootstrap, topic, flush, key=_by_user).join(60)
     wait_for(lambda: final.metric("eos_state_expired_total") > 0, 60, 0.5, "the cleanup to delete expired values")
     location = Path(stop_with_savepoint([final], tmp_path / "savepoints").removeprefix("file://"))
     for uid, state in (("totals", "acc"), ("recall", "previous"), ("recall", "by-size")):

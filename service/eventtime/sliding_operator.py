@@ -38,9 +38,8 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 from typing import Any
 
-from service.eventtime.window_operator import UPDATE, late_headers, window_result
+from service.eventtime.window_operator import UPDATE, late_gate, window_result
 from service.job.api import Node
-from statestore.keys import encode_key
 
 # A window in memory: [latest record time, closed].
 MAX_TS, CLOSED = 0, 1
@@ -52,9 +51,7 @@ def build_sliding(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     size, grace, emit_updates = options["shape"].size_ms, options["grace_ms"], options["emit"] == UPDATE
     fold, first, make_initial, codec = options["fold"], options["first"], options["initial"], options["codec"]
     table = ctx.state.map_table(f"{uid}:windows", codec)
-    late_topic = options.get("late_topic")
-    late = ctx.late_counter(uid, late_topic is not None)
-    produce_blocking = ctx.produce.blocking
+    dropped = late_gate(uid, grace, options.get("late_topic"), ctx)
     starts_of: dict[Any, list[int]] = {}  # key -> its window starts, sorted
     windows_of: dict[Any, dict[int, list]] = {}  # key -> start -> [latest record time, closed]
     closing: dict[int, dict[tuple[Any, int], None]] = {}  # open windows by end
@@ -86,13 +83,9 @@ def build_sliding(node: Node, ctx: Any, down: Callable[[Any, Any], None],
             emit(key, start, acc, max_ts)
 
     def push(key: Any, value: Any) -> None:
-        t = ctx.ts
-        passed = max(ctx.record_watermark, ctx.clock.watermark)
-        if t + grace <= passed:
-            late()
-            if late_topic is not None:
-                produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, t, passed, grace))
+        if dropped(key):
             return
+        t = ctx.ts
         starts = starts_of.get(key, [])
         windows = windows_of.get(key, {})
         left = windows.get(t - size)

@@ -42,6 +42,25 @@ def late_headers(uid: str, ts: int, watermark: int, grace_ms: int) -> list[tuple
     ]
 
 
+def late_gate(uid: str, grace_ms: int, late_topic: str | None, ctx: Any) -> Callable[[Any], bool]:
+    """For windows where a record is late when its event time is `grace_ms` or more
+    behind the watermark its origin had (sessions, sliding windows): a function that
+    drops (counting it) or routes a late record of `key` and says whether it did."""
+    late = ctx.late_counter(uid, late_topic is not None)
+    produce_blocking = ctx.produce.blocking
+
+    def dropped(key: Any) -> bool:
+        ts, passed = ctx.ts, max(ctx.record_watermark, ctx.clock.watermark)
+        if ts + grace_ms > passed:
+            return False
+        late()
+        if late_topic is not None:
+            produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace_ms))
+        return True
+
+    return dropped
+
+
 def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
                  failure: Callable[[str, BaseException], Exception]) -> Callable[[Any, Any], None]:
     uid, options = node.uid, node.options

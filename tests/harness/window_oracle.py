@@ -113,22 +113,30 @@ def expected_windows(orders: list[TimedOrder], rules: WindowRules, resumed_at: i
     return Expected(windows, late, late_ids)
 
 
-def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
-    """Session windows: a record is late when its event time is `grace_ms` or more
-    behind its partition's watermark; the on-time records of a user, in event-time
-    order, form one session while each starts before the previous one's last + gap."""
+def _on_time_by_user(orders: list[TimedOrder], grace_ms: int,
+                     out_of_orderness_ms: int) -> tuple[dict[str, list[TimedOrder]], set[int]]:
+    """For shapes where a record is late when its event time is `grace_ms` or more
+    behind its partition's watermark (sessions, sliding): each user's on-time orders, in
+    production order, and the ids of the late ones."""
     watermark: dict[int, int] = {}
     on_time: dict[str, list[TimedOrder]] = defaultdict(list)
-    late, late_ids = 0, set()
+    late_ids = set()
     for order in orders:
         before = watermark.get(order.partition)
         if before is not None and order.ts + grace_ms <= before:
-            late += 1
             late_ids.add(order.id)
         elif order.user != FLUSH_USER:
             on_time[order.user].append(order)
         candidate = order.ts - out_of_orderness_ms
         watermark[order.partition] = candidate if before is None else max(before, candidate)
+    return on_time, late_ids
+
+
+def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
+    """Session windows: a record is late when its event time is `grace_ms` or more
+    behind its partition's watermark; the on-time records of a user, in event-time
+    order, form one session while each starts before the previous one's last + gap."""
+    on_time, late_ids = _on_time_by_user(orders, grace_ms, out_of_orderness_ms)
     windows: dict[tuple[str, int], dict[str, int]] = {}
     ends: dict[tuple[str, int], int] = {}
     for user, records in on_time.items():
@@ -142,7 +150,7 @@ def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_
             windows[(user, start)]["orders"] += 1
             windows[(user, start)]["amount"] += order.amount
             ends[(user, start)] = end
-    return Expected(windows, late, late_ids, ends)
+    return Expected(windows, len(late_ids), late_ids, ends)
 
 
 def expected_sliding(orders: list[TimedOrder], size_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
@@ -151,18 +159,7 @@ def expected_sliding(orders: list[TimedOrder], size_ms: int, grace_ms: int, out_
     user, a window [s, s + size] (both ends inclusive) exists for s = t - size for every
     record time t, and for s = t + 1 when some record lies in (t, t + 1 + size]; it holds
     every on-time record of the user in its range."""
-    watermark: dict[int, int] = {}
-    on_time: dict[str, list[TimedOrder]] = defaultdict(list)
-    late, late_ids = 0, set()
-    for order in orders:
-        before = watermark.get(order.partition)
-        if before is not None and order.ts + grace_ms <= before:
-            late += 1
-            late_ids.add(order.id)
-        elif order.user != FLUSH_USER:
-            on_time[order.user].append(order)
-        candidate = order.ts - out_of_orderness_ms
-        watermark[order.partition] = candidate if before is None else max(before, candidate)
+    on_time, late_ids = _on_time_by_user(orders, grace_ms, out_of_orderness_ms)
     windows: dict[tuple[str, int], dict[str, int]] = {}
     for user, records in on_time.items():
         times = sorted({o.ts for o in records})
@@ -171,7 +168,7 @@ def expected_sliding(orders: list[TimedOrder], size_ms: int, grace_ms: int, out_
         for start in starts:
             inside = [o for o in records if start <= o.ts <= start + size_ms]
             windows[(user, start)] = {"orders": len(inside), "amount": sum(o.amount for o in inside)}
-    return Expected(windows, late, late_ids)
+    return Expected(windows, len(late_ids), late_ids)
 
 
 def expected_count_windows(orders: list[TimedOrder], size: int, slide: int, unfilled: bool = False) -> Expected:

@@ -3,7 +3,7 @@ fed over time, its workers, and what the window oracle expects of its outputs.""
 
 from __future__ import annotations
 
-import random
+import signal
 import threading
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ from tests.harness.window_oracle import (
     expected_sliding,
     expected_windows,
 )
-from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
+from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, kill_at_random, wait_for
 
 JOB = REPO / "tests" / "jobs" / "windowed_orders.py"
 PARTITIONS = 4
@@ -53,6 +53,28 @@ def by_user_partition(orders: list[TimedOrder]) -> list[TimedOrder]:
                        if o.user != FLUSH_USER else o.partition) for o in orders]
 
 
+def feed_in_background(bootstrap: str, topic: str, orders: list[TimedOrder], key=lambda o: str(o.id).encode(),
+                       event_time_as_timestamp: bool = False, chunk: int = 200,
+                       pause_s: float = 0.4) -> threading.Thread:
+    """Produces the orders in order, each to its partition, in chunks over time (so kills
+    land while records flow); returns the feeding thread."""
+    from confluent_kafka import Producer
+
+    def run() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
+        for i, order in enumerate(orders):
+            extra = {"timestamp": order.ts} if event_time_as_timestamp else {}
+            producer.produce(topic, encode(order), key(order), partition=order.partition, **extra)
+            if i % chunk == chunk - 1:
+                producer.flush(30)
+                time.sleep(pause_s)
+        assert producer.flush(30) == 0
+
+    feeder = threading.Thread(target=run, daemon=True)
+    feeder.start()
+    return feeder
+
+
 class WindowedRun:
     """One run of the windowed job: its topics, its input fed over time, its workers.
     With `updates`, the job also sends every update of the same windows to a second
@@ -80,19 +102,8 @@ class WindowedRun:
     def feed(self, chunk: int = 400, pause_s: float = 0.3, orders: list[TimedOrder] | None = None) -> None:
         """Produces the orders (all, by default) in order, each to its partition, in
         chunks over time."""
-        from confluent_kafka import Producer
-
-        def run() -> None:
-            producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 10})
-            for i, order in enumerate(self.orders if orders is None else orders):
-                producer.produce(self.input, encode(order), str(order.id).encode(), partition=order.partition)
-                if i % chunk == chunk - 1:
-                    producer.flush(30)
-                    time.sleep(pause_s)
-            assert producer.flush(30) == 0
-
-        self._feeder = threading.Thread(target=run, daemon=True)
-        self._feeder.start()
+        self._feeder = feed_in_background(self.bootstrap, self.input, self.orders if orders is None else orders,
+                                          chunk=chunk, pause_s=pause_s)
 
     def wait_fed(self) -> None:
         self._feeder.join(120)
@@ -125,12 +136,7 @@ class WindowedRun:
         wait_for(done, timeout, 1.0, lambda: f"{len(self.outputs())} of {self.wanted_outputs()} window outputs")
 
     def kill_at_random(self, kills: int, seed: int, guarantee: str = "exactly-once") -> None:
-        rng = random.Random(seed)
-        for _ in range(kills):
-            worker = self.start_worker(guarantee)
-            time.sleep(rng.uniform(2.0, 4.0))
-            assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
-            worker.kill()
+        kill_at_random(lambda _: self.start_worker(guarantee), kills, seed)
 
     def check(self) -> WindowReport:
         return self._check(self.expected, self.outputs(), self.emit)
@@ -142,6 +148,20 @@ class WindowedRun:
     def _check(self, expected: Expected, outputs: list, emit: str) -> WindowReport:
         return check_windows(expected, outputs, emit, SIZE_MS, inclusive_end=self.shape == "sliding",
                              final_ts=self.shape != "count")
+
+    def run_at_least_once_with_kills(self, kills: int = 3) -> WindowReport:
+        """The oracle's self-test on a real run: without transactions, a worker killed
+        after its outputs were flushed but before its offsets were committed reads those
+        records again; returns the oracle's report."""
+        self.feed(chunk=200, pause_s=0.4)
+        for _ in range(kills):  # killed when its 3rd checkpoint flushed the outputs, before it commits offsets
+            worker = self.start_worker("at-least-once", fault="after_flush@3")
+            assert worker.wait(60) == -signal.SIGKILL, worker.log_tail()
+        self.wait_fed()
+        final = self.start_worker(guarantee="at-least-once")
+        self.wait_complete(final)
+        assert final.terminate() == 0, final.log_tail()
+        return self.check()
 
     def run_through_kills(self, kills: int, seed: int) -> WindowReport:
         """Feeds the input while workers are SIGKILLed at random moments (the feed is slow
