@@ -29,7 +29,7 @@ from pathlib import Path
 
 import orjson
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -122,13 +122,19 @@ def _state_of(storage: Path, group: str) -> dict:
 
 
 def _count_outputs(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "steady-count",
-                        "isolation.level": "read_committed"})
+    """Committed records of a topic (its offsets also count transaction markers)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"steady-count-{uuid.uuid4().hex[:6]}",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(workload.PARTITIONS)])
+    total, ended = 0, set()
     try:
-        total = 0
-        for partition in range(workload.PARTITIONS):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            total += high - low
+        while len(ended) < workload.PARTITIONS:
+            for msg in consumer.consume(10_000, timeout=5):
+                if msg.error() is None:
+                    total += 1
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(msg.partition())
         return total
     finally:
         consumer.close()

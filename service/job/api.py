@@ -351,9 +351,10 @@ class KeyedStream(Stream):
 
 class WindowedStream:
     """A keyed stream cut into windows: each aggregation gives a keyed stream of window
-    results, {"start": ms, "end": ms, "value": result} under the record key. `emit`
-    is "update" (the window's value after every record) or "final" (once, when the
-    window closes)."""
+    results, {"start": ms, "end": ms, "value": result} under the record key (sliding
+    windows include their end; count windows give positions in the key's records
+    instead of ms). `emit` is "update" (the window's value after every record) or
+    "final" (once, when the window closes)."""
 
     def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int, late_topic: str | None) -> None:
         self._stream = stream
