@@ -285,6 +285,18 @@ def headline_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def window_table(results: dict) -> str:
+    """The window benchmark's rows for the README: eos and Quix Streams on the same input."""
+    windows = results["windows"]
+    lines = [f"| window job ({windows['records'] // 1_000_000}M records, {windows['users']:,} users, "
+             f"{windows['window_ms'] // 1000} s tumbling count, final results) | records/s (median) | vs Quix |",
+             "|---|---:|---:|"]
+    for name, median in (("eos-window-count", windows["eos_median"]), ("quix-window-count", windows["quix_median"])):
+        ratio = median / windows["quix_median"] if median and windows["quix_median"] else None
+        lines.append(f"| {name} | {median:,.0f} | {ratio:.1f}x |" if ratio else f"| {name} | - | - |")
+    return "\n".join(lines)
+
+
 def update_readme(table: str) -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -351,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
-        update_readme(headline_table(results))
+        tables = [headline_table(results)] + ([window_table(results)] if "windows" in results else [])
+        update_readme("\n\n".join(tables))
     print(headline_table(results) if "throughput" in results else "")
     print(f"results: {out}")
     if broker is not None:

@@ -27,6 +27,8 @@ _EXPORTS = {
     "Tumbling": "service.eventtime.windows",
     "Hopping": "service.eventtime.windows",
     "Session": "service.eventtime.windows",
+    "Sliding": "service.eventtime.windows",
+    "Count": "service.eventtime.windows",
     "Serde": "connectors.serdes",
     "SerdeError": "connectors.serdes",
     "JSON": "connectors.serdes",

@@ -13,6 +13,8 @@ from statestore.codecs import JSON_CODEC as JSON_CODEC
 from statestore.codecs import PICKLE_CODEC as PICKLE_CODEC
 from service.eventtime.windows import Hopping as Hopping
 from service.eventtime.windows import Session as Session
+from service.eventtime.windows import Sliding as Sliding
+from service.eventtime.windows import Count as Count
 from service.eventtime.windows import Tumbling as Tumbling
 from service.job.api import WindowedStream as WindowedStream
 from connectors.serdes import FLOAT64 as FLOAT64

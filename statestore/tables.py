@@ -38,7 +38,7 @@ class _CachedTable:
     """What both table kinds share: the clean cache, the pending changes and how they
     drain into a RocksDB write batch."""
 
-    __slots__ = ("cf", "store", "codec", "cache", "pending", "avg_encoded_bytes")
+    __slots__ = ("cf", "store", "codec", "cache", "pending", "avg_encoded_bytes", "captured_deletes")
 
     def __init__(self, store: TaskStore, cf: str, codec: ValueCodec) -> None:
         self.cf = cf
@@ -47,6 +47,9 @@ class _CachedTable:
         self.cache: dict[Any, Any] = {}
         self.pending: dict[Any, Any] = {}
         self.avg_encoded_bytes = 64
+        # Deletions captured for a snapshot: cached as DELETED until RocksDB has them,
+        # then dropped from the cache at the next flush or capture.
+        self.captured_deletes: list[Any] = []
 
     def _raw_key(self, entry: Any) -> bytes:
         raise NotImplementedError
@@ -57,13 +60,27 @@ class _CachedTable:
             value = self.cache.get(entry, MISS)
         return value
 
+    def _forget(self, entry: Any) -> None:
+        """A deletion: written at the next flush, or, for an entry known to be absent from
+        RocksDB at the next flush (created since the last one), simply dropped."""
+        cached = self.cache.get(entry, MISS)
+        if cached is ABSENT or cached is DELETED:
+            self.pending.pop(entry, None)
+        else:
+            self.pending[entry] = DELETED
+
     def drain_into(self, batch: Any, handle: Any) -> int:
-        """Puts the pending changes into `batch`; they stay cached as clean entries."""
+        """Puts the pending changes into `batch`; written values stay cached as clean
+        entries, deleted ones leave the cache (state that churns, such as closed windows
+        or expired values, would otherwise fill it with entries never read again; a key
+        read again after its deletion costs one miss). The caller commits the batch before
+        anything reads the table again."""
+        self._forget_captured_deletes()
         encode, raw_key, cache, total = self.codec.encode, self._raw_key, self.cache, 0
         pending = self.pending
         for entry, value in pending.items():
             if value is DELETED:
-                cache[entry] = ABSENT
+                cache.pop(entry, None)
                 batch.delete(raw_key(entry), handle)
             else:
                 cache[entry] = value
@@ -82,6 +99,7 @@ class _CachedTable:
         encoded here, in one call for all of them, because user code may change an
         accumulator in place once it is read again; the captured entries stay readable
         in the cache. None when nothing changed."""
+        self._forget_captured_deletes()
         if not self.pending:
             return None
         # A copy, then cleared in place: operators hold the pending dict itself (the hot
@@ -92,7 +110,17 @@ class _CachedTable:
         deletes = [entry for entry, value in pending.items() if value is DELETED] if len(puts) < len(pending) else []
         blob = self.codec.encode([value for _, value in puts]) if puts else b""
         self.cache.update(pending)
+        self.captured_deletes = deletes
         return CapturedChanges(self, [entry for entry, _ in puts], blob, deletes, len(blob))
+
+    def _forget_captured_deletes(self) -> None:
+        """The last capture's deletions are in RocksDB now (callers wait for the write):
+        they leave the cache, as a flush's deletions do."""
+        cache = self.cache
+        for entry in self.captured_deletes:
+            if cache.get(entry) is DELETED:
+                del cache[entry]
+        self.captured_deletes = []
 
     def entry_bytes(self) -> int:
         return (len(self.cache) + len(self.pending)) * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
@@ -151,7 +179,7 @@ class ValueTable(_CachedTable):
         self.pending[key] = value
 
     def delete(self, key: Any) -> None:
-        self.pending[key] = DELETED
+        self._forget(key)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) in RocksDB. Callers flush first (savepoints do)."""
@@ -190,7 +218,8 @@ class MapTable(_CachedTable):
         self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def delete(self, key: Any, map_key: Any) -> None:
-        self.put(key, map_key, DELETED)
+        self._forget((key, map_key))
+        self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def entries(self, key: Any) -> dict[Any, Any]:
         """The whole map of `key`: RocksDB's entries overlaid with changes not written
@@ -205,7 +234,9 @@ class MapTable(_CachedTable):
             layers.insert(0, self.unwritten)
         for dirty_by_key, values in layers:
             for map_key in dirty_by_key.get(key, ()):
-                value = values[(key, map_key)]
+                value = values.get((key, map_key), MISS)
+                if value is MISS:
+                    continue  # created and deleted in between
                 if value is DELETED:
                     result.pop(map_key, None)
                 else:

@@ -24,6 +24,7 @@ from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestor
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
 from statestore.tables import CapturedChanges, MapTable, ValueTable
+from statestore.ttl import ExpiringMap, ExpiringValues, Sweeper, TtlClock, ttl_codec
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class TaskState:
         self.scrub = TaskScrub(storage, prefix, self.persister.damaged)
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
+        # What runs before each flush, by the column family it writes: parts that keep
+        # their progress in memory write it into their table, the cleanup of each state
+        # with a time to live deletes what expired.
+        self.before_flush: dict[str, Callable[[], object]] = {}
         self._acquired = False
         # Whether RocksDB took writes since the database was opened or last snapshotted.
         self._written = False
@@ -69,7 +74,7 @@ class TaskState:
             stats = self.restorer.restore(manifest, working, self.directory.local_snapshots())
             families = list(manifest.column_families)
         self.store = TaskStore(working, families)
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}
         self._written = False
         return stats
 
@@ -78,6 +83,18 @@ class TaskState:
 
     def map_table(self, cf: str, codec: ValueCodec) -> MapTable:
         return self._table(cf, codec, MapTable)  # type: ignore[return-value]
+
+    def expiring_values(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringValues:
+        """A value state whose values expire `ttl_ms` after their last write (statestore/ttl.py),
+        swept at every flush."""
+        table = self.value_table(cf, ttl_codec(codec))
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
+        return ExpiringValues(table, ttl_ms, clock)
+
+    def expiring_map(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringMap:
+        table = self.map_table(cf, ttl_codec(codec))
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
+        return ExpiringMap(table, ttl_ms, clock)
 
     def _table(self, cf: str, codec: ValueCodec, kind: type) -> ValueTable | MapTable:
         table = self.tables.get(cf)
@@ -93,9 +110,14 @@ class TaskState:
         taken as they are now (`write_snapshot` writes them, on another thread). The
         tables go on at once; until the write is done, nothing else writes to RocksDB."""
         self.wait_written()
+        self._before_write()
         captured = [c for table in self.tables.values() if (c := table.capture()) is not None]
         self._idle.clear()
         return captured
+
+    def _before_write(self) -> None:
+        for prepare in self.before_flush.values():
+            prepare()
 
     def write_snapshot(self, captured: list[CapturedChanges], snapshot: str) -> Path:
         """The captured changes into RocksDB as one batch, then the snapshot of exactly
@@ -123,8 +145,10 @@ class TaskState:
         self._idle.wait()
 
     def flush(self) -> int:
-        """Writes every table's pending changes to RocksDB as one atomic batch."""
+        """Writes every table's pending changes to RocksDB as one atomic batch, with what
+        a slice of each state with a time to live has expired."""
         self.wait_written()
+        self._before_write()
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
@@ -185,7 +209,7 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}
         if self._acquired:
             self.directory.release(remove_working_dir)
             self._acquired = False
@@ -196,4 +220,4 @@ class TaskState:
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}

@@ -34,6 +34,7 @@ from tests.harness.window_oracle import (
     WindowRules,
     check_windows,
     expected_sessions,
+    expected_sliding,
     expected_windows,
 )
 from tests.harness.worker_process import EOS, REPO, wait_for
@@ -128,7 +129,7 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, 
                                   stderr=subprocess.STDOUT, start_new_session=True)
     contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity,
                  "order_enrichment.py": Enrichment, "users_per_country.py": UsersPerCountry,
-                 "registry_totals.py": RegistryTotals}
+                 "registry_totals.py": RegistryTotals, "moving_sum.py": MovingSums}
     job_file = shlex.split(run_line)[2].rsplit("/", 1)[-1]
     contract = contracts.get(job_file, RunningSumContract)(
         read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True), **registry)
@@ -259,23 +260,32 @@ class PerMinute(Contract):
     of progress up to a second late, so a minute closing within that second may or may
     not be out yet."""
 
-    RULES = WindowRules(60_000, None, 5_000, 0)
+    GRACE_MS = 5_000
+    SIZE_MS = 60_000  # the oracle's end of a window: its start plus this (sessions: their own)
+    INCLUSIVE_END = False
 
     def __init__(self, inputs: list[tuple]) -> None:
         orders = _timed(inputs)
         progress = _progress(orders)
-        expected = expected_windows(orders, self.RULES)
-        closing = lambda start: start + 60_000 + 5_000  # noqa: E731
-        self.surely = Expected({w: v for w, v in expected.windows.items() if closing(w[1]) <= progress - 1_000}, 0)
-        self.maybe = {w for w in expected.windows if progress - 1_000 < closing(w[1]) <= progress}
+        expected = self.expected(orders)
+        closing = {w: self.end(expected, w) + self.GRACE_MS for w in expected.windows}
+        self.surely = Expected({w: v for w, v in expected.windows.items() if closing[w] <= progress - 1_000}, 0,
+                               ends=expected.ends)
+        self.maybe = {w for w in expected.windows if progress - 1_000 < closing[w] <= progress}
         self.wanted = len(self.surely.windows)
+
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_windows(orders, WindowRules(60_000, None, self.GRACE_MS, 0))
+
+    def end(self, expected: Expected, window: tuple[str, int]) -> int:
+        return window[1] + self.SIZE_MS
 
     def outputs(self, bootstrap: str, topic: str) -> list:
         return read_all(bootstrap, topic, with_timestamp=True)
 
     def check(self, outputs: list) -> str | None:
         sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
-        report = check_windows(self.surely, sure, "final", 60_000)
+        report = check_windows(self.surely, sure, "final", self.SIZE_MS, inclusive_end=self.INCLUSIVE_END)
         return None if report.ok and self.wanted > 0 else report.summary()
 
 
@@ -284,20 +294,24 @@ class Sessions(PerMinute):
     end plus 5 s of grace), checked by the session oracle, with the same second of doubt
     as orders_per_minute.py."""
 
-    def __init__(self, inputs: list[tuple]) -> None:
-        orders = _timed(inputs)
-        progress = _progress(orders)
-        expected = expected_sessions(orders, 30_000, 5_000, 0)
-        closing = {w: end + 5_000 for w, end in expected.ends.items()}
-        self.surely = Expected({w: v for w, v in expected.windows.items() if closing[w] <= progress - 1_000}, 0,
-                               ends=expected.ends)
-        self.maybe = {w for w in expected.windows if progress - 1_000 < closing[w] <= progress}
-        self.wanted = len(self.surely.windows)
+    SIZE_MS = 0
 
-    def check(self, outputs: list) -> str | None:
-        sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
-        report = check_windows(self.surely, sure, "final", 0)
-        return None if report.ok and self.wanted > 0 else report.summary()
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_sessions(orders, 30_000, self.GRACE_MS, 0)
+
+    def end(self, expected: Expected, window: tuple[str, int]) -> int:
+        return expected.ends[window]
+
+
+class MovingSums(PerMinute):
+    """moving_sum.py: one final result per sliding window the input's watermark closed
+    (its inclusive end plus 5 s of grace), checked by the sliding-window oracle, with the
+    same second of doubt as orders_per_minute.py."""
+
+    INCLUSIVE_END = True
+
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_sliding(orders, 60_000, self.GRACE_MS, 0)
 
 
 def _timed(inputs: list[tuple]) -> list[TimedOrder]:

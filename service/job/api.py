@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.serdes import BYTES, Serde
 from eos.errors import ConfigurationError
-from service.eventtime.windows import Hopping, Session, Tumbling
+from service.eventtime.windows import Count, Hopping, Session, Sliding, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
 
 if TYPE_CHECKING:
@@ -300,15 +300,19 @@ class KeyedStream(Stream):
 
     def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
                   uid: str | None = None, codec: ValueCodec = JSON_CODEC,
-                  on_error: str | None = None) -> KeyedStream:
+                  on_error: str | None = None, ttl_ms: int | None = None) -> KeyedStream:
         """Folds each record into its key's accumulator and emits the new accumulator.
-        `initial` is a value (copied per key) or a zero-argument factory."""
-        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec}, on_error=on_error)
+        `initial` is a value (copied per key) or a zero-argument factory. With `ttl_ms`,
+        an accumulator not written for that long (of event time: the stage runs on it)
+        is gone, and the key's next record starts from `initial`."""
+        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec, **_ttl_option(ttl_ms)},
+                          on_error=on_error)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, uid: str | None = None,
-               codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
+               codec: ValueCodec = JSON_CODEC, on_error: str | None = None,
+               ttl_ms: int | None = None) -> KeyedStream:
         """Like aggregate, with the key's first record as the initial accumulator."""
-        return self._then("reduce", uid, fn, {"codec": codec}, on_error=on_error)
+        return self._then("reduce", uid, fn, {"codec": codec, **_ttl_option(ttl_ms)}, on_error=on_error)
 
     def process(self, factory: Callable[[], Any], *, uid: str | None = None,
                 on_error: str | None = None, timers: bool | None = None) -> KeyedStream:
@@ -318,31 +322,39 @@ class KeyedStream(Stream):
         With timers (the default when `factory` is a class that defines `on_timer`; say
         `timers=True` for another factory) the stage runs on event time: `ctx` also gives
         the record's `timestamp`, the `watermark` and `register_event_time_timer` /
-        `register_processing_time_timer` (and their `delete_` twins)."""
+        `register_processing_time_timer` (and their `delete_` twins). So it does when
+        `open` declares a state with a time to live (`ttl_ms=`), found by calling `open`
+        against a context that only records what is declared."""
         if timers is None:
             timers = getattr(factory, "on_timer", KeyedProcessFunction.on_timer) is not KeyedProcessFunction.on_timer
-        return self._then("process", uid, factory, {"timers": bool(timers)}, on_error=on_error)
+        options = {"timers": bool(timers), "event_time": bool(timers) or _declares_ttl(factory)}
+        return self._then("process", uid, factory, options, on_error=on_error)
 
     def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
-        """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
-        A window closes when the watermark passes its end plus `grace_ms`; a record
-        that arrives for a closed window is late: dropped and counted in
-        eos_late_records_dropped_total, or, with `late_topic`, written there in the same
-        transaction (its bytes as the window read them, headers saying why) and counted
-        in eos_late_records_routed_total. Follow with an aggregation."""
-        if not isinstance(shape, (Tumbling, Hopping, Session)):
+        """Groups each key's records into windows: on event time (`Tumbling`, `Hopping`,
+        `Sliding`, `Session`) or on counts (`Count`). A time window closes when the
+        watermark passes its end plus `grace_ms`; a record that arrives for a closed
+        window is late: dropped and counted in eos_late_records_dropped_total, or, with
+        `late_topic`, written there in the same transaction (its bytes as the window read
+        them, headers saying why) and counted in eos_late_records_routed_total. Count
+        windows know no time: no grace, nothing late. Follow with an aggregation."""
+        if not isinstance(shape, (Tumbling, Hopping, Sliding, Session, Count)):
             raise ConfigurationError(
-                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...) or Session(...)")
+                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...), Sliding(...), Session(...) "
+                "or Count(...)")
         if grace_ms < 0:
             raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
+        if isinstance(shape, Count) and (grace_ms or late_topic):
+            raise ConfigurationError(f"window({shape!r}): count windows have no time, so no grace_ms or late_topic")
         return WindowedStream(self, shape, grace_ms, late_topic)
 
 
 class WindowedStream:
     """A keyed stream cut into windows: each aggregation gives a keyed stream of window
-    results, {"start": ms, "end": ms, "value": result} under the record key. `emit`
-    is "update" (the window's value after every record) or "final" (once, when the
-    window closes)."""
+    results, {"start": ms, "end": ms, "value": result} under the record key (sliding
+    windows include their end; count windows give positions in the key's records
+    instead of ms). `emit` is "update" (the window's value after every record) or
+    "final" (once, when the window closes)."""
 
     def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int, late_topic: str | None) -> None:
         self._stream = stream
@@ -408,6 +420,40 @@ class WindowedStream:
                    "first": first, "initial": initial, "merge": merge, "codec": codec,
                    "late_topic": self._late_topic}
         return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
+
+
+def _ttl_option(ttl_ms: int | None) -> dict[str, Any]:
+    """An operator with a time to live runs on event time, which the planner reads here."""
+    if ttl_ms is None:
+        return {}
+    if ttl_ms <= 0:
+        raise ConfigurationError(f"ttl_ms must be positive, not {ttl_ms}")
+    return {"ttl_ms": ttl_ms, "event_time": True}
+
+
+class _TtlProbe:
+    """Stands in for a process function's context while `open` runs at build time: it
+    only notes whether a state with a time to live is declared."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def value_state(self, name: str, codec: Any = None, ttl_ms: int | None = None) -> None:
+        self.found = self.found or ttl_ms is not None
+
+    map_state = value_state
+
+
+def _declares_ttl(factory: Callable[[], Any]) -> bool:
+    """Whether the function's `open` declares a state with a time to live; a function
+    whose `open` needs more than declarations is taken to declare none (should it, the
+    task says so when it opens the state)."""
+    probe = _TtlProbe()
+    try:
+        factory().open(probe)
+    except Exception:  # noqa: BLE001 - user code run early; the task reports a real problem
+        return False
+    return probe.found
 
 
 def _same(value: Any) -> Any:

@@ -378,7 +378,8 @@ def _one_upstream_per_input(stage: Stage, stages: list[Stage]) -> None:
 
 
 def _mark_event_time(stages: list[Stage]) -> None:
-    """A stage with a window, timers or a stream-stream join runs on event time, and so
+    """A stage with a window, timers, state with a time to live or a stream-stream join
+    runs on event time (its operators say so in their "event_time" option), and so
     does every stage before it: its watermark is made from theirs. Each such stage keeps
     its clock as state. A key_by feeding a stage of several inputs carries timestamps."""
     by_topic = {t: s for s in stages for t in s.topics}
@@ -386,8 +387,7 @@ def _mark_event_time(stages: list[Stage]) -> None:
         if len(stage.inputs) > 1:
             for upstream in stage.upstream_topics:
                 by_topic[upstream].carries_time = True
-        if any(n.kind in ("window", "stream_join") or (n.kind == "process" and n.options.get("timers"))
-               for n in stage.nodes()):
+        if any(n.kind in ("window", "stream_join") or n.options.get("event_time") for n in stage.nodes()):
             pending = [stage]
             while pending:
                 current = pending.pop()

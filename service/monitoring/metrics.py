@@ -72,6 +72,8 @@ class WorkerMetrics:
                                             "already closed (past their end plus grace), dropped.", ("operator",))
         self.late_records_routed = counter("eos_late_records_routed", "Records that arrived for windows already "
                                            "closed, sent to the window's late-data topic.", ("operator",))
+        self.state_expired = counter("eos_state_expired", "State values whose time to live ran out, deleted by "
+                                     "the cleanup at checkpoints.", ("operator",))
         self.tasks = gauge("eos_tasks", "Tasks (stage partitions) this worker runs.")
         self.scrub_checked = counter("eos_storage_scrub_files_checked", "Snapshot files the storage scrub checked.")
         self.scrub_damaged = counter("eos_storage_scrub_files_damaged", "Snapshot files the storage scrub found "

@@ -18,9 +18,11 @@ from connectors.kafka_sink import Produce, oversized
 from eos.errors import ConfigurationError, EosError
 from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header, ts_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
+from service.eventtime.count_operator import build_count
 from service.eventtime.session_operator import build_session
+from service.eventtime.sliding_operator import build_sliding
 from service.eventtime.window_operator import build_window
-from service.eventtime.windows import Session
+from service.eventtime.windows import Count, Session, Sliding
 from connectors.serdes import KEY
 from service.job.api import Node, initial_factory
 from service.job.planner import StageInput
@@ -30,6 +32,7 @@ from service.tables.stream_join import build_stream_join
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
 from statestore.tables import ABSENT, DELETED, MISS
+from statestore.ttl import TtlClock
 
 Push = Callable[[Any, Any], None]
 
@@ -62,12 +65,13 @@ class ChainContext:
 
     __slots__ = ("produce", "state", "raw", "ts", "offset", "record_watermark", "clock", "watermark_listeners",
                  "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter", "built",
-                 "global_tables", "carry_time")
+                 "global_tables", "carry_time", "expired_counter")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
                  late_counter: Callable[[str, bool], Callable[[], None]] | None = None,
-                 global_tables: dict[str, Any] | None = None, carry_time: bool = False) -> None:
+                 global_tables: dict[str, Any] | None = None, carry_time: bool = False,
+                 expired_counter: Callable[[str], Callable[[int], None]] | None = None) -> None:
         self.produce = produce
         self.state = state
         self.raw: bytes | None = None
@@ -91,10 +95,24 @@ class ChainContext:
         self.global_tables = global_tables or {}
         # Whether key_bys carry each record's timestamp (they feed a task of several inputs).
         self.carry_time = carry_time
+        # operator uid -> the counter of state values its time to live deleted
+        self.expired_counter = expired_counter or (lambda uid: lambda count: None)
 
     @property
     def timed(self) -> bool:
         return self.clock is not None
+
+    def ttl_clock(self, uid: str) -> TtlClock | None:
+        """The times states with a time to live read, on event time: a read or write
+        happens at the record's event time or its origin's watermark, whichever is later
+        (what decides a record is late, so the same input expires the same values with
+        or without failures); the cleanup deletes up to the task's watermark, behind
+        which no later read happens. None off event time."""
+        if self.clock is None:
+            return None
+        clock = self.clock
+        return TtlClock(now=lambda: max(self.ts, self.record_watermark, clock.watermark),
+                        settled=lambda: clock.watermark, expired=self.expired_counter(uid))
 
     def advance(self, watermark: int) -> None:
         for listener in self.watermark_listeners:
@@ -340,6 +358,8 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
 
 def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> Push:
     """aggregate / reduce: the hot path of stateful jobs, so the cache is used inline."""
+    if node.options.get("ttl_ms") is not None:
+        return _fold_expiring(node, ctx, first)
     fn, uid, down = node.fn, node.uid, _downstream(node, ctx)
     table = ctx.state.value_table(f"{uid}:acc", node.options["codec"])
     pending, cache, load = table.pending, table.cache, table.load
@@ -364,6 +384,38 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
     return push
 
 
+def _fold_expiring(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> Push:
+    """aggregate / reduce with a time to live: an accumulator not written for `ttl_ms`
+    of event time is gone, and the key starts afresh (statestore/ttl.py)."""
+    fn, uid, down, ttl = node.fn, node.uid, _downstream(node, ctx), node.options["ttl_ms"]
+    clock = ctx.ttl_clock(uid)
+    if clock is None:
+        raise ConfigurationError(f"operator {uid!r}: a time to live needs its stage on event time")
+    table = ctx.state.expiring_values(f"{uid}:acc", node.options["codec"], ttl, clock).table
+    pending, cache, load, now = table.pending, table.cache, table.load, clock.now
+    make_initial = initial_factory(node.options.get("initial"))
+
+    def push(key: Any, value: Any) -> None:
+        at = now()
+        envelope = pending.get(key, MISS)
+        if envelope is MISS:
+            envelope = cache.get(key, MISS)
+            if envelope is MISS:
+                envelope = load(key)
+        try:
+            if envelope is ABSENT or envelope is DELETED or envelope[0] + ttl <= at:
+                acc = first(value) if first is not None else fn(make_initial(), value)
+            else:
+                acc = fn(envelope[1], value)
+                at = max(at, envelope[0])
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        pending[key] = (at, acc)
+        down(key, acc)
+
+    return push
+
+
 def _aggregate(node: Node, ctx: ChainContext) -> Push:
     return _fold(node, ctx, None)
 
@@ -376,7 +428,8 @@ def _process(node: Node, ctx: ChainContext) -> Push:
     uid, down = node.uid, _downstream(node, ctx)
     function = node.fn()
     timed = node.options.get("timers") and ctx.timed
-    keyed = ProcessContext(ctx.state, uid, ctx) if timed else KeyedContext(ctx.state, uid)
+    ttl_clock = ctx.ttl_clock(uid)
+    keyed = ProcessContext(ctx.state, uid, ctx, ttl_clock) if timed else KeyedContext(ctx.state, uid, ttl_clock)
     function.open(keyed)
     process = function.process
     if timed:
@@ -439,8 +492,12 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
     return push
 
 
+_WINDOW_BUILDERS: dict[type, Callable[..., Push]] = {Session: build_session, Sliding: build_sliding,
+                                                     Count: build_count}
+
+
 def _window(node: Node, ctx: ChainContext) -> Push:
-    build = build_session if isinstance(node.options["shape"], Session) else build_window
+    build = _WINDOW_BUILDERS.get(type(node.options["shape"]), build_window)
     return build(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 

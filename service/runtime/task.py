@@ -69,6 +69,7 @@ class TimeLayout:
     partitions: dict[str, int]
     idle_timeout_s: float | None = None
     late_counter: Any = None
+    expired_counter: Any = None
 
     @property
     def origins(self) -> int:
@@ -167,7 +168,7 @@ class Task:
             self.state.flush()  # the clock and the window index are read from the store
             clock = EventClock.of(self.state, self.stage.id, layout.origins)
             self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
-                                     layout.late_counter, **shared)
+                                     layout.late_counter, expired_counter=layout.expired_counter, **shared)
         first_origin = 0
         pushes = []
         for task_input in self.inputs:
@@ -345,31 +346,36 @@ class Task:
             return step
         if spec.repartition:
             return lambda msg: self._from_origins(msg, task_input, decode, push)
-        return lambda msg: self._from_source(msg, task_input, decode, push)
+        return self._source_step(task_input, decode, push)
 
-    def _from_source(self, msg: Any, task_input: TaskInput, decode: Any, push: Any) -> None:
-        """A source record: its event time moves its input's watermark, after it ran (it
-        is judged against the watermark of the records before it)."""
+    def _source_step(self, task_input: TaskInput, decode: Any, push: Any) -> Any:
+        """The step of a source record: its event time moves its input's watermark, after
+        it ran (it is judged against the watermark of the records before it). The hot
+        path of windowed jobs, so what does not change per record is bound once."""
         ctx = self._ctx
-        key, value = decode(msg)
-        ts = self._event_time(msg, value, task_input.spec)
+        clock, advance = ctx.clock, ctx.advance
+        view, observe = clock.view, clock.observe
+        root = task_input.spec.root
+        extract, bound, uid = root.options.get("timestamp"), root.options.get("out_of_orderness_ms", 0), root.uid
         origin = task_input.origins
-        ctx.ts, ctx.record_watermark, ctx.offset = ts, ctx.clock.view(origin), msg.offset()
-        push(key, value)
-        if ctx.clock.observe(origin, ts - task_input.spec.root.options.get("out_of_orderness_ms", 0)):
-            ctx.advance(ctx.clock.watermark)
 
-    def _event_time(self, msg: Any, value: Any, spec: StageInput) -> int:
-        extract = spec.root.options.get("timestamp")
-        if extract is None:
-            kind, ts = msg.timestamp()
-            if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
-                raise OperatorFailure(spec.root.uid, ValueError("the record has no timestamp"))
-            return ts
-        try:
-            return int(extract(value))
-        except Exception as exc:
-            raise OperatorFailure(spec.root.uid, exc) from exc
+        def step(msg: Any) -> None:
+            key, value = decode(msg)
+            if extract is None:
+                kind, ts = msg.timestamp()
+                if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
+                    raise OperatorFailure(uid, ValueError("the record has no timestamp"))
+            else:
+                try:
+                    ts = int(extract(value))
+                except Exception as exc:
+                    raise OperatorFailure(uid, exc) from exc
+            ctx.ts, ctx.record_watermark, ctx.offset = ts, view(origin), msg.offset()
+            push(key, value)
+            if observe(origin, ts - bound):
+                advance(clock.watermark)
+
+        return step
 
     def _from_origins(self, msg: Any, task_input: TaskInput, decode: Any, push: Any) -> None:
         """A repartition record or marker: each carries its origin's watermark."""

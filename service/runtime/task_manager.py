@@ -165,8 +165,12 @@ class TaskManager:
             counter = metrics.late_records_routed if routed else metrics.late_records_dropped
             return metrics.labels(counter, operator=uid).inc
 
+        def expired_counter(uid: str):
+            return metrics.labels(metrics.state_expired, operator=uid).inc
+
         return TimeLayout(input_origins=input_origins, partitions={t: counts[t] for t in needed},
-                          idle_timeout_s=None if idle_ms is None else idle_ms / 1000, late_counter=late_counter)
+                          idle_timeout_s=None if idle_ms is None else idle_ms / 1000, late_counter=late_counter,
+                          expired_counter=expired_counter)
 
     def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
                  rewind: bool = False) -> list[TopicPartition]:
