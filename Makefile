@@ -14,7 +14,7 @@ TEST_PROCESSES ?= 3
 PYTEST = $(BIN)/pytest $(PYTEST_ARGS)
 ALLOW_EMPTY = || [ $$? -eq 5 ]
 
-.PHONY: install test chaos soak run bench bench-quick kafka-start kafka-stop clean
+.PHONY: install test chaos soak run bench bench-quick bench-windows-steady kafka-start kafka-stop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(BENCH_VENV)/.installed
 
 bench-quick: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/suite.py --quick $(BENCH_ARGS)
+
+# Ten minutes of a windowed job with state that has a time to live, at a steady rate:
+# state size and RSS over time in docs/bench/steady-state.{json,png}.
+bench-windows-steady: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/steady_state.py $(BENCH_ARGS)
 
 # Ten minutes of input under SIGKILLs, zombies and a broker restart (own broker).
 soak: install

@@ -231,7 +231,8 @@ def compaction_study(scratch: Path, keys: int, changed: float, checkpoints: int)
 
 
 _SUMMARY = re.compile(r"(\d+) checkpoints completed, (\d+) failed; duration p50 (\d+) ms, p99 (\d+) ms; "
-                      r"([\d.]+)% of (\d+)s spent in checkpoints \(([^)]*)\)")
+                      r"processing paused p50 ([\d.]+) ms, p99 ([\d.]+) ms, ([\d.]+)% of (\d+)s; "
+                      r"checkpoint steps \(([^)]*)\)")
 
 
 def end_to_end(kind: str, factory: StorageFactory, bootstrap: str, records: int, users: int,
@@ -271,11 +272,12 @@ def end_to_end(kind: str, factory: StorageFactory, bootstrap: str, records: int,
     match = _SUMMARY.search(text)
     if match is None:
         raise RuntimeError(f"no checkpoint summary in the worker's log:\n{text[-2000:]}")
-    completed, failed, p50, p99, share, wall, steps = match.groups()
-    step_share = {name: float(pct) for name, pct in re.findall(r"(\w+) ([\d.]+)%", steps)}
+    completed, failed, p50, p99, pause50, pause99, share, wall, steps = match.groups()
+    step_share = {name: float(pct) for name, pct in re.findall(r"([\w+]+) ([\d.]+)%", steps)}
     return {"storage": kind, "records": records, "users": users, "interval": interval,
             "records_per_s": records / (done - started), "checkpoints": int(completed), "failed": int(failed),
-            "duration_p50_ms": int(p50), "duration_p99_ms": int(p99), "checkpoint_share_pct": float(share),
+            "duration_p50_ms": int(p50), "duration_p99_ms": int(p99), "pause_p50_ms": float(pause50),
+            "pause_p99_ms": float(pause99), "paused_share_pct": float(share),
             "step_share_pct": step_share, "worker_wall_s": int(wall)}
 
 

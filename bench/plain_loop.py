@@ -35,8 +35,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def running_sum(out_topic: str, produce, poll):
+    """The running sum's batch function: per user sum and count, one output per record
+    (the same work, record for record, as the loop had inline)."""
+    state: dict[bytes, list] = {}
+    get = state.get
+    loads, dumps = orjson.loads, orjson.dumps
+
+    def process(msgs: list) -> int:
+        n = 0
+        for m in msgs:
+            if m.error() is not None:
+                skip_eof(m)
+                continue
+            key = m.key()
+            v = loads(m.value())
+            s = get(key)
+            if s is None:
+                s = state[key] = [0, 0]
+            s[0] += v["amount"]
+            s[1] += 1
+            send(produce, poll, out_topic, dumps({"user": v["user"], "sum": s[0], "count": s[1], "last_id": v["id"]}),
+                 key)
+            n += 1
+        return n
+
+    process.summary = lambda: f"{len(state)} users"
+    return process
+
+
+def skip_eof(m) -> None:
+    err = m.error()
+    if err.code() != KafkaError._PARTITION_EOF:
+        raise KafkaException(err)
+
+
+def send(produce, poll, topic: str, value: bytes, key: bytes) -> None:
+    try:
+        produce(topic, value, key)
+    except BufferError:
+        # Local queue full: let librdkafka drain it, retry until accepted.
+        while True:
+            poll(0.05)
+            try:
+                produce(topic, value, key)
+                return
+            except BufferError:
+                continue
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv), running_sum, "plain_loop")
+
+
+def run(args: argparse.Namespace, make_process, name: str) -> int:
+    """The exactly-once read-process-write loop around `make_process(output, produce,
+    poll)`, which returns the function that turns a batch into outputs."""
     txn_id = args.transactional_id or f"bench-plain-{args.group}-{uuid.uuid4().hex[:8]}"
 
     consumer = Consumer(
@@ -103,13 +157,9 @@ def main(argv=None) -> int:
     producer.begin_transaction()
     consumer.subscribe([args.input], on_revoke=on_revoke)
 
-    # Hot-loop locals.
-    state: dict[bytes, list] = {}
-    get = state.get
-    loads, dumps = orjson.loads, orjson.dumps
-    produce, poll = producer.produce, producer.poll
+    process = make_process(args.output, producer.produce, producer.poll)
+    poll = producer.poll
     consume = consumer.consume
-    out_topic = args.output
     batch = args.batch
     interval = args.commit_interval
     expect = args.expect
@@ -118,36 +168,7 @@ def main(argv=None) -> int:
 
     try:
         while not stop[0]:
-            msgs = consume(batch, 0.1)
-            n = 0
-            for m in msgs:
-                if m.error() is not None:
-                    err = m.error()
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(err)
-                key = m.key()
-                v = loads(m.value())
-                amount = v["amount"]
-                rid = v["id"]
-                s = get(key)
-                if s is None:
-                    s = state[key] = [0, 0]
-                s[0] += amount
-                s[1] += 1
-                out = dumps({"user": v["user"], "sum": s[0], "count": s[1], "last_id": rid})
-                try:
-                    produce(out_topic, out, key)
-                except BufferError:
-                    # Local queue full: let librdkafka drain it, retry until accepted.
-                    while True:
-                        poll(0.05)
-                        try:
-                            produce(out_topic, out, key)
-                            break
-                        except BufferError:
-                            continue
-                n += 1
+            n = process(consume(batch, 0.1))
             in_txn[0] += n
             poll(0)  # serve error/throttle events; there are no delivery callbacks
             now = monotonic()
@@ -168,7 +189,7 @@ def main(argv=None) -> int:
             producer.abort_transaction(30)  # the transaction opened after the last commit
         except KafkaException:
             pass
-    print(f"plain_loop: committed {committed[0]} records, {len(state)} users", file=sys.stderr)
+    print(f"{name}: committed {committed[0]} records, {process.summary()}", file=sys.stderr)
     return 0
 
 

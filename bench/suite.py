@@ -38,6 +38,9 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import postgres_bench  # noqa: E402
 import runner  # noqa: E402
+import async_snapshot_bench  # noqa: E402
+import join_bench  # noqa: E402 (registers the join candidates)
+import latency_bench  # noqa: E402
 import window_bench  # noqa: E402 (registers the window candidates)
 import workload  # noqa: E402
 from runner import MAIN_PY, REGISTRY, register, run_benchmark, run_once  # noqa: E402
@@ -284,6 +287,18 @@ def headline_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def window_table(results: dict) -> str:
+    """The window benchmark's rows for the README: eos and Quix Streams on the same input."""
+    windows = results["windows"]
+    lines = [f"| window job ({windows['records'] // 1_000_000}M records, {windows['users']:,} users, "
+             f"{windows['window_ms'] // 1000} s tumbling count, final results) | records/s (median) | vs Quix |",
+             "|---|---:|---:|"]
+    for name, median in (("eos-window-count", windows["eos_median"]), ("quix-window-count", windows["quix_median"])):
+        ratio = median / windows["quix_median"] if median and windows["quix_median"] else None
+        lines.append(f"| {name} | {median:,.0f} | {ratio:.1f}x |" if ratio else f"| {name} | - | - |")
+    return "\n".join(lines)
+
+
 def update_readme(table: str, marker: str = "bench") -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -300,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,monitoring,dead-letter,state-size,rss,postgres")
+    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,monitoring,dead-letter,"
+                                      "state-size,rss,postgres")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -327,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     if "windows" in sections:
         results["windows"] = window_bench.window_throughput(args.bootstrap, records, 1_000 if quick else 10_000,
                                                             1 if quick else 3, log)
+    if "joins" in sections:
+        results["joins"] = join_bench.join_throughput(args.bootstrap, records, 1_000 if quick else 10_000,
+                                                      1 if quick else 3, log)
+    if "latency" in sections:
+        results["latency"] = latency_bench.latency(args.bootstrap, records, 1_000 if quick else 10_000,
+                                                   10.0 if quick else 25.0, 1 if quick else 3, log)
+    if "async-snapshots" in sections:
+        results["async_snapshots"] = async_snapshot_bench.async_snapshots(
+            args.bootstrap, 100_000 if quick else 1_000_000, 200_000 if quick else 1_000_000, 20.0,
+            1 if quick else 2, log)
     if "monitoring" in sections:
         results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
     if "dead-letter" in sections:
@@ -346,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
-        update_readme(headline_table(results))
+        tables = [headline_table(results)] + ([window_table(results)] if "windows" in results else [])
+        update_readme("\n\n".join(tables))
     print(headline_table(results) if "throughput" in results else "")
     print(f"results: {out}")
     if broker is not None:

@@ -1,10 +1,13 @@
 """The job's consumer group as every member can see it.
 
-Each worker's consumer carries its identity in its client id, `{group}-{worker}#{stamp}`:
-the worker id (its slot) and the stamp of this process incarnation, a start time in
-milliseconds with a random suffix. Any member that describes the group sees every
-member's slot and incarnation, on whichever machine it runs, so two processes of one
-slot can always tell which of them is the newer.
+Each worker's consumer carries its identity in its client id,
+`{group}-{worker}#{stamp}@{url},{url}`: the worker id (its slot), the stamp of this
+process incarnation (a start time in milliseconds with a random suffix) and the
+addresses its HTTP port is advertised at. Any member that describes the group sees
+every member's slot and incarnation, on whichever machine it runs, so two processes of
+one slot can always tell which of them is the newer; and any client that describes the
+group finds the job's live workers and where to reach them, with no registry of its own
+that could hold departed workers' addresses.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 log = logging.getLogger(__name__)
 
 STAMP_SEPARATOR = "#"
+ADDRESS_SEPARATOR = "@"
 
 
 def new_stamp(now_s: float | None = None) -> str:
@@ -30,8 +34,18 @@ def new_stamp(now_s: float | None = None) -> str:
     return f"{millis:013d}-{secrets.token_hex(3)}"
 
 
-def client_id(group: str, worker: str, stamp: str) -> str:
-    return f"{group}-{worker}{STAMP_SEPARATOR}{stamp}"
+def client_id(group: str, worker: str, stamp: str, advertised: tuple[str, ...] | list[str] = ()) -> str:
+    urls = ",".join(u.rstrip("/") for u in advertised)
+    return f"{group}-{worker}{STAMP_SEPARATOR}{stamp}" + (f"{ADDRESS_SEPARATOR}{urls}" if urls else "")
+
+
+def advertised_urls(member_client_id: str | None) -> tuple[str, ...]:
+    """The HTTP addresses a worker advertises in its client id, in its order of preference."""
+    _, separator, stamped = (member_client_id or "").rpartition(STAMP_SEPARATOR)
+    if not separator:
+        return ()
+    _, at, urls = stamped.partition(ADDRESS_SEPARATOR)
+    return tuple(u for u in urls.split(",") if u) if at else ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,9 @@ class Member:
     member_id: str
     client_id: str
     host: str
+    advertised: tuple[str, ...] = ()
+    # (topic, partition) of every partition the group assigned this member
+    assignment: tuple[tuple[str, int], ...] = ()
 
     def describe(self) -> str:
         started = ""
@@ -58,6 +75,7 @@ def member_identity(group: str, group_instance_id: str | None, member_client_id:
     name, separator, stamp = text.rpartition(STAMP_SEPARATOR)
     if not separator:
         name, stamp = text, ""
+    stamp = stamp.partition(ADDRESS_SEPARATOR)[0]
     prefix = f"{group}-"
     worker = name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else None
     if group_instance_id:
@@ -93,8 +111,10 @@ class GroupView:
         for member in description.members:
             identity = member_identity(self.group, member.group_instance_id, member.client_id)
             if identity is not None:
+                assignment = getattr(member, "assignment", None)
+                partitions = tuple((tp.topic, tp.partition) for tp in (assignment.topic_partitions if assignment else ()))
                 members.append(Member(identity[0], identity[1], member.member_id, member.client_id or "",
-                                      member.host or "?"))
+                                      member.host or "?", advertised_urls(member.client_id), partitions))
         return members
 
     def workers(self) -> set[str] | None:

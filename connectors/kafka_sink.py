@@ -31,6 +31,25 @@ class Produce:
     blocking: ProduceFn
 
 
+class RoutedProduce:
+    """The produce functions of whichever producer takes output now: operators call
+    `out.fast(...)` through this one object, and the transaction's owner points it at
+    the producer of the open transaction (each checkpoint in flight keeps its own)."""
+
+    __slots__ = ("fast", "blocking")
+
+    def __init__(self) -> None:
+        self.fast: ProduceFn = _not_started
+        self.blocking: ProduceFn = _not_started
+
+    def route(self, produce: Produce) -> None:
+        self.fast, self.blocking = produce.fast, produce.blocking
+
+
+def _not_started(*_: Any, **__: Any) -> None:
+    raise RuntimeError("no producer is open yet")
+
+
 def base_producer_config(bootstrap: str, extra: dict[str, str]) -> dict[str, Any]:
     """Settings for throughput without per-record callbacks: delivery reports only for
     failures, large local queues, Java-compatible key partitioning."""

@@ -6,6 +6,12 @@ after the checkpoint's outputs are flushed). Rebalance callbacks only record wha
 assigned, revoked or lost; the worker's loop acts on it after `consume()` returns. A
 newly assigned partition is paused until its task is restored and positioned, so no
 record of it is fetched from a position the task does not begin at.
+
+The group assigns each stage's lead topic; a task with several inputs takes the same
+partition of its other topics along (`take` / `give_back`): they are added to the
+consumer's assignment by the worker, outside the group's, and move with the lead.
+A partition stays paused while anyone holds it (`hold` / `release`, each with a
+reason), so pausing for a savepoint and pausing a full buffer never undo each other.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeo
         # long for a loop that drains the queue in milliseconds.
         "fetch.queue.backoff.ms": 10,
         "fetch.wait.max.ms": 50,
+        # Tasks with several inputs need to know when an input has nothing more for now.
+        "enable.partition.eof": True,
         "client.id": client_id,
     }
     if static_membership:
@@ -111,6 +119,11 @@ class KafkaSource:
         self._events: list[Rebalance] = []
         self._out_of_range: list[OutOfRange] = []
         self._member_ids: set[str] = set()
+        # Where the consumer last found each partition's end (an end-of-partition event):
+        # records read later lie at or past it. Forgotten when the partition is sought.
+        self.ends: dict[tuple[str, int], int] = {}
+        # Why each paused partition is held: it is resumed when no reason is left.
+        self._holds: dict[tuple[str, int], set[str]] = {}
         # Where a partition nothing was committed for starts (the user's auto.offset.reset).
         self.reset_offset = OFFSET_END if start_from in ("latest", "largest", "end") else OFFSET_BEGINNING
 
@@ -152,11 +165,15 @@ class KafkaSource:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
+        for tp in partitions:
+            self._holds.pop((tp.topic, tp.partition), None)
         if partitions:
             self._events.append(Rebalance(REVOKED, _keys(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
+        for tp in partitions:
+            self._holds.pop((tp.topic, tp.partition), None)
         if partitions:
             self._events.append(Rebalance(LOST, _keys(partitions)))
 
@@ -165,8 +182,63 @@ class KafkaSource:
         lets them be fetched."""
         for position in positions:
             self.seek(position)
+        free = [TopicPartition(p.topic, p.partition) for p in positions if not self._holds.get((p.topic, p.partition))]
+        if free:
+            self.consumer.resume(free)
+
+    def take(self, positions: list[TopicPartition]) -> None:
+        """Adds partitions of a task's other inputs to the assignment, at their tasks'
+        positions (the group assigned their lead)."""
         if positions:
-            self.consumer.resume([TopicPartition(p.topic, p.partition) for p in positions])
+            self.consumer.incremental_assign(positions)
+            for position in positions:
+                self.ends.pop((position.topic, position.partition), None)
+            self._reapply_holds(positions)
+
+    def give_back(self, partitions: list[tuple[str, int]]) -> None:
+        """Removes partitions `take` added, when their task is released."""
+        if partitions:
+            try:
+                self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in partitions])
+            except KafkaException as exc:  # already gone with the whole assignment (lost, closing)
+                log.debug("giving back %s: %s", partitions, exc)
+            for key in partitions:
+                self.ends.pop(key, None)
+                self._holds.pop(key, None)
+
+    def hold(self, partitions: Iterable[tuple[str, int]], reason: str) -> None:
+        """Pauses the partitions until every reason holding them is released."""
+        new = []
+        for key in partitions:
+            reasons = self._holds.setdefault(key, set())
+            if not reasons:
+                new.append(TopicPartition(*key))
+            reasons.add(reason)
+        if new:
+            self.consumer.pause(new)
+
+    def release(self, partitions: Iterable[tuple[str, int]], reason: str) -> None:
+        freed = []
+        for key in partitions:
+            reasons = self._holds.get(key)
+            if reasons and reason in reasons:
+                reasons.discard(reason)
+                if not reasons:
+                    del self._holds[key]
+                    freed.append(TopicPartition(*key))
+        if freed:
+            try:
+                self.consumer.resume(freed)
+            except KafkaException as exc:  # no longer assigned
+                log.debug("resuming %s: %s", freed, exc)
+
+    def held(self, key: tuple[str, int]) -> bool:
+        return bool(self._holds.get(key))
+
+    def _reapply_holds(self, positions: list[TopicPartition]) -> None:
+        held = [TopicPartition(p.topic, p.partition) for p in positions if self._holds.get((p.topic, p.partition))]
+        if held:
+            self.consumer.pause(held)
 
     def consume(self, max_records: int, timeout: float) -> list:
         """A batch of records; errors that only inform are logged, fatal ones raised."""
@@ -182,6 +254,7 @@ class KafkaSource:
         if err is None:
             return False
         if err.code() == KafkaError._PARTITION_EOF:
+            self.ends[(msg.topic(), msg.partition())] = msg.offset()
             return True
         if err.code() == KafkaError._AUTO_OFFSET_RESET:
             # A position that is gone: the partition stops until it is sought. Without an
@@ -214,8 +287,8 @@ class KafkaSource:
     def seek(self, partition: TopicPartition) -> None:
         """Repositions an assigned partition; one whose fetcher is not running (seek
         answers 'erroneous state': not started yet, or stopped at a position that is
-        gone) is re-assigned at the offset instead. A re-assigned partition is no longer
-        paused: whoever paused it pauses it again (see savepoints)."""
+        gone) is re-assigned at the offset instead, and paused again if it is held."""
+        self.ends.pop((partition.topic, partition.partition), None)
         try:
             self.consumer.seek(partition)
         except KafkaException as exc:
@@ -223,6 +296,7 @@ class KafkaSource:
             bare = TopicPartition(partition.topic, partition.partition)
             self.consumer.incremental_unassign([bare])
             self.consumer.incremental_assign([partition])
+            self._reapply_holds([partition])
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Closes the consumer; the partitions it still holds are released without

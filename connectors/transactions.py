@@ -19,6 +19,13 @@ anyway. Before it initialises the id again after a fencing, or after the group f
 this member, it asks the slot guard whether a newer process holds the slot: then it
 must stop instead, or it would fence that process. `AtLeastOnceOwner` gives the same
 outcomes without transactions.
+
+Checkpoints are written while processing goes on (asynchronous barrier snapshotting), so
+the owner keeps a pool of two producers, as Flink's Kafka sink does: at checkpoint n's
+barrier the open transaction *closes* (it takes no more output and commits once n's
+snapshot is durable) and the other producer opens transaction n+1 for what follows.
+Kafka allows one open transaction per producer, hence two; n+1 commits only after n.
+A failure of n ends both transactions: n+1's output was computed from n's state.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.kafka_errors import CONSUMER_IDENTITY_IN_DOUBT, IDENTITY_IN_DOUBT, Cause, cause_of, describe, error_of
-from connectors.kafka_sink import DeliveryFailures, Produce, base_producer_config, make_produce
+from connectors.kafka_sink import DeliveryFailures, Produce, RoutedProduce, base_producer_config, make_produce
 from connectors.kafka_waits import KafkaWaits, backoff_delays
 
 log = logging.getLogger(__name__)
@@ -84,15 +91,26 @@ class OutputOwner(Protocol):
     def started(self) -> bool: ...
 
     @property
-    def produce(self) -> Produce: ...
+    def produce(self) -> Any: ...
 
     abandoned: bool
+    # Whether checkpoints may close an epoch and commit it in the background
+    # (close_epoch, commit_closed, closed_committed); else they commit in the loop.
+    asynchronous: bool
+    # Whether a closed epoch awaits its commit.
+    closing: bool
 
     def start(self) -> Outcome: ...
 
     def poll(self) -> Outcome: ...
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome: ...
+
+    def close_epoch(self, consumer: Any) -> Outcome: ...
+
+    def commit_closed(self, epoch: int, offsets: list[TopicPartition]) -> KafkaError | None: ...
+
+    def closed_committed(self, failure: KafkaError | None) -> Outcome: ...
 
     def abort(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome: ...
 
@@ -113,85 +131,177 @@ def consumer_verdict(exc: BaseException, slot_holder: SlotHolder) -> Outcome:
                                "a restart of the worker creates a new one")
 
 
+def verdict(what: str, err: KafkaError) -> tuple[str, bool, bool]:
+    """What a failed transactional call means: the reason to give, whether the rewind
+    it causes counts toward --tolerable-failures, and whether this process may have been
+    replaced (to be asked of the slot guard)."""
+    cause = cause_of(err)
+    if cause is Cause.REFUSED:
+        return f"{what} refused: {describe(err)}", False, False
+    if cause is Cause.FENCED:
+        return f"{what} refused: this producer was fenced ({describe(err)})", False, True
+    if cause is Cause.MEMBER_GONE:
+        return f"{what} refused: the group no longer knows this member ({describe(err)})", False, True
+    if cause is Cause.GROUP_MOVED:
+        return f"{what} refused: the group rebalanced meanwhile ({describe(err)})", False, False
+    if cause is Cause.UNKNOWN_OUTCOME:
+        return (f"{what} timed out ({describe(err)}); whether it took effect is read back from the committed "
+                "offsets", True, False)
+    return f"{what} failed: {describe(err)}", True, False
+
+
 class _CallFailed(Exception):
     def __init__(self, what: str, err: KafkaError) -> None:
         super().__init__(what)
         self.what, self.err = what, err
 
 
-class TransactionOwner:
-    """Exactly-once output: one open transaction per checkpoint epoch."""
+class _Member:
+    """One producer of the pool, with its transactional id and its delivery failures."""
 
-    def __init__(self, bootstrap: str, transactional_id: str, *, extra: dict[str, str],
+    __slots__ = ("transactional_id", "producer", "produce", "failures")
+
+    def __init__(self, transactional_id: str) -> None:
+        self.transactional_id = transactional_id
+        self.producer: Any = None
+        self.produce: Produce | None = None
+        self.failures = DeliveryFailures()
+
+
+class TransactionOwner:
+    """Exactly-once output: one open transaction per checkpoint epoch, and the closed
+    one of a checkpoint being written."""
+
+    def __init__(self, bootstrap: str, transactional_ids: list[str] | str, *, extra: dict[str, str],
                  transaction_timeout_ms: int, call_timeout_s: float, slot_holder: SlotHolder,
                  waits: KafkaWaits | None = None, producer_factory: ProducerFactory = Producer,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.transactional_id = transactional_id
+        ids = [transactional_ids] if isinstance(transactional_ids, str) else list(transactional_ids)
+        self.transactional_id = ids[0]
         self.call_timeout_s = call_timeout_s
         self.slot_holder = slot_holder
         self.waits = waits if waits is not None else KafkaWaits()
         self.producer_factory = producer_factory
         self.sleep = sleep
         self.unanswered_grace_s = UNANSWERED_GRACE_S
-        self._failures = DeliveryFailures()
         self._config = base_producer_config(bootstrap, extra)
-        self._config.update({"transactional.id": transactional_id, "transaction.timeout.ms": transaction_timeout_ms,
-                             "enable.idempotence": True, "on_delivery": self._failures.on_delivery})
-        self._producer: Any = None
-        self._produce: Produce | None = None
+        self._config.update({"transaction.timeout.ms": transaction_timeout_ms, "enable.idempotence": True})
+        self._members = [_Member(tid) for tid in ids]
+        self._open_at = 0  # the member whose transaction takes output
+        self._closed_at: int | None = None  # the member whose transaction awaits its commit
+        self._closed_metadata: Any = None  # the group metadata as it was when it closed
+        self._routed = RoutedProduce()
+        # Held while `commit_closed` runs (on another thread): producers are replaced only
+        # once it returned, so a commit is never cut off half done, and a commit that
+        # comes after they were replaced finds its epoch gone and touches nothing.
+        self._commit_lock = threading.Lock()
+        self._closed_epoch = 0  # counts epochs closed; a commit names the one it is for
         # True once a producer was left blocked in a call that never returned: the
         # process must then exit without waiting on it in the producer's destructor.
         self.abandoned = False
 
     @property
     def started(self) -> bool:
-        return self._producer is not None
+        return self._members[self._open_at].producer is not None
 
     @property
-    def produce(self) -> Produce:
-        assert self._produce is not None, "producer not started"
-        return self._produce
+    def asynchronous(self) -> bool:
+        """Whether checkpoints may close an epoch and commit it in the background."""
+        return len(self._members) > 1
+
+    @property
+    def produce(self) -> RoutedProduce:
+        """Routed to the open transaction's producer, whichever it is."""
+        return self._routed
+
+    @property
+    def _producer(self) -> Any:
+        return self._members[self._open_at].producer
+
+    @property
+    def closing(self) -> bool:
+        """Whether a closed transaction awaits its commit."""
+        return self._closed_at is not None
 
     # -- the calls the loop makes -----------------------------------------------------
 
     def start(self) -> Outcome:
-        """The first producer: initialising the slot's transactional id aborts whatever
+        """The first producers: initialising the slot's transactional ids aborts whatever
         an older process of the slot left open. Waits out an unreachable cluster."""
         return self._open()
 
     def poll(self) -> Outcome:
         """Serves delivery reports; a failed delivery dooms the open transaction."""
-        if self._producer is None:
-            return DONE
-        try:
-            self._producer.poll(0)
-        except KafkaException as exc:  # a producer turned fatal raises from poll
-            return self.failed(exc)
-        failure = self._failures.take()
+        for member in self._members:
+            if member.producer is None:
+                continue
+            try:
+                member.producer.poll(0)
+            except KafkaException as exc:  # a producer turned fatal raises from poll
+                return self.failed(exc)
+        failure = self._members[self._open_at].failures.take()
         return DONE if failure is None else self._settle("delivering an output record", failure)
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome:
-        """Commits the outputs and `offsets` atomically, then opens the next transaction."""
-        producer = self._producer
+        """Commits the open transaction's outputs and `offsets` atomically, then opens the
+        next transaction on the same producer (nothing may be closing)."""
+        assert self._closed_at is None, "a closed transaction awaits its commit"
+        failure = self._commit_member(self._open_at, offsets, consumer.consumer_group_metadata() if offsets else None)
+        if failure is not None:
+            return self._settle(failure.what, failure.err)
         try:
-            if offsets:
-                group_metadata = consumer.consumer_group_metadata()
-                self._call("send_offsets_to_transaction", lambda: self._bounded(
-                    "send_offsets_to_transaction",
-                    lambda: producer.send_offsets_to_transaction(offsets, group_metadata, self.call_timeout_s)))
-            self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
-            failure = self._failures.take()  # reported during the commit's flush: it failed after all
-            if failure is not None:
-                return self._settle("delivering an output record", failure)
-            self._call("begin_transaction", producer.begin_transaction)
+            self._call("begin_transaction", self._producer.begin_transaction)
         except _CallFailed as failed:
             return self._settle(failed.what, failed.err)
         return DONE
 
+    def close_epoch(self, consumer: Any) -> Outcome:
+        """At a checkpoint's barrier: the open transaction takes no more output and waits
+        for `commit_closed`; the pool's other producer opens the next one, for what the
+        tasks produce from now on. The group metadata is taken now: should the group move
+        on before the commit, the commit is refused (KIP-447), not applied to partitions
+        this worker no longer holds."""
+        assert self._closed_at is None, "a closed transaction awaits its commit"
+        if len(self._members) < 2:
+            raise RuntimeError("closing an epoch needs a pool of two producers")
+        following = 1 - self._open_at
+        try:
+            self._call("begin_transaction", self._members[following].producer.begin_transaction)
+        except _CallFailed as failed:
+            return self._settle(failed.what, failed.err)
+        self._closed_metadata = consumer.consumer_group_metadata()
+        self._closed_at, self._open_at = self._open_at, following
+        self._closed_epoch += 1
+        self._routed.route(self._members[following].produce)
+        return DONE
+
+    @property
+    def closed_epoch(self) -> int:
+        """The epoch `commit_closed` is to commit (taken at the barrier, on the loop)."""
+        return self._closed_epoch
+
+    def commit_closed(self, epoch: int, offsets: list[TopicPartition]) -> KafkaError | None:
+        """Commits closed epoch `epoch` with `offsets`, off the loop's thread: the error
+        that failed it, if any, for `closed_committed` to act on."""
+        with self._commit_lock:
+            if epoch != self._closed_epoch or self._closed_at is None:
+                return KafkaError(KafkaError._STATE, f"epoch {epoch}'s transaction was given up before its commit")
+            failure = self._commit_member(self._closed_at, offsets, self._closed_metadata if offsets else None)
+        return None if failure is None else failure.err
+
+    def closed_committed(self, failure: KafkaError | None) -> Outcome:
+        """Back on the loop's thread: a committed transaction frees its producer for a
+        later epoch; a failed one ends the open one too (its output came from state the
+        failed checkpoint would have made durable)."""
+        if failure is None:
+            self._closed_at, self._closed_metadata = None, None
+            return DONE
+        return self._settle("committing checkpoint's transaction", failure)
+
     def abort(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome:
-        """Gives up the open transaction for a reason found elsewhere (a checkpoint's
-        storage failed, partitions were revoked or lost). `identity_in_doubt`: this
-        process may have been replaced meanwhile (it lost its partitions)."""
+        """Gives up the open (and any closed) transaction for a reason found elsewhere (a
+        checkpoint's storage failed, partitions were revoked or lost). `identity_in_doubt`:
+        this process may have been replaced meanwhile (it lost its partitions)."""
         if self._producer is None:
             return Outcome(Kind.REWIND, reason, counts)
         return self._replace(reason, counts=counts, identity_in_doubt=identity_in_doubt)
@@ -212,40 +322,44 @@ class TransactionOwner:
         return consumer_verdict(exc, self.slot_holder)
 
     def close(self, *, abort: bool) -> None:
-        """Ends the producer. With `abort` (the worker stops after a failure) the open
-        transaction is aborted first, so read_committed readers need not wait out its
-        timeout; whatever it held would never have been committed anyway."""
-        producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            if abort and not self.abandoned:
-                producer.abort_transaction(EXIT_ABORT_S)
-            producer.flush(0)
-        except KafkaException as exc:
-            log.debug("closing the producer: %s", exc)
+        """Ends the producers. With `abort` (the worker stops after a failure) open
+        transactions are aborted first, so read_committed readers need not wait out their
+        timeout; whatever they held would never have been committed anyway."""
+        for member in self._members:
+            producer, member.producer = member.producer, None
+            if producer is None:
+                continue
+            try:
+                if abort and not self.abandoned:
+                    producer.abort_transaction(EXIT_ABORT_S)
+                producer.flush(0)
+            except KafkaException as exc:
+                log.debug("closing the producer: %s", exc)
 
     # -- how outcomes come about ------------------------------------------------------
 
+    def _commit_member(self, index: int, offsets: list[TopicPartition], group_metadata: Any) -> _CallFailed | None:
+        member = self._members[index]
+        producer = member.producer
+        try:
+            if offsets:
+                self._call("send_offsets_to_transaction", lambda: self._bounded(
+                    "send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, group_metadata, self.call_timeout_s)))
+            self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
+        except _CallFailed as failed:
+            return failed
+        failure = member.failures.take()  # reported during the commit's flush: it failed after all
+        return None if failure is None else _CallFailed("delivering an output record", failure)
+
     def _settle(self, what: str, err: KafkaError) -> Outcome:
-        """The outcome of a failed call: the producer is replaced (the transaction
+        """The outcome of a failed call: the producers are replaced (the transactions
         aborted) unless the slot is another process's or no producer can do better."""
-        cause = cause_of(err)
-        if cause is Cause.REFUSED:
+        reason, counts, in_doubt = verdict(what, err)
+        if cause_of(err) is Cause.REFUSED:
             self._discard()
-            return Outcome(Kind.FATAL, f"{what} refused: {describe(err)}")
-        if cause is Cause.FENCED:
-            return self._replace(f"{what} refused: this producer was fenced ({describe(err)})",
-                                 counts=False, identity_in_doubt=True)
-        if cause is Cause.MEMBER_GONE:
-            return self._replace(f"{what} refused: the group no longer knows this member ({describe(err)})",
-                                 counts=False, identity_in_doubt=True)
-        if cause is Cause.GROUP_MOVED:
-            return self._replace(f"{what} refused: the group rebalanced meanwhile ({describe(err)})", counts=False)
-        if cause is Cause.UNKNOWN_OUTCOME:
-            return self._replace(f"{what} timed out ({describe(err)}); whether it took effect is read back "
-                                 "from the committed offsets", counts=True)
-        return self._replace(f"{what} failed: {describe(err)}", counts=True)
+            return Outcome(Kind.FATAL, reason)
+        return self._replace(reason, counts=counts, identity_in_doubt=in_doubt)
 
     def _replace(self, reason: str, *, counts: bool, identity_in_doubt: bool = False) -> Outcome:
         if identity_in_doubt:
@@ -261,38 +375,55 @@ class TransactionOwner:
         return opened if not opened.committed else Outcome(Kind.REWIND, reason, counts)
 
     def _open(self) -> Outcome:
-        """A new producer with the transactional id initialised and a transaction begun.
-        While the cluster cannot be reached it waits, with backoff, rather than give up."""
-        producer = self.producer_factory(self._config)
+        """New producers, their transactional ids initialised (which aborts whatever the
+        ids left open), a transaction begun on the first. While the cluster cannot be
+        reached it waits, with backoff, rather than give up."""
+        for index, member in enumerate(self._members):
+            outcome = self._open_member(member, begin=index == 0)
+            if not outcome.committed:
+                self._discard()
+                return outcome
+        self._open_at, self._closed_at, self._closed_metadata = 0, None, None
+        self._routed.route(self._members[0].produce)
+        return DONE
+
+    def _open_member(self, member: _Member, begin: bool) -> Outcome:
+        producer = self.producer_factory({**self._config, "transactional.id": member.transactional_id,
+                                          "on_delivery": member.failures.on_delivery})
         with self.waits.waiting("init_transactions"):
             for delay in backoff_delays():
                 try:
                     producer.init_transactions(self.call_timeout_s)
-                    producer.begin_transaction()
+                    if begin:
+                        producer.begin_transaction()
                     break
                 except KafkaException as exc:
                     err = error_of(exc)
                     cause = cause_of(err)
                     if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
-                        return Outcome(Kind.FATAL, f"cannot initialise transactional id {self.transactional_id!r}: "
+                        return Outcome(Kind.FATAL, f"cannot initialise transactional id {member.transactional_id!r}: "
                                                    f"{describe(err)}")
                     if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
-                        return Outcome(Kind.REPLACED, f"initialising {self.transactional_id!r} was refused: {holder}")
+                        return Outcome(Kind.REPLACED, f"initialising {member.transactional_id!r} was refused: {holder}")
                     log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
-                                "retrying in %.1fs", self.transactional_id, describe(err), delay)
+                                "retrying in %.1fs", member.transactional_id, describe(err), delay)
                     self.sleep(delay)
-        self._producer, self._produce = producer, make_produce(producer)
+        member.producer, member.produce = producer, make_produce(producer)
         return DONE
 
     def _discard(self) -> None:
-        """Drops the producer; what it still queues belonged to the abandoned transaction."""
-        producer, self._producer, self._produce = self._producer, None, None
-        self._failures.take()
-        if producer is not None:
-            try:
-                producer.purge()
-            except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
-                pass
+        """Drops the producers; what they still queue belonged to abandoned transactions."""
+        with self._commit_lock:
+            for member in self._members:
+                producer, member.producer, member.produce = member.producer, None, None
+                member.failures.take()
+                if producer is not None:
+                    try:
+                        producer.purge()
+                    except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
+                        pass
+            self._closed_at, self._closed_metadata = None, None
+            self._closed_epoch += 1
 
     def _call(self, what: str, call: Callable[[], None]) -> None:
         """One transactional call, retried while its error says a retry may succeed."""
@@ -339,6 +470,8 @@ class AtLeastOnceOwner:
     re-reads from the committed offsets; what was sent stays sent."""
 
     abandoned = False  # every call here is bounded by librdkafka itself
+    asynchronous = False  # its commit flushes every output first: checkpoints run in the loop
+    closing = False
 
     def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float, slot_holder: SlotHolder,
                  waits: KafkaWaits | None = None, producer_factory: ProducerFactory = Producer) -> None:
@@ -350,20 +483,19 @@ class AtLeastOnceOwner:
         self._config = base_producer_config(bootstrap, extra)
         self._config.update({"enable.idempotence": True, "on_delivery": self._failures.on_delivery})
         self._producer: Any = None
-        self._produce: Produce | None = None
+        self._routed = RoutedProduce()
 
     @property
     def started(self) -> bool:
         return self._producer is not None
 
     @property
-    def produce(self) -> Produce:
-        assert self._produce is not None, "producer not started"
-        return self._produce
+    def produce(self) -> RoutedProduce:
+        return self._routed
 
     def start(self) -> Outcome:
         self._producer = self.producer_factory(self._config)
-        self._produce = make_produce(self._producer)
+        self._routed.route(make_produce(self._producer))
         return DONE
 
     def poll(self) -> Outcome:

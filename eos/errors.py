@@ -131,3 +131,7 @@ class SinkUnavailableError(EosError):
 class SinkFencedError(EosError):
     """A newer process took over this task's sink (it claimed the task with its own
     token): this process must not commit anything more there."""
+class SchemaRegistryUnavailableError(EosError):
+    """The schema registry could not be reached, or failed, while a serde needed it: no
+    record is at fault, so the worker stops (a restart strategy restarts it) rather than
+    send records to the error policy."""

@@ -10,7 +10,7 @@ timestamp = when the silence reached 30 s. An order that arrives first cancels i
 Run it with the topics `orders-by-user` and `inactive-users` in place and
 KAFKA_BOOTSTRAP_SERVERS set (200 users, event times 250 ms apart):
 
-    eos generate --topic orders-by-user --records 1000 --users 200 --key-by-user --event-time-step-ms 250
+    eos generate --topic orders-by-user --records 1000 --users 200 --key-by-user --event-time-step 250ms
     eos run examples/inactivity_alert.py --state-dir state --checkpoint-storage "file://$PWD/checkpoints" \
         -p input=orders-by-user -p output=inactive-users
 """

@@ -11,7 +11,7 @@ Run it with the topics `orders` and `orders-per-minute` in place and
 KAFKA_BOOTSTRAP_SERVERS set (the generator spaces the orders' event times 250 ms apart,
 so 1000 orders span a little over four minutes):
 
-    eos generate --topic orders --records 1000 --event-time-step-ms 250
+    eos generate --topic orders --records 1000 --event-time-step 250ms
     eos run examples/orders_per_minute.py --state-dir state --checkpoint-storage "file://$PWD/checkpoints" \
         -p input=orders -p output=orders-per-minute
 """

@@ -11,7 +11,7 @@ closes, key = user, value JSON {"start": ms, "end": ms, "value": {"orders": int,
 Run it with the topics `orders` and `sessions` in place and KAFKA_BOOTSTRAP_SERVERS set
 (200 users, event times 250 ms apart):
 
-    eos generate --topic orders --records 1000 --users 200 --event-time-step-ms 250
+    eos generate --topic orders --records 1000 --users 200 --event-time-step 250ms
     eos run examples/user_sessions.py --state-dir state --checkpoint-storage "file://$PWD/checkpoints" \
         -p input=orders -p output=sessions
 """

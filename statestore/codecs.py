@@ -45,3 +45,6 @@ class PickleCodec:
 JSON_CODEC = JsonCodec()
 PICKLE_CODEC = PickleCodec()
 CODECS: dict[str, ValueCodec] = {c.name: c for c in (JSON_CODEC, PICKLE_CODEC)}
+# Codecs whose bytes are JSON text (a savepoint embeds them as they are): JSON, and JSON
+# values with their time to live (statestore/ttl.py).
+JSON_TEXT_CODECS = ("json", "json+ttl")

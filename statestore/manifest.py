@@ -52,6 +52,8 @@ class Manifest:
     # Partitions of the task's input topic when the snapshot was taken (None: not
     # recorded). Keyed state belongs to one partition of a fixed count.
     topic_partitions: int | None = None
+    # A task with several inputs: the offsets of its other input topics, topic -> offset.
+    input_offsets: dict[str, int] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     @property

@@ -49,6 +49,8 @@ COMPACTION_TRIGGER = 8
 BLOOM_BITS_PER_KEY = 10
 
 
+MAX_MANIFEST_BYTES = 64 << 10
+
 _BLOCK_CACHE: rocksdict.Cache | None = None
 BLOCK_CACHE_BYTES = 32 << 20
 
@@ -86,6 +88,11 @@ def _options() -> rocksdict.Options:
     # 16 MiB per task bound their memory without slowing writes.
     opts.set_write_buffer_size(16 << 20)
     opts.set_max_write_buffer_number(2)
+    # Every checkpoint flushes the memtables, and every flush appends to RocksDB's
+    # MANIFEST, which is part of each snapshot: left to its 1 GiB default it grows with
+    # the job's age (0.5 KiB a checkpoint per task, re-uploaded every time). Past this
+    # size RocksDB starts a new, compact one.
+    opts.set_max_manifest_file_size(MAX_MANIFEST_BYTES)
     opts.set_max_background_jobs(2)
     opts.set_keep_log_file_num(2)
     opts.set_max_log_file_size(1 << 20)
@@ -159,6 +166,22 @@ class TaskStore:
                 break
             yield key, it.value()
             it.next()
+
+    def scan(self, cf: str, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` entries of a column family in key order, from the first one (or
+        the first one after `after`): a slice for the background cleanup."""
+        it = self._views[cf].iter()
+        if after is None:
+            it.seek_to_first()
+        else:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        entries = []
+        while it.valid() and len(entries) < limit:
+            entries.append((it.key(), it.value()))
+            it.next()
+        return entries
 
     def estimate_keys(self, cf: str) -> int:
         return int(self._views[cf].property_int_value("rocksdb.estimate-num-keys") or 0)

@@ -6,6 +6,8 @@
     {"mb": "<base64>", ...}                          a raw-bytes map key (instead of "m")
     {..., "vb": "<base64>"}                          a value of any other codec (pickle...)
 
+A value with a time to live (codec `json+ttl`) is the pair [written at, value].
+
 Keys are stored in RocksDB in the stable key encoding (JSON text, or 0x00 + raw bytes,
 see keys.py) and JSON-coded values as JSON text, so for the common case a line is
 assembled from the stored bytes without decoding anything. Reading re-encodes each key
@@ -27,9 +29,10 @@ from typing import Any
 import orjson
 
 from eos.errors import CorruptSavepointError, SavepointError
-from statestore.codecs import CODECS, ValueCodec
+from statestore.codecs import CODECS, JSON_TEXT_CODECS, ValueCodec
 from statestore.keys import composite_key, encode_key, split_composite
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE, StateFile
+from statestore.ttl import TTL_SUFFIX
 
 _BYTES_TAG = b"\x00"
 _CHUNK_LINES = 20_000
@@ -57,7 +60,7 @@ def _value_field(raw: bytes, json_values: bool) -> bytes:
 
 def state_lines(items: Iterable[tuple[bytes, bytes]], kind: str, codec: str) -> Iterator[bytes]:
     """Lines for RocksDB entries (stable key bytes, encoded value) of one state."""
-    json_values = codec == "json"
+    json_values = codec in JSON_TEXT_CODECS
     if kind == VALUE_STATE and json_values:
         for key, value in items:  # the hot case: no decoding, no base64
             if key[:1] == _BYTES_TAG:
@@ -208,6 +211,13 @@ def value_encoder(saved_codec: str, target: ValueCodec | None, what: str) -> Cal
     """Turns a parsed line's value into the bytes the resumed job's codec expects.
     `target` None keeps the savepoint's codec (state not declared by the job's code)."""
     target_name = target.name if target is not None else saved_codec
+    if saved_codec.endswith(TTL_SUFFIX) != target_name.endswith(TTL_SUFFIX):
+        raise SavepointError(
+            f"{what} was saved {'with' if saved_codec.endswith(TTL_SUFFIX) else 'without'} a time to live and the "
+            f"job now declares it {'without' if saved_codec.endswith(TTL_SUFFIX) else 'with'} one; eos cannot "
+            "convert its values. Keep its ttl_ms, or give the state (or its operator's uid) a new name.")
+    if saved_codec == "json+ttl" and target_name == "json+ttl":
+        return lambda obj: orjson.dumps(obj["v"], option=orjson.OPT_NON_STR_KEYS)
     if saved_codec == "json":
         if target_name == "json":
             return lambda obj: orjson.dumps(obj["v"], option=orjson.OPT_NON_STR_KEYS)

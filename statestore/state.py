@@ -9,23 +9,48 @@ from __future__ import annotations
 
 from typing import Any
 
+from eos.errors import ConfigurationError
 from statestore.codecs import JSON_CODEC, ValueCodec
 from statestore.tables import MapTable, ValueTable
+from statestore.ttl import ExpiringMap, ExpiringValues, TtlClock
 
 
 class KeyedContext:
-    """Per task and operator: the current key and the operator's named states."""
+    """Per task and operator: the current key and the operator's named states.
+    `ttl_clock` is what states with a time to live read their times from (None: the
+    operator's stage has no time, and a TTL is refused)."""
 
-    def __init__(self, task_state: Any, uid: str) -> None:
+    def __init__(self, task_state: Any, uid: str, ttl_clock: TtlClock | None = None) -> None:
         self.key: Any = None
         self._task_state = task_state
         self._uid = uid
+        self._ttl_clock = ttl_clock
 
-    def value_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> ValueState:
-        return ValueState(self._task_state.value_table(f"{self._uid}:{name}", codec), self)
+    def value_state(self, name: str, codec: ValueCodec = JSON_CODEC, ttl_ms: int | None = None) -> ValueState:
+        """One value per key; with `ttl_ms`, a value expires that long (of event time)
+        after it was last set."""
+        cf = f"{self._uid}:{name}"
+        if ttl_ms is None:
+            return ValueState(self._task_state.value_table(cf, codec), self)
+        return ValueState(self._task_state.expiring_values(cf, codec, self._ttl(name, ttl_ms), self._ttl_clock), self)
 
-    def map_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> MapState:
-        return MapState(self._task_state.map_table(f"{self._uid}:{name}", codec), self)
+    def map_state(self, name: str, codec: ValueCodec = JSON_CODEC, ttl_ms: int | None = None) -> MapState:
+        """A map per key; with `ttl_ms`, each entry expires that long (of event time)
+        after it was last put."""
+        cf = f"{self._uid}:{name}"
+        if ttl_ms is None:
+            return MapState(self._task_state.map_table(cf, codec), self)
+        return MapState(self._task_state.expiring_map(cf, codec, self._ttl(name, ttl_ms), self._ttl_clock), self)
+
+    def _ttl(self, name: str, ttl_ms: int) -> int:
+        if ttl_ms <= 0:
+            raise ConfigurationError(f"operator {self._uid!r}: state {name!r} needs a positive ttl_ms, not {ttl_ms}")
+        if self._ttl_clock is None:
+            raise ConfigurationError(
+                f"operator {self._uid!r}: state {name!r} has a time to live, which counts event time, but its "
+                "stage runs without it; declare the state in open() so the job finds it, or pass "
+                "process(..., timers=True)")
+        return ttl_ms
 
 
 class ValueState:
@@ -33,7 +58,7 @@ class ValueState:
 
     __slots__ = ("_table", "_ctx")
 
-    def __init__(self, table: ValueTable, ctx: KeyedContext) -> None:
+    def __init__(self, table: ValueTable | ExpiringValues, ctx: KeyedContext) -> None:
         self._table = table
         self._ctx = ctx
 
@@ -52,7 +77,7 @@ class MapState:
 
     __slots__ = ("_table", "_ctx")
 
-    def __init__(self, table: MapTable, ctx: KeyedContext) -> None:
+    def __init__(self, table: MapTable | ExpiringMap, ctx: KeyedContext) -> None:
         self._table = table
         self._ctx = ctx
 

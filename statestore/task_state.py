@@ -8,6 +8,7 @@ files. Tables are created on first use, so operators declare state lazily in `op
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from statestore.scrub import TaskScrub
 from statestore.snapshots import RestoreStats, SnapshotPersister, SnapshotRestorer, UploadPlan, run_all, task_prefix
 from statestore.state_dir import TaskDirectory
 from statestore.storage.base import CheckpointStorage
-from statestore.tables import MapTable, ValueTable
+from statestore.tables import CapturedChanges, MapTable, ValueTable
+from statestore.ttl import ExpiringMap, ExpiringValues, Sweeper, TtlClock, ttl_codec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,17 @@ class TaskState:
         self.scrub = TaskScrub(storage, prefix, self.persister.damaged)
         self.store: TaskStore | None = None
         self.tables: dict[str, ValueTable | MapTable] = {}
+        # What runs before each flush, by the column family it writes: parts that keep
+        # their progress in memory write it into their table, the cleanup of each state
+        # with a time to live deletes what expired.
+        self.before_flush: dict[str, Callable[[], object]] = {}
         self._acquired = False
+        # Whether RocksDB took writes since the database was opened or last snapshotted.
+        self._written = False
+        # Set while no captured snapshot is being written: anything else that writes to
+        # or replaces the database waits for it.
+        self._idle = threading.Event()
+        self._idle.set()
 
     def open(self, manifest: Manifest | None) -> RestoreStats | None:
         """Builds a fresh working database, from `manifest`'s snapshot when given."""
@@ -62,7 +74,8 @@ class TaskState:
             stats = self.restorer.restore(manifest, working, self.directory.local_snapshots())
             families = list(manifest.column_families)
         self.store = TaskStore(working, families)
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}
+        self._written = False
         return stats
 
     def value_table(self, cf: str, codec: ValueCodec) -> ValueTable:
@@ -70,6 +83,18 @@ class TaskState:
 
     def map_table(self, cf: str, codec: ValueCodec) -> MapTable:
         return self._table(cf, codec, MapTable)  # type: ignore[return-value]
+
+    def expiring_values(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringValues:
+        """A value state whose values expire `ttl_ms` after their last write (statestore/ttl.py),
+        swept at every flush."""
+        table = self.value_table(cf, ttl_codec(codec))
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
+        return ExpiringValues(table, ttl_ms, clock)
+
+    def expiring_map(self, cf: str, codec: ValueCodec, ttl_ms: int, clock: TtlClock) -> ExpiringMap:
+        table = self.map_table(cf, ttl_codec(codec))
+        self.before_flush[cf] = Sweeper(table, ttl_ms, clock).sweep
+        return ExpiringMap(table, ttl_ms, clock)
 
     def _table(self, cf: str, codec: ValueCodec, kind: type) -> ValueTable | MapTable:
         table = self.tables.get(cf)
@@ -80,15 +105,64 @@ class TaskState:
             raise TypeError(f"state {cf!r} is used both as {type(table).__name__} and {kind.__name__}")
         return table
 
+    def capture(self) -> list[CapturedChanges]:
+        """The synchronous part of a snapshot: every table's changes since the last one,
+        taken as they are now (`write_snapshot` writes them, on another thread). The
+        tables go on at once; until the write is done, nothing else writes to RocksDB."""
+        self.wait_written()
+        self._before_write()
+        captured = [c for table in self.tables.values() if (c := table.capture()) is not None]
+        self._idle.clear()
+        return captured
+
+    def _before_write(self) -> None:
+        for prepare in self.before_flush.values():
+            prepare()
+
+    def write_snapshot(self, captured: list[CapturedChanges], snapshot: str) -> Path:
+        """The captured changes into RocksDB as one batch, then the snapshot of exactly
+        that state (hard links). Runs off the loop's thread."""
+        try:
+            batch, count = self.store.new_batch(), 0
+            for changes in captured:
+                count += changes.write_into(batch, self.store.handle(changes.table.cf))
+            if count:
+                self.store.commit(batch)
+            for changes in captured:
+                if isinstance(changes.table, MapTable):
+                    changes.table.written()
+            return self.snapshot_local(snapshot)
+        finally:
+            self._idle.set()
+
+    def drop_capture(self) -> None:
+        """The captured changes will not be written (the checkpoint failed at its barrier;
+        a rewind rebuilds the database from the last snapshot)."""
+        self._idle.set()
+
+    def wait_written(self) -> None:
+        """Waits until no captured snapshot is being written."""
+        self._idle.wait()
+
     def flush(self) -> int:
-        """Writes every table's pending changes to RocksDB as one atomic batch."""
+        """Writes every table's pending changes to RocksDB as one atomic batch, with what
+        a slice of each state with a time to live has expired."""
+        self.wait_written()
+        self._before_write()
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
                 count += table.drain_into(batch, self.store.handle(table.cf))
         if count:
             self.store.commit(batch)
+            self._written = True
         return count
+
+    def changed_since_snapshot(self) -> bool:
+        """Whether the state differs from its last snapshot: the task must then be in the
+        next checkpoint even if it read nothing (timers that fired, windows or join
+        buffers that expired with time alone)."""
+        return self._written or any(table.pending for table in self.tables.values())
 
     def cached_bytes(self) -> int:
         return sum(t.entry_bytes() for t in self.tables.values())
@@ -102,6 +176,7 @@ class TaskState:
     def snapshot_local(self, snapshot: str) -> Path:
         target = self.directory.snapshot_dir(snapshot)
         self.store.checkpoint(target)
+        self._written = False
         return target
 
     def plan_upload(self, local_dir: Path, previous: Manifest | None) -> UploadPlan:
@@ -130,17 +205,19 @@ class TaskState:
         return {cf: self.store.estimate_keys(cf) for cf in self.store.column_families}
 
     def close(self, remove_working_dir: bool = True) -> None:
+        self.wait_written()
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}
         if self._acquired:
             self.directory.release(remove_working_dir)
             self._acquired = False
 
     def discard_working_db(self) -> None:
         """Closes the database without releasing the directory: a rewind follows."""
+        self.wait_written()
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.tables = {}
+        self.tables, self.before_flush = {}, {}

@@ -77,6 +77,21 @@ def s3_server() -> Iterator[S3Server]:
         yield server
 
 
+from tests.harness.schema_registry import RegistryServer, running_registry  # noqa: E402 - appended fixture
+
+# Tests that need the registry share this xdist group, so one test process starts it once.
+SCHEMA_REGISTRY_GROUP = "schema-registry"
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[RegistryServer]:
+    """A real schema registry (Apicurio Registry, Confluent's API at `schema_registry.url`),
+    in memory, shared by the session; new schemas must be BACKWARD compatible, as in a
+    Confluent registry by default."""
+    with running_registry() as server:
+        yield server
+
+
 @pytest.fixture
 def private_broker_factory(tmp_path_factory):
     """Starts brokers of this test's own (for tests that stop them, or need listeners the

@@ -32,7 +32,11 @@ class Clock:
 
 
 class Owner:
-    """Takes `commit_s` of the clock's time per commit; fails while `failing`."""
+    """Takes `commit_s` of the clock's time per commit; fails while `failing`. It commits
+    in the loop (no pool), so these tests see whole checkpoints on the clock."""
+
+    asynchronous = False
+    closing = False
 
     def __init__(self, clock: Clock, commit_s: float) -> None:
         self.clock, self.commit_s = clock, commit_s
@@ -50,7 +54,7 @@ class Owner:
 class Manager:
     def __init__(self) -> None:
         self.rewinds = 0
-        self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0,
+        self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0, others=[],
                                     completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
                                     records_since_checkpoint=0, changed=False, sinks={})
         self.tasks = {("in", 0): self.task}

@@ -254,7 +254,8 @@ def test_workers_write_to_the_postgres_service_as_its_owner(compose, workers):
     postgres = services["postgres"]
     env = postgres["environment"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
-    assert "/var/lib/postgresql/data" not in _mounts(postgres), "its tables would outlive Kafka's offsets"
+    assert ("/var/lib/postgresql/data" in _mounts(postgres)) == ("/var/lib/kafka/data" in _mounts(services["kafka"])), \
+        "the tables and the Kafka offsets they follow must outlive `docker compose down` together, or neither"
     for name, options in workers.items():
         params = dict(p.split("=", 1) for p in options["params"])
         target = conninfo_to_dict(params["postgres"])
@@ -288,3 +289,35 @@ def test_the_postgres_service_can_prepare_a_transaction_per_writing_task(compose
 def test_the_worker_image_has_the_postgres_client():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r'^RUN pip install "\.\[postgres\]"$', dockerfile, re.M)
+def test_savepoints_can_be_taken_from_the_host(compose, workers, tmp_path):
+    """The settings that let `eos savepoint stop running-sum` from the host reach the
+    workers (tests/test_remote_savepoints.py runs the same topology on real hosts)."""
+    import ipaddress
+
+    services = compose["services"]
+    subnet = ipaddress.ip_network(compose["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    token_service = services["control-token"]
+    token_dir_source, token_dir = token_service["volumes"][0].split(":")[:2]
+    for name, options in workers.items():
+        service = services[name]
+        assert options["token_flag"] is None, f"{name}: no token on the command line (ps shows it)"
+        token_file = service["environment"]["EOS_CONTROL_TOKEN_FILE"]
+        mounts = _mounts(service)
+        mounted = [target for target, source in mounts.items() if source == token_dir_source]
+        assert mounted and token_file.startswith(mounted[0] + "/"), f"{name}: the token file is not mounted"
+        assert service["depends_on"]["control-token"]["condition"] == "service_completed_successfully"
+        allowed = [ipaddress.ip_network(n) for n in options["control_allow"]]
+        assert any(subnet.subnet_of(n) for n in allowed), f"{name}: calls from the host's gateway are refused"
+        checkpoint_dir = options["checkpoint_storage"][len("file://"):]
+        assert options["savepoint_dir"].startswith(f"file://{checkpoint_dir}/"), "savepoints off the shared volume"
+        published = _container_ports(service)[options["http_port"]]
+        assert options["http_advertised_urls"] == (f"http://{name}:{options['http_port']}",
+                                                   f"http://localhost:{published}")
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), "control ports open to the LAN"
+    script = token_service["command"][0].replace('"/secrets/', f'"{tmp_path}/')
+    subprocess.run(["python3", "-c", script], check=True, timeout=30)
+    token = (tmp_path / "control-token").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    subprocess.run(["python3", "-c", script], check=True, timeout=30)
+    assert (tmp_path / "control-token").read_text().strip() == token, "a restart must keep the token"
+    assert token_dir_source == "./deploy/secrets" and token_dir == "/secrets"

@@ -10,14 +10,9 @@ spread over machines.
 from __future__ import annotations
 
 import json
-import random
 import re
-import signal
-import threading
-import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
@@ -26,118 +21,13 @@ from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.ports import free_port
 from tests.harness.savepoints import eos
 from tests.harness.timer_oracle import check_alerts, expected_alerts
-from tests.harness.window_oracle import (
-    FLUSH_USER,
-    Expected,
-    TimedOrder,
-    WindowRules,
-    check_windows,
-    encode,
-    expected_sessions,
-    expected_windows,
-    timed_orders,
-)
-from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, wait_for
+from tests.harness.window_oracle import TimedOrder, check_windows, expected_windows, timed_orders
+from tests.harness.windowed_run import PARTITIONS, SIZE_MS, WindowedRun, by_user_partition, feed_in_background, rules
+from tests.harness.worker_process import REPO, WorkerProcess, WorkerSpec, kill_at_random, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-JOB = REPO / "tests" / "jobs" / "windowed_orders.py"
-PARTITIONS = 4
-SIZE_MS, ADVANCE_MS, GAP_MS, GRACE_MS, OUT_OF_ORDERNESS_MS = 10_000, 5_000, 1_000, 2_000, 1_000
 SILENCE_MS = 30_000  # examples/inactivity_alert.py
-
-
-def _rules(shape: str) -> WindowRules:
-    return WindowRules(SIZE_MS, ADVANCE_MS if shape == "hopping" else None, GRACE_MS, OUT_OF_ORDERNESS_MS)
-
-
-class WindowedRun:
-    """One run of the windowed job: its topics, its input fed over time, its workers."""
-
-    def __init__(self, bootstrap: str, workdir: Path, orders: list[TimedOrder], shape: str, emit: str,
-                 late_topic: bool = False, idle_ms: int | None = None) -> None:
-        self.bootstrap, self.workdir, self.orders, self.emit = bootstrap, workdir, orders, emit
-        self.input, self.output, self.group = unique_name("timed-orders"), unique_name("windows"), unique_name("win")
-        self.late = unique_name("late") if late_topic else None
-        create_topics(bootstrap, [self.input, self.output] + ([self.late] if self.late else []), PARTITIONS)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.params = {"input": self.input, "output": self.output, "shape": shape, "emit": emit}
-        if self.late:
-            self.params["late"] = self.late
-        if idle_ms is not None:
-            self.params["idle_ms"] = str(idle_ms)
-        self.expected: Expected = (expected_sessions(orders, GAP_MS, GRACE_MS, OUT_OF_ORDERNESS_MS)
-                                   if shape == "session" else expected_windows(orders, _rules(shape)))
-        self._feeder: threading.Thread | None = None
-        self.started = 0
-
-    def feed(self, chunk: int = 400, pause_s: float = 0.3, orders: list[TimedOrder] | None = None) -> None:
-        """Produces the orders (all, by default) in order, each to its partition, in
-        chunks over time."""
-        from confluent_kafka import Producer
-
-        def run() -> None:
-            producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 10})
-            for i, order in enumerate(self.orders if orders is None else orders):
-                producer.produce(self.input, encode(order), str(order.id).encode(), partition=order.partition)
-                if i % chunk == chunk - 1:
-                    producer.flush(30)
-                    time.sleep(pause_s)
-            assert producer.flush(30) == 0
-
-        self._feeder = threading.Thread(target=run, daemon=True)
-        self._feeder.start()
-
-    def wait_fed(self) -> None:
-        self._feeder.join(120)
-
-    def start_worker(self, guarantee: str = "exactly-once", http_port: int | None = None,
-                     fault: str | None = None, extra: tuple[str, ...] = ()) -> WorkerProcess:
-        self.started += 1
-        extra = list(extra) + (["--http-port", str(http_port)] if http_port else [])
-        spec = WorkerSpec(bootstrap=self.bootstrap, group=self.group, state_dir=self.workdir / "state",
-                          storage=f"file://{self.workdir / 'checkpoints'}", params=self.params, job=JOB,
-                          guarantee=guarantee, extra_args=extra)
-        return WorkerProcess(spec, self.workdir / f"worker-{self.started}.log", fault)
-
-    def outputs(self) -> list[tuple[bytes, bytes, int]]:
-        return [o for o in read_all(self.bootstrap, self.output, with_timestamp=True)
-                if o[0] != FLUSH_USER.encode()]
-
-    def wanted_outputs(self) -> int:
-        if self.emit == "final":
-            return len(self.expected.windows)
-        return sum(w["orders"] for w in self.expected.windows.values())
-
-    def wait_complete(self, worker: WorkerProcess, timeout: float = 180) -> None:
-        def done() -> bool:
-            assert worker.alive(), worker.log_tail()
-            return len(self.outputs()) >= self.wanted_outputs()
-
-        wait_for(done, timeout, 1.0, lambda: f"{len(self.outputs())} of {self.wanted_outputs()} window outputs")
-
-    def kill_at_random(self, kills: int, seed: int, guarantee: str = "exactly-once") -> None:
-        rng = random.Random(seed)
-        for _ in range(kills):
-            worker = self.start_worker(guarantee)
-            time.sleep(rng.uniform(2.0, 4.0))
-            assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
-            worker.kill()
-
-    def check(self):
-        return check_windows(self.expected, self.outputs(), self.emit, SIZE_MS)
-
-    def run_through_kills(self, kills: int, seed: int):
-        """Feeds the input while workers are SIGKILLed at random moments (the feed is slow
-        enough for kills to land while records flow), then lets a last worker finish;
-        returns the oracle's report."""
-        self.feed(chunk=200, pause_s=0.4)
-        self.kill_at_random(kills=kills, seed=seed)
-        self.wait_fed()
-        final = self.start_worker()
-        self.wait_complete(final)
-        assert final.terminate() == 0, final.log_tail()
-        return self.check()
 
 
 def test_late_records_go_to_the_late_topic_exactly_once_under_kills(bootstrap, tmp_path):
@@ -176,11 +66,8 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     """examples/inactivity_alert.py, its input keyed by user with event times as Kafka
     timestamps (some out of order), under SIGKILLs at random moments: every alert the
     timer oracle finds is sent exactly once, none other."""
-    from confluent_kafka import Producer
-
     orders = timed_orders(5_000, PARTITIONS, users=300, seed=21, late_every=11)
-    by_user = [TimedOrder(o.id, o.user, o.amount, o.ts, int(o.user.split("-")[-1]) % PARTITIONS if
-                          o.user != FLUSH_USER else o.partition) for o in orders]
+    by_user = by_user_partition(orders)
     topic, alerts, group = unique_name("orders-by-user"), unique_name("alerts"), unique_name("silence")
     create_topics(bootstrap, [topic, alerts], PARTITIONS)
     partitions: dict[int, list[tuple[str, int]]] = {}
@@ -189,28 +76,14 @@ def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     expected = expected_alerts(partitions, SILENCE_MS)
     assert len(expected) > 100, len(expected)
 
-    def feed() -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
-        for i, o in enumerate(by_user):
-            producer.produce(topic, encode(o), o.user.encode(), partition=o.partition, timestamp=o.ts)
-            if i % 200 == 199:
-                producer.flush(30)
-                time.sleep(0.4)
-        assert producer.flush(30) == 0
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = feed_in_background(bootstrap, topic, by_user, key=lambda o: o.user.encode(), event_time_as_timestamp=True)
     spec = dict(bootstrap=bootstrap, group=group, state_dir=tmp_path / "state",
                 storage=f"file://{tmp_path / 'checkpoints'}", params={"input": topic, "output": alerts},
                 job=REPO / "examples" / "inactivity_alert.py")
-    rng = random.Random(5)
-    for i in range(4):
-        worker = WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log")
-        time.sleep(rng.uniform(2.0, 4.0))
-        assert worker.alive(), worker.log_tail()
-        worker.kill()
+    kill_at_random(lambda i: WorkerProcess(WorkerSpec(**spec), tmp_path / f"worker-{i}.log"), kills=4, seed=5)
     feeder.join(120)
     final = WorkerProcess(WorkerSpec(**spec), tmp_path / "worker-final.log")
+    final.wait_assigned()
     wait_for(lambda: len(read_all(bootstrap, alerts)) >= len(expected), 180, 1.0,
              lambda: f"{len(read_all(bootstrap, alerts))} of {len(expected)} alerts")
     assert final.terminate() == 0, final.log_tail()
@@ -229,7 +102,7 @@ def test_a_windowed_job_rescales_from_4_to_8_partitions_through_a_savepoint(boot
               for o in timed_orders(6_000, 8, seed=14, late_every=9)]
     first, rest = [o for o in orders if o.id < 3_000], [o for o in orders if o.id >= 3_000]
     run = WindowedRun(bootstrap, tmp_path, orders, "tumbling", "final")
-    run.expected = expected_windows(orders, _rules("tumbling"), resumed_at=3_000)
+    run.expected = expected_windows(orders, rules("tumbling"), resumed_at=3_000)
     port = free_port()
     run.feed(orders=first)
     worker = run.start_worker(http_port=port)
@@ -275,7 +148,7 @@ def test_the_oracle_sees_late_records_and_catches_a_repeated_or_missing_window()
     """The oracle's self-test on outputs made by hand: right ones pass, a repeated final
     result, a missing window and a wrong count each fail."""
     orders = timed_orders(600, PARTITIONS)
-    expected = expected_windows(orders, _rules("tumbling"))
+    expected = expected_windows(orders, rules("tumbling"))
     assert expected.late_records > 5, "the input has no late records to drop"
     right = [(user.encode(), f'{{"start": {start}, "end": {start + SIZE_MS}, "value": '
               f'{{"orders": {v["orders"]}, "amount": {v["amount"]}}}}}'.encode(), start + SIZE_MS - 1)
@@ -336,14 +209,6 @@ def test_oracle_catches_at_least_once_updates_under_kills(bootstrap, tmp_path):
     its outputs were flushed but before its offsets were committed sends them again, and
     the oracle must see the repeated updates."""
     run = WindowedRun(bootstrap, tmp_path, timed_orders(6_000, PARTITIONS, seed=4), "hopping", "update")
-    run.feed(chunk=200, pause_s=0.4)
-    for _ in range(3):  # killed when its 3rd checkpoint flushed the outputs, before it commits offsets
-        worker = run.start_worker("at-least-once", fault="after_flush@3")
-        assert worker.wait(60) == -signal.SIGKILL, worker.log_tail()
-    run.wait_fed()
-    final = run.start_worker(guarantee="at-least-once")
-    run.wait_complete(final)
-    assert final.terminate() == 0, final.log_tail()
-    report = run.check()
+    report = run.run_at_least_once_with_kills()
     assert not report.ok, "the oracle accepted an at-least-once run with kills: it is too weak"
     assert report.bad_updates > 0, report.summary()

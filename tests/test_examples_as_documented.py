@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import re
 import shlex
 import shutil
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SCHEMA_REGISTRY_GROUP
 from tests.harness.kafka import create_topics, read_all
+from tests.harness.registry_clients import protobuf_totals
 from tests.harness.oracle import Order, check_running_sum
-from tests.harness.table_oracle import check_tables
+from tests.harness.pg_table_oracle import check_tables
 from tests.harness.timer_oracle import check_alerts, expected_alerts
 from tests.harness.window_oracle import (
     Expected,
@@ -32,6 +35,7 @@ from tests.harness.window_oracle import (
     WindowRules,
     check_windows,
     expected_sessions,
+    expected_sliding,
     expected_windows,
 )
 from tests.harness.worker_process import EOS, REPO, wait_for
@@ -71,6 +75,19 @@ def _runnable(blocks: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]
 EXAMPLES = _runnable(_readme_blocks()) + _runnable(_docstring_blocks())
 
 
+def _needs_registry(lines: list[str]) -> bool:
+    """Examples of schema-registry serdes: their job file makes a SchemaRegistry."""
+    run = shlex.split(next(line for line in lines if line.startswith("eos run ")))
+    return "SchemaRegistry" in (REPO / run[2]).read_text()
+
+
+def _example_params() -> list:
+    """Examples that need the schema registry run in its test process (one registry)."""
+    return [pytest.param(where, lines, id=f"{where}:{i}",
+                         marks=[pytest.mark.xdist_group(SCHEMA_REGISTRY_GROUP)] if _needs_registry(lines) else [])
+            for i, (where, lines) in enumerate(EXAMPLES)]
+
+
 def test_the_readme_and_every_example_have_a_runnable_example():
     places = {where for where, _ in EXAMPLES}
     assert "README.md" in places and {f"examples/{p.name}" for p in (REPO / "examples").glob("*.py")} <= places
@@ -84,12 +101,16 @@ def _params(argv: list[str]) -> dict[str, str]:
     return dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "-p")
 
 
-@pytest.mark.parametrize("where,lines", EXAMPLES, ids=[f"{w}:{i}" for i, (w, _) in enumerate(EXAMPLES)])
+@pytest.mark.parametrize("where,lines", _example_params())
 def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, request):
     workdir = tmp_path / "work"
     shutil.copytree(REPO / "examples", workdir / "examples")
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": private_broker.bootstrap,
            "PATH": f"{EOS_BIN_DIR}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    registry = {}
+    if _needs_registry(lines):
+        env["SCHEMA_REGISTRY_URL"] = request.getfixturevalue("schema_registry").url
+        registry["registry_url"] = env["SCHEMA_REGISTRY_URL"]
     writes_postgres = any("POSTGRES_DSN" in line for line in lines)
     if writes_postgres:
         env["POSTGRES_DSN"] = request.getfixturevalue("postgres_db")
@@ -110,16 +131,22 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, 
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(["bash", "-c", f"exec {run_line}"], cwd=workdir, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-    contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity}
+    contracts = {"orders_per_minute.py": PerMinute, "user_sessions.py": Sessions, "inactivity_alert.py": Inactivity,
+                 "order_enrichment.py": Enrichment, "users_per_country.py": UsersPerCountry,
+                 "registry_totals.py": RegistryTotals, "moving_sum.py": MovingSums}
+    job_file = shlex.split(run_line)[2].rsplit("/", 1)[-1]
     inputs = read_all(private_broker.bootstrap, params["input"], with_meta=True, with_timestamp=True)
     if writes_postgres:
         contract = PostgresContract(inputs, env["POSTGRES_DSN"])
     else:
-        contract = contracts.get(where.rsplit("/", 1)[-1], RunningSumContract)(inputs)
+        contract = contracts.get(job_file, RunningSumContract)(inputs, **registry)
+    if hasattr(contract, "read_tables"):
+        contract.read_tables({name: read_all(private_broker.bootstrap, topic, with_meta=True)
+                              for name, topic in params.items() if name not in ("input", "output")})
     try:
         def done() -> bool:
             assert worker.poll() is None, f"{where}: {run_line}\n{log_path.read_text()}"
-            return len(contract.outputs(private_broker.bootstrap, params["output"])) >= contract.wanted
+            return contract.complete(contract.outputs(private_broker.bootstrap, params["output"]))
 
         wait_for(done, 180, 1.0, f"the outputs of {where}")
         worker.send_signal(signal.SIGTERM)
@@ -131,7 +158,16 @@ def test_the_example_runs_as_documented(where, lines, private_broker, tmp_path, 
     assert not problems, f"{where}: {problems}"
 
 
-class RunningSumContract:
+class Contract:
+    """What an example must give: complete once `wanted` outputs are there."""
+
+    wanted = 0
+
+    def complete(self, outputs: list) -> bool:
+        return len(outputs) >= self.wanted
+
+
+class RunningSumContract(Contract):
     """running_sum*.py: one output per order, checked by the running-sum oracle."""
 
     def __init__(self, inputs: list[tuple]) -> None:
@@ -160,30 +196,116 @@ class PostgresContract(RunningSumContract):
         return super().check(outputs) or (None if report.ok else report.summary())
 
 
-class PerMinute:
+class RegistryTotals(RunningSumContract):
+    """registry_totals.py: Avro orders in, Protobuf totals out, both decoded by
+    confluent-kafka's own deserializers; then the running-sum oracle."""
+
+    def __init__(self, inputs: list[tuple], registry_url: str) -> None:
+        self.registry_url = registry_url
+        self.read_order = _avro_orders(registry_url)
+        super().__init__([(p, o, k, self.read_order(v), ts) for p, o, k, v, ts in inputs])
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        if not hasattr(self, "decode"):
+            self.decode = protobuf_totals(self.registry_url, topic)
+        return read_all(bootstrap, topic)
+
+    def check(self, outputs: list) -> str | None:
+        report = check_running_sum(self.orders, outputs, decode=self.decode)
+        return None if report.ok else report.summary()
+
+
+def _avro_orders(registry_url: str):
+    """Avro orders as the JSON the running-sum contract reads."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    return lambda raw: json.dumps(deserializer(raw, None)).encode()
+
+
+class Enrichment(RunningSumContract):
+    """order_enrichment.py: every order once, with its user's country from the users
+    topic (each user has one profile, produced before any order), or None."""
+
+    def read_tables(self, tables: dict[str, list]) -> None:
+        self.countries = {key.decode(): json.loads(value)["country"] for _, _, key, value in tables["users"]}
+        assert self.countries, "the example produced no profile"
+
+    def check(self, outputs: list) -> str | None:
+        seen = {}
+        for _, value in outputs:
+            order = json.loads(value)
+            if order["id"] in seen:
+                return f"order {order['id']} appears twice"
+            seen[order["id"]] = order["country"]
+        wrong = [(i, c) for i, c in seen.items() if c != self.countries.get(self.orders[i].user)]
+        if wrong or set(seen) != set(self.orders):
+            return f"{len(wrong)} orders with the wrong country ({wrong[:5]}), {len(set(self.orders) - set(seen))} missing"
+        if not any(c is None for c in seen.values()):
+            return "no order of a user without a profile: the example should show the left join"
+        return None
+
+
+class UsersPerCountry(Contract):
+    """users_per_country.py: the latest count of each country equals the number of
+    users whose latest profile names it (a country left empty says 0)."""
+
+    def __init__(self, inputs: list[tuple]) -> None:
+        latest = {}
+        for _, _, key, value, _ in sorted(inputs, key=lambda record: (record[0], record[1])):
+            latest[key.decode()] = json.loads(value)["country"]
+        assert latest, "the example produced no profile"
+        self.expected = dict(Counter(latest.values()))
+
+    def outputs(self, bootstrap: str, topic: str) -> list:
+        return read_all(bootstrap, topic)
+
+    def _counts(self, outputs: list) -> dict[str, int]:
+        counts = {key.decode(): json.loads(value) for key, value in outputs}
+        return {country: count for country, count in counts.items() if count}
+
+    def complete(self, outputs: list) -> bool:
+        return self._counts(outputs) == self.expected
+
+    def check(self, outputs: list) -> str | None:
+        counts = self._counts(outputs)
+        return None if counts == self.expected else f"counts {counts}, expected {self.expected}"
+
+
+class PerMinute(Contract):
     """orders_per_minute.py: one final result per user and minute that the input's
     watermark closed (its end plus 5 s of grace at or below the least, over the input
     partitions, of the largest event time), checked by the window oracle. The job hears
     of progress up to a second late, so a minute closing within that second may or may
     not be out yet."""
 
-    RULES = WindowRules(60_000, None, 5_000, 0)
+    GRACE_MS = 5_000
+    SIZE_MS = 60_000  # the oracle's end of a window: its start plus this (sessions: their own)
+    INCLUSIVE_END = False
 
     def __init__(self, inputs: list[tuple]) -> None:
         orders = _timed(inputs)
         progress = _progress(orders)
-        expected = expected_windows(orders, self.RULES)
-        closing = lambda start: start + 60_000 + 5_000  # noqa: E731
-        self.surely = Expected({w: v for w, v in expected.windows.items() if closing(w[1]) <= progress - 1_000}, 0)
-        self.maybe = {w for w in expected.windows if progress - 1_000 < closing(w[1]) <= progress}
+        expected = self.expected(orders)
+        closing = {w: self.end(expected, w) + self.GRACE_MS for w in expected.windows}
+        self.surely = Expected({w: v for w, v in expected.windows.items() if closing[w] <= progress - 1_000}, 0,
+                               ends=expected.ends)
+        self.maybe = {w for w in expected.windows if progress - 1_000 < closing[w] <= progress}
         self.wanted = len(self.surely.windows)
+
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_windows(orders, WindowRules(60_000, None, self.GRACE_MS, 0))
+
+    def end(self, expected: Expected, window: tuple[str, int]) -> int:
+        return window[1] + self.SIZE_MS
 
     def outputs(self, bootstrap: str, topic: str) -> list:
         return read_all(bootstrap, topic, with_timestamp=True)
 
     def check(self, outputs: list) -> str | None:
         sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
-        report = check_windows(self.surely, sure, "final", 60_000)
+        report = check_windows(self.surely, sure, "final", self.SIZE_MS, inclusive_end=self.INCLUSIVE_END)
         return None if report.ok and self.wanted > 0 else report.summary()
 
 
@@ -192,20 +314,24 @@ class Sessions(PerMinute):
     end plus 5 s of grace), checked by the session oracle, with the same second of doubt
     as orders_per_minute.py."""
 
-    def __init__(self, inputs: list[tuple]) -> None:
-        orders = _timed(inputs)
-        progress = _progress(orders)
-        expected = expected_sessions(orders, 30_000, 5_000, 0)
-        closing = {w: end + 5_000 for w, end in expected.ends.items()}
-        self.surely = Expected({w: v for w, v in expected.windows.items() if closing[w] <= progress - 1_000}, 0,
-                               ends=expected.ends)
-        self.maybe = {w for w in expected.windows if progress - 1_000 < closing[w] <= progress}
-        self.wanted = len(self.surely.windows)
+    SIZE_MS = 0
 
-    def check(self, outputs: list) -> str | None:
-        sure = [o for o in outputs if (o[0].decode(), json.loads(o[1])["start"]) not in self.maybe]
-        report = check_windows(self.surely, sure, "final", 0)
-        return None if report.ok and self.wanted > 0 else report.summary()
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_sessions(orders, 30_000, self.GRACE_MS, 0)
+
+    def end(self, expected: Expected, window: tuple[str, int]) -> int:
+        return expected.ends[window]
+
+
+class MovingSums(PerMinute):
+    """moving_sum.py: one final result per sliding window the input's watermark closed
+    (its inclusive end plus 5 s of grace), checked by the sliding-window oracle, with the
+    same second of doubt as orders_per_minute.py."""
+
+    INCLUSIVE_END = True
+
+    def expected(self, orders: list[TimedOrder]) -> Expected:
+        return expected_sliding(orders, 60_000, self.GRACE_MS, 0)
 
 
 def _timed(inputs: list[tuple]) -> list[TimedOrder]:
@@ -220,7 +346,7 @@ def _progress(orders: list[TimedOrder]) -> int:
     return min(max(o.ts for o in orders if o.partition == p) for p in {o.partition for o in orders})
 
 
-class Inactivity:
+class Inactivity(Contract):
     """inactivity_alert.py: the alerts the timer oracle finds, each exactly once."""
 
     SILENCE_MS = 30_000

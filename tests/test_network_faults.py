@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from service.local_kafka import BrokerSettings, LocalBroker
 from tests.harness import netns
+from tests.harness.netns_fixtures import hosts, service_broker  # noqa: F401 - fixtures
 from tests.harness.kafka import group_members
 from tests.harness.ports import free_port
 from tests.harness.s3_server import S3Server
@@ -35,38 +35,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.xdist_group("netw
 # After the network heals, a worker answers /healthz 200 again within this long: a
 # session timeout to rejoin, a rebalance, a restore from local state.
 HEALED_WITHIN_S = 60.0
-
-
-@pytest.fixture
-def hosts() -> Iterator:
-    netns.require()
-    netns.ensure_service_ip()
-    netns.remove_stale_hosts()
-    made: list[netns.Host] = []
-
-    def make() -> netns.Host:
-        host = netns.Host().create()
-        made.append(host)
-        return host
-
-    yield make
-    for host in made:
-        host.destroy()
-
-
-@pytest.fixture
-def service_broker(hosts, tmp_path_factory) -> Iterator[tuple[LocalBroker, str, int]]:
-    """A broker of the test's own that every host reaches at SERVICE_IP."""
-    port, controller_port = free_port(), free_port()
-    broker = LocalBroker(BrokerSettings(
-        port=port, controller_port=controller_port, data_dir=tmp_path_factory.mktemp("net-kafka"),
-        extra={"listeners": f"PLAINTEXT://0.0.0.0:{port},CONTROLLER://localhost:{controller_port}",
-               "advertised.listeners": f"PLAINTEXT://{netns.SERVICE_IP}:{port}"}))
-    broker.start()
-    try:
-        yield broker, f"{netns.SERVICE_IP}:{port}", port
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

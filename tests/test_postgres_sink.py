@@ -14,7 +14,7 @@ import pytest
 from service.checkpointing.faults import PHASES, SINK_PHASES
 from tests.harness.pg_scenario import PostgresRunningSum
 from tests.harness.postgres import create_database, query
-from tests.harness.table_oracle import check_tables
+from tests.harness.pg_table_oracle import check_tables
 from tests.harness.worker_process import wait_for
 
 pytestmark = pytest.mark.kafka

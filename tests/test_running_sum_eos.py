@@ -53,6 +53,7 @@ def test_sigkill_at_random_moments_with_s3_checkpoint_storage(bootstrap, tmp_pat
                           spec_overrides={"env": s3_server.env()})
     _random_kills(scenario, kills=6, seed=29, machines=2)
     final = scenario.start_worker(state_dir=tmp_path / "state-new-machine")
+    wait_for(lambda: "assigned" in final.log_text() or not final.alive(), 90, 0.5, "the final worker's tasks")
     scenario.wait_complete(final)
     assert final.terminate() == 0, final.log_tail()
     report = scenario.check()

@@ -11,7 +11,7 @@ from service.checkpointing.faults import FaultInjector
 from service.job.api import Job, KeyedProcessFunction, Params
 from service.job.planner import plan
 from service.runtime.config import parse_duration
-from service.runtime.operators import ChainContext, OperatorFailure, build_chain
+from service.runtime.operators import ChainContext, OperatorFailure, build_input
 from statestore.digests import DigestCache
 from statestore.state_dir import TaskDirectory
 from statestore.storage.file import FileStorage
@@ -68,7 +68,7 @@ def test_chain_runs_stateful_aggregate_per_key(tmp_path):
         .aggregate(lambda acc, v: acc + v, initial=0, uid="sum").sink("out", key=STRING, value=JSON))
     stage = plan(job, "g").stages[0]
     out = Collector()
-    push = build_chain(stage.root, ChainContext(out.as_produce(), _state(tmp_path)))
+    push = build_input(stage.lead, ChainContext(out.as_produce(), _state(tmp_path)))
     for key, value in [("a", 1), ("b", 10), ("a", 2)]:
         push(key, value)
     assert out.records == [("out", b"a", b"1"), ("out", b"b", b"10"), ("out", b"a", b"3")]
@@ -87,7 +87,7 @@ def test_process_function_uses_named_state_for_the_current_key(tmp_path):
     job = Job("j")
     job.source("in").key_by_record_key().process(Dedupe, uid="dedupe").sink("out", key=STRING, value=JSON)
     out = Collector()
-    push = build_chain(plan(job, "g").stages[0].root, ChainContext(out.as_produce(), _state(tmp_path)))
+    push = build_input(plan(job, "g").stages[0].lead, ChainContext(out.as_produce(), _state(tmp_path)))
     for key, value in [("a", 1), ("a", 1), ("b", 1), ("a", 2)]:
         push(key, value)
     assert [(k, v) for _, k, v in out.records] == [(b"a", b"1"), (b"b", b"1"), (b"a", b"2")]
@@ -96,7 +96,7 @@ def test_process_function_uses_named_state_for_the_current_key(tmp_path):
 def test_user_function_errors_name_their_operator(tmp_path):
     job = Job("j")
     job.source("in", value=JSON).map(lambda v: v["missing"], uid="extract").sink("out")
-    push = build_chain(plan(job, "g").stages[0].root, ChainContext(Collector().as_produce(), None))
+    push = build_input(plan(job, "g").stages[0].lead, ChainContext(Collector().as_produce(), None))
     with pytest.raises(OperatorFailure) as raised:
         push(None, {"present": 1})
     assert raised.value.uid == "extract" and isinstance(raised.value.cause, KeyError)

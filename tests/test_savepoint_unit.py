@@ -20,7 +20,7 @@ from eos.errors import (
     StateStoreError,
 )
 from service.checkpointing.recovery import format_metadata, parse_metadata
-from service.job.planner import Stage
+from service.job.planner import Stage, StageInput
 from service.runtime.restart import RestartStrategy, restartable, run_with_restarts
 from service.savepoints.client import assemble
 from service.savepoints.resume import kafka_key_bytes
@@ -182,8 +182,8 @@ def test_a_file_that_is_no_manifest_is_refused():
 
 
 def _stage(key_serde, repartition: bool) -> Stage:
-    return Stage(id="s", topic="t", key_serde=key_serde, value_serde=JSON, root=None, repartition=repartition,
-                 origin_topic="t")
+    return Stage(id="s", inputs=[StageInput(topic="t", root=None, key_serde=key_serde, value_serde=JSON,
+                                            repartition=repartition, origin_topic="t")])
 
 
 @pytest.mark.parametrize(("serde", "repartition", "key", "kafka_bytes"), [

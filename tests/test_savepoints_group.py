@@ -12,7 +12,14 @@ import pytest
 from service.savepoints.resume import open_savepoint
 from tests.harness.kafka import create_topics, read_all, unique_name
 from tests.harness.oracle import check_running_sum
-from tests.harness.savepoints import ControlledWorker, eos, savepoint, start_controlled, stop_with_savepoint
+from tests.harness.savepoints import (
+    ControlledWorker,
+    eos,
+    savepoint,
+    start_controlled,
+    stop_with_savepoint,
+    wait_settled,
+)
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
 
@@ -23,16 +30,7 @@ def _two_workers_sharing_the_work(scenario: RunningSum) -> list[ControlledWorker
     """Both workers join before any input arrives, so the group settles without a
     checkpoint racing its rebalances (not what these tests are about)."""
     workers = [start_controlled(scenario, worker_id=w).wait_ready() for w in ("w1", "w2")]
-    previous: list = []
-
-    def balanced() -> bool:
-        nonlocal previous
-        assignment = [sorted(t["task"] for t in w.status()["tasks"]) for w in workers]
-        settled = all(assignment) and assignment == previous
-        previous = assignment
-        return settled
-
-    wait_for(balanced, 90, 1.0, "both workers to hold tasks, unchanged for a second")
+    wait_settled(workers, 90)
     return workers
 
 

@@ -108,11 +108,13 @@ def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootst
         outputs_before = len(scenario.outputs())
 
         zombie.signal(signal.SIGCONT)
+        wait_for(lambda: "no newer process of this worker slot is in the group" in zombie.log_text()
+                 or not zombie.alive(), 60, 0.5, lambda: f"the resumed worker to find its slot its own\n"
+                                                        f"{zombie.log_tail()}")
         wait_for(lambda: "zombie" in group_members(bootstrap, scenario.group) or not zombie.alive(), 60, 0.5,
                  "the resumed worker to rejoin")
         log = zombie.log_text()
         assert "fault injection: resumed at after_persist" in log, log
-        assert "no newer process of this worker slot is in the group" in log, log
     assert "worker zombie left the group: ended its open transaction" in pool.log_texts()
     report = scenario.check()
     assert report.ok, report.summary()

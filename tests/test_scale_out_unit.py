@@ -115,7 +115,7 @@ def test_only_workers_seen_before_and_gone_now_are_fenced():
     assert fencer.after_rebalance() == []            # the group could not be described
     assert fencer.after_rebalance() == ["w3"]        # compared with the last successful look
     assert fencer.after_rebalance() == []
-    assert fenced == ["job-w2", "job-w3"]
+    assert fenced == ["job-w2", "job-w2#1", "job-w3", "job-w3#1"]  # every id of each departed slot's pool
 
 
 def test_a_worker_never_fences_itself():

@@ -3,6 +3,7 @@ retention and the locks that keep processes apart."""
 
 from __future__ import annotations
 
+import shutil
 import os
 import time
 from pathlib import Path
@@ -248,3 +249,20 @@ def test_pruning_spares_the_snapshots_of_another_live_incarnation(tmp_path):
     current.prune_snapshots(keep={kept.name})
     assert in_progress.exists(), "a live predecessor's snapshot in progress was deleted under it"
     assert kept.exists() and not old_own.exists() and not dead.exists()
+
+
+def test_rocksdbs_manifest_stays_bounded_however_many_checkpoints_a_task_takes(tmp_path):
+    """Each checkpoint flushes the memtables, and each flush appends to RocksDB's MANIFEST,
+    which every snapshot carries: it must start afresh rather than grow with the job's age."""
+    from statestore.rocks import TaskStore
+
+    store = TaskStore(tmp_path / "db", ["op:acc", "op:windows"])
+    try:
+        for i in range(800):
+            store.write([("op:acc", b"k%d" % (i % 100), b"v" * 50), ("op:windows", b"w%d" % i, b"1")])
+            store.checkpoint(tmp_path / f"chk-{i}")
+            shutil.rmtree(tmp_path / f"chk-{i}")
+        manifests = [f.stat().st_size for f in (tmp_path / "db").iterdir() if f.name.startswith("MANIFEST")]
+    finally:
+        store.close()
+    assert manifests and max(manifests) <= 2 * (64 << 10), manifests

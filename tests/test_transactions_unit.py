@@ -233,7 +233,7 @@ def test_a_broker_restart_during_the_commit_aborts_by_initialising_again_once_it
 
 def test_a_failed_delivery_dooms_the_transaction_when_polled():
     harness = _started({}, {})
-    harness.owner._failures.on_delivery(_err(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    harness.owner._members[0].failures.on_delivery(_err(KafkaError.MSG_SIZE_TOO_LARGE), None)
     outcome = harness.owner.poll()
     assert (outcome.kind, outcome.counts) == (Kind.REWIND, True) and len(harness.producers) == 2
     assert harness.owner.poll() == DONE
@@ -312,3 +312,69 @@ def test_at_least_once_commits_offsets_through_the_consumer_with_the_same_outcom
     assert owner.start() == DONE
     outcome = owner.commit([TopicPartition("orders", 0, 42)], OffsetsConsumer(error))
     assert (outcome.kind, outcome.counts) == (kind, counts)
+
+
+# -- the pool: a checkpoint's transaction closes at its barrier, commits in the background
+
+
+class PoolHarness(Harness):
+    """An owner with a pool of two producers, each made from its script in turn."""
+
+    def __init__(self, *scripts: dict[str, list[KafkaError | None]], holder: str | None = None) -> None:
+        self.ids: list[str] = []
+        super().__init__(*scripts, holder=holder)
+        self.owner = TransactionOwner("localhost:9092", ["job-w1", "job-w1#1"], extra={},
+                                      transaction_timeout_ms=30_000, call_timeout_s=1.0, slot_holder=self._holder,
+                                      waits=self.waits, producer_factory=self._make, sleep=self.slept.append)
+
+    def _make(self, config: dict) -> FakeProducer:
+        self.ids.append(config["transactional.id"])
+        producer = FakeProducer(self.scripts.pop(0) if self.scripts else {})
+        self.producers.append(producer)
+        return producer
+
+
+def _pool(*scripts) -> PoolHarness:
+    harness = PoolHarness(*scripts)
+    assert harness.owner.start() == DONE
+    return harness
+
+
+def test_start_initialises_every_id_of_the_pool_and_opens_one_transaction():
+    harness = _pool({}, {})
+    assert harness.ids == ["job-w1", "job-w1#1"]
+    assert harness.producers[0].calls == ["init_transactions", "begin_transaction"]
+    assert harness.producers[1].calls == ["init_transactions"]
+
+
+def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output_there():
+    harness = _pool({}, {})
+    first, second = harness.producers
+    assert harness.owner.close_epoch(Consumer()) == DONE
+    harness.owner.produce.fast("out", b"v", b"k")
+    assert second.calls[-2:] == ["begin_transaction", "produce"] and "produce" not in first.calls
+    assert harness.owner.commit_closed(harness.owner.closed_epoch, [TopicPartition("orders", 0, 42)]) is None
+    assert first.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
+    assert harness.owner.closed_committed(None) == DONE and not harness.owner.closing
+    assert harness.owner.close_epoch(Consumer()) == DONE  # and back to the first producer
+    assert first.calls[-1] == "begin_transaction"
+
+
+def test_a_closed_epoch_whose_commit_fails_ends_the_open_one_too():
+    harness = _pool({"commit_transaction": [ABORTABLE]}, {}, {}, {})
+    harness.owner.close_epoch(Consumer())
+    failure = harness.owner.commit_closed(harness.owner.closed_epoch, [TopicPartition("orders", 0, 42)])
+    outcome = harness.owner.closed_committed(failure)
+    assert outcome.kind is Kind.REWIND and outcome.counts
+    assert len(harness.producers) == 4  # both replaced, once
+    assert "purge" in harness.producers[0].calls and "purge" in harness.producers[1].calls
+
+
+def test_a_commit_that_comes_after_its_transactions_were_given_up_touches_nothing():
+    harness = _pool({}, {}, {}, {})
+    harness.owner.close_epoch(Consumer())
+    epoch = harness.owner.closed_epoch
+    harness.owner.abort("partitions revoked", counts=False)
+    failure = harness.owner.commit_closed(epoch, [TopicPartition("orders", 0, 42)])
+    assert failure is not None and failure.code() == KafkaError._STATE
+    assert all("commit_transaction" not in p.calls for p in harness.producers)

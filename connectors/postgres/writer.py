@@ -67,6 +67,9 @@ class PostgresWriter:
         self.keyed = bool(shape.key)
         self.conn: psycopg.Connection | None = None
         self.in_transaction = False
+        # A second connection, for settling a prepared transaction while the next epoch's
+        # is open on the first (prepared transactions belong to the server, not a session).
+        self.settling: psycopg.Connection | None = None
         # key -> (row, or None for a delete; the Kafka record it came from): upsert mode
         self.changes: dict[Row, tuple[Row | None, Any]] = {}
         # insert mode: the rows, and the Kafka record each came from
@@ -152,13 +155,13 @@ class PostgresWriter:
         deadline = time.monotonic() + self.settings.commit_timeout_s
         for delay in _backoff():
             try:
-                self._connection().execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(name)))
+                self._outside_epoch().execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(name)))
                 break
             except _GONE:
                 log.info("%s: prepared transaction %r was committed by a recovery meanwhile", self.where, name)
                 break
             except psycopg.Error as exc:
-                self._drop_connection()
+                self._drop_settling()
                 if time.monotonic() + delay > deadline:
                     self.broken = SinkUnavailableError(
                         f"{self.where}: checkpoint {checkpoint_id} completed, but its prepared transaction {name!r} "
@@ -220,6 +223,7 @@ class PostgresWriter:
         and the task's next owner decides it from the committed offsets."""
         self._drop_epoch()
         self._drop_connection()
+        self._drop_settling()
 
     def _drop_epoch(self) -> None:
         self._clear()
@@ -309,6 +313,29 @@ class PostgresWriter:
             self._drop_connection()
             conn = self.conn = self.connect()
         return conn
+
+    def _outside_epoch(self) -> psycopg.Connection:
+        """A connection with no transaction of this writer's open: the epoch's own while
+        its transaction has not begun, else the settling one."""
+        if not self.in_transaction:
+            return self._connection()
+        conn = self.settling
+        if conn is None or conn.closed or conn.broken:
+            self._drop_settling()
+            conn = self.settling = self.connect()
+        return conn
+
+    def _drop_settling(self) -> None:
+        """Closes whichever connection settles prepared transactions now: the settling
+        one, or the epoch's while it has no transaction open."""
+        if self.settling is not None:
+            conn, self.settling = self.settling, None
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+        elif not self.in_transaction:
+            self._drop_connection()
 
     def _break(self, exc: psycopg.Error, at: str) -> SinkUnavailableError:
         """The epoch's transaction is lost: remembered, raised at the next prepare."""

@@ -2,19 +2,32 @@
 
 For checkpoint n, in one worker:
 
-  PENDING      sources inject Barrier(n): each task's records so far belong to n
-  FLUSHED      operators' write-back caches are written to RocksDB
+  PENDING      sources inject Barrier(n): each task's records so far belong to n. The
+               synchronous part, while processing waits: each stateful task's changes
+               since n-1 are captured (swapped for an empty set, serialised), every
+               transactional sink of the tasks prepares its writes (durable, not yet
+               visible; connectors/two_phase.py) and begins the next epoch, and the
+               open transaction closes: what the tasks produce from now on goes into
+               transaction n+1, on the other producer of the owner's pool
+  FLUSHED      (in the background from here on, while processing goes on) the captured
+               changes are written to RocksDB
   SNAPSHOTTED  each stateful task takes a local RocksDB checkpoint (hard links)
   PERSISTED    new files are in checkpoint storage, then each manifest (last, atomic)
-  PREPARED     every transactional sink of every task in n has prepared its writes
-               (connectors/two_phase.py): durable, not yet visible
   COMMITTED    offsets (metadata naming n and its snapshot) and outputs commit in
-               one Kafka transaction; only now is n complete. Then the sinks commit
-               what they prepared; a crash before they do is settled by their recovery,
-               which commits what was prepared for the committed checkpoint
-  FAILED       anything above went wrong: the transaction's owner aborts it, and the
-               record carries the outcome (rewind, replaced, fatal) for the worker's
-               loop to act on
+               one Kafka transaction; only now is n complete. Back on the loop's
+               thread the sinks commit what they prepared for n; a crash before they
+               do is settled by their recovery, which commits what was prepared for
+               the committed checkpoint
+  FAILED       anything above went wrong: the transaction's owner aborts it (and n+1),
+               the sinks roll back what they prepared (unless the Kafka commit was
+               sent, whose outcome their recovery reads), and the record carries the
+               outcome (rewind, replaced, fatal) for the worker's loop to act on
+
+At most one checkpoint is in flight: the next barrier waits until it completed, while
+records keep flowing into the open transaction. The loop learns of the background
+part's end at its next turn (`poll`), on its own thread, where every outcome is acted
+on; `trigger` runs a checkpoint to its end (at shutdown, before a restore, for
+savepoints). An owner without a pool (at-least-once) runs the whole life in the loop.
 
 The invariant exactly-once rests on: snapshot n is durable before the transaction
 that commits n's offsets. A crash anywhere before COMMITTED leaves the offsets at n-1,
@@ -37,14 +50,22 @@ import enum
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from connectors.transactions import DONE, Kind, Outcome, OutputOwner
-from eos.errors import CheckpointTimeoutError, EosError, RecordError, SinkFencedError, StateStoreError
+from connectors.transactions import DONE, Kind, Outcome, OutputOwner, verdict
+from eos.errors import (
+    CheckpointTimeoutError,
+    EosError,
+    RecordError,
+    SinkFencedError,
+    SinkUnavailableError,
+    StateStoreError,
+)
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import format_metadata
 from service.monitoring.metrics import WorkerMetrics
@@ -68,17 +89,23 @@ class Phase(enum.Enum):
     FLUSHED = "flushed"
     SNAPSHOTTED = "snapshotted"
     PERSISTED = "persisted"
-    PREPARED = "prepared"
     COMMITTED = "committed"
     FAILED = "failed"
 
 
 @dataclass(frozen=True)
 class Barrier:
-    """The in-band marker a source injects: records before it belong to checkpoint n."""
+    """The in-band marker a source injects: records before it belong to checkpoint n.
+    A task with several inputs has one position per input: the lead's, and the others'
+    (topic -> offset)."""
 
     checkpoint_id: int
     offset: int | None
+    others: tuple[tuple[str, int | None], ...] = ()
+
+    @classmethod
+    def of(cls, checkpoint_id: int, task: Task) -> Barrier:
+        return cls(checkpoint_id, task.next_offset, tuple((i.topic, i.next_offset) for i in task.others))
 
 
 @dataclass
@@ -96,11 +123,27 @@ class CheckpointRecord:
     error: str | None = None
     # What became of the checkpoint's transaction, for the loop to act on.
     outcome: Outcome = DONE
+    # The error the closed transaction's commit ended with (asynchronous checkpoints).
+    commit_error: Any = None
+    # Whether the Kafka commit was sent: from then on only Kafka knows whether n
+    # completed, and the sinks' recovery asks it.
+    commit_sent: bool = False
+    # Whether a transactional sink had writes in n (the sink fault phases count these).
+    sink_writes: bool = False
     offsets: dict[str, int] = field(default_factory=dict)
-    # Seconds per step (flush, snapshot, upload, commit, retention): where the time of
-    # the synchronous phase goes, e.g. how much an asynchronous upload could hide.
+    barriers: dict[str, Barrier] = field(default_factory=dict)
+    # Seconds per step (capture, flush, snapshot, upload, commit, retention).
     step_s: dict[str, float] = field(default_factory=dict)
+    # Flink's split: the synchronous part (processing waits) and the asynchronous part.
+    sync_s: float = 0.0
+    async_s: float = 0.0
+    settled: bool = False
     _mark: float = field(default_factory=lambda: time.monotonic())
+
+    @property
+    def ended(self) -> bool:
+        """Whether the coordinator has settled the outcome (on the loop's thread)."""
+        return self.settled
 
     def step_done(self, step: str) -> None:
         now = time.monotonic()
@@ -109,9 +152,9 @@ class CheckpointRecord:
 
 
 class CheckpointStats:
-    """The whole run's checkpoints in a few numbers, for the shutdown summary: how much
-    of the worker's time the synchronous phase took (processing stops meanwhile), and
-    in which step."""
+    """The whole run's checkpoints in a few numbers, for the shutdown summary: how long
+    they took, how long each paused processing (its synchronous part), and where the
+    time went step by step."""
 
     SAMPLE = 10_000
 
@@ -121,11 +164,15 @@ class CheckpointStats:
         self.seconds = 0.0
         self.step_seconds: dict[str, float] = {}
         self.durations: deque[float] = deque(maxlen=self.SAMPLE)
+        self.pauses: deque[float] = deque(maxlen=self.SAMPLE)
+        self.paused_s = 0.0
 
     def add(self, record: CheckpointRecord) -> None:
+        self.paused_s += record.sync_s
         if record.error is None:
             self.completed_count += 1
             self.durations.append(record.duration_s)
+            self.pauses.append(record.sync_s)
         else:
             self.failed_count += 1
         self.seconds += record.duration_s
@@ -134,15 +181,16 @@ class CheckpointStats:
 
     def summary(self) -> str:
         wall = max(1e-9, time.monotonic() - self.started)
-        ordered = sorted(self.durations)
 
-        def pct(q: float) -> float:
+        def pct(values: deque[float], q: float) -> float:
+            ordered = sorted(values)
             return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
         steps = ", ".join(f"{step} {100 * seconds / wall:.1f}%" for step, seconds in self.step_seconds.items())
         return (f"{self.completed_count} checkpoints completed, {self.failed_count} failed; duration p50 "
-                f"{pct(0.5):.0f} ms, p99 {pct(0.99):.0f} ms; {100 * self.seconds / wall:.1f}% of "
-                f"{wall:.0f}s spent in checkpoints ({steps})")
+                f"{pct(self.durations, 0.5):.0f} ms, p99 {pct(self.durations, 0.99):.0f} ms; processing paused "
+                f"p50 {pct(self.pauses, 0.5):.1f} ms, p99 {pct(self.pauses, 0.99):.1f} ms, "
+                f"{100 * self.paused_s / wall:.2f}% of {wall:.0f}s; checkpoint steps ({steps})")
 
 
 class CheckpointCoordinator:
@@ -165,6 +213,9 @@ class CheckpointCoordinator:
         # The checkpoint running right now, for the status page (read from its thread).
         self.current: CheckpointRecord | None = None
         self.pool = ThreadPoolExecutor(max_workers=STORAGE_THREADS, thread_name_prefix="eos-storage")
+        # The asynchronous part of checkpoints, one at a time.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eos-checkpoint")
+        self._in_flight: tuple[CheckpointRecord, list[Task], float, Future] | None = None
         self.stats = CheckpointStats()
         self.last_id = 0  # last completed (committed) checkpoint
         # Ids are never reused, not even a failed one's (as in Flink): its snapshot
@@ -176,17 +227,45 @@ class CheckpointCoordinator:
     def close(self) -> None:
         """Abandons storage calls of a failed checkpoint that are still running."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._background.shutdown(wait=False, cancel_futures=True)
 
     def due(self) -> bool:
         now = time.monotonic()
         return now - self._last_started >= self.interval_s and now - self._last_ended >= self.min_pause_s
 
     def trigger(self, reason: str = "interval") -> CheckpointRecord | None:
-        """Runs one checkpoint of every task that made progress. Returns its record, or
-        None when nothing changed since the last one. The record's outcome says what
-        became of the transaction; the local state store failing (disk full, files
-        gone) raises instead: as in Flink, a failure of the synchronous part fails the
-        worker rather than counting as a tolerable checkpoint failure."""
+        """Runs one checkpoint of every task that made progress to its end, after the one
+        in flight. Returns its record, or None when nothing changed since the last one.
+        The record's outcome says what became of the transaction; the local state store
+        failing (disk full, files gone) raises instead: as in Flink, a failure of the
+        snapshot fails the worker rather than counting as a tolerable checkpoint failure."""
+        earlier = self.settle_in_flight()
+        if earlier is not None and not earlier.outcome.committed:
+            return earlier  # the loop acts on it; nothing it covered may commit now
+        record = self.begin(reason)
+        if record is not None and self._in_flight is not None:
+            self.settle_in_flight()
+        return record
+
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight is not None
+
+    def wait_in_flight(self) -> None:
+        """Waits for the background part of a checkpoint in flight to end, without acting
+        on it (the worker is stopping)."""
+        if self._in_flight is not None:
+            try:
+                self._in_flight[3].result()
+            except Exception:  # noqa: BLE001 - its outcome no longer matters
+                pass
+
+    def begin(self, reason: str = "interval") -> CheckpointRecord | None:
+        """The synchronous part of checkpoint n (see the module doc); the rest runs in the
+        background and `poll` returns the record once it ended. None: nothing changed,
+        or a checkpoint is still in flight."""
+        if self._in_flight is not None:
+            return None
         tasks = [t for t in self.manager.tasks.values() if t.changed]
         self._last_started = time.monotonic()
         if not tasks:
@@ -199,45 +278,162 @@ class CheckpointCoordinator:
         self.history.append(record)
         self.current = record
         began = time.monotonic()
-        try:
-            manifests = self._run(record, tasks, began)
-        except (StateStoreError, RecordError):
-            self._abort_sinks(tasks)
-            raise  # the local store failed, or a sink refused a row under policy `fail`
-        except (EosError, StorageError, OSError, KafkaException) as exc:
-            self._abort_sinks(tasks)
-            manifests = None
-            # A sink claimed by a newer process: this one may have been replaced.
-            fenced = isinstance(exc, SinkFencedError)
-            record.outcome = self.owner.abort(f"checkpoint {checkpoint_id} failed: {type(exc).__name__}: {exc}",
-                                              counts=not fenced, identity_in_doubt=fenced)
-        finally:
-            self._last_ended = time.monotonic()
-            self.current = None
-        if record.outcome.committed:
-            self._completed(record, tasks, manifests, began)
-        else:
-            self._failed(record, began)
-        return record
-
-    def _run(self, record: CheckpointRecord, tasks: list[Task], began: float) -> dict[str, Manifest]:
-        n = record.checkpoint_id
-        barriers = {t.id: Barrier(n, t.next_offset) for t in tasks}
+        barriers = {t.id: Barrier.of(checkpoint_id, t) for t in tasks}
         record.alignment_s = time.monotonic() - began
         record.step_done("barrier")
         self.faults.hit("after_barrier")
-
         stateful = [t for t in tasks if t.state is not None] if self.snapshots else []
-        deadline = began + self.timeout_s
+        captured = {t.id: t.state.capture() for t in stateful}
+        record.step_done("capture")
+        for task in tasks:
+            task.records_since_checkpoint = 0  # from here on, records belong to n+1
+        closed = self.owner.asynchronous
+        try:
+            self._prepare_sinks(record, tasks)
+            if closed:
+                record.outcome = self.owner.close_epoch(self.consumer)
+        except (SinkUnavailableError, SinkFencedError) as exc:
+            fenced = isinstance(exc, SinkFencedError)  # a newer process claimed a task's sink
+            record.outcome = self.owner.abort(f"checkpoint {checkpoint_id} failed: {type(exc).__name__}: {exc}",
+                                              counts=not fenced, identity_in_doubt=fenced)
+        except RecordError:  # a sink's target refused a row under policy `fail`
+            self._drop_captures(stateful)
+            self._abort_sinks(tasks)
+            raise
+        if not record.outcome.committed:
+            self._drop_captures(stateful)
+            return self._ended(record, tasks, None, began)
+        record.sync_s = time.monotonic() - began
+        epoch = self.owner.closed_epoch if closed else None
+        job = partial(self._write_and_commit, record, tasks, stateful, barriers, captured, began, epoch)
+        if not closed:
+            manifests, failure = self._run_job(job)
+            return self._ended(record, tasks, manifests, began, failure)
+        self._in_flight = (record, tasks, began, self._background.submit(job))
+        return record
+
+    def _prepare_sinks(self, record: CheckpointRecord, tasks: list[Task]) -> None:
+        """Every transactional sink of the checkpoint's tasks prepares what it was given
+        before the barrier and begins the next epoch, as Flink's two-phase-commit sink
+        does in its snapshot."""
+        sinks = [sink for task in tasks for sink in task.sinks.values()]
+        if not sinks:
+            return
+        record.sink_writes = any(sink.pending for sink in sinks)
+        for sink in sinks:
+            sink.prepare(record.checkpoint_id)
+            sink.begin()
+        if record.sink_writes:
+            record.step_done("prepare")
+            self.faults.hit("after_prepare")
+
+    @staticmethod
+    def _drop_captures(stateful: list[Task]) -> None:
+        """Checkpoint n failed in its synchronous part: its captures will not be written
+        (a rewind rebuilds the working database)."""
         for task in stateful:
-            task.state.flush()
-        record.step_done("flush")
+            task.state.drop_capture()
+
+    @staticmethod
+    def _abort_sinks(tasks: list[Task]) -> None:
+        """Checkpoint n will never complete (its Kafka commit was not sent): what the
+        sinks prepared for it, and their writes since, can go now rather than at their
+        recovery."""
+        for task in tasks:
+            for sink in task.sinks.values():
+                sink.abort()
+
+    def poll(self) -> CheckpointRecord | None:
+        """The checkpoint in flight, once its background part ended: its outcome settled
+        with the transaction's owner, for the loop to act on. None while it runs."""
+        if self._in_flight is None or not self._in_flight[3].done():
+            return None
+        return self.settle_in_flight()
+
+    def settle_in_flight(self) -> CheckpointRecord | None:
+        """Waits for the checkpoint in flight (bounded by its timeout and the commit's) and
+        settles it; None if there was none."""
+        if self._in_flight is None:
+            return None
+        record, tasks, began, future = self._in_flight
+        self._in_flight = None
+        manifests, failure = self._run_job(future.result)
+        return self._ended(record, tasks, manifests, began, failure)
+
+    def _run_job(self, job) -> tuple[dict[str, Manifest] | None, Exception | None]:
+        """Runs (or collects) the background part; its failures come back as values,
+        but for the local store's, which fail the worker."""
+        try:
+            return job(), None
+        except StateStoreError:
+            raise
+        except (EosError, StorageError, OSError, KafkaException) as exc:
+            return None, exc
+
+    def _ended(self, record: CheckpointRecord, tasks: list[Task], manifests: dict[str, Manifest] | None,
+               began: float, failure: Exception | None = None) -> CheckpointRecord:
+        self._last_ended = time.monotonic()
+        self.current = None
+        record.async_s = max(0.0, time.monotonic() - began - record.sync_s)
+        closed = self.owner.asynchronous and record.outcome.committed
+        if closed and not self.owner.closing:
+            # The owner gave the transactions up meanwhile (a rewind for another reason,
+            # acted on already): whatever became of this one, the rewind reads it back.
+            record.outcome = DONE if record.phase is Phase.COMMITTED else Outcome(
+                Kind.REWIND, self._why_not_committed(record, failure), counts=False)
+        elif failure is not None:
+            record.outcome = self.owner.abort(
+                f"checkpoint {record.checkpoint_id} failed: {type(failure).__name__}: {failure}", counts=True)
+        elif closed:
+            record.outcome = self.owner.closed_committed(record.commit_error)
+        if record.outcome.committed:
+            self._completed(record, tasks, manifests or {}, began)
+            self._commit_sinks(record, tasks)
+        else:
+            if not record.commit_sent:
+                self._abort_sinks(tasks)
+            self._failed(record, began)
+        record.settled = True
+        return record
+
+    def _commit_sinks(self, record: CheckpointRecord, tasks: list[Task]) -> None:
+        """n is complete: the sinks make what they prepared for it visible (a sink that
+        cannot keeps it pending, and its task's next recovery commits it)."""
+        if record.sink_writes:
+            self.faults.hit("after_kafka_commit")
+        for task in tasks:
+            for sink in task.sinks.values():
+                sink.commit(record.checkpoint_id)
+        if record.sink_writes:
+            record.step_done("sink commit")
+
+    @staticmethod
+    def _why_not_committed(record: CheckpointRecord, failure: Exception | None) -> str:
+        if record.commit_error is not None and record.commit_error.code() != KafkaError._STATE:
+            return verdict(f"committing checkpoint {record.checkpoint_id}'s transaction", record.commit_error)[0]
+        if failure is not None:
+            return f"{type(failure).__name__}: {failure} (its transactions were given up already)"
+        return "its transactions were given up for another reason before its commit"
+
+    def _write_and_commit(self, record: CheckpointRecord, tasks: list[Task], stateful: list[Task],
+                          barriers: dict[str, Barrier], captured: dict, began: float,
+                          epoch: int | None) -> dict[str, Manifest]:
+        """The asynchronous part (or, without a pool, the rest of the synchronous one):
+        write, snapshot, upload, manifests, commit."""
+        n = record.checkpoint_id
+        deadline = began + self.timeout_s
+        name = snapshot_name(n, self.token)
+        local_dirs: dict[str, Any] = {}
+        try:
+            for task in stateful:
+                local_dirs[task.id] = task.state.write_snapshot(captured[task.id], name)
+        finally:
+            for task in stateful:
+                if task.id not in local_dirs:
+                    task.state.drop_capture()  # a rewind (or the worker's end) follows
+        record.step_done("flush+snapshot")
         record.phase = Phase.FLUSHED
         self.faults.hit("after_flush")
-
-        name = snapshot_name(n, self.token)
-        local_dirs = {t.id: t.state.snapshot_local(name) for t in stateful}
-        record.step_done("snapshot")
         record.phase = Phase.SNAPSHOTTED
         self.faults.hit("after_snapshot")
 
@@ -254,6 +450,7 @@ class CheckpointCoordinator:
                             partition=task.partition, checkpoint_id=n, snapshot=name,
                             worker=self.worker, created_at=record.started_at,
                             source_offset=barriers[task.id].offset,
+                            input_offsets={t: o for t, o in barriers[task.id].others if o is not None},
                             topic_partitions=task.topic_partitions,
                             lineage=retention.lineage_for_next())
             manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
@@ -268,15 +465,6 @@ class CheckpointCoordinator:
         record.phase = Phase.PERSISTED
         self.faults.hit("after_persist")
 
-        sinks = [sink for task in tasks for sink in task.sinks.values()]
-        writing = any(sink.pending for sink in sinks)
-        for sink in sinks:
-            sink.prepare(n)
-        record.phase = Phase.PREPARED
-        if writing:
-            record.step_done("prepare")
-            self.faults.hit("after_prepare")
-
         elapsed = time.monotonic() - began
         if elapsed > self.timeout_s:
             raise CheckpointTimeoutError(
@@ -285,31 +473,42 @@ class CheckpointCoordinator:
         offsets = []
         for task in tasks:
             snapshot = manifests[task.id].snapshot if task.id in manifests else None
-            offsets.append(TopicPartition(task.topic, task.partition, barriers[task.id].offset,
-                                          metadata=format_metadata(n, snapshot, task.completed.savepoint)))
-            record.offsets[task.id] = barriers[task.id].offset
-        record.outcome = self.owner.commit(offsets, self.consumer)
-        if not record.outcome.committed:
-            return manifests
+            metadata = format_metadata(n, snapshot, task.completed.savepoint)
+            barrier = barriers[task.id]
+            for topic, offset in ((task.topic, barrier.offset), *barrier.others):
+                if offset is not None:  # an input never read stays where it was
+                    offsets.append(TopicPartition(topic, task.partition, offset, metadata=metadata))
+            record.offsets[task.id] = barrier.offset
+            record.barriers[task.id] = barrier
+        record.commit_sent = True
+        if epoch is not None:
+            record.commit_error = self.owner.commit_closed(epoch, offsets)
+            if record.commit_error is not None:
+                return manifests
+        else:
+            record.outcome = self.owner.commit(offsets, self.consumer)
+            if not record.outcome.committed:
+                return manifests
         record.step_done("commit")
         record.phase = Phase.COMMITTED
-        if writing:
-            self.faults.hit("after_kafka_commit")
-        for sink in sinks:
-            sink.commit(n)
-            sink.begin()
-        if writing:
-            record.step_done("sink commit")
         self.faults.hit("after_commit")
+        self._retain(record, stateful, manifests)
         return manifests
 
-    @staticmethod
-    def _abort_sinks(tasks: list[Task]) -> None:
-        """The checkpoint failed before its Kafka commit was made, so it will never
-        complete: what the sinks prepared for it can go now, not at their recovery."""
-        for task in tasks:
-            for sink in task.sinks.values():
-                sink.abort()
+    def _retain(self, record: CheckpointRecord, stateful: list[Task], manifests: dict[str, Manifest]) -> None:
+        """After the commit: older local snapshot copies go, and each task's retention
+        deletes what no retained checkpoint lists. Tasks' deletions are independent
+        (separate prefixes); each task's finish before its next upload, which may
+        re-create a file it deletes."""
+        calls = []
+        for task in stateful:
+            manifest = manifests[task.id]
+            task.state.directory.prune_snapshots(keep={manifest.snapshot})
+            calls.append(partial(self.manager.retention[(task.topic, task.partition)].completed, manifest))
+        for future in [self.pool.submit(call) for call in calls]:
+            if future.exception() is not None:
+                log.warning("retention after checkpoint %d failed: %s", record.checkpoint_id, future.exception())
+        record.step_done("retention")
 
     def _mid_manifest_fault(self, task: Task):
         """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind
@@ -327,23 +526,11 @@ class CheckpointCoordinator:
                    manifests: dict[str, Manifest], began: float) -> None:
         n = record.checkpoint_id
         self.last_id = n
-        retention = []
         for task in tasks:
-            manifest = manifests.get(task.id)
-            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest,
-                                                 savepoint=task.completed.savepoint)
+            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifests.get(task.id),
+                                                 savepoint=task.completed.savepoint,
+                                                 other_offsets=record.barriers[task.id].others)
             task.attempted_manifest = None
-            task.records_since_checkpoint = 0
-            if manifest is not None:
-                task.state.directory.prune_snapshots(keep={manifest.snapshot})
-                retention.append(partial(self.manager.retention[(task.topic, task.partition)].completed,
-                                         manifest))
-        # Tasks' deletions are independent (separate prefixes); each task's must finish
-        # before its next upload, which may re-create a file it deletes.
-        for future in [self.pool.submit(call) for call in retention]:
-            if future.exception() is not None:
-                log.warning("retention after checkpoint %d failed: %s", n, future.exception())
-        record.step_done("retention")
         record.duration_s = time.monotonic() - began
         self.stats.add(record)
         m = self.metrics
@@ -353,6 +540,8 @@ class CheckpointCoordinator:
         m.labels(m.checkpoint_last_size).set(record.size_bytes)
         m.labels(m.checkpoint_last_uploaded).set(record.uploaded_bytes)
         m.labels(m.checkpoint_alignment).set(record.alignment_s)
+        m.labels(m.checkpoint_sync_duration).observe(record.sync_s)
+        m.labels(m.checkpoint_async_duration).observe(record.async_s)
         m.labels(m.last_checkpoint_id).set(n)
         self._publish_state_keys()
         log.debug("checkpoint %d committed: %d tasks, %.3fs, %d bytes uploaded", n, record.tasks,

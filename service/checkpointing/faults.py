@@ -23,16 +23,17 @@ log = logging.getLogger(__name__)
 
 PHASES = (
     "after_barrier",
+    "after_prepare",
     "after_flush",
     "after_snapshot",
     "mid_manifest",
     "after_persist",
-    "after_prepare",
-    "after_kafka_commit",
     "after_commit",
+    "after_kafka_commit",
 )
 # Reached only by checkpoints in which a transactional sink (connectors/two_phase.py) has
-# writes to prepare: after they prepared, and between the Kafka commit and theirs.
+# writes to prepare: after they prepared (at the barrier), and between the Kafka commit
+# and theirs.
 SINK_PHASES = ("after_prepare", "after_kafka_commit")
 
 

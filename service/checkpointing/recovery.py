@@ -14,6 +14,7 @@ the job's functions are deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -73,12 +74,52 @@ class Restored:
 
 
 def restore_task(task: Task, committed: TopicPartition,
-                 known: list[Manifest] | None = None, fallback: bool = False) -> Restored:
+                 known: list[Manifest] | None = None, fallback: bool = False,
+                 others: list[TopicPartition] | None = None) -> Restored:
     """Opens the task's state at the checkpoint its committed offset names. The task's
     manifests in `known` (this process wrote or read them) are used without reading
     storage, so a rewind works while checkpoint storage is unreachable. With `fallback`,
     a missing or corrupt snapshot is replaced by the newest intact older one (see the
-    module doc)."""
+    module doc). `others` are the committed offsets of the task's other inputs: each
+    committed in the same transaction as the lead's, so naming the same checkpoint."""
+    restored = _restore_lead(task, committed, known, fallback)
+    if not others:
+        return restored
+    if restored.replay_from is not None:
+        raise SnapshotMissingError(
+            f"{task.id}: falling back to an older checkpoint is not supported for a task with several inputs "
+            f"({', '.join(i.topic for i in task.inputs)})")
+    completed = restored.completed
+    offsets = tuple((tp.topic, _other_offset(task, completed, tp)) for tp in others)
+    return Restored(dataclasses.replace(completed, other_offsets=offsets), restored.stats, restored.seconds)
+
+
+def _other_offset(task: Task, completed: CompletedCheckpoint, committed: TopicPartition) -> int | None:
+    """Where another input of the task continues: its committed offset, which must
+    belong to the lead's checkpoint (and agree with its manifest)."""
+    where = f"{task.id}: topic {committed.topic!r} partition {committed.partition}"
+    if committed.offset < 0:
+        return None
+    reference = parse_metadata(committed.metadata)
+    if completed.offset is None or reference is None:
+        raise CorruptSnapshotError(
+            f"{where} has committed offset {committed.offset} (metadata {committed.metadata!r}) but the task's lead "
+            f"input {task.topic!r} has {'none' if completed.offset is None else 'no checkpoint reference'}: the "
+            "inputs of one task always commit together, so these offsets are not this job's")
+    if reference.checkpoint_id != completed.checkpoint_id:
+        raise CorruptSnapshotError(
+            f"{where} was committed with checkpoint {reference.checkpoint_id}, the lead input with "
+            f"{completed.checkpoint_id}: the inputs of one task always commit together")
+    manifest = completed.manifest
+    if manifest is not None and manifest.input_offsets.get(committed.topic) != committed.offset:
+        raise CorruptSnapshotError(
+            f"snapshot {manifest.snapshot} records offset {manifest.input_offsets.get(committed.topic)} for "
+            f"{committed.topic!r}, but offset {committed.offset} is committed")
+    return committed.offset
+
+
+def _restore_lead(task: Task, committed: TopicPartition, known: list[Manifest] | None,
+                  fallback: bool) -> Restored:
     began = time.monotonic()
     where = f"topic {task.topic!r} partition {task.partition}"
     if committed.offset < 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -12,27 +11,21 @@ from eos.errors import EosError
 from service.cli.checkpoints_cmd import checkpoints
 from service.cli.demo_cmd import demo
 from service.cli.generate_cmd import generate
+from service.cli.job_cmd import job
 from service.cli.kafka_cmd import kafka
+from service.cli.options import LOG_LEVELS, add_global_options, configure_logging
 from service.cli.run_cmd import run
 from service.cli.savepoint_cmd import savepoint
+from service.cli.state_cmd import state
 
-_CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Log level; also accepted after the sub-command.")
 def cli(log_level: str) -> None:
     """Exactly-once stream processing on Kafka."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The AWS SDK logs request headers and signing details at DEBUG: never let
-    # credentials-derived material reach the logs, whatever level the user asked for.
-    for name in _CLIENT_LOGGERS:
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+    configure_logging(log_level)
 
 
 cli.add_command(kafka)
@@ -41,6 +34,9 @@ cli.add_command(demo)
 cli.add_command(generate)
 cli.add_command(checkpoints)
 cli.add_command(savepoint)
+cli.add_command(job)
+cli.add_command(state)
+add_global_options(cli)
 
 
 def main() -> None:

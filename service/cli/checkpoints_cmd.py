@@ -15,6 +15,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from service.cli.options import CHECKPOINT_STORAGE_ENV, JOB_HELP, bootstrap_option
 from service.cli.storage_options import s3_options
 from service.monitoring.units import human_bytes
 from statestore.catalog import COMPLETE, SnapshotRecord, TaskCatalog, scan, verify
@@ -93,15 +94,15 @@ def checkpoints() -> None:
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     """STORAGE_URL, --job, --task and the S3 flags, shared by every sub-command."""
     command = click.option("--task", default=None, help="Only this task ({topic}-{partition}).")(command)
-    command = click.option("--job", default=None, help="Only this job (its --group).")(command)
+    command = click.option("--job", default=None, metavar="JOB", help="Only this job. " + JOB_HELP)(command)
     command = s3_options(command)
-    return click.argument("storage_url")(command)
+    return click.argument("storage_url", envvar=CHECKPOINT_STORAGE_ENV)(command)
 
 
 @checkpoints.command("list")
 @_common
-@click.option("--bootstrap-servers", default=None,
-              help="Also read the jobs' committed offsets to mark the snapshot each task restores.")
+@bootstrap_option(required=False, help_suffix=" Also read the jobs' committed offsets to mark the snapshot "
+                                              "each task restores.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_checkpoints(storage_url: str, job: str | None, task: str | None, s3: S3Settings,
                      bootstrap_servers: str | None, as_json: bool) -> None:

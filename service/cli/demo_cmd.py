@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from service.checkpointing.recovery import parse_metadata
 from service.cli.generator import OrderGenerator
+from service.cli.options import bootstrap_option
 from service.local_kafka import BrokerSettings, LocalBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,8 +96,7 @@ def _interrupt(*_: object) -> None:
 
 
 @click.command("demo")
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None,
-              help="Use this broker instead of starting a local one.")
+@bootstrap_option(required=False, help_suffix=" Use this broker instead of starting a local one.")
 @click.option("--port", default=9092, show_default=True, help="Port of the local broker to start.")
 @click.option("--records", default=100_000, show_default=True)
 @click.option("--rate", default=5_000.0, show_default=True, help="Orders per second.")

@@ -11,6 +11,14 @@ from pathlib import Path
 
 import click
 
+from service.cli.options import (
+    CHECKPOINT_STORAGE_ENV,
+    DURATION,
+    KafkaSettings,
+    control_token_options,
+    kafka_options,
+    option,
+)
 from service.cli.storage_options import s3_options
 from service.job.loader import load_job
 from service.runtime.config import (
@@ -22,8 +30,6 @@ from service.runtime.config import (
     WorkerConfig,
     default_transaction_timeout_s,
     default_worker_id,
-    load_kafka_config,
-    parse_duration,
     parse_key_values,
 )
 from service.runtime.restart import RestartStrategy, run_with_restarts
@@ -33,23 +39,28 @@ from statestore.storage import S3Settings
 
 @click.command("run")
 @click.argument("job_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", required=True,
-              help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS).")
-@click.option("--group", default=None, help="Consumer group, and the job's identity in Kafka and "
-              "checkpoint storage (default: the job's name).")
+@kafka_options()
+@option("--job", "group", default=None, metavar="JOB", hidden_aliases=("--group",),
+        help="The job id: its consumer group, and its identity in Kafka and checkpoint storage "
+             "(default: the job's name).")
 @click.option("--state-dir", type=click.Path(path_type=Path), required=True,
               help="Local directory for task state (RocksDB).")
-@click.option("--checkpoint-storage", required=True, help="file:///path or s3://bucket/prefix.")
+@click.option("--checkpoint-storage", required=True, envvar=CHECKPOINT_STORAGE_ENV, show_envvar=True,
+              help="file:///path or s3://bucket/prefix.")
 @s3_options
-@click.option("--checkpoint-interval", default="1s", show_default=True,
+@click.option("--checkpoint-interval", type=DURATION, default="1s", show_default=True,
               help="Time from the start of one checkpoint to the start of the next. 0 disables "
                    f"checkpoints (at-least-once only): offsets alone are committed every "
                    f"{OFFSET_COMMIT_INTERVAL_S:.0f}s and state is NOT recovered after a restart.")
-@click.option("--checkpoint-timeout", default="20s", show_default=True,
+@click.option("--checkpoint-timeout", type=DURATION, default="20s", show_default=True,
               help="A checkpoint whose snapshot is not durable by then fails: its transaction "
                    "aborts and the worker rewinds.")
-@click.option("--min-pause", default="0s", show_default=True,
+@click.option("--min-pause", type=DURATION, default="0s", show_default=True,
               help="Minimum time from the end of one checkpoint to the start of the next.")
+@click.option("--max-task-idle", type=DURATION, default="0s", show_default=True,
+              help="How long a task reading several inputs (a join) waits for an input with nothing "
+                   "buffered before it runs the other inputs' records; it always waits for records "
+                   "already on the broker.")
 @click.option("--tolerable-failures", default=3, show_default=True,
               help="Consecutive failed checkpoints tolerated; one more stops the worker (exit 4).")
 @click.option("--checkpoints-retained", default=3, show_default=True,
@@ -57,7 +68,7 @@ from statestore.storage import S3Settings
 @click.option("--checkpoint-mode", type=click.Choice([INCREMENTAL, FULL]), default=INCREMENTAL,
               show_default=True, help="incremental: upload only SST files storage lacks; "
               "full: every checkpoint is a self-contained copy.")
-@click.option("--storage-scrub-interval", default="10s", show_default=True,
+@click.option("--storage-scrub-interval", type=DURATION, default="10s", show_default=True,
               help="Every interval one task's latest snapshot is checked against checkpoint storage (sizes, and "
                    "the content of some files in turn); a damaged file is written again from the intact local "
                    "copy. 0 turns the scrub off.")
@@ -69,18 +80,14 @@ from statestore.storage import S3Settings
 @click.option("-p", "--param", "params", multiple=True, help="Job parameter NAME=VALUE (repeatable).")
 @click.option("--processing-guarantee", type=click.Choice([EXACTLY_ONCE, AT_LEAST_ONCE]),
               default=EXACTLY_ONCE, show_default=True)
-@click.option("--kafka-config", "kafka_config", multiple=True,
-              help="librdkafka setting KEY=VALUE passed to every client (repeatable); VALUE may be "
-              "@env:VAR or @file:PATH to keep secrets off the command line.")
-@click.option("--kafka-config-file", "kafka_config_files", multiple=True, type=click.Path(path_type=Path),
-              help="File of KEY=VALUE librdkafka settings (e.g. SASL/TLS); --kafka-config wins.")
-@click.option("--session-timeout", default="6s", show_default=True,
+@click.option("--session-timeout", type=DURATION, default="6s", show_default=True,
               help="A worker silent this long (dead, frozen, cut off) leaves the group and its "
               "partitions move to the others. Heartbeats run on their own thread.")
-@click.option("--max-poll-interval", default="300s", show_default=True,
+@click.option("--max-poll-interval", type=DURATION, default="300s", show_default=True,
               help="A worker whose loop stalls this long gives up its partitions (must exceed twice "
               "the checkpoint timeout).")
-@click.option("--transaction-timeout", default=None, show_default="max(30s, 1.5 x checkpoint timeout)",
+@click.option("--transaction-timeout", type=DURATION, default=None,
+              show_default="max(30s, 1.5 x checkpoint timeout)",
               help="The coordinator aborts a transaction open this long, e.g. a crashed worker's.")
 @click.option("--static-membership/--dynamic-membership", default=False, show_default=True,
               help="Static: the worker id is the group instance id, so a restarted worker gets its "
@@ -108,56 +115,58 @@ from statestore.storage import S3Settings
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
               help="Port of the status page, /metrics and /healthz; 0 picks a free port; "
                    "absent: no HTTP server and no client statistics.")
-@click.option("--control-token", envvar="EOS_CONTROL_TOKEN", default=None,
-              help="Bearer token remote callers of control endpoints must present (env EOS_CONTROL_TOKEN).")
+@control_token_options
 @click.option("--control-allow", multiple=True, metavar="CIDR",
               help="Network remote control callers may come from (repeatable); needs --control-token. "
                    "Without both, control endpoints answer local callers only.")
 @click.option("--savepoint-dir", default=None,
               help="Where `eos savepoint trigger|stop` writes savepoints unless given --target "
                    "(path or storage URL; default: {checkpoint-storage}/{group}/savepoints).")
-@click.option("--from-savepoint", default=None, metavar="PATH",
+@click.option("--http-advertised-url", "http_advertised_urls", multiple=True, metavar="URL",
+              help="Address other workers and `eos job|savepoint|state` reach this worker's HTTP port at, "
+                   "tried in order (repeatable, e.g. one for the containers' network and one for the host); "
+                   "default: http://HOST:PORT of --http-host, or of this machine's name when bound to all "
+                   "interfaces. Advertised in the worker's consumer client id.")
+@click.option("-s", "--from-savepoint", default=None, metavar="PATH",
               help="Resume from this savepoint (path or storage URL) once; later restarts of this "
                    "worker continue from its checkpoints.")
-@click.option("--allow-non-restored-state", is_flag=True,
+@click.option("-n", "--allow-non-restored-state", is_flag=True,
               help="Resume from a savepoint even if it holds state of operators the job no longer has.")
 @click.option("--restart-strategy", default="none", show_default=True,
               help="Restart in-process after a failure inside the worker: none, "
                    "fixed-delay:ATTEMPTS:DELAY or exponential-backoff:MAX.")
-def run(job_file: Path, bootstrap_servers: str, group: str | None, state_dir: Path,
-        checkpoint_storage: str, checkpoint_interval: str, checkpoint_timeout: str, min_pause: str,
-        tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str, storage_scrub_interval: str,
-        fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str, params: tuple[str, ...],
-        processing_guarantee: str, kafka_config: tuple[str, ...], kafka_config_files: tuple[Path, ...],
-        session_timeout: str, max_poll_interval: str, transaction_timeout: str | None,
-        static_membership: bool, leave_group_on_stop: bool, fence_departed: bool, state_cache: int,
-        error_policy: str, on_missing_input: str, http_host: str, http_port: int | None, control_token: str | None,
-        control_allow: tuple[str, ...], savepoint_dir: str | None, from_savepoint: str | None,
-        allow_non_restored_state: bool, restart_strategy: str) -> None:
+def run(job_file: Path, kafka: KafkaSettings, group: str | None, state_dir: Path,
+        checkpoint_storage: str, checkpoint_interval: float, checkpoint_timeout: float, min_pause: float,
+        max_task_idle: float, tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
+        storage_scrub_interval: float, fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str,
+        params: tuple[str, ...], processing_guarantee: str, session_timeout: float, max_poll_interval: float,
+        transaction_timeout: float | None, static_membership: bool, leave_group_on_stop: bool, fence_departed: bool,
+        state_cache: int, error_policy: str, on_missing_input: str, http_host: str, http_port: int | None,
+        control_token: str | None, control_allow: tuple[str, ...], http_advertised_urls: tuple[str, ...],
+        savepoint_dir: str | None, from_savepoint: str | None, allow_non_restored_state: bool,
+        restart_strategy: str) -> None:
     """Run one worker of JOB_FILE (a module with build(params) -> Job)."""
     parsed_params = parse_key_values(params, "-p")
-    timeout_s = parse_duration(checkpoint_timeout, "--checkpoint-timeout")
-    interval_s = parse_duration(checkpoint_interval, "--checkpoint-interval")
-    transaction_s = parse_duration(transaction_timeout, "--transaction-timeout") if transaction_timeout \
+    timeout_s, interval_s = checkpoint_timeout, checkpoint_interval
+    transaction_s = transaction_timeout if transaction_timeout is not None \
         else default_transaction_timeout_s(timeout_s, interval_s)
     config = WorkerConfig(
-        job_file=job_file, bootstrap_servers=bootstrap_servers, state_dir=state_dir,
+        job_file=job_file, bootstrap_servers=kafka.bootstrap_servers, state_dir=state_dir,
         checkpoint_storage=checkpoint_storage, group=group, worker_id=worker_id,
         params=parsed_params, processing_guarantee=processing_guarantee,
         checkpoint_interval_s=interval_s,
-        checkpoint_timeout_s=timeout_s, min_pause_s=parse_duration(min_pause, "--min-pause"),
+        checkpoint_timeout_s=timeout_s, min_pause_s=min_pause, max_task_idle_s=max_task_idle,
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
-        storage_scrub_interval_s=parse_duration(storage_scrub_interval, "--storage-scrub-interval"),
+        storage_scrub_interval_s=storage_scrub_interval,
         s3=s3,
         transaction_timeout_s=transaction_s,
-        session_timeout_ms=int(parse_duration(session_timeout, "--session-timeout") * 1000),
-        max_poll_interval_ms=int(parse_duration(max_poll_interval, "--max-poll-interval") * 1000),
+        session_timeout_ms=int(session_timeout * 1000), max_poll_interval_ms=int(max_poll_interval * 1000),
         static_membership=static_membership, leave_group_on_stop=leave_group_on_stop,
         fence_departed_workers=fence_departed,
         state_cache_bytes=state_cache << 20, error_policy=error_policy, on_missing_input=on_missing_input,
-        kafka_config=load_kafka_config(kafka_config, kafka_config_files),
-        http_host=http_host, http_port=http_port, control_token=control_token or None,
+        kafka_config=kafka.config, http_host=http_host, http_port=http_port,
+        http_advertised_urls=tuple(http_advertised_urls), control_token=control_token or None,
         control_allow=tuple(control_allow), savepoint_dir=savepoint_dir, from_savepoint=from_savepoint,
         allow_non_restored_state=allow_non_restored_state)
     strategy = RestartStrategy.parse(restart_strategy)

@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import click
 import orjson
 
+from service.cli.options import (
+    DURATION,
+    KafkaSettings,
+    control_token_options,
+    job_argument,
+    kafka_options,
+    worker_urls_option,
+)
 from service.cli.storage_options import s3_options
+from service.monitoring.job_status import JobView, resolve
 from service.savepoints.catalog import INCOMPLETE, USABLE, dispose, list_savepoints
 from service.savepoints.client import take_savepoint
 from service.savepoints.resume import open_savepoint
 from statestore.savepoint_manifest import SavepointManifest
 from statestore.storage import S3Settings
 
-_jobs = click.option("--job", "jobs", multiple=True, required=True, metavar="URL",
-                     help="A worker's HTTP address (its --http-port), e.g. http://127.0.0.1:8081; repeat for "
-                          "every worker of the job's group.")
 _target = click.option("--target", default=None, metavar="DIR",
                        help="Directory (path or storage URL) to write the savepoint under; default: the "
                             "workers' --savepoint-dir.")
-_token = click.option("--token", envvar="EOS_CONTROL_TOKEN", default=None,
-                      help="Bearer token for remote workers (env EOS_CONTROL_TOKEN).")
-_timeout = click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=1),
-                        help="Seconds to wait for the workers to drain and write.")
+_timeout = click.option("--timeout", type=DURATION, default="5m", show_default=True,
+                        help="How long the workers may take to drain and write.")
+_legacy_job = click.option("--job", "legacy_jobs", multiple=True, hidden=True,
+                           help="Earlier spelling: a worker URL (like --worker), or the job id.")
+
+
+def _take_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for decorate in reversed((job_argument(required=False), kafka_options(required=False, help_suffix=(
+            " Finds the job's workers through its consumer group; not needed with --worker.")),
+            worker_urls_option, _legacy_job, _target, control_token_options, _timeout, s3_options)):
+        command = decorate(command)
+    return command
 
 
 @click.group()
@@ -32,9 +48,19 @@ def savepoint() -> None:
     """Savepoints: take one (trigger, stop), list, show and dispose of them."""
 
 
-def _take(mode: str, jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float,
-          s3: S3Settings) -> None:
-    result = take_savepoint(list(jobs), mode=mode, target=target, token=token, timeout_s=timeout, s3=s3,
+def _take(mode: str, job: str | None, kafka: KafkaSettings, workers: tuple[str, ...], legacy_jobs: tuple[str, ...],
+          target: str | None, control_token: str | None, timeout: float, s3: S3Settings) -> None:
+    urls = list(workers) + [j for j in legacy_jobs if "://" in j]
+    named = [j for j in legacy_jobs if "://" not in j]
+    if named and job is not None and named != [job]:
+        raise click.UsageError(f"the job is named twice: {job!r} and --job {', '.join(named)}")
+    job = job or (named[0] if named else None)
+    if not urls:
+        if job is None:
+            raise click.UsageError("name the JOB (its workers are found through its consumer group), "
+                                   "or its workers with --worker URL")
+        urls = discover_control_urls(job, kafka, control_token)
+    result = take_savepoint(urls, mode=mode, target=target, token=control_token, timeout_s=timeout, s3=s3, job=job,
                             say=lambda text: click.echo(text, err=True))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -46,27 +72,35 @@ def _take(mode: str, jobs: tuple[str, ...], target: str | None, token: str | Non
     click.echo(result.location)
 
 
-@savepoint.command()
-@_jobs
-@_target
-@_token
-@_timeout
-@s3_options
-def trigger(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float, s3: S3Settings) -> None:
-    """Take a savepoint; the job keeps running. Prints the savepoint's location."""
-    _take("trigger", jobs, target, token, timeout, s3)
+def discover_control_urls(job: str, kafka: KafkaSettings, token: str | None) -> list[str]:
+    """Each worker of the job's group at the first advertised address where it answers
+    its control API as itself."""
+    members = JobView(job, kafka.client_config()).members()
+    if not members:
+        raise click.ClickException(f"job {job!r} has no workers in its consumer group (is it running? "
+                                   "`eos job list` shows the jobs)")
+    peers = [resolve(m, job, path="/savepoints", token=token) for m in members]
+    lost = [p for p in peers if p.url is None]
+    if lost:
+        raise click.ClickException("cannot reach every worker of job " + repr(job) + ": " + "; ".join(
+            f"{p.worker}: {p.error}" for p in lost) + " (name the workers with --worker URL, or give them "
+            "--http-advertised-url addresses this machine reaches)")
+    return [p.url for p in peers if p.url]
 
 
 @savepoint.command()
-@_jobs
-@_target
-@_token
-@_timeout
-@s3_options
-def stop(jobs: tuple[str, ...], target: str | None, token: str | None, timeout: float, s3: S3Settings) -> None:
-    """Stop with a savepoint: sources stop, everything in flight drains, a final checkpoint
-    commits, the savepoint is written and the workers exit 0. Prints its location."""
-    _take("stop", jobs, target, token, timeout, s3)
+@_take_options
+def trigger(**options: Any) -> None:
+    """Take a savepoint of JOB; the job keeps running. Prints the savepoint's location."""
+    _take("trigger", **options)
+
+
+@savepoint.command()
+@_take_options
+def stop(**options: Any) -> None:
+    """Stop JOB with a savepoint: sources stop, everything in flight drains, a final
+    checkpoint commits, the savepoint is written and the workers exit 0. Prints its location."""
+    _take("stop", **options)
 
 
 @savepoint.command("list")

@@ -35,6 +35,10 @@ MARKER_INTERVAL_MS = 1_000
 # A header b"<origin>:<watermark>" under MARKER_HEADER marks a record that only carries progress.
 TIME_HEADER = "eos-time"
 MARKER_HEADER = "eos-watermark"
+# Header of a repartition record that feeds a task of several inputs, off event time:
+# b"<timestamp>", the time that task orders it by (the Kafka timestamp is when it was
+# written, for the same reason as above).
+TS_HEADER = "eos-ts"
 CLOCK_STATE = "clock"
 # The clock state's row that holds where a task resumed from a savepoint starts.
 FLOOR = "floor"
@@ -72,6 +76,23 @@ def marker_header(origin: int, watermark: int | None) -> list[tuple[str, bytes]]
     return [(MARKER_HEADER, text)]
 
 
+def ts_header(ts: int) -> list[tuple[str, bytes]]:
+    return [(TS_HEADER, b"%d" % ts)]
+
+
+def carried_time(headers: list[tuple[str, bytes]] | None) -> int | None:
+    """The time a repartition record carries across (a marker: before everything, it
+    only moves clocks); None when it carries none."""
+    for name, value in headers or ():
+        if name == TS_HEADER:
+            return int(value)
+        if name == TIME_HEADER:
+            return int(value.rsplit(b":", 1)[1])
+        if name == MARKER_HEADER:
+            return NO_TIME
+    return None
+
+
 def time_of(headers: list[tuple[str, bytes]] | None) -> tuple[int, int | None, int | None] | None:
     """(origin, watermark or None for "idle", event time or None for a marker) from a
     repartition record's headers; None when it has neither header."""
@@ -96,6 +117,9 @@ class EventClock:
         self.origins = origins
         self._views: dict[int, int] = {}
         self._idle: set[int] = set()
+        # Origins whose progress is not in the table yet (written by `save`, before each
+        # flush of the task's state: a watermark may move with every record).
+        self._unsaved: set[int] = set()
         # Origins not heard from yet stand at the floor (a savepoint's), else at NO_TIME.
         self._floor = NO_TIME
         for origin, row in table.items():
@@ -110,23 +134,48 @@ class EventClock:
 
     @classmethod
     def of(cls, state: Any, stage_id: str, origins: int) -> EventClock:
-        return cls(state.value_table(clock_state(stage_id), JSON_CODEC), origins)
+        """The clock of a task's state, saved into it before each flush."""
+        cf = clock_state(stage_id)
+        clock = cls(state.value_table(cf, JSON_CODEC), origins)
+        state.before_flush[cf] = clock.save
+        return clock
 
-    def _view(self, origin: int) -> int:
+    def save(self) -> None:
+        """Writes the progress of the origins that moved into the clock's table."""
+        for origin in self._unsaved:
+            self._table.put(origin, {"wm": self._views[origin], "idle": origin in self._idle})
+        self._unsaved.clear()
+
+    def view(self, origin: int) -> int:
+        """Where one origin stands."""
         return self._views.get(origin, self._floor)
 
     def _least(self) -> int:
-        active = [self._view(origin) for origin in range(self.origins) if origin not in self._idle]
+        views, floor, idle = self._views, self._floor, self._idle
+        if self.origins == 1 and not idle:
+            return views.get(0, floor)
+        active = [views.get(origin, floor) for origin in range(self.origins) if origin not in idle]
         return min(active) if active else self.watermark
 
     def observe(self, origin: int, watermark: int) -> bool:
         """Takes an origin's progress; returns whether the task's watermark moved."""
+        before = self._views.get(origin, self._floor)
         was_idle = origin in self._idle
-        if watermark <= self._view(origin) and not was_idle:
-            return False
+        if watermark <= before:
+            if not was_idle:
+                return False
+            watermark = before
         self._idle.discard(origin)
-        self._views[origin] = max(watermark, self._view(origin))
-        self._table.put(origin, {"wm": self._views[origin], "idle": False})
+        self._views[origin] = watermark
+        self._unsaved.add(origin)
+        if not was_idle:
+            if self.origins == 1:  # a source task: its watermark is its one origin's
+                if watermark > self.watermark:
+                    self.watermark = watermark
+                    return True
+                return False
+            if before > self.watermark:
+                return False  # it was not what held the task back (the watermark is at least the least)
         return self._moved()
 
     def idle(self, origin: int) -> bool:
@@ -134,7 +183,8 @@ class EventClock:
         if origin in self._idle:
             return False
         self._idle.add(origin)
-        self._table.put(origin, {"wm": self._view(origin), "idle": True})
+        self._unsaved.discard(origin)
+        self._table.put(origin, {"wm": self.view(origin), "idle": True})  # seldom: at once
         return self._moved()
 
     def _moved(self) -> bool:

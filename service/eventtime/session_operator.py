@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from service.eventtime.window_operator import UPDATE, late_headers, window_result
+from service.eventtime.window_operator import UPDATE, late_gate, window_result
 from service.job.api import Node
-from statestore.keys import encode_key
 
 
 def build_session(node: Node, ctx: Any, down: Callable[[Any, Any], None],
@@ -32,9 +31,7 @@ def build_session(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     gap, grace, emit_updates = options["shape"].gap_ms, options["grace_ms"], options["emit"] == UPDATE
     fold, first, make_initial, merge = options["fold"], options["first"], options["initial"], options["merge"]
     table = ctx.state.map_table(f"{uid}:sessions", options["codec"])
-    late_topic = options.get("late_topic")
-    late = ctx.late_counter(uid, late_topic is not None)
-    produce_blocking = ctx.produce.blocking
+    dropped = late_gate(uid, grace, options.get("late_topic"), ctx)
     open_sessions: dict[Any, dict[int, int]] = {}  # key -> {start: end}
     by_end: dict[int, dict[tuple[Any, int], None]] = {}
     for (key, start), (end, _) in table.items():
@@ -49,13 +46,9 @@ def build_session(node: Node, ctx: Any, down: Callable[[Any, Any], None],
         table.delete(key, start)
 
     def push(key: Any, value: Any) -> None:
-        ts = ctx.ts
-        passed = max(ctx.record_watermark, ctx.clock.watermark)
-        if ts + grace <= passed:
-            late()
-            if late_topic is not None:
-                produce_blocking(late_topic, ctx.raw, encode_key(key), headers=late_headers(uid, ts, passed, grace))
+        if dropped(key):
             return
+        ts = ctx.ts
         sessions = open_sessions.setdefault(key, {})
         start, end = ts, ts + gap
         overlapping = sorted((s, e) for s, e in sessions.items() if s < end and ts < e)

@@ -21,6 +21,7 @@ from typing import Any
 from eos.errors import EosError
 from statestore.codecs import JSON_CODEC
 from statestore.state import KeyedContext
+from statestore.ttl import TtlClock
 
 EVENT_TIME, PROCESSING_TIME = "event", "processing"
 
@@ -67,8 +68,8 @@ class ProcessContext(KeyedContext):
     """What a process function sees: keyed state, the current record's event time and
     the watermark, and the timer service."""
 
-    def __init__(self, task_state: Any, uid: str, chain: Any) -> None:
-        super().__init__(task_state, uid)
+    def __init__(self, task_state: Any, uid: str, chain: Any, ttl_clock: TtlClock | None = None) -> None:
+        super().__init__(task_state, uid, ttl_clock)
         self._chain = chain
         self._table = task_state.map_table(f"{uid}:timers", JSON_CODEC)
         self._timers = {EVENT_TIME: _Timers(), PROCESSING_TIME: _Timers()}

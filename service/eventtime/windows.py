@@ -46,6 +46,47 @@ class Hopping:
         return tuple(range(first, last + 1, self.advance_ms))
 
 
+@dataclass(frozen=True)
+class Sliding:
+    """Windows defined by the records themselves (Kafka Streams' SlidingWindows): a
+    window [start, start + size_ms], both ends inclusive, exists for each distinct time
+    at which a record enters or leaves it. Per key, for every record at `t`: the window
+    that ends at `t` ([t - size, t], the record and everything up to size_ms before it),
+    and, when some record lies in (t, t + 1 + size], the window that starts just after
+    it ([t + 1, t + 1 + size]). Every distinct set of records at most size_ms apart is
+    one window: a moving aggregate over the last size_ms, per key.
+
+    A record is late when its event time is `grace_ms` or more behind the watermark its
+    origin had (as for sessions): then every window it belongs to has closed."""
+
+    size_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0:
+            raise ConfigurationError(f"a sliding window's size must be positive, not {self.size_ms} ms")
+
+
+@dataclass(frozen=True)
+class Count:
+    """Windows of a number of records per key, in the order the key's records arrive
+    (Flink's countWindow): `Count(size)` fires every `size` records with those records;
+    `Count(size, slide)` fires every `slide` records with the last `size` of them (fewer
+    for the first firings, as in Flink). Windows on counts know no time: no grace period,
+    nothing is late."""
+
+    size: int
+    slide: int | None = None
+
+    def __post_init__(self) -> None:
+        slide = self.size if self.slide is None else self.slide
+        if self.size <= 0 or slide <= 0 or slide > self.size:
+            raise ConfigurationError(
+                f"a count window needs 0 < slide <= size (got size {self.size}, slide {self.slide})")
+
+    @property
+    def every(self) -> int:
+        """How many records apart the windows fire."""
+        return self.size if self.slide is None else self.slide
 
 
 @dataclass(frozen=True)
@@ -63,4 +104,4 @@ class Session:
             raise ConfigurationError(f"a session gap must be positive, not {self.gap_ms} ms")
 
 
-WindowShape = Tumbling | Hopping | Session
+WindowShape = Tumbling | Hopping | Sliding | Session | Count

@@ -18,13 +18,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.serdes import BYTES, Serde
 from connectors.two_phase import TransactionalSink
 from eos.errors import ConfigurationError
-from service.eventtime.windows import Hopping, Session, Tumbling
+from service.eventtime.windows import Count, Hopping, Session, Sliding, Tumbling
 from statestore.codecs import JSON_CODEC, ValueCodec
+
+if TYPE_CHECKING:
+    from service.job.tables import GlobalTable, Table
 
 
 @dataclass(eq=False)
@@ -43,7 +46,10 @@ class Node:
         return self.kind in STATEFUL_KINDS
 
 
-STATEFUL_KINDS = {"aggregate", "reduce", "process", "window"}
+STATEFUL_KINDS = {"aggregate", "reduce", "process", "window", "table", "materialize", "table_aggregate",
+                  "stream_join"}
+# Kinds that meet several streams in one task: their inputs must be co-partitioned.
+JOIN_KINDS = {"stream_table_join", "table_join", "stream_join"}
 # A sink to a system other than Kafka, driven through connectors/two_phase.py.
 TRANSACTIONAL_SINK = "transactional_sink"
 # What happens to a record on which an operator (or the source's serde) fails:
@@ -51,7 +57,9 @@ TRANSACTIONAL_SINK = "transactional_sink"
 # the same transaction, or log it and go on (only when explicitly chosen).
 ERROR_POLICIES = ("fail", "dead-letter", "skip-and-log")
 # Kinds after which the record value is no longer the source's bytes.
-VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process", "window"}
+VALUE_CHANGING_KINDS = {"map", "flat_map", "aggregate", "reduce", "process", "window", "merge", "to_stream",
+                        "stream_table_join", "global_join", "stream_join"}
+JOIN_HOWS = ("inner", "left", "outer")
 
 
 class Params(Mapping[str, str]):
@@ -89,7 +97,10 @@ class Job:
         if not name or any(c in name for c in "/\\ \t"):
             raise ConfigurationError(f"job name {name!r} must be non-empty without '/', '\\' or spaces")
         self.name = name
+        # Topics the job reads, in the order declared: streams and tables.
         self.sources: list[Node] = []
+        # Tables every worker holds whole (no co-partitioning needed to look them up).
+        self.global_tables: list[Node] = []
         self._uids: set[str] = set()
         self._position = 0
 
@@ -118,6 +129,34 @@ class Job:
                           on_error=on_error)
         self.sources.append(node)
         return Stream(self, node)
+
+    def table(self, topic: str, *, key: Serde = BYTES, value: Serde = BYTES, uid: str | None = None,
+              codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> Table:
+        """Reads a topic as a table: the latest value per key, a record with a null value
+        (a tombstone) deletes its key. The table lives in the tasks' state (RocksDB), in
+        checkpoints and savepoints; its topic is read like a source, so joins with it are
+        co-partitioned: the same partition of each input meets in one task."""
+        from service.job.tables import Table
+
+        node = self._node("table", uid, options={"topic": topic, "key_serde": key, "value_serde": value,
+                                                 "codec": codec, "timestamp": None, "out_of_orderness_ms": 0,
+                                                 "idle_timeout_ms": None},
+                          on_error=on_error)
+        self.sources.append(node)
+        return Table(self, node, rows=f"{node.uid}:rows")
+
+    def global_table(self, topic: str, *, key: Serde = BYTES, value: Serde = BYTES, uid: str | None = None,
+                     codec: ValueCodec = JSON_CODEC) -> GlobalTable:
+        """Reads every partition of a topic into every worker (Kafka Streams'
+        GlobalKTable): lookups need no co-partitioning, any value of the record can name
+        the key. Each worker restores it from the topic before it processes anything
+        and keeps it current as the topic changes."""
+        from service.job.tables import GlobalTable
+
+        node = self._node("global_table", uid, options={"topic": topic, "key_serde": key, "value_serde": value,
+                                                        "codec": codec})
+        self.global_tables.append(node)
+        return GlobalTable(self, node)
 
     def _node(self, kind: str, uid: str | None, fn: Any = None, options: dict | None = None,
               on_error: str | None = None) -> Node:
@@ -168,20 +207,99 @@ class Stream:
         return self._then("key_by", uid, key_fn, {"value_serde": value, "partitions": partitions},
                           cls=KeyedStream, on_error=on_error)
 
+    def merge(self, *others: Stream, uid: str | None = None) -> Stream:
+        """One stream of the records of this stream and `others`, in the order each task
+        reads them. Stateless operators after a merge run in each input's own task; a
+        stateful one needs the inputs co-partitioned (key_by first, or topics with the
+        same partitions and keys), and then they share one task per partition."""
+        node = self._then("merge", uid)._node
+        for other in others:
+            if other._job is not self._job:
+                raise ConfigurationError("merge(): the streams belong to different jobs")
+            other._node.children.append(node)
+        return Stream(self._job, node)
+
+    def join(self, other: Any, joiner: Callable[[Any, Any], Any], *, how: str = "inner",
+             key: Callable[[Any], Any] | None = None, within_ms: int | None = None, grace_ms: int = 0,
+             uid: str | None = None, codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
+        """Joins each record with `other`, calling `joiner(value, other_value)`:
+
+        - a `Table` (co-partitioned: the same key, a topic with the same partitions; a
+          stream re-keyed by `key_by` is repartitioned to match): each record meets the
+          table's row of its key as of the record's timestamp. `how`: inner (records
+          without a row are dropped) or left (they meet None).
+        - a `GlobalTable`: `key(value)` names the row; inner or left.
+        - another keyed stream, within `within_ms` of event time either way (both
+          co-partitioned, on event time): every pair once; inner, left or outer (a
+          record that met nothing is emitted with None once its time has passed,
+          `grace_ms` after the watermark passed it plus `within_ms`).
+        """
+        from service.job.tables import GlobalTable, Table
+
+        if how not in JOIN_HOWS:
+            raise ConfigurationError(f"join(how={how!r}): how must be one of {', '.join(JOIN_HOWS)}")
+        if isinstance(other, GlobalTable):
+            if key is None:
+                raise ConfigurationError("join() with a global table needs key=: a function of the record's "
+                                         "value that names the table's key")
+            return self._join_global(other, joiner, how, key, uid, on_error)
+        if key is not None:
+            raise ConfigurationError("join(key=...) is for global tables; re-key a stream with key_by")
+        if isinstance(other, Table):
+            if how == "outer":
+                raise ConfigurationError("a stream-table join is inner or left: a table row alone emits nothing")
+            right = other._materialized()
+            node = self._then("stream_table_join", uid, joiner, {"how": how, "rows": right.rows,
+                                                                 "table": right._node},
+                              cls=KeyedStream, on_error=on_error)._node
+            right._node.children.append(node)
+            return KeyedStream(self._job, node)
+        if isinstance(other, Stream):
+            if within_ms is None or within_ms < 0:
+                raise ConfigurationError("a stream-stream join needs within_ms >= 0: how far apart in event "
+                                         "time two records may be and still meet")
+            if grace_ms < 0:
+                raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
+            node = self._then("stream_join", uid, joiner, {"how": how, "within_ms": within_ms, "grace_ms": grace_ms,
+                                                           "left": self._node, "right": other._node, "codec": codec},
+                              cls=KeyedStream, on_error=on_error)._node
+            other._node.children.append(node)
+            return KeyedStream(self._job, node)
+        raise ConfigurationError(f"join(): cannot join with {type(other).__name__}; give a Table, a GlobalTable "
+                                 "or a stream")
+
+    def _join_global(self, table: Any, joiner: Callable[[Any, Any], Any], how: str,
+                     key: Callable[[Any], Any], uid: str | None, on_error: str | None) -> KeyedStream:
+        if how == "outer":
+            raise ConfigurationError("a join with a global table is inner or left")
+        return self._then("global_join", uid, joiner, {"how": how, "key_fn": key, "table": table._node},
+                          cls=KeyedStream, on_error=on_error)
+
+    def to_table(self, *, uid: str | None = None, codec: ValueCodec = JSON_CODEC) -> Table:
+        """The stream as a table: each record's value becomes its key's row (None
+        deletes it). An aggregate followed by to_table() is a table of the aggregates."""
+        from service.job.tables import Table
+
+        node = self._then("materialize", uid, options={"codec": codec, "from_stream": True})._node
+        return Table(self._job, node, rows=f"{node.uid}:rows")
+
     def key_by_record_key(self) -> KeyedStream:
         """Treats the record key as the state key, without repartitioning. Correct when
         the input topic is partitioned by that key (as Kafka producers do by default)."""
         return KeyedStream(self._job, self._node)
 
     def sink(self, target: str | TransactionalSink, *, key: Serde = BYTES, value: Serde = BYTES,
-             uid: str | None = None, on_error: str | None = None) -> None:
+             uid: str | None = None, on_error: str | None = None, tombstones: bool = False) -> None:
         """Writes to a Kafka topic (`target` names it) inside the worker's transaction, or
         to another system through a transactional sink (`PostgresSink(...)`, or your own
         `TransactionalSink`), whose writes commit with the same checkpoints. A sink's uid
         names its transactions in the target: keep it stable. `on_error` also applies to
-        rows the target refuses."""
+        rows the target refuses. With `tombstones`, a None value is written to a topic as
+        a null value (a delete, for a compacted topic or a table downstream) rather than
+        through the value serde."""
         if isinstance(target, str):
-            self._then("sink", uid, None, {"topic": target, "key_serde": key, "value_serde": value},
+            self._then("sink", uid, None, {"topic": target, "key_serde": key, "value_serde": value,
+                                           "tombstones": tombstones},
                        on_error=on_error)
         elif isinstance(target, TransactionalSink):
             self._then(TRANSACTIONAL_SINK, uid, None, {"sink": target}, on_error=on_error)
@@ -195,15 +313,19 @@ class KeyedStream(Stream):
 
     def aggregate(self, fn: Callable[[Any, Any], Any], *, initial: Any = None,
                   uid: str | None = None, codec: ValueCodec = JSON_CODEC,
-                  on_error: str | None = None) -> KeyedStream:
+                  on_error: str | None = None, ttl_ms: int | None = None) -> KeyedStream:
         """Folds each record into its key's accumulator and emits the new accumulator.
-        `initial` is a value (copied per key) or a zero-argument factory."""
-        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec}, on_error=on_error)
+        `initial` is a value (copied per key) or a zero-argument factory. With `ttl_ms`,
+        an accumulator not written for that long (of event time: the stage runs on it)
+        is gone, and the key's next record starts from `initial`."""
+        return self._then("aggregate", uid, fn, {"initial": initial, "codec": codec, **_ttl_option(ttl_ms)},
+                          on_error=on_error)
 
     def reduce(self, fn: Callable[[Any, Any], Any], *, uid: str | None = None,
-               codec: ValueCodec = JSON_CODEC, on_error: str | None = None) -> KeyedStream:
+               codec: ValueCodec = JSON_CODEC, on_error: str | None = None,
+               ttl_ms: int | None = None) -> KeyedStream:
         """Like aggregate, with the key's first record as the initial accumulator."""
-        return self._then("reduce", uid, fn, {"codec": codec}, on_error=on_error)
+        return self._then("reduce", uid, fn, {"codec": codec, **_ttl_option(ttl_ms)}, on_error=on_error)
 
     def process(self, factory: Callable[[], Any], *, uid: str | None = None,
                 on_error: str | None = None, timers: bool | None = None) -> KeyedStream:
@@ -213,31 +335,39 @@ class KeyedStream(Stream):
         With timers (the default when `factory` is a class that defines `on_timer`; say
         `timers=True` for another factory) the stage runs on event time: `ctx` also gives
         the record's `timestamp`, the `watermark` and `register_event_time_timer` /
-        `register_processing_time_timer` (and their `delete_` twins)."""
+        `register_processing_time_timer` (and their `delete_` twins). So it does when
+        `open` declares a state with a time to live (`ttl_ms=`), found by calling `open`
+        against a context that only records what is declared."""
         if timers is None:
             timers = getattr(factory, "on_timer", KeyedProcessFunction.on_timer) is not KeyedProcessFunction.on_timer
-        return self._then("process", uid, factory, {"timers": bool(timers)}, on_error=on_error)
+        options = {"timers": bool(timers), "event_time": bool(timers) or _declares_ttl(factory)}
+        return self._then("process", uid, factory, options, on_error=on_error)
 
     def window(self, shape: Any, *, grace_ms: int = 0, late_topic: str | None = None) -> WindowedStream:
-        """Groups each key's records into event-time windows (`Tumbling`, `Hopping`).
-        A window closes when the watermark passes its end plus `grace_ms`; a record
-        that arrives for a closed window is late: dropped and counted in
-        eos_late_records_dropped_total, or, with `late_topic`, written there in the same
-        transaction (its bytes as the window read them, headers saying why) and counted
-        in eos_late_records_routed_total. Follow with an aggregation."""
-        if not isinstance(shape, (Tumbling, Hopping, Session)):
+        """Groups each key's records into windows: on event time (`Tumbling`, `Hopping`,
+        `Sliding`, `Session`) or on counts (`Count`). A time window closes when the
+        watermark passes its end plus `grace_ms`; a record that arrives for a closed
+        window is late: dropped and counted in eos_late_records_dropped_total, or, with
+        `late_topic`, written there in the same transaction (its bytes as the window read
+        them, headers saying why) and counted in eos_late_records_routed_total. Count
+        windows know no time: no grace, nothing late. Follow with an aggregation."""
+        if not isinstance(shape, (Tumbling, Hopping, Sliding, Session, Count)):
             raise ConfigurationError(
-                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...) or Session(...)")
+                f"window({shape!r}): the shape must be Tumbling(...), Hopping(...), Sliding(...), Session(...) "
+                "or Count(...)")
         if grace_ms < 0:
             raise ConfigurationError(f"grace_ms must not be negative, not {grace_ms}")
+        if isinstance(shape, Count) and (grace_ms or late_topic):
+            raise ConfigurationError(f"window({shape!r}): count windows have no time, so no grace_ms or late_topic")
         return WindowedStream(self, shape, grace_ms, late_topic)
 
 
 class WindowedStream:
     """A keyed stream cut into windows: each aggregation gives a keyed stream of window
-    results, {"start": ms, "end": ms, "value": result} under the record key. `emit`
-    is "update" (the window's value after every record) or "final" (once, when the
-    window closes)."""
+    results, {"start": ms, "end": ms, "value": result} under the record key (sliding
+    windows include their end; count windows give positions in the key's records
+    instead of ms). `emit` is "update" (the window's value after every record) or
+    "final" (once, when the window closes)."""
 
     def __init__(self, stream: KeyedStream, shape: Any, grace_ms: int, late_topic: str | None) -> None:
         self._stream = stream
@@ -303,6 +433,40 @@ class WindowedStream:
                    "first": first, "initial": initial, "merge": merge, "codec": codec,
                    "late_topic": self._late_topic}
         return self._stream._then("window", uid, fold, options, cls=KeyedStream, on_error=on_error)
+
+
+def _ttl_option(ttl_ms: int | None) -> dict[str, Any]:
+    """An operator with a time to live runs on event time, which the planner reads here."""
+    if ttl_ms is None:
+        return {}
+    if ttl_ms <= 0:
+        raise ConfigurationError(f"ttl_ms must be positive, not {ttl_ms}")
+    return {"ttl_ms": ttl_ms, "event_time": True}
+
+
+class _TtlProbe:
+    """Stands in for a process function's context while `open` runs at build time: it
+    only notes whether a state with a time to live is declared."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def value_state(self, name: str, codec: Any = None, ttl_ms: int | None = None) -> None:
+        self.found = self.found or ttl_ms is not None
+
+    map_state = value_state
+
+
+def _declares_ttl(factory: Callable[[], Any]) -> bool:
+    """Whether the function's `open` declares a state with a time to live; a function
+    whose `open` needs more than declarations is taken to declare none (should it, the
+    task says so when it opens the state)."""
+    probe = _TtlProbe()
+    try:
+        factory().open(probe)
+    except Exception:  # noqa: BLE001 - user code run early; the task reports a real problem
+        return False
+    return probe.found
 
 
 def _same(value: Any) -> Any:

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException, Producer
 
 from connectors.group import GroupView
 from connectors.transactions import ProducerFactory
-from service.membership.slot import transactional_id
+from service.membership.slot import transactional_ids
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ class DepartedWorkerFencer:
         return departed
 
     def _fence(self, worker: str) -> None:
-        tid = transactional_id(self.group, worker)
+        for tid in transactional_ids(self.group, worker):
+            self._fence_id(worker, tid)
+
+    def _fence_id(self, worker: str, tid: str) -> None:
         began = time.monotonic()
         producer = self.producer_factory({**self._producer_config, "transactional.id": tid})
         try:

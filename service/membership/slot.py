@@ -40,6 +40,17 @@ def transactional_id(group: str, worker_id: str) -> str:
     return f"{group}-{worker_id}"
 
 
+# A slot's producers: one per checkpoint epoch in flight (connectors/transactions.py).
+PRODUCER_POOL = 2
+
+
+def transactional_ids(group: str, worker_id: str) -> list[str]:
+    """The transactional ids of a worker slot's producer pool: the slot's own, then
+    `#1`, a separator no worker id can bring (worker ids are names, see config)."""
+    first = transactional_id(group, worker_id)
+    return [first] + [f"{first}#{i}" for i in range(1, PRODUCER_POOL)]
+
+
 class SlotGuard:
     def __init__(self, view: GroupView, worker_id: str, stamp: str, *, static: bool = False,
                  own_member_ids: Callable[[], set[str]] = set, waits: KafkaWaits | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
 
 class WorkerMetrics:
@@ -40,6 +41,15 @@ class WorkerMetrics:
                                           "Total state size referenced by the last checkpoint.")
         self.checkpoint_last_uploaded = gauge("eos_checkpoint_last_uploaded_bytes",
                                               "Bytes uploaded by the last checkpoint (incremental).")
+        # Flink's split of a checkpoint's duration: the synchronous part, while the loop
+        # waits (capture at the barrier), and the asynchronous part (write, snapshot,
+        # upload, commit) while records go on into the next transaction.
+        self.checkpoint_sync_duration = Histogram("eos_checkpoint_sync_duration_seconds",
+                                                  "Synchronous part of completed checkpoints (processing paused).",
+                                                  base, buckets=_PAUSE_BUCKETS, registry=r)
+        self.checkpoint_async_duration = Histogram("eos_checkpoint_async_duration_seconds",
+                                                   "Asynchronous part of completed checkpoints.", base,
+                                                   buckets=_DURATION_BUCKETS, registry=r)
         self.checkpoint_alignment = gauge("eos_checkpoint_alignment_seconds",
                                           "Time from trigger until every task saw the barrier.")
         self.last_checkpoint_id = gauge("eos_last_checkpoint_id", "Id of the last completed checkpoint.")
@@ -62,6 +72,8 @@ class WorkerMetrics:
                                             "already closed (past their end plus grace), dropped.", ("operator",))
         self.late_records_routed = counter("eos_late_records_routed", "Records that arrived for windows already "
                                            "closed, sent to the window's late-data topic.", ("operator",))
+        self.state_expired = counter("eos_state_expired", "State values whose time to live ran out, deleted by "
+                                     "the cleanup at checkpoints.", ("operator",))
         self.tasks = gauge("eos_tasks", "Tasks (stage partitions) this worker runs.")
         self.scrub_checked = counter("eos_storage_scrub_files_checked", "Snapshot files the storage scrub checked.")
         self.scrub_damaged = counter("eos_storage_scrub_files_damaged", "Snapshot files the storage scrub found "

@@ -10,6 +10,7 @@ cost is the per-batch and per-checkpoint metric updates, which stay regardless.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,9 @@ from service.monitoring.status import (
     WorkerStatus,
 )
 from service.runtime.config import WorkerConfig
+from service.monitoring.job_status import JobView
 from service.web.endpoints import add_worker_pages
+from service.web.job_pages import add_job_pages
 from service.web.routing import ControlAccess, Router
 from service.web.server import HttpServer
 
@@ -76,8 +79,24 @@ class WorkerMonitor:
         if not self.config.monitoring:
             return
         add_worker_pages(self.router, self.board, self.metrics.registry, self.in_progress)
+        add_job_pages(self.router, JobView(
+            self.group, {"bootstrap.servers": self.config.bootstrap_servers, **self.config.kafka_config},
+            own_worker=self.config.worker_id, own_status=lambda: self.board.current))
         self.server = HttpServer(self.config.http_host, self.config.http_port, self.router).start()
-        log.info("status page %s, metrics %s", self.server.url("/"), self.server.url("/metrics"))
+        log.info("status page %s, job page %s, metrics %s (advertised at %s)", self.server.url("/"),
+                 self.server.url("/job"), self.server.url("/metrics"), ", ".join(self.advertised_urls()))
+
+    def advertised_urls(self) -> tuple[str, ...]:
+        """Where other workers and clients reach this worker's HTTP port, in order: the
+        configured addresses, else the bound address (this machine's name when bound to
+        every interface). None without a server."""
+        if self.server is None:
+            return ()
+        if self.config.http_advertised_urls:
+            return tuple(u.rstrip("/") for u in self.config.http_advertised_urls)
+        if self.server.host in ("0.0.0.0", "::", ""):
+            return (f"http://{socket.gethostname()}:{self.server.port}",)
+        return (self.server.url("").rstrip("/"),)
 
     def consumer_settings(self, positions: Any) -> dict[str, Any]:
         if not self.config.monitoring:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eos import secrets
 from eos.errors import ConfigurationError
 from statestore.storage import S3Settings
 
@@ -41,24 +41,10 @@ def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str,
     return result
 
 
-SECRET_PREFIXES = ("@env:", "@file:")
-
-
 def resolve_value(name: str, value: str) -> str:
     """`@env:VAR` and `@file:PATH` keep secrets (SASL passwords, TLS key passwords) off
     the command line, where `ps` shows them to every user of the machine."""
-    if value.startswith("@env:"):
-        var = value[len("@env:"):]
-        if var not in os.environ:
-            raise ConfigurationError(f"--kafka-config {name}: environment variable {var} is not set")
-        return os.environ[var]
-    if value.startswith("@file:"):
-        path = Path(value[len("@file:"):])
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--kafka-config {name}: cannot read {path}: {exc.strerror}") from None
-    return value
+    return secrets.resolve(value, f"--kafka-config {name}")
 
 
 def load_kafka_config(pairs: tuple[str, ...] | list[str], files: tuple[Path, ...] | list[Path] = ()) -> dict[str, str]:
@@ -139,6 +125,10 @@ class WorkerConfig:
     fence_departed_workers: bool = True
     state_cache_bytes: int = 128 << 20
     consume_batch: int = 5000
+    # A task of several inputs waits this long for an input with nothing buffered before
+    # it runs the others' records (Kafka Streams' max.task.idle.ms): only records not yet
+    # produced can then reorder it. It always waits for records already on the broker.
+    max_task_idle_s: float = 0.0
     error_policy: str = "fail"
     # Seconds between storage scrub rounds (one task's latest snapshot each); 0: none.
     storage_scrub_interval_s: float = 10.0
@@ -148,6 +138,8 @@ class WorkerConfig:
     # Monitoring: no port, no HTTP server and no client statistics; 0 picks a free port.
     http_host: str = "127.0.0.1"
     http_port: int | None = None
+    # Where others reach the HTTP port, tried in order (advertised in the consumer's client id).
+    http_advertised_urls: tuple[str, ...] = ()
     control_token: str | None = None
     control_allow: tuple[str, ...] = ()
     stats_interval_ms: int = 1000

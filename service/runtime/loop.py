@@ -46,6 +46,7 @@ LEAVE_POLL_S = 0.1
 class ProcessingLoop:
     def __init__(self, *, source: KafkaSource, owner: OutputOwner, manager: TaskManager,
                  coordinator: CheckpointCoordinator, missing_input: MissingInput | None,
+                 global_positions: list[TopicPartition] | None = None,
                  monitor: WorkerMonitor, metrics: WorkerMetrics,
                  input_topics: list[str], consume_batch: int, state_cache_bytes: int, tolerable_failures: int,
                  fencer: DepartedWorkerFencer | None, tick: Callable[["ProcessingLoop"], None]) -> None:
@@ -56,13 +57,14 @@ class ProcessingLoop:
         self.missing_input = missing_input
         self.monitor = monitor
         self.fencer = fencer
+        # Where the global tables' partitions continue, read from the first assignment on.
+        self.global_positions = global_positions or []
         self.consume_batch = consume_batch
         self.state_cache_bytes = state_cache_bytes
         self.tolerable_failures = tolerable_failures
         # Work done between batches on the loop's thread (savepoint commands).
         self.tick = tick
         self.failures = 0  # consecutive rewinds that count, since the last committed checkpoint
-        self.event_time = any(stage.event_time for stage in manager.plan.stages)
         self._records_in = {t: metrics.labels(metrics.records_in, topic=t) for t in input_topics}
 
     def run(self, stop_requested: Callable[[], bool]) -> None:
@@ -94,33 +96,45 @@ class ProcessingLoop:
                 fenced = isinstance(exc, SinkFencedError)
                 self.settle(self.owner.abort(str(exc), counts=not fenced, identity_in_doubt=fenced))
             self._bound_cache()
-        if self.event_time:
-            manager.tick_time()
+        manager.tick()
         self.settle(self.owner.poll())
         self.tick(self)
-        if self.coordinator.due():
-            self.checkpoint("interval")
+        ended = self.coordinator.poll()
+        if ended is not None:
+            self._checkpoint_ended(ended)
             self.monitor.publish()
+        if self.coordinator.due():
+            begun = self.coordinator.begin("interval")
+            if begun is not None and begun.ended:  # it ran in the loop, or failed at its barrier
+                self._checkpoint_ended(begun)
+                self.monitor.publish()
         self.monitor.tick()
 
     # -- outcomes -----------------------------------------------------------------------
 
     def checkpoint(self, reason: str) -> CheckpointRecord | None:
-        """One checkpoint of every changed task, its outcome acted on."""
+        """One checkpoint of every changed task, run to its end (after the one in flight),
+        its outcome acted on."""
         record = self.coordinator.trigger(reason)
         if record is not None:
-            if record.outcome.committed:
-                self.failures = 0
-            else:
-                if record.outcome.counts:
-                    log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id, self.failures + 1,
-                                record.error)
-                self.settle(record.outcome)
+            self._checkpoint_ended(record)
         return record
+
+    def _checkpoint_ended(self, record: CheckpointRecord) -> None:
+        if record.outcome.committed:
+            self.failures = 0
+            return
+        if record.outcome.counts:
+            log.warning("checkpoint %d failed (%d in a row): %s", record.checkpoint_id, self.failures + 1,
+                        record.error)
+        self.settle(record.outcome)
 
     def settle(self, outcome: Outcome) -> None:
         if outcome.committed:
             return
+        # A checkpoint still in flight ends first: its transaction is gone with the
+        # others (the owner gave them all up), but it may have committed before.
+        self.coordinator.settle_in_flight()
         if outcome.kind is Kind.REPLACED:
             raise WorkerReplacedError(outcome.reason)
         if outcome.kind is Kind.FATAL:
@@ -163,6 +177,7 @@ class ProcessingLoop:
             # Only once a rebalance that includes this worker completed: a peer looking
             # for departed workers then lists it and leaves its transactional id alone.
             self.settle(self.owner.start())
+            self.manager.read_global_tables(self.global_positions)
         if keys and self.manager.changed():
             # Restoring may take long (downloads): commit what the open transaction
             # holds first, so that it cannot outlive its timeout meanwhile.
@@ -179,7 +194,7 @@ class ProcessingLoop:
         if lost:
             outcome = self.owner.abort(f"lost partitions {_ids(keys)} without a chance to commit (session "
                                        "expired?)", counts=False, identity_in_doubt=True)
-        elif self.manager.changed(keys):
+        elif self.manager.changed(keys) or self.coordinator.in_flight:
             outcome = self.owner.abort(f"partitions {_ids(keys)} were revoked with work no checkpoint covers; "
                                        "their next owner redoes it", counts=False)
         else:
@@ -223,7 +238,7 @@ class ProcessingLoop:
         position is gone; what it fetched before is in this batch or was in an earlier
         one): the policy stops the worker, or the task reads on from the earliest offset
         left."""
-        if (gone.topic, gone.partition) not in self.manager.tasks:
+        if (gone.topic, gone.partition) not in self.manager.routes:
             return  # revoked meanwhile: its next owner finds the gap itself
         earliest = self.missing_input.out_of_range(gone.topic, gone.partition, gone.offset)
         self.source.seek(TopicPartition(gone.topic, gone.partition, earliest))
@@ -232,8 +247,8 @@ class ProcessingLoop:
         """Some tasks (re)started at their committed offsets since this batch was asked
         for, and it may still hold records fetched for their old position. Those tasks'
         records are dropped and their partitions sought back to where each task begins."""
-        tasks = self.manager.tasks
-        restarted = {key for key, task in tasks.items() if task.incarnation > starts}
+        restarted = {i.key: i for task in self.manager.tasks.values() if task.incarnation > starts
+                     for i in task.inputs}
         if not restarted:
             return msgs
         kept, dropped = [], set()
@@ -244,7 +259,7 @@ class ProcessingLoop:
             else:
                 kept.append(m)
         for key in dropped:
-            self.source.seek(self.manager.position_of(tasks[key]))
+            self.source.seek(restarted[key].position(self.source.reset_offset))
         if dropped:
             log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
                       len(msgs) - len(kept), len(dropped))
@@ -252,7 +267,7 @@ class ProcessingLoop:
 
     def _dispatch(self, msgs: list) -> None:
         """Splits the batch into runs of one partition and hands each to its task."""
-        tasks, records_in = self.manager.tasks, self._records_in
+        routes, records_in = self.manager.routes, self._records_in
         start = 0
         first = msgs[0]
         current = (first.topic(), first.partition())
@@ -260,9 +275,9 @@ class ProcessingLoop:
             m = msgs[i]
             tp = (m.topic(), m.partition())
             if tp != current:
-                _run_task(tasks.get(current), msgs[start:i], current, records_in)
+                _run_task(routes.get(current), msgs[start:i], current, records_in)
                 start, current = i, tp
-        _run_task(tasks.get(current), msgs[start:] if start else msgs, current, records_in)
+        _run_task(routes.get(current), msgs[start:] if start else msgs, current, records_in)
 
     def _bound_cache(self) -> None:
         stateful = [t.state for t in self.manager.tasks.values() if t.state is not None]
@@ -274,10 +289,10 @@ class ProcessingLoop:
                 state.spill()
 
 
-def _run_task(task: Any, run: list, tp: tuple[str, int], records_in: dict) -> None:
-    if task is None:
+def _run_task(route: Any, run: list, tp: tuple[str, int], records_in: dict) -> None:
+    if route is None:
         return  # the partition was revoked after these records were fetched
-    task.process(run)
+    route(run)
     records_in[tp[0]].inc(len(run))
 
 

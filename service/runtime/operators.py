@@ -15,16 +15,24 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.kafka_sink import Produce, oversized
-from eos.errors import EosError
-from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header
+from eos.errors import ConfigurationError, EosError
+from service.eventtime.clock import MARKER_INTERVAL_MS, marker_header, time_header, ts_header
 from service.eventtime.timers import EVENT_TIME, PROCESSING_TIME, ProcessContext
+from service.eventtime.count_operator import build_count
 from service.eventtime.session_operator import build_session
+from service.eventtime.sliding_operator import build_sliding
 from service.eventtime.window_operator import build_window
-from service.eventtime.windows import Session
+from service.eventtime.windows import Count, Session, Sliding
+from connectors.serdes import KEY
 from service.job.api import Node, initial_factory
+from service.job.planner import StageInput
+from service.tables import operators as tables
+from service.tables.change import Change
+from service.tables.stream_join import build_stream_join
 from statestore.keys import encode_key
 from statestore.state import KeyedContext
 from statestore.tables import ABSENT, DELETED, MISS
+from statestore.ttl import TtlClock
 
 Push = Callable[[Any, Any], None]
 
@@ -55,12 +63,15 @@ class ChainContext:
     on event time, the record's timestamp, the watermark its origin had, the task's
     clock, who hears of the clock's progress, and the layout of the topics it feeds."""
 
-    __slots__ = ("produce", "state", "raw", "ts", "record_watermark", "clock", "watermark_listeners",
-                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter", "sinks", "source")
+    __slots__ = ("produce", "state", "raw", "ts", "offset", "record_watermark", "clock", "watermark_listeners",
+                 "idle_listeners", "clock_listeners", "origin", "partitions", "late_counter", "built",
+                 "global_tables", "carry_time", "expired_counter", "sinks", "source")
 
     def __init__(self, produce: Produce, state: Any, clock: Any = None, origin: int = 0,
                  partitions: dict[str, int] | None = None,
                  late_counter: Callable[[str, bool], Callable[[], None]] | None = None,
+                 global_tables: dict[str, Any] | None = None, carry_time: bool = False,
+                 expired_counter: Callable[[str], Callable[[int], None]] | None = None,
                  sinks: dict[str, Any] | None = None) -> None:
         self.produce = produce
         self.state = state
@@ -70,6 +81,8 @@ class ChainContext:
         self.source: Any = None
         self.raw: bytes | None = None
         self.ts = 0
+        # The offset of the record being processed, in its own input partition.
+        self.offset = 0
         self.record_watermark = 0
         self.clock = clock
         self.watermark_listeners: list[Callable[[int], None]] = []
@@ -80,10 +93,31 @@ class ChainContext:
         self.partitions = partitions or {}
         # (operator uid, routed to a late-data topic?) -> the counter's increment
         self.late_counter = late_counter or (lambda uid, routed: lambda: None)
+        # Operators built so far for this chain, by node: an operator reached from two
+        # parents (a merge, a join) is built once.
+        self.built: dict[int, Any] = {}
+        # The worker's global tables, by uid, for lookups.
+        self.global_tables = global_tables or {}
+        # Whether key_bys carry each record's timestamp (they feed a task of several inputs).
+        self.carry_time = carry_time
+        # operator uid -> the counter of state values its time to live deleted
+        self.expired_counter = expired_counter or (lambda uid: lambda count: None)
 
     @property
     def timed(self) -> bool:
         return self.clock is not None
+
+    def ttl_clock(self, uid: str) -> TtlClock | None:
+        """The times states with a time to live read, on event time: a read or write
+        happens at the record's event time or its origin's watermark, whichever is later
+        (what decides a record is late, so the same input expires the same values with
+        or without failures); the cleanup deletes up to the task's watermark, behind
+        which no later read happens. None off event time."""
+        if self.clock is None:
+            return None
+        clock = self.clock
+        return TtlClock(now=lambda: max(self.ts, self.record_watermark, clock.watermark),
+                        settled=lambda: clock.watermark, expired=self.expired_counter(uid))
 
     def advance(self, watermark: int) -> None:
         for listener in self.watermark_listeners:
@@ -98,8 +132,12 @@ class ChainContext:
             listener()
 
 
-def build_chain(root: Node, ctx: ChainContext) -> Push:
-    """The push function for the operators below `root` (a source or key_by node)."""
+def build_input(stage_input: StageInput, ctx: ChainContext) -> Push:
+    """The push function of one input of a task: its records go to the operators below
+    its root (a source, a table, a key_by or a group_by)."""
+    root = stage_input.root
+    if root.kind == "table":
+        return tables.build_table_source(root, ctx, _downstream(root, ctx))
     return _downstream(root, ctx)
 
 
@@ -107,8 +145,16 @@ def _discard(key: Any, value: Any) -> None:
     return None
 
 
+def _build(child: Node, parent: Node, ctx: ChainContext) -> Push:
+    """The push function of `child` as `parent` calls it; built once per chain."""
+    built = ctx.built.get(id(child))
+    if built is None:
+        built = ctx.built[id(child)] = _BUILDERS[child.kind](child, ctx)
+    return built.of(parent) if isinstance(built, tables.Sides) else built
+
+
 def _downstream(node: Node, ctx: ChainContext) -> Push:
-    pushes = [_BUILDERS[child.kind](child, ctx) for child in node.children]
+    pushes = [_build(child, node, ctx) for child in node.children]
     if not pushes:
         return _discard
     if len(pushes) == 1:
@@ -166,8 +212,10 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
     """Ends the stage: the record goes to the repartition topic, keyed by the new key."""
     if ctx.timed:
         return _timed_key_by(node, ctx)
+    if ctx.carry_time or node.options["key_serde"] is not KEY:
+        return _key_by_for_join(node, ctx)
     fn, uid = node.fn, node.uid
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     topic = node.options["topic"]
     if node.options["passthrough"]:
         def push(key: Any, value: Any) -> None:
@@ -176,9 +224,9 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
             except Exception as exc:
                 raise OperatorFailure(uid, exc) from exc
             try:
-                produce(topic, ctx.raw, new_key)
+                out.fast(topic, ctx.raw, new_key)
             except BufferError:
-                produce_blocking(topic, ctx.raw, new_key)
+                out.blocking(topic, ctx.raw, new_key)
             except KafkaException as exc:
                 raise _unsendable(uid, topic, new_key, ctx.raw, exc) from exc
 
@@ -189,16 +237,83 @@ def _key_by(node: Node, ctx: ChainContext) -> Push:
         try:
             new_key = encode_key(fn(value))
             data = serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
-            produce(topic, data, new_key)
+            out.fast(topic, data, new_key)
         except BufferError:
-            produce_blocking(topic, data, new_key)
+            out.blocking(topic, data, new_key)
         except KafkaException as exc:
             raise _unsendable(uid, topic, new_key, data, exc) from exc
 
     return push_serialized
+
+
+def _key_by_for_join(node: Node, ctx: ChainContext) -> Push:
+    """key_by into a stage of several inputs: the key is serialised as the other side's
+    keys are (so it lands on the partition its partner's do), and the record's timestamp
+    travels in a header, since that stage orders records by it."""
+    fn, uid, topic = node.fn, node.uid, node.options["topic"]
+    out = ctx.produce
+    serialize_key = node.options["key_serde"].serialize
+    passthrough = node.options["passthrough"]
+    serialize = node.options["repartition_serde"].serialize
+    carry = ctx.carry_time
+
+    def push(key: Any, value: Any) -> None:
+        try:
+            new_key = serialize_key(fn(value))
+            data = ctx.raw if passthrough else serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        try:
+            if carry:
+                out.blocking(topic, data, new_key, headers=ts_header(ctx.ts))
+            else:
+                out.blocking(topic, data, new_key)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, new_key, data, exc) from exc
+
+    return push
+
+
+def _group_by(node: Node, ctx: ChainContext) -> Push:
+    """A table's rows regrouped: each change becomes a retraction of the old row from
+    its old group and an addition of the new row to its new group, both through the
+    repartition topic, in the transaction of the change."""
+    if ctx.timed:
+        raise ConfigurationError(f"group_by {node.uid!r}: tables do not run on event time")
+    fn, uid, topic = node.fn, node.uid, node.options["topic"]
+    out = ctx.produce
+    serialize_key = node.options["key_serde"].serialize
+    serialize = node.options["repartition_serde"].serialize
+    carry = ctx.carry_time
+
+    def send(key: Any, row: Any, op: str) -> None:
+        try:
+            group, value = fn(key, row)
+            group_key, data = serialize_key(group), serialize((op, value))
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        headers = ts_header(ctx.ts) if carry else None
+        try:
+            out.blocking(topic, data, group_key, headers=headers)
+        except KafkaException as exc:
+            raise _unsendable(uid, topic, group_key, data, exc) from exc
+
+    def push(key: Any, change: Change) -> None:
+        if change.old is not None:
+            send(key, change.old, tables.RETRACT)
+        if change.new is not None:
+            send(key, change.new, tables.ADD)
+
+    return push
 
 
 def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
@@ -206,24 +321,27 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
     origin and its watermark in a header; when the watermark passes a marker interval, a marker
     goes to every partition of the topic (service/eventtime/clock.py)."""
     fn, uid, topic = node.fn, node.uid, node.options["topic"]
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     passthrough = node.options["passthrough"]
     serialize = node.options["repartition_serde"].serialize
+    serialize_key = node.options["key_serde"].serialize
     clock, origin = ctx.clock, ctx.origin
     partitions = range(ctx.partitions[topic])
     marked = [clock.watermark // MARKER_INTERVAL_MS]
 
     def push(key: Any, value: Any) -> None:
         try:
-            new_key = encode_key(fn(value))
+            new_key = serialize_key(fn(value))
             data = ctx.raw if passthrough else serialize(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         headers = time_header(origin, clock.watermark, ctx.ts)
         try:
-            produce(topic, data, new_key, headers=headers)
+            out.fast(topic, data, new_key, headers=headers)
         except BufferError:
-            produce_blocking(topic, data, new_key, headers=headers)
+            out.blocking(topic, data, new_key, headers=headers)
         except KafkaException as exc:
             raise _unsendable(uid, topic, new_key, data, exc) from exc
 
@@ -236,7 +354,7 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
 
     def send_marker(headers: list[tuple[str, bytes]]) -> None:
         for partition in partitions:
-            produce_blocking(topic, None, None, partition=partition, headers=headers)
+            out.blocking(topic, None, None, partition=partition, headers=headers)
 
     ctx.watermark_listeners.append(mark)
     ctx.idle_listeners.append(lambda: send_marker(marker_header(origin, None)))
@@ -245,6 +363,8 @@ def _timed_key_by(node: Node, ctx: ChainContext) -> Push:
 
 def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> Push:
     """aggregate / reduce: the hot path of stateful jobs, so the cache is used inline."""
+    if node.options.get("ttl_ms") is not None:
+        return _fold_expiring(node, ctx, first)
     fn, uid, down = node.fn, node.uid, _downstream(node, ctx)
     table = ctx.state.value_table(f"{uid}:acc", node.options["codec"])
     pending, cache, load = table.pending, table.cache, table.load
@@ -269,6 +389,38 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
     return push
 
 
+def _fold_expiring(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> Push:
+    """aggregate / reduce with a time to live: an accumulator not written for `ttl_ms`
+    of event time is gone, and the key starts afresh (statestore/ttl.py)."""
+    fn, uid, down, ttl = node.fn, node.uid, _downstream(node, ctx), node.options["ttl_ms"]
+    clock = ctx.ttl_clock(uid)
+    if clock is None:
+        raise ConfigurationError(f"operator {uid!r}: a time to live needs its stage on event time")
+    table = ctx.state.expiring_values(f"{uid}:acc", node.options["codec"], ttl, clock).table
+    pending, cache, load, now = table.pending, table.cache, table.load, clock.now
+    make_initial = initial_factory(node.options.get("initial"))
+
+    def push(key: Any, value: Any) -> None:
+        at = now()
+        envelope = pending.get(key, MISS)
+        if envelope is MISS:
+            envelope = cache.get(key, MISS)
+            if envelope is MISS:
+                envelope = load(key)
+        try:
+            if envelope is ABSENT or envelope is DELETED or envelope[0] + ttl <= at:
+                acc = first(value) if first is not None else fn(make_initial(), value)
+            else:
+                acc = fn(envelope[1], value)
+                at = max(at, envelope[0])
+        except Exception as exc:
+            raise OperatorFailure(uid, exc) from exc
+        pending[key] = (at, acc)
+        down(key, acc)
+
+    return push
+
+
 def _aggregate(node: Node, ctx: ChainContext) -> Push:
     return _fold(node, ctx, None)
 
@@ -281,7 +433,8 @@ def _process(node: Node, ctx: ChainContext) -> Push:
     uid, down = node.uid, _downstream(node, ctx)
     function = node.fn()
     timed = node.options.get("timers") and ctx.timed
-    keyed = ProcessContext(ctx.state, uid, ctx) if timed else KeyedContext(ctx.state, uid)
+    ttl_clock = ctx.ttl_clock(uid)
+    keyed = ProcessContext(ctx.state, uid, ctx, ttl_clock) if timed else KeyedContext(ctx.state, uid, ttl_clock)
     function.open(keyed)
     process = function.process
     if timed:
@@ -306,12 +459,13 @@ def _process(node: Node, ctx: ChainContext) -> Push:
 
 def _sink(node: Node, ctx: ChainContext) -> Push:
     uid = node.uid
-    produce, produce_blocking = ctx.produce.fast, ctx.produce.blocking
+    out = ctx.produce
     topic = node.options["topic"]
     key_serde, value_serde = node.options["key_serde"], node.options["value_serde"]
     fast_key, careful_key = key_serde.fast_serialize, key_serde.serialize
     fast_value, careful_value = value_serde.fast_serialize, value_serde.serialize
     timed = ctx.timed  # outputs carry their event time as their Kafka timestamp
+    tombstones = node.options.get("tombstones", False)
 
     def push(key: Any, value: Any) -> None:
         try:
@@ -319,19 +473,24 @@ def _sink(node: Node, ctx: ChainContext) -> Push:
                 key_bytes = fast_key(key)
             except Exception:
                 key_bytes = careful_key(key)
-            try:
-                value_bytes = fast_value(value)
-            except Exception:
-                value_bytes = careful_value(value)
+            if value is None and tombstones:
+                value_bytes = None
+            else:
+                try:
+                    value_bytes = fast_value(value)
+                except Exception:
+                    value_bytes = careful_value(value)
+        except EosError:  # not the record's fault: a serde's registry, or its schema refused
+            raise
         except Exception as exc:
             raise OperatorFailure(uid, exc) from exc
         try:
             if timed:
-                produce(topic, value_bytes, key_bytes, timestamp=ctx.ts)
+                out.fast(topic, value_bytes, key_bytes, timestamp=ctx.ts)
             else:
-                produce(topic, value_bytes, key_bytes)
+                out.fast(topic, value_bytes, key_bytes)
         except BufferError:
-            produce_blocking(topic, value_bytes, key_bytes, **({"timestamp": ctx.ts} if timed else {}))
+            out.blocking(topic, value_bytes, key_bytes, **({"timestamp": ctx.ts} if timed else {}))
         except KafkaException as exc:
             raise _unsendable(uid, topic, key_bytes, value_bytes, exc) from exc
 
@@ -358,20 +517,44 @@ def _transactional_sink(node: Node, ctx: ChainContext) -> Push:
     return push
 
 
+_WINDOW_BUILDERS: dict[type, Callable[..., Push]] = {Session: build_session, Sliding: build_sliding,
+                                                     Count: build_count}
+
+
 def _window(node: Node, ctx: ChainContext) -> Push:
-    build = build_session if isinstance(node.options["shape"], Session) else build_window
+    build = _WINDOW_BUILDERS.get(type(node.options["shape"]), build_window)
     return build(node, ctx, _downstream(node, ctx), OperatorFailure)
 
 
-_BUILDERS: dict[str, Callable[[Node, ChainContext], Push]] = {
+def _merge(node: Node, ctx: ChainContext) -> Push:
+    return _downstream(node, ctx)
+
+
+def _with_down(build: Callable[..., Any]) -> Callable[[Node, ChainContext], Any]:
+    """A builder of service/tables that takes the operators below and the failure type."""
+    return lambda node, ctx: build(node, ctx, _downstream(node, ctx), OperatorFailure)
+
+
+_BUILDERS: dict[str, Callable[[Node, ChainContext], Any]] = {
     "map": _map,
     "filter": _filter,
     "flat_map": _flat_map,
     "key_by": _key_by,
+    "group_by": _group_by,
     "aggregate": _aggregate,
     "reduce": _reduce,
     "process": _process,
     "sink": _sink,
     "transactional_sink": _transactional_sink,
     "window": _window,
+    "merge": _merge,
+    "materialize": _with_down(tables.build_materialize),
+    "to_stream": _with_down(tables.build_to_stream),
+    "table_map": _with_down(tables.build_table_map),
+    "table_filter": _with_down(tables.build_table_filter),
+    "table_aggregate": _with_down(tables.build_table_aggregate),
+    "stream_table_join": _with_down(tables.build_stream_table_join),
+    "table_join": _with_down(tables.build_table_join),
+    "global_join": _with_down(tables.build_global_join),
+    "stream_join": _with_down(build_stream_join),
 }

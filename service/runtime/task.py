@@ -3,6 +3,10 @@
 The task is where records meet the operator chain and where a failure gets its
 address: any exception while processing a record becomes a `RecordError` naming the
 topic, partition, offset and, when a user function raised, the operator's uid.
+
+A task reads the same partition of each of its stage's inputs (service/runtime/
+inputs.py): one input runs batch by batch on the fast path; several run record by
+record in timestamp order.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from connectors.serdes import BYTES, SerdeError
 from connectors.two_phase import TwoPhaseCommitSink
 from eos.errors import RecordError
 from service.eventtime.clock import EventClock, time_of
-from service.job.planner import Stage
+from service.job.planner import Stage, StageInput
 from service.runtime.error_policy import ErrorHandler
-from service.runtime.operators import ChainContext, OperatorFailure, build_chain
+from service.runtime.inputs import PartitionGroup, TaskInput, timestamp_of
+from service.runtime.operators import ChainContext, OperatorFailure, build_input
 from statestore.manifest import Manifest
 from statestore.task_state import TaskState
 
@@ -47,20 +52,29 @@ class CompletedCheckpoint:
     # Restored from a savepoint and not yet committed in this group: the next
     # checkpoint includes the task even if it reads nothing.
     uncommitted: bool = False
+    # Where the task's other inputs (topic -> offset) continue, when it has several.
+    other_offsets: tuple[tuple[str, int | None], ...] = ()
+
+    def offset_of(self, topic: str, lead: str) -> int | None:
+        return self.offset if topic == lead else dict(self.other_offsets).get(topic)
 
 
 @dataclass(frozen=True)
 class TimeLayout:
-    """What a task on event time needs beyond its stage: how many upstream tasks feed its
-    partition (1 for a source), the partition counts of the topics its key_by writes, the
-    source's timestamp and out-of-orderness, and the late-record counter per operator."""
+    """What a task on event time needs beyond its stage: how many upstream tasks feed each
+    of its inputs (1 for a source or table), the partition counts of the topics its
+    key_bys write, the idle timeout of a source, and the late-record counter per
+    operator."""
 
-    origins: int
+    input_origins: tuple[int, ...]
     partitions: dict[str, int]
-    timestamp: Any = None
-    out_of_orderness_ms: int = 0
     idle_timeout_s: float | None = None
     late_counter: Any = None
+    expired_counter: Any = None
+
+    @property
+    def origins(self) -> int:
+        return sum(self.input_origins)
 
 
 def task_id(topic: str, partition: int) -> str:
@@ -70,7 +84,9 @@ def task_id(topic: str, partition: int) -> str:
 class Task:
     def __init__(self, stage: Stage, partition: int, state: TaskState | None,
                  errors: ErrorHandler, topic_partitions: int | None = None,
-                 time: TimeLayout | None = None, sinks: dict[str, TwoPhaseCommitSink] | None = None) -> None:
+                 time: TimeLayout | None = None, group: Any = None,
+                 global_tables: dict[str, Any] | None = None,
+                 sinks: dict[str, TwoPhaseCommitSink] | None = None) -> None:
         self.stage = stage
         self.topic = stage.topic
         self.partition = partition
@@ -80,11 +96,14 @@ class Task:
         # The input topic's partition count when the task was assigned: keyed state is
         # only valid while keys keep their partition, so snapshots record it.
         self.topic_partitions = topic_partitions
-        # Which (re)start of the worker's tasks this task's chain and position belong to,
-        # and the offset its partition is read from since (None: the reset policy).
+        # Which (re)start of the worker's tasks this task's chain and position belong to.
         self.incarnation = 0
-        self.read_from: int | None = None
-        self.next_offset: int | None = None
+        self.inputs = [TaskInput(i, spec, partition) for i, spec in enumerate(stage.inputs)]
+        self.lead = self.inputs[0]
+        # Several inputs run in timestamp order (a `PartitionGroup`, made by the manager).
+        self.group: PartitionGroup | None = group(self.inputs) if group is not None and len(self.inputs) > 1 \
+            else None
+        self.global_tables = global_tables or {}
         self.records_since_checkpoint = 0
         self.completed = CompletedCheckpoint(0, None, None)
         # The manifest of a checkpoint persisted but not (yet known to be) committed:
@@ -104,13 +123,32 @@ class Task:
         self._produce: Produce | None = None
         self._push = None
         self._ctx: ChainContext | None = None
-        key_serde, value_serde = stage.key_serde, stage.value_serde
-        self._key_serde = None if key_serde is BYTES else key_serde
-        self._value_serde = None if value_serde is BYTES else value_serde
 
     @property
     def stateful(self) -> bool:
         return bool(self.stage.stateful_uids)
+
+    # The lead input's position, which is all a task with one input has.
+    @property
+    def next_offset(self) -> int | None:
+        return self.lead.next_offset
+
+    @next_offset.setter
+    def next_offset(self, offset: int | None) -> None:
+        self.lead.next_offset = offset
+
+    @property
+    def read_from(self) -> int | None:
+        return self.lead.read_from
+
+    @read_from.setter
+    def read_from(self, offset: int | None) -> None:
+        self.lead.read_from = offset
+
+    @property
+    def others(self) -> list[TaskInput]:
+        """The inputs besides the lead, whose partitions the task takes along."""
+        return self.inputs[1:]
 
     def start(self, completed: CompletedCheckpoint, produce: Produce,
               replay_until: int | None = None, incarnation: int = 0) -> None:
@@ -119,7 +157,8 @@ class Task:
         self.incarnation = incarnation
         self.completed = completed
         self.attempted_manifest = None
-        self.next_offset = completed.offset
+        for task_input in self.inputs:
+            task_input.restart(completed.offset_of(task_input.topic, self.topic))
         self.records_since_checkpoint = 0
         self._produce = produce
         self.replay_until = replay_until
@@ -127,31 +166,72 @@ class Task:
 
     def _build_chain(self, produce: Produce) -> None:
         layout = self.time
-        sinks = None if produce is MUTED else self.sinks
+        shared = {"global_tables": self.global_tables, "carry_time": self.stage.carries_time,
+                  "sinks": None if produce is MUTED else self.sinks}
         if layout is None:
-            self._ctx = ChainContext(produce, self.state, sinks=sinks)
+            self._ctx = ChainContext(produce, self.state, **shared)
         else:
             self.state.flush()  # the clock and the window index are read from the store
             clock = EventClock.of(self.state, self.stage.id, layout.origins)
             self._ctx = ChainContext(produce, self.state, clock, self.partition, layout.partitions,
-                                     layout.late_counter, sinks=sinks)
-        self._push = build_chain(self.stage.root, self._ctx)
+                                     layout.late_counter, expired_counter=layout.expired_counter, **shared)
+        first_origin = 0
+        pushes = []
+        for task_input in self.inputs:
+            task_input.origins = first_origin
+            if layout is not None:
+                first_origin += layout.input_origins[task_input.index]
+            pushes.append(build_input(task_input.spec, self._ctx))
+            task_input.step = self._stepper(task_input, pushes[-1])
+        self._push = pushes[0]
+
+    @property
+    def _fast(self) -> bool:
+        """One input read batch by batch: no event time, no table, no timestamps to carry."""
+        return (self.group is None and self.time is None and not self.stage.lead.table
+                and not self.stage.carries_time)
 
     def process(self, msgs: list) -> None:
-        """Runs records of this task's partition through the chain, in order. A record
-        that fails goes to the error handler; unless its policy is `fail`, processing
-        continues with the next record."""
+        """Runs records of this task's (lead) partition through the chain, in order. A
+        record that fails goes to the error handler; unless its policy is `fail`,
+        processing continues with the next record."""
         if self.replay_until is not None:
             msgs = self._replay(msgs)
             if not msgs:
                 return
         self._run_records(msgs)
 
+    def receive(self, task_input: TaskInput, msgs: list) -> None:
+        """Records of one input of a task with several: buffered, then run in timestamp
+        order as far as the inputs allow."""
+        self.group.receive(task_input, msgs)
+        self.run_buffered()
+
+    def run_buffered(self) -> None:
+        """Runs buffered records of a task with several inputs while the next one is
+        known to be the earliest (see service/runtime/inputs.py)."""
+        group, ctx = self.group, self._ctx
+        taken = 0
+        while True:
+            picked = group.next()
+            if picked is None:
+                break
+            task_input, msg = picked
+            try:
+                task_input.step(msg)
+            except (OperatorFailure, SerdeError) as exc:
+                self.errors.handle(self._record_error(msg, exc), msg, ctx.produce)
+            task_input.next_offset = msg.offset() + 1
+            taken += 1
+        if taken:
+            self.last_input, self.idle = monotonic(), False
+            self.records_since_checkpoint += taken
+
     def _run_records(self, msgs: list) -> None:
-        if self.time is None:
+        if self._fast:
             self._run(msgs)
         else:
-            self._run_timed(msgs, self._from_origins if self.stage.repartition else self._from_source)
+            self._run_stepwise(msgs, self.lead.step)
 
     def _replay(self, msgs: list) -> list:
         """Runs the records below `replay_until` muted; returns the rest. Once caught up,
@@ -176,12 +256,13 @@ class Task:
     def _run(self, msgs: list) -> None:
         push, ctx = self._push, self._ctx
         forwards_raw = self.stage.forwards_raw
+        key_serde, value_serde = self.stage.key_serde, self.stage.value_serde
         keeps_source = bool(ctx.sinks)
         fast_key = careful_key = fast_value = careful_value = None
-        if self._key_serde is not None:
-            fast_key, careful_key = self._key_serde.fast_deserialize, self._key_serde.deserialize
-        if self._value_serde is not None:
-            fast_value, careful_value = self._value_serde.fast_deserialize, self._value_serde.deserialize
+        if key_serde is not BYTES:
+            fast_key, careful_key = key_serde.fast_deserialize, key_serde.deserialize
+        if value_serde is not BYTES:
+            fast_value, careful_value = value_serde.fast_deserialize, value_serde.deserialize
         records = iter(msgs)
         msg = None
         while True:
@@ -219,7 +300,10 @@ class Task:
     def check_idle(self, now: float) -> None:
         """A source task on event time whose partition brought nothing for the source's
         idle timeout tells the tasks it feeds, so they stop waiting for its watermark
-        (Flink's `withIdleness`); its next record makes it active again."""
+        (Flink's `withIdleness`); its next record makes it active again. In a task of
+        several inputs, a source input idle that long stops holding back the task's own
+        watermark the same way."""
+        self._inputs_idle(now)
         layout = self.time
         if (layout is None or layout.idle_timeout_s is None or self.stage.repartition or self.idle
                 or now - self.last_input < layout.idle_timeout_s):
@@ -229,9 +313,20 @@ class Task:
                  self.id, layout.idle_timeout_s)
         self._ctx.went_idle()
 
-    def _run_timed(self, msgs: list, step: Any) -> None:
-        """The record loop of a task on event time: `step` runs one record and moves the
-        clock (a source's, or one fed by upstream tasks)."""
+    def _inputs_idle(self, now: float) -> None:
+        if self.group is None or self.time is None or self._ctx is None:
+            return
+        clock = self._ctx.clock
+        for task_input in self.inputs:
+            idle_ms = task_input.spec.root.options.get("idle_timeout_ms") if not task_input.spec.repartition else None
+            if idle_ms is None or task_input.buffer or now - task_input.last_input < idle_ms / 1000:
+                continue
+            if clock.idle(task_input.origins):
+                self._ctx.advance(clock.watermark)
+
+    def _run_stepwise(self, msgs: list, step: Any) -> None:
+        """The record loop of a task whose records each need more than the fast path
+        gives: event time, a table's tombstones, a timestamp to carry."""
         self.last_input, self.idle = monotonic(), False
         records = iter(msgs)
         msg = None
@@ -245,51 +340,65 @@ class Task:
         self.next_offset = msgs[-1].offset() + 1
         self.records_since_checkpoint += len(msgs)
 
-    def _decode(self, msg: Any) -> tuple[Any, Any]:
-        key, value = msg.key(), msg.value()
-        self._ctx.raw = value
-        self._ctx.source = msg
-        if self._key_serde is not None:
-            key = self._key_serde.deserialize(key)
-        if self._value_serde is not None:
-            value = self._value_serde.deserialize(value)
-        return key, value
+    def _stepper(self, task_input: TaskInput, push: Any) -> Any:
+        """The function that runs one record of `task_input` through the chain."""
+        spec = task_input.spec
+        decode = _decoder(spec, self._ctx)
+        if self.time is None:
+            ctx = self._ctx
 
-    def _from_source(self, msg: Any) -> None:
-        """A source record: its event time moves the task's own watermark, after it ran
-        (it is judged against the watermark of the records before it)."""
-        ctx, layout = self._ctx, self.time
-        key, value = self._decode(msg)
-        ts = self._event_time(msg, value)
-        ctx.ts, ctx.record_watermark = ts, ctx.clock.watermark
-        self._push(key, value)
-        if ctx.clock.observe(0, ts - layout.out_of_orderness_ms):
-            ctx.advance(ctx.clock.watermark)
+            def step(msg: Any) -> None:
+                key, value = decode(msg)
+                ctx.ts, ctx.offset = timestamp_of(msg), msg.offset()
+                push(key, value)
 
-    def _event_time(self, msg: Any, value: Any) -> int:
-        extract = self.time.timestamp
-        if extract is None:
-            kind, ts = msg.timestamp()
-            if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
-                raise OperatorFailure(self.stage.root.uid, ValueError("the record has no timestamp"))
-            return ts
-        try:
-            return int(extract(value))
-        except Exception as exc:
-            raise OperatorFailure(self.stage.root.uid, exc) from exc
+            return step
+        if spec.repartition:
+            return lambda msg: self._from_origins(msg, task_input, decode, push)
+        return self._source_step(task_input, decode, push)
 
-    def _from_origins(self, msg: Any) -> None:
+    def _source_step(self, task_input: TaskInput, decode: Any, push: Any) -> Any:
+        """The step of a source record: its event time moves its input's watermark, after
+        it ran (it is judged against the watermark of the records before it). The hot
+        path of windowed jobs, so what does not change per record is bound once."""
+        ctx = self._ctx
+        clock, advance = ctx.clock, ctx.advance
+        view, observe = clock.view, clock.observe
+        root = task_input.spec.root
+        extract, bound, uid = root.options.get("timestamp"), root.options.get("out_of_orderness_ms", 0), root.uid
+        origin = task_input.origins
+
+        def step(msg: Any) -> None:
+            key, value = decode(msg)
+            if extract is None:
+                kind, ts = msg.timestamp()
+                if kind == TIMESTAMP_NOT_AVAILABLE or ts < 0:
+                    raise OperatorFailure(uid, ValueError("the record has no timestamp"))
+            else:
+                try:
+                    ts = int(extract(value))
+                except Exception as exc:
+                    raise OperatorFailure(uid, exc) from exc
+            ctx.ts, ctx.record_watermark, ctx.offset = ts, view(origin), msg.offset()
+            push(key, value)
+            if observe(origin, ts - bound):
+                advance(clock.watermark)
+
+        return step
+
+    def _from_origins(self, msg: Any, task_input: TaskInput, decode: Any, push: Any) -> None:
         """A repartition record or marker: each carries its origin's watermark."""
         ctx = self._ctx
         carried = time_of(msg.headers())
         if carried is None:
-            raise OperatorFailure(self.stage.root.uid, ValueError(
+            raise OperatorFailure(task_input.spec.root.uid, ValueError(
                 "the repartition record carries no event time header (written by an older version?)"))
         origin, watermark, ts = carried
+        origin += task_input.origins
         if ts is not None:  # a record, not a marker
-            key, value = self._decode(msg)
-            ctx.ts, ctx.record_watermark = ts, watermark
-            self._push(key, value)
+            key, value = decode(msg)
+            ctx.ts, ctx.record_watermark, ctx.offset = ts, watermark, msg.offset()
+            push(key, value)
         moved = ctx.clock.idle(origin) if watermark is None else ctx.clock.observe(origin, watermark)
         if moved:
             ctx.advance(ctx.clock.watermark)
@@ -299,14 +408,15 @@ class Task:
         if isinstance(exc, OperatorFailure):
             return RecordError(f"{type(exc.cause).__name__}: {exc.cause}", operator=exc.uid,
                                cause=exc.cause, **where)
-        part, serde = "value", self._value_serde
-        if self._key_serde is not None:
+        spec = next((i.spec for i in self.inputs if i.topic == msg.topic()), self.stage.lead)
+        part, serde = "value", spec.value_serde
+        if spec.key_serde is not BYTES:
             try:
-                self._key_serde.deserialize(msg.key())
+                spec.key_serde.deserialize(msg.key())
             except SerdeError:
-                part, serde = "key", self._key_serde
+                part, serde = "key", spec.key_serde
         return RecordError(f"cannot deserialise the record {part} with the {serde.name} serde: {exc}",
-                           operator=self.stage.root.uid, cause=exc, **where)
+                           operator=spec.root.uid, cause=exc, **where)
 
     @property
     def watermark(self) -> int | None:
@@ -322,4 +432,25 @@ class Task:
         holds work (say, a commit it could not make after its checkpoint completed) is
         covered too, so that the next checkpoint settles it."""
         return ((self.records_since_checkpoint > 0 or self.completed.uncommitted
-                 or any(sink.pending for sink in self.sinks.values())) and self.replay_until is None)
+                 or (self.state is not None and self.state.store is not None and self.state.changed_since_snapshot())
+                 or any(sink.pending for sink in self.sinks.values()))
+                and self.replay_until is None)
+
+
+def _decoder(spec: StageInput, ctx: ChainContext) -> Any:
+    """Turns one record of an input into (key, value), keeping its raw value for key_by
+    passthrough. A table's record with a null value is a tombstone: its value is None."""
+    key_serde = None if spec.key_serde is BYTES else spec.key_serde
+    value_serde = None if spec.value_serde is BYTES else spec.value_serde
+    table = spec.table
+
+    def decode(msg: Any) -> tuple[Any, Any]:
+        key, value = msg.key(), msg.value()
+        ctx.raw, ctx.source = value, msg
+        if key_serde is not None:
+            key = key_serde.deserialize(key)
+        if value_serde is not None and not (table and value is None):
+            value = value_serde.deserialize(value)
+        return key, value
+
+    return decode

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 
 from connectors.kafka_sink import Produce
 from connectors.kafka_source import KafkaSource
@@ -26,6 +28,7 @@ from service.job.planner import Plan, Stage
 from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import EXACTLY_ONCE, WorkerConfig
 from service.runtime.error_policy import ErrorHandler
+from service.runtime.inputs import PartitionGroup
 from service.runtime.missing_input import MissingInput
 from service.runtime.task import Task, TimeLayout, task_id
 from service.runtime.topics import PartitionCounts
@@ -47,7 +50,7 @@ class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource, produce: Callable[[], Produce],
                  storage: CheckpointStorage, token: str, metrics: WorkerMetrics, errors: ErrorHandler,
                  partition_counts: PartitionCounts, missing_input: MissingInput,
-                 restore: Restore = restore_task) -> None:
+                 restore: Restore = restore_task, global_tables: dict[str, Any] | None = None) -> None:
         self.plan = plan
         self.config = config
         self.source = source
@@ -62,7 +65,12 @@ class TaskManager:
         # How a task gets back to its committed state (a resumed savepoint wraps it).
         self.restore_task = restore
         self.digests = DigestCache()
+        # The worker's global tables, by uid, for tasks' lookups.
+        self.global_tables = global_tables or {}
+        # Tasks by their lead partition, which the group assigns.
         self.tasks: dict[TaskKey, Task] = {}
+        # Where each partition's records go: every input partition of every task.
+        self.routes: dict[TaskKey, Callable[[list], None]] = {}
         self.retention: dict[TaskKey, RetainedSnapshots] = {}
         # True once the first assignment (even an empty one) is restored.
         self.ready = False
@@ -82,15 +90,17 @@ class TaskManager:
             self.ready = True
             return []
         began = time.monotonic()
-        topics = {topic for topic, _ in keys}
+        topics = {t for topic, _ in keys for t in self.plan.stage_of(topic).topics}
         counts = self.partition_counts.of(topics | {t for topic in topics for t in self.plan.time_topics(topic)})
         new = [self._create(topic, partition, counts) for topic, partition in keys]
         positions = self._restore(new)
+        leads = {(t.topic, t.partition) for t in new}
+        self.source.take([p for p in positions if (p.topic, p.partition) not in leads])
         self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
         log.info("assigned %s (restored in %.2fs)", ", ".join(t.id for t in new), time.monotonic() - began)
         self.ready = True
-        return positions
+        return [p for p in positions if (p.topic, p.partition) in leads]
 
     def release(self, keys: Iterable[TaskKey]) -> None:
         """Closes the tasks of partitions revoked or lost; their next owner restores
@@ -117,8 +127,14 @@ class TaskManager:
                 state.restorer.load_manifest,
                 shared_grace_s=max(600.0, 4 * self.config.checkpoint_timeout_s))
         task = Task(stage, partition, state, self.errors, counts[topic], self._time_layout(stage, counts),
+                    group=self._partition_group, global_tables=self.global_tables,
                     sinks=self._open_sinks(stage, task_id(topic, partition)))
         self.tasks[(topic, partition)] = task
+        if task.group is None:
+            self.routes[(topic, partition)] = task.process
+        else:
+            for task_input in task.inputs:
+                self.routes[task_input.key] = partial(task.receive, task_input)
         return task
 
     def _open_sinks(self, stage: Stage, tid: str) -> dict[str, TwoPhaseCommitSink]:
@@ -134,6 +150,19 @@ class TaskManager:
         letters in the current transaction."""
         self.errors.handle(error, msg, self.produce())
 
+    def read_global_tables(self, positions: list[TopicPartition]) -> None:
+        """Adds the global tables' partitions to the consumer (once, at the first
+        assignment), at the offsets each table was restored to."""
+        for table in self.global_tables.values():
+            for position in positions:
+                if position.topic == table.topic:
+                    self.routes[(position.topic, position.partition)] = table.apply
+        self.source.take(positions)
+
+    def _partition_group(self, inputs: list) -> PartitionGroup:
+        return PartitionGroup(inputs, self.source.ends, self.config.max_task_idle_s,
+                              self.source.hold, self.source.release)
+
     def _time_layout(self, stage: Stage, counts: dict[str, int | None]) -> TimeLayout | None:
         if not stage.event_time:
             return None
@@ -142,7 +171,7 @@ class TaskManager:
         if unknown:
             raise KafkaClientError(f"cannot run {stage.id!r} on event time: the partition counts of "
                                    f"{', '.join(unknown)} are unknown (the cluster did not say)")
-        origins = counts[stage.upstream_topic] if stage.repartition else 1
+        input_origins = tuple(counts[i.upstream_topic] if i.repartition else 1 for i in stage.inputs)
         source = stage.root.options
         metrics = self.metrics
         idle_ms = None if stage.repartition else source.get("idle_timeout_ms")
@@ -151,10 +180,12 @@ class TaskManager:
             counter = metrics.late_records_routed if routed else metrics.late_records_dropped
             return metrics.labels(counter, operator=uid).inc
 
-        return TimeLayout(origins=origins, partitions={t: counts[t] for t in needed},
-                          timestamp=None if stage.repartition else source.get("timestamp"),
-                          out_of_orderness_ms=0 if stage.repartition else source.get("out_of_orderness_ms", 0),
-                          idle_timeout_s=None if idle_ms is None else idle_ms / 1000, late_counter=late_counter)
+        def expired_counter(uid: str):
+            return metrics.labels(metrics.state_expired, operator=uid).inc
+
+        return TimeLayout(input_origins=input_origins, partitions={t: counts[t] for t in needed},
+                          idle_timeout_s=None if idle_ms is None else idle_ms / 1000, late_counter=late_counter,
+                          expired_counter=expired_counter)
 
     def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
                  rewind: bool = False) -> list[TopicPartition]:
@@ -162,13 +193,14 @@ class TaskManager:
         if not tasks:
             return []
         committed = self.source.committed_with_retry(
-            [TopicPartition(t.topic, t.partition) for t in tasks], timeout=self.committed_timeout_s)
+            [TopicPartition(i.topic, i.partition) for t in tasks for i in t.inputs], timeout=self.committed_timeout_s)
         by_tp = {(c.topic, c.partition): c for c in committed}
         produce = self.produce()
         self.task_starts += 1
         for task in tasks:
             restored = self.restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
-                                    fallback=self.config.fallback_to_older_checkpoint)
+                                         fallback=self.config.fallback_to_older_checkpoint,
+                                         others=[by_tp[i.key] for i in task.others])
             offset = restored.completed.offset
             replay_until = None
             if restored.replay_from is not None and restored.replay_from < offset:
@@ -179,39 +211,60 @@ class TaskManager:
                 sink.begin()
             task.start(restored.completed, produce, replay_until, self.task_starts)
             task.read_from = offset
+            for task_input in task.others:
+                task_input.read_from = task_input.next_offset
             retention = self.retention.get((task.topic, task.partition))
             if retention is not None:
                 # A rewind follows a failed checkpoint, often a slow or unreachable store:
                 # listing it now would stall processing, so orphans wait for the next
                 # assignment's sweep.
                 retention.restored(restored.completed.manifest, sweep_orphans=not rewind)
+        self._place_unread_inputs(tasks)
         self._skip_missing_input(tasks)
-        return [self.position_of(task) for task in tasks]
+        return [p for task in tasks for p in self.positions_of(task)]
+
+    def _place_unread_inputs(self, tasks: list[Task]) -> None:
+        """A task of several inputs commits every input's offset together, so each needs
+        one even before it reads anything: where the reset policy would start it, asked
+        of the cluster now."""
+        unplaced = [i for t in tasks if t.group is not None for i in t.inputs if i.read_from is None]
+        if not unplaced:
+            return
+        partitions = [TopicPartition(i.topic, i.partition) for i in unplaced]
+        offsets = self.missing_input.offsets
+        found = offsets.ends(partitions) if self.source.reset_offset == OFFSET_END else offsets.starts(partitions)
+        for task_input in unplaced:
+            task_input.read_from = task_input.next_offset = found[task_input.key]
 
     def _skip_missing_input(self, tasks: list[Task]) -> None:
         """Where a task's input was deleted before it was processed, the policy decides
         (service/runtime/missing_input.py): stop, or read on from the earliest offset left."""
-        reading = {(t.topic, t.partition): t.read_from for t in tasks
-                   if t.read_from is not None and t.read_from >= 0 and t.replay_until is None}
+        reading = {i.key: i.read_from for t in tasks for i in t.inputs
+                   if i.read_from is not None and i.read_from >= 0 and t.replay_until is None}
         decided = self.missing_input.read_from(reading)
         for task in tasks:
-            offset = decided.get((task.topic, task.partition))
-            if offset is not None and offset != task.read_from:
-                task.read_from = task.next_offset = offset
+            for task_input in task.inputs:
+                offset = decided.get(task_input.key)
+                if offset is not None and offset != task_input.read_from:
+                    task_input.read_from = task_input.next_offset = offset
 
-    def tick_time(self) -> None:
-        """Time passes for tasks on event time even without input: source tasks whose
-        input went quiet say so (Task.check_idle), processing-time timers fire."""
+    def tick(self) -> None:
+        """Time passes even without input: tasks of several inputs run what waited for an
+        empty input (its end found, or its idle time over); on event time, source tasks
+        whose input went quiet say so (Task.check_idle) and processing-time timers fire."""
         now, now_ms = time.monotonic(), int(time.time() * 1000)
+        for table in self.global_tables.values():
+            table.maybe_flush(now)
         for task in self.tasks.values():
+            if task.group is not None and task.group.buffered():
+                task.run_buffered()
             if task.time is not None:
                 task.check_idle(now)
                 task.wall_clock(now_ms)
 
-    def position_of(self, task: Task) -> TopicPartition:
-        """Where the task's partition is read from since its (re)start."""
-        return TopicPartition(task.topic, task.partition,
-                              task.read_from if task.read_from is not None else self.source.reset_offset)
+    def positions_of(self, task: Task) -> list[TopicPartition]:
+        """Where each of the task's partitions is read from since its (re)start."""
+        return [i.position(self.source.reset_offset) for i in task.inputs]
 
     def _check_replayable(self, task: Task, replay_from: int) -> None:
         """A fallback needs the input from the older snapshot's offset on; Kafka's
@@ -244,6 +297,9 @@ class TaskManager:
             self.retention.pop(key, None)
             if task is None:
                 continue
+            for task_input in task.inputs:
+                self.routes.pop(task_input.key, None)
+            self.source.give_back([i.key for i in task.others])
             for sink in task.sinks.values():
                 sink.close()
             if task.state is not None:
@@ -252,7 +308,7 @@ class TaskManager:
 
     def positions(self) -> dict[tuple[str, int], int | None]:
         """Where each assigned task continues: its next offset (None: from the reset policy)."""
-        return {key: task.next_offset for key, task in list(self.tasks.items())}
+        return {i.key: i.next_offset for task in list(self.tasks.values()) for i in task.inputs}
 
     def close_all(self) -> None:
         self._close(list(self.tasks))

@@ -9,12 +9,14 @@ because keys would land on other partitions than their state.
 from __future__ import annotations
 
 import logging
+import time
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from eos.errors import ConfigurationError
 from service.job.planner import Plan
+from statestore.murmur2 import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,10 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
     """Returns the partition count of every topic the job reads or writes. The
     dead-letter topic, when the job uses one, is created like a repartition topic."""
     admin, reported = _admin(admin_config)
-    external = [s.topic for s in plan.stages if not s.repartition] + plan.sink_topics
-    owned = [s.topic for s in plan.repartition_stages] + ([dead_letter_topic] if dead_letter_topic else [])
+    repartition = plan.repartition_inputs
+    external = [i.topic for s in plan.stages for i in s.inputs if not i.repartition] + plan.sink_topics
+    external += [t.options["topic"] for t in plan.global_tables]
+    owned = [i.topic for i in repartition] + ([dead_letter_topic] if dead_letter_topic else [])
     counts = _partition_counts(admin, external + owned, reported, admin_config.get("bootstrap.servers"))
     missing = [t for t in external if t not in counts]
     if missing:
@@ -61,17 +65,18 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
             f"job {plan.job.name!r} needs topic(s) {', '.join(sorted(set(missing)))}, which do not exist "
             "on the cluster; create them first (input and output topics are not created automatically)")
     to_create = []
-    for stage in plan.repartition_stages:
-        wanted = stage.partitions or counts[stage.origin_topic]
-        have = counts.get(stage.topic)
+    for stage_input in repartition:
+        wanted = stage_input.partitions or counts[stage_input.partitions_like or stage_input.origin_topic]
+        have = counts.get(stage_input.topic)
         if have is None:
-            to_create.append(NewTopic(stage.topic, num_partitions=wanted, replication_factor=-1))
-            counts[stage.topic] = wanted
-        elif stage.partitions is not None and have != stage.partitions:
+            to_create.append(NewTopic(stage_input.topic, num_partitions=wanted, replication_factor=-1))
+            counts[stage_input.topic] = wanted
+        elif (stage_input.partitions is not None or stage_input.partitions_like is not None) and have != wanted:
             raise ConfigurationError(
-                f"repartition topic {stage.topic!r} has {have} partitions but key_by {stage.id!r} asks "
-                f"for {stage.partitions}; keys would move away from their state. Restore from a "
-                "savepoint into a new group to change it.")
+                f"repartition topic {stage_input.topic!r} has {have} partitions but {stage_input.root.kind} "
+                f"{stage_input.root.uid!r} asks for {wanted}; keys would move away from their state. Restore from "
+                "a savepoint into a new group to change it.")
+    check_co_partitioned(plan, counts)
     if dead_letter_topic and dead_letter_topic not in counts:
         wanted = counts[plan.stages[0].topic]
         to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
@@ -86,6 +91,65 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
     return counts
+
+
+def check_co_partitioned(plan: Plan, counts: dict[str, int]) -> None:
+    """The inputs of a stage meet partition by partition, so they need the same count
+    (keys hashed alike is the producers' part: murmur2 of the key bytes, as Kafka's Java
+    client and librdkafka's murmur2_random partitioner do)."""
+    for stage in plan.stages:
+        if len(stage.inputs) < 2:
+            continue
+        have = {i.topic: counts[i.topic] for i in stage.inputs}
+        if len(set(have.values())) > 1:
+            raise ConfigurationError(
+                f"stage {stage.id!r} reads {', '.join(f'{t} ({n} partitions)' for t, n in have.items())} "
+                "together, partition by partition, so they must have the same number of partitions; "
+                "repartition one side with key_by, or give the topics the same partitions")
+
+
+# Records sampled per partition when checking that a topic's keys are placed as Kafka's
+# Java client places them.
+SAMPLED_PER_PARTITION = 3
+
+
+def check_key_partitioning(plan: Plan, consumer_config: dict[str, object], counts: dict[str, int],
+                           timeout_s: float = 10.0) -> None:
+    """Inputs that meet in a task must place each key on the partition Kafka's Java
+    client does (murmur2 of the key bytes): a topic written with librdkafka's default
+    partitioner (CRC32) would send a user's clicks and profile to different tasks, which
+    would then never meet. The first records of each partition are checked."""
+    topics = sorted({i.topic for s in plan.stages if len(s.inputs) > 1 for i in s.inputs if not i.repartition})
+    if not topics:
+        return
+    consumer = Consumer({**consumer_config, "group.id": "eos-partitioning-check", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(counts[t])])
+        pending = {(t, p): SAMPLED_PER_PARTITION for t in topics for p in range(counts[t])}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                key = (msg.topic(), msg.partition())
+                if key not in pending:
+                    continue
+                if msg.error() is not None:
+                    pending.pop(key, None)  # the end, or nothing readable: nothing to judge
+                    continue
+                if msg.key() is not None:
+                    expected = partition_for(msg.key(), counts[msg.topic()])
+                    if expected != msg.partition():
+                        raise ConfigurationError(
+                            f"topic {msg.topic()!r} partition {msg.partition()} offset {msg.offset()} holds key "
+                            f"{msg.key()!r}, which Kafka's Java client places in partition {expected}: the topic's "
+                            "keys are not partitioned by murmur2, so its records would not meet their partners in "
+                            "the join. Produce it with Kafka's default partitioner (librdkafka: "
+                            "partitioner=murmur2_random), or key_by it in the job.")
+                pending[key] -= 1
+                if not pending[key]:
+                    del pending[key]
+    finally:
+        consumer.close()
 
 
 class PartitionCounts:

@@ -32,7 +32,7 @@ from service.job.api import Job
 from service.job.planner import plan
 from service.membership.departed import DepartedWorkerFencer
 from service.membership.incarnation import Incarnation
-from service.membership.slot import SlotGuard, transactional_id
+from service.membership.slot import SlotGuard, transactional_ids
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.monitor import WorkerMonitor
 from service.monitoring.status import FAILED, RUNNING, STOPPED, STOPPING
@@ -41,9 +41,12 @@ from service.runtime.error_policy import ErrorHandler, dead_letter_topic
 from service.runtime.loop import ProcessingLoop
 from service.runtime.missing_input import MissingInput
 from service.runtime.task_manager import TaskManager
-from service.runtime.topics import PartitionCounts, ensure_topics
+from service.runtime.topics import PartitionCounts, check_key_partitioning, ensure_topics
 from service.savepoints.control import SavepointControl, default_savepoint_dir
+from service.savepoints.publish import add_manifest_route
+from service.web.state_queries import StateQueries, add_state_route
 from service.savepoints.resume import SavepointResume
+from service.tables.global_table import GlobalTable
 from statestore.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class Worker:
         self.manager: TaskManager | None = None
         self.loop: ProcessingLoop | None = None
         self.scrubber: StorageScrubber | None = None
+        self.global_tables: dict[str, GlobalTable] = {}
         self.slot: SlotGuard | None = None
         self.group_view: GroupView | None = None
         self.monitor = WorkerMonitor(config, self.group, job.name, self.metrics)
@@ -93,9 +97,15 @@ class Worker:
         self.savepoints = SavepointControl(
             worker_id=config.worker_id, group=self.group, job_name=job.name, params=config.params,
             default_dir=config.savepoint_dir or default_savepoint_dir(config.checkpoint_storage, self.group),
-            scratch_dir=config.state_dir / self.group / "savepoint-scratch", request_stop=self.request_stop,
+            # Per worker: workers of one job may share a state directory.
+            scratch_dir=config.state_dir / self.group / "savepoint-scratch" / config.worker_id,
+            request_stop=self.request_stop,
             s3=config.s3)
+        self.queries = StateQueries(config.worker_id, self.group,
+                                    {"bootstrap.servers": config.bootstrap_servers, **config.kafka_config})
         self.savepoints.add_routes(self.monitor.router)
+        add_manifest_route(self.monitor.router, self.savepoints)
+        add_state_route(self.monitor.router, self.queries)
         # True when a client could not be closed in time: the process should then exit at
         # once rather than wait on it again in the client's destructor.
         self.abandoned_clients = False
@@ -148,6 +158,7 @@ class Worker:
         client_config = {"bootstrap.servers": c.bootstrap_servers, **kafka}
         partition_counts = ensure_topics(self.plan, client_config,
                                          errors.dlq_topic if errors.uses_dead_letter else None)
+        check_key_partitioning(self.plan, {**client_config, "isolation.level": "read_committed"}, partition_counts)
         for node in self.plan.transactional_sinks():  # reachable and as declared, before any input is read
             sink = node.options["sink"]
             sink.check(c.processing_guarantee == EXACTLY_ONCE)
@@ -179,10 +190,12 @@ class Worker:
         start_from = str(kafka.pop("auto.offset.reset", c.auto_offset_reset))
         consumer_extra = {**kafka, **self.monitor.consumer_settings(self._positions)}
         self.source = KafkaSource(consumer_config(
-            c.bootstrap_servers, self.group, client_id(self.group, c.worker_id, self.stamp),
+            c.bootstrap_servers, self.group, client_id(self.group, c.worker_id, self.stamp, self.monitor.advertised_urls()),
             session_timeout_ms=c.session_timeout_ms, max_poll_interval_ms=c.max_poll_interval_ms,
             static_membership=c.static_membership, worker_id=c.worker_id, extra=consumer_extra),
             start_from=start_from, waits=self.monitor.kafka_waits)
+        global_tables, global_positions = self._global_tables(partition_counts, c.bootstrap_servers,
+                                                              {**kafka, "isolation.level": "read_committed"})
         restore = restore_task
         if resume is not None:
             resume.check_group_history(self.source.consumer, partition_counts)
@@ -191,7 +204,8 @@ class Worker:
         offsets = ClusterOffsets(client_config)
         missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
-                                   self.metrics, errors, PartitionCounts(client_config), missing_input, restore)
+                                   self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
+                                   global_tables)
         coordinator = CheckpointCoordinator(
             self.manager, self.owner, self.source.consumer, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
@@ -201,12 +215,13 @@ class Worker:
         manager = self.manager
         self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
         self.savepoints.attach(self.plan, self.manager, self.source.consumer, partition_counts, offsets)
+        self.queries.attach(self.plan, self.manager, partition_counts)
         self.loop = ProcessingLoop(
             source=self.source, owner=self.owner, manager=self.manager, coordinator=coordinator,
-            missing_input=missing_input,
-            monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.input_topics,
+            missing_input=missing_input, global_positions=global_positions,
+            monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.all_input_topics + [t.options["topic"] for t in self.plan.global_tables],
             consume_batch=c.consume_batch, state_cache_bytes=c.state_cache_bytes,
-            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self.savepoints.tick)
+            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self._tick)
         # The producer starts with the first assignment (ProcessingLoop._assigned).
         self.source.subscribe(self.plan.input_topics)
         self.scrubber.start()
@@ -214,15 +229,32 @@ class Worker:
                  self.plan.job.name, self.group, self.stamp,
                  ", ".join(f"{s.id}<-{s.topic}" for s in self.plan.stages))
 
+    def _global_tables(self, partition_counts: dict[str, int], bootstrap: str,
+                       kafka: dict[str, Any]) -> tuple[dict[str, GlobalTable], list[Any]]:
+        """Each global table of the job, read to the end of its topic before the worker
+        joins the group; and where the consumer continues reading them."""
+        tables, positions = {}, []
+        for node in self.plan.global_tables:
+            table = self.global_tables[node.uid] = tables[node.uid] = GlobalTable(
+                node, self.config.state_dir, self.group, self.config.worker_id)
+            positions += table.bootstrap({"bootstrap.servers": bootstrap, **kafka},
+                                         partition_counts[table.topic], GLOBAL_TABLE_BOOTSTRAP_S)
+        return tables, positions
+
     def _output_owner(self, slot: SlotGuard, extra: dict[str, Any], call_timeout: float) -> OutputOwner:
         c = self.config
         if c.processing_guarantee == EXACTLY_ONCE:
             return TransactionOwner(
-                c.bootstrap_servers, transactional_id(self.group, c.worker_id), extra=extra,
+                c.bootstrap_servers, transactional_ids(self.group, c.worker_id), extra=extra,
                 transaction_timeout_ms=int(c.transaction_timeout_s * 1000), call_timeout_s=call_timeout,
                 slot_holder=slot.holder, waits=self.monitor.kafka_waits)
         return AtLeastOnceOwner(c.bootstrap_servers, extra=extra, call_timeout_s=call_timeout,
                                 slot_holder=slot.holder, waits=self.monitor.kafka_waits)
+
+    def _tick(self, loop: ProcessingLoop) -> None:
+        """The loop's turn for requests that came over HTTP: savepoints, state queries."""
+        self.savepoints.tick(loop)
+        self.queries.tick(loop)
 
     def _positions(self) -> dict[tuple[str, int], int | None]:
         return self.manager.positions() if self.manager is not None else {}
@@ -261,6 +293,10 @@ class Worker:
     def _close(self) -> None:
         if self.scrubber is not None:
             self.scrubber.stop()
+        for table in self.global_tables.values():
+            table.close()
+        if self.loop is not None:
+            self.loop.coordinator.wait_in_flight()  # its snapshot writes into the stores closed next
         if self.manager is not None:
             self.manager.close_all()
         if self.source is not None:
@@ -289,6 +325,8 @@ def _freeze_startup_objects() -> None:
     gc.collect()
     gc.freeze()
 
+# A global table is read to the end of its topic at start within this long.
+GLOBAL_TABLE_BOOTSTRAP_S = 600.0
 
 # A departing member is listed until its session expires and the coordinator notices;
 # a claim waits this much longer than the session timeout before calling it alive.

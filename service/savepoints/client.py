@@ -19,12 +19,9 @@ changes) and leaves a directory without a manifest, which is never listed as usa
 
 from __future__ import annotations
 
-import http.client
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,16 +30,16 @@ import orjson
 
 from eos.errors import SavepointError
 from service.savepoints.control import savepoint_location
+from service.savepoints.publish import MANIFEST_PATH, write_manifest
+from service.web.http_client import PeerUnreachable, call_json
 from statestore.savepoint_manifest import (
-    MANIFEST_NAME,
     OperatorState,
     PartitionPosition,
     SavepointManifest,
     StageLayout,
     StateFile,
 )
-from statestore.storage import S3Settings, open_storage
-from statestore.storage.base import StorageError
+from statestore.storage import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +59,15 @@ class WorkerEndpoint:
         self.token = token
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-                return response.status, _json(response.read())
-        except urllib.error.HTTPError as exc:
-            payload = _json(exc.read())
-            if exc.code == 403:
-                raise SavepointError(f"worker {self.url} refused control: {payload.get('error') or payload.get('text')}"
-                                     " (remote callers need --control-allow/--control-token on the worker and "
-                                     "--token here)") from None
-            return exc.code, payload
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            # HTTPException: the worker closed the connection mid-answer (it is stopping)
-            reason = getattr(exc, "reason", exc)
-            raise SavepointError(f"cannot reach worker {self.url}: {reason} (is it running with --http-port?)") from None
+            status, payload = call_json(self.url + path, method, body, token=self.token, timeout_s=HTTP_TIMEOUT_S)
+        except PeerUnreachable as exc:
+            raise SavepointError(f"cannot reach worker {exc} (is it running with --http-port?)") from None
+        if status == 403:
+            raise SavepointError(f"worker {self.url} refused control: {payload.get('error') or payload.get('text')}"
+                                 " (remote callers need --control-allow and a control token on the worker, and "
+                                 "the same token here: --control-token-file or EOS_CONTROL_TOKEN)")
+        return status, payload
 
     def expect(self, method: str, path: str, body: dict[str, Any] | None, *ok: int) -> dict[str, Any]:
         status, payload = self.call(method, path, body)
@@ -89,14 +75,6 @@ class WorkerEndpoint:
             raise SavepointError(f"worker {self.url}: {method} {path} answered {status}: "
                                  f"{payload.get('error') or payload}")
         return payload
-
-
-def _json(data: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data) if data else {}
-    except orjson.JSONDecodeError:
-        return {"text": data.decode(errors="replace").strip()}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 @dataclass(frozen=True)
@@ -108,15 +86,18 @@ class SavepointResult:
 
 
 def take_savepoint(urls: list[str], *, mode: str, target: str | None = None, token: str | None = None,
-                   timeout_s: float = 300.0, s3: S3Settings | None = None,
+                   timeout_s: float = 300.0, s3: S3Settings | None = None, job: str | None = None,
                    say: Callable[[str], None] = lambda text: None) -> SavepointResult:
-    """Takes one savepoint of the group the workers at `urls` belong to."""
+    """Takes one savepoint of the group the workers at `urls` belong to (the group `job`,
+    when given)."""
     if not urls:
-        raise SavepointError("name the job's workers with --job URL (one per worker)")
+        raise SavepointError("name the job, or its workers with --worker URL (one per worker)")
     began = time.monotonic()
     endpoints = [WorkerEndpoint(url, token) for url in urls]
     identities = [e.expect("GET", "/savepoints", None, 200) for e in endpoints]
     _check_one_group(urls, identities)
+    if job is not None and identities[0]["group"] != job:
+        raise SavepointError(f"the workers named run job {identities[0]['group']!r}, not {job!r}")
     _check_coverage(identities)
     directory = target or identities[0]["savepoint_dir"]
     savepoint_id = new_savepoint_id()
@@ -135,7 +116,7 @@ def take_savepoint(urls: list[str], *, mode: str, target: str | None = None, tok
         say(f"savepoint {savepoint_id}: drained; writing state")
         parts = _wait_written(endpoints, savepoint_id, deadline)
         manifest = assemble(savepoint_id, mode, parts)
-        _write_manifest(location, manifest, s3)
+        _publish(endpoints[0], location, manifest, s3)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
         for endpoint in begun:
@@ -278,14 +259,14 @@ def assemble(savepoint_id: str, mode: str, parts: list[dict[str, Any]]) -> Savep
         drained=True)  # written only once every worker was drained
 
 
-def _write_manifest(location: str, manifest: SavepointManifest, s3: S3Settings | None) -> None:
-    try:
-        storage = open_storage(location, s3)
-        for entry in manifest.files():
-            size = storage.size(entry.path)
-            if size != entry.size:
-                raise SavepointError(f"savepoint file {storage.describe(entry.path)} has {size} bytes, "
-                                     f"its worker wrote {entry.size}")
-        storage.put_atomic(MANIFEST_NAME, manifest.to_bytes())
-    except StorageError as exc:
-        raise SavepointError(f"cannot write the savepoint manifest under {location}: {exc}") from exc
+def _publish(endpoint: WorkerEndpoint, location: str, manifest: SavepointManifest, s3: S3Settings | None) -> None:
+    """A worker writes the manifest, in the storage it wrote the state files to; a worker
+    of a version without that endpoint leaves it to this client, as before."""
+    status, payload = endpoint.call("POST", MANIFEST_PATH, {"id": manifest.id,
+                                                            "manifest": orjson.loads(manifest.to_bytes())})
+    if status == 404 and "no such page" in str(payload.get("text", "")):
+        write_manifest(location, manifest, s3)
+        return
+    if status != 200:
+        raise SavepointError(f"worker {endpoint.url} could not write the manifest of savepoint {manifest.id}: "
+                             f"{payload.get('error') or payload}")

@@ -60,6 +60,8 @@ MODES = ("trigger", "stop")
 # checkpoint failure beyond the tolerated, being replaced) fails both.
 _SAVEPOINT_FAILURES = (SavepointError, ConfigurationError, KafkaException, OSError)
 CHECK_EVERY_S = 0.05
+# Why the sources are paused while a savepoint is taken (KafkaSource.hold).
+SAVEPOINT_HOLD = "savepoint"
 DEFAULT_TIMEOUT_S = 60.0
 REPLY_TIMEOUT_S = 120.0
 # The worker loop's checkpoint: runs one and acts on its outcome; returns its record.
@@ -107,7 +109,7 @@ class SavepointOperation:
         self.last_contact = time.monotonic()
         self._next_check = 0.0
         self._assignment: dict[tuple[str, int], int] = {}
-        self._paused: list[TopicPartition] = []
+        self._paused: list[tuple[str, int]] = []
 
     @property
     def active(self) -> bool:
@@ -118,8 +120,7 @@ class SavepointOperation:
     def begin(self, checkpoint: Checkpoint) -> None:
         manager = self.control.manager
         self._assignment = {key: id(task) for key, task in manager.tasks.items()}
-        self._paused = [TopicPartition(t.topic, t.partition) for t in manager.tasks.values()
-                        if not t.stage.repartition]
+        self._paused = [i.key for t in manager.tasks.values() for i in t.inputs if not i.spec.repartition]
         self._pause()
         log.info("savepoint %s (%s): sources paused (%d partitions), draining", self.id, self.mode,
                  len(self._paused))
@@ -194,17 +195,25 @@ class SavepointOperation:
                                  "moved between workers); take it again")
 
     def _pause(self) -> None:
+        """Holds the sources; tasks of several inputs run what they buffered without
+        waiting for the held inputs, whose records come after the savepoint anyway."""
+        manager = self.control.manager
         if self._paused:
-            self.control.consumer.pause(self._paused)
+            manager.source.hold(self._paused, SAVEPOINT_HOLD)
+        for task in manager.tasks.values():
+            if task.group is not None:
+                task.group.draining = True
 
     def _resume(self) -> None:
+        manager = self.control.manager
+        for task in manager.tasks.values():
+            if task.group is not None:
+                task.group.draining = False
         if not self._paused:
             return
-        assigned = set(self.control.manager.tasks)
-        still = [tp for tp in self._paused if (tp.topic, tp.partition) in assigned]
+        routes = manager.routes
         try:
-            if still:
-                self.control.consumer.resume(still)
+            manager.source.release([key for key in self._paused if key in routes], SAVEPOINT_HOLD)
         except KafkaException as exc:
             log.warning("resuming source partitions after savepoint %s: %s", self.id, exc)
         self._paused = []
@@ -212,19 +221,21 @@ class SavepointOperation:
     def _repartition_drained(self, tasks: list[Any]) -> bool:
         """Every repartition partition of this worker read up to its last stable offset
         (the consumer's position counts the transaction markers it skipped)."""
-        repartition = [t for t in tasks if t.stage.repartition]
+        if any(t.group is not None and t.group.buffered() for t in tasks):
+            return False
+        repartition = [i for t in tasks for i in t.inputs if i.spec.repartition]
         if not repartition:
             return True
-        partitions = [TopicPartition(t.topic, t.partition) for t in repartition]
+        partitions = [TopicPartition(i.topic, i.partition) for i in repartition]
         positions = self.control.consumer.position(partitions)
         ends = self.control.offsets.ends(partitions)
         starts = None
-        for task, position in zip(repartition, positions):
-            at = max(position.offset, task.next_offset if task.next_offset is not None else -1)
+        for task_input, position in zip(repartition, positions):
+            at = max(position.offset, task_input.next_offset if task_input.next_offset is not None else -1)
             if at < 0:  # never read: drained only if there is nothing to read
                 starts = starts or self.control.offsets.starts(partitions)
-                at = starts[(task.topic, task.partition)]
-            if at < ends[(task.topic, task.partition)]:
+                at = starts[task_input.key]
+            if at < ends[task_input.key]:
                 return False
         return True
 
@@ -232,7 +243,7 @@ class SavepointOperation:
         control = self.control
         tasks = list(control.manager.tasks.values())
         partitions = control.offsets.partition_counts([s.topic for s in control.plan.stages])
-        end_offsets = control.offsets.ends([TopicPartition(t.topic, t.partition) for t in tasks])
+        end_offsets = control.offsets.ends([TopicPartition(i.topic, i.partition) for t in tasks for i in t.inputs])
         storage = _torn_on_first_file(open_storage(self.location, control.s3))
         part = write_part(plan=control.plan, tasks=tasks, worker=control.worker_id, storage=storage,
                           scratch=control.scratch_dir / self.id, partitions=partitions,
@@ -419,7 +430,8 @@ class SavepointControl:
 
 def _progress_token(tasks: list[Any]) -> str:
     """Changes whenever any task reads a record or commits a checkpoint."""
-    parts = sorted(f"{t.id}:{t.next_offset}:{t.completed.checkpoint_id}:{t.records_since_checkpoint}" for t in tasks)
+    parts = sorted(f"{t.id}:{[i.next_offset for i in t.inputs]}:{t.completed.checkpoint_id}:"
+                   f"{t.records_since_checkpoint}" for t in tasks)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

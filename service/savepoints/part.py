@@ -56,13 +56,14 @@ def write_part(*, plan: Plan, tasks: list[Any], worker: str, storage: Checkpoint
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         for task in sorted(tasks, key=lambda t: (t.topic, t.partition)):
-            offset = task.completed.offset
-            positions.append(PartitionPosition(
-                stage=task.stage.id, topic=task.topic, partition=task.partition,
-                offset=offset if offset is not None and offset >= 0 else None,
-                checkpoint_id=task.completed.checkpoint_id,
-                end_offset=end_offsets.get((task.topic, task.partition)), worker=worker,
-                watermark=task.watermark))
+            for task_input in task.inputs:
+                offset = task.completed.offset_of(task_input.topic, task.topic)
+                positions.append(PartitionPosition(
+                    stage=task.stage.id, topic=task_input.topic, partition=task.partition,
+                    offset=offset if offset is not None and offset >= 0 else None,
+                    checkpoint_id=task.completed.checkpoint_id,
+                    end_offset=end_offsets.get(task_input.key), worker=worker,
+                    watermark=task.watermark))
             if task.state is None:
                 continue
             for cf in task.state.store.column_families:

@@ -37,7 +37,7 @@ from connectors.serdes import BYTES, KEY
 from eos.errors import SavepointError
 from service.checkpointing.recovery import Restored, parse_metadata
 from service.eventtime.clock import FLOOR, clock_state, savepoint_floor
-from service.job.planner import Plan, Stage
+from service.job.planner import Plan, Stage, StageInput
 from service.runtime.task import CompletedCheckpoint, Task
 from service.savepoints.schema import declared_states
 from statestore.codecs import JSON_CODEC
@@ -176,8 +176,7 @@ class SavepointResume:
         self.partition_counts = dict(partition_counts)
         if not self.plan.repartition_stages:
             return  # no topic between stages: offsets and state are all that matter
-        partitions = [TopicPartition(s.topic, p) for s in self.plan.stages
-                      for p in range(partition_counts[s.topic])]
+        partitions = [TopicPartition(t, p) for t in self.plan.all_input_topics for p in range(partition_counts[t])]
         committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
         same_group = self.manifest.group == self.plan.group
         for tp in committed:
@@ -223,29 +222,31 @@ class SavepointResume:
             keys = self._load_state(task)
             if task.time is not None:
                 self._start_clock(task)
-        offset = self._offset(task)
+        offset = self._offset(task, task.lead.spec)
         saved = self.manifest.position(task.topic, task.partition)
         checkpoint_id = max(committed_checkpoint_id, saved.checkpoint_id if saved is not None else 0)
+        others = tuple((i.topic, self._offset(task, i.spec)) for i in task.others)
         completed = CompletedCheckpoint(checkpoint_id, offset, None, savepoint=self.manifest.id,
-                                        uncommitted=offset is not None and offset >= 0)
+                                        uncommitted=offset is not None and offset >= 0, other_offsets=others)
         elapsed = time.monotonic() - began
         log.info("restored %s from savepoint %s in %.3fs: %d keys, from offset %s", task.id, self.manifest.id,
                  elapsed, keys, "beginning" if offset == OFFSET_BEGINNING else offset)
         return Restored(completed, None, elapsed)
 
-    def _offset(self, task: Task) -> int | None:
-        """The savepoint's position of this partition; partitions it does not know start
-        from the beginning (new partitions, or another group's repartition topic)."""
-        stage = task.stage
-        if stage.repartition and self.manifest.group != self.plan.group:
+    def _offset(self, task: Task, stage_input: StageInput) -> int | None:
+        """The savepoint's position of one input partition of the task; partitions it
+        does not know start from the beginning (new partitions, or another group's
+        repartition topic)."""
+        topic = stage_input.topic
+        if stage_input.repartition and self.manifest.group != self.plan.group:
             return OFFSET_BEGINNING
-        if not stage.repartition and not any(s.topic == stage.topic for s in self.manifest.stages):
-            if stage.topic not in self._warned_topics:
-                self._warned_topics.add(stage.topic)
+        if not stage_input.repartition and not any(p.topic == topic for p in self.manifest.positions):
+            if topic not in self._warned_topics:
+                self._warned_topics.add(topic)
                 log.warning("savepoint %s has no positions for topic %r (the job reads another topic now); "
-                            "its partitions start by the reset policy", self.manifest.id, stage.topic)
+                            "its partitions start by the reset policy", self.manifest.id, topic)
             return None
-        saved = self.manifest.position(task.topic, task.partition)
+        saved = self.manifest.position(topic, task.partition)
         if saved is None or saved.offset is None:
             return OFFSET_BEGINNING
         return saved.offset

@@ -15,10 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from service.eventtime.windows import Session
+from service.eventtime.windows import Count, Session
 from service.job.planner import Plan, Stage
 from statestore.codecs import JSON_CODEC, ValueCodec
 from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
+from statestore.ttl import ttl_codec
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ class _RecordingContext:
     def __init__(self) -> None:
         self.declared: list[tuple[str, str, ValueCodec]] = []
 
-    def value_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> _Inert:
-        self.declared.append((name, VALUE_STATE, codec))
+    def value_state(self, name: str, codec: ValueCodec = JSON_CODEC, ttl_ms: int | None = None) -> _Inert:
+        self.declared.append((name, VALUE_STATE, codec if ttl_ms is None else ttl_codec(codec)))
         return _Inert()
 
-    def map_state(self, name: str, codec: ValueCodec = JSON_CODEC) -> _Inert:
-        self.declared.append((name, MAP_STATE, codec))
+    def map_state(self, name: str, codec: ValueCodec = JSON_CODEC, ttl_ms: int | None = None) -> _Inert:
+        self.declared.append((name, MAP_STATE, codec if ttl_ms is None else ttl_codec(codec)))
         return _Inert()
 
 
@@ -65,10 +66,13 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
             if node is None:
                 continue
             if node.kind in ("aggregate", "reduce"):
-                declared = [("acc", VALUE_STATE, node.options.get("codec") or JSON_CODEC)]
+                codec = node.options.get("codec") or JSON_CODEC
+                declared = [("acc", VALUE_STATE, codec if node.options.get("ttl_ms") is None else ttl_codec(codec))]
             elif node.kind == "window":
                 name = "sessions" if isinstance(node.options["shape"], Session) else "windows"
                 declared = [(name, MAP_STATE, node.options["codec"])]
+                if isinstance(node.options["shape"], Count):
+                    declared.append(("count", VALUE_STATE, JSON_CODEC))
             else:
                 declared = _process_states(uid, node.fn)
                 if node.options.get("timers"):

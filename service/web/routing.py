@@ -113,6 +113,7 @@ class Router:
     def __init__(self, access: ControlAccess | None = None) -> None:
         self.access = access or ControlAccess()
         self._routes: dict[str, dict[str, _Route]] = {}
+        self._prefixes: list[tuple[str, dict[str, _Route]]] = []
 
     def add(self, method: str, path: str, handler: Handler, *, control: bool = False) -> None:
         methods = self._routes.setdefault(path, {})
@@ -120,8 +121,20 @@ class Router:
             raise ValueError(f"{method.upper()} {path} is already routed")
         methods[method.upper()] = _Route(handler, control)
 
+    def add_prefix(self, method: str, prefix: str, handler: Handler, *, control: bool = False) -> None:
+        """Routes every path under `prefix` (e.g. `/state/`) to `handler`."""
+        methods = next((m for p, m in self._prefixes if p == prefix), None)
+        if methods is None:
+            methods = {}
+            self._prefixes.append((prefix, methods))
+        if method.upper() in methods:
+            raise ValueError(f"{method.upper()} {prefix}* is already routed")
+        methods[method.upper()] = _Route(handler, control)
+
     def handle(self, request: Request) -> Response:
         methods = self._routes.get(request.path)
+        if methods is None:
+            methods = next((m for p, m in self._prefixes if request.path.startswith(p)), None)
         if methods is None:
             return Response.text(404, f"no such page: {request.path}")
         method = "GET" if request.method == "HEAD" else request.method

@@ -14,7 +14,7 @@ from service.monitoring.units import human_bytes
 
 REFRESH_S = 2
 
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
 header{background:#1d2330;color:#fff;padding:14px 24px;display:flex;gap:18px;align-items:baseline;flex-wrap:wrap}
 header h1{font-size:19px;margin:0}header .sub{color:#b8c0cc}
@@ -36,7 +36,7 @@ footer{color:#7a8494;font-size:12px;padding:0 24px 20px}
 """
 
 
-def _clock(epoch: float | None) -> str:
+def clock(epoch: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
@@ -50,7 +50,7 @@ def _seconds(value: float) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def _count(value: int | None) -> str:
+def count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
@@ -70,9 +70,9 @@ def _figures(status: WorkerStatus, now: float) -> str:
     lag_known = any(t.lag is not None for t in status.tasks)
     figures = [
         ("last-checkpoint", str(status.last_checkpoint_id), "last completed checkpoint"),
-        ("records-in", _count(status.records_in), "records in"),
-        ("records-out", _count(status.records_out), "records out"),
-        ("total-lag", _count(total_lag) if lag_known else "-", "consumer lag (records)"),
+        ("records-in", count(status.records_in), "records in"),
+        ("records-out", count(status.records_out), "records out"),
+        ("total-lag", count(total_lag) if lag_known else "-", "consumer lag (records)"),
         ("restarts", str(status.restarts), "restarts"),
         ("uptime", _seconds(max(0.0, now - status.started_at)), "up"),
     ]
@@ -87,7 +87,7 @@ def _current(status: WorkerStatus, in_progress: CheckpointStatus | None, now: fl
     else:
         done = next((c for c in status.checkpoints if c.result == "committed"), None)
         text = "no checkpoint completed yet" if done is None else (
-            f"last completed: checkpoint {done.checkpoint_id} at {_clock(done.started_at)}, "
+            f"last completed: checkpoint {done.checkpoint_id} at {clock(done.started_at)}, "
             f"took {_seconds(done.duration_s)}, {human_bytes(done.size_bytes)} of state")
     every = f"every {_seconds(status.checkpoint_interval_s)}" if status.checkpoint_interval_s > 0 else "disabled"
     return (f'<section><h2>Current checkpoint</h2><p id="current-checkpoint">{text}</p>'
@@ -101,7 +101,7 @@ def _tasks(status: WorkerStatus) -> str:
     rows = "".join(
         f'<tr data-task="{escape(t.task)}"><td>{escape(t.stage)}</td><td class="topic">{escape(t.topic)}</td>'
         f'<td class="num">{t.partition}</td><td>{"yes" if t.stateful else "no"}</td>'
-        f'<td class="num">{_count(t.position)}</td><td class="num lag">{_count(t.lag)}</td>'
+        f'<td class="num">{count(t.position)}</td><td class="num lag">{count(t.lag)}</td>'
         f'<td class="num">{t.checkpoint_id}</td></tr>'
         for t in sorted(status.tasks, key=lambda t: (t.stage, t.topic, t.partition)))
     return (f'<section><h2>Tasks and partitions ({len(status.tasks)})</h2><table id="tasks"><thead><tr>'
@@ -113,10 +113,10 @@ def _tasks(status: WorkerStatus) -> str:
 def _history(checkpoints: tuple[CheckpointStatus, ...]) -> str:
     rows = "".join(
         f'<tr class="checkpoint {escape(c.result)}"><td class="num">{c.checkpoint_id}</td>'
-        f"<td>{escape(c.reason)}</td><td>{_clock(c.started_at)}</td>"
+        f"<td>{escape(c.reason)}</td><td>{clock(c.started_at)}</td>"
         f'<td class="num">{_seconds(c.duration_s)}</td><td class="num">{c.tasks}</td>'
         f'<td class="num">{human_bytes(c.size_bytes)}</td><td class="num">{human_bytes(c.uploaded_bytes)}</td>'
-        f'<td class="num">{_count(c.state_keys)}</td><td>{_result_badge(c)}</td>'
+        f'<td class="num">{count(c.state_keys)}</td><td>{_result_badge(c)}</td>'
         f'<td class="error">{escape(c.error or "")}</td></tr>'
         for c in checkpoints)
     if not rows:
@@ -131,7 +131,7 @@ def _history(checkpoints: tuple[CheckpointStatus, ...]) -> str:
 def _last_error(status: WorkerStatus) -> str:
     if not status.last_error:
         return '<section><h2>Last error</h2><p id="last-error">none</p></section>'
-    return (f'<section><h2>Last error</h2><p>at {_clock(status.last_error_at)}</p>'
+    return (f'<section><h2>Last error</h2><p>at {clock(status.last_error_at)}</p>'
             f'<pre id="last-error">{escape(status.last_error)}</pre></section>')
 
 
@@ -141,12 +141,12 @@ def render(status: WorkerStatus, in_progress: CheckpointStatus | None = None, no
     return (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="refresh" content="{REFRESH_S}"><title>eos: {escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>"
+        f"<style>{CSS}</style></head><body>"
         f"<header><h1>{escape(status.job)}</h1><span class=\"sub\">group {escape(status.group)}</span>"
         f"<span class=\"sub\">worker {escape(status.worker)}</span>{_state_badge(status)}</header><main>"
         + _figures(status, now) + _current(status, in_progress, now) + _tasks(status)
         + _history(status.checkpoints) + _last_error(status)
-        + f"</main><footer>as of {_clock(status.published_at)}; refreshes every {REFRESH_S} s. "
+        + f"</main><footer>as of {clock(status.published_at)}; refreshes every {REFRESH_S} s. "
         "<a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a> · "
         "<a href=\"/status.json\">status.json</a></footer></body></html>"
     )

@@ -34,13 +34,24 @@ def open_storage(url: str, s3: S3Settings | None = None) -> CheckpointStorage:
                 f"checkpoint storage URL {url!r} has a host part; use file:///absolute/path")
         return FileStorage(path)
     if parsed.scheme == "s3":
-        from statestore.storage.s3 import S3Storage
-
+        S3Storage = _s3_backend(url)
         s3 = s3 or S3Settings()
         return S3Storage.from_url(url, endpoint_url=s3.endpoint_url, region=s3.region,
                                   profile=s3.profile, credentials_file=s3.credentials_file)
     raise ConfigurationError(
         f"unsupported checkpoint storage URL {url!r}: use file:///path or s3://bucket/prefix")
+
+
+def _s3_backend(url: str) -> type:
+    """The S3 back-end, imported only for s3:// URLs: boto3 is an optional extra, so
+    users of file:// storage never install it."""
+    try:
+        from statestore.storage.s3 import S3Storage
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"checkpoint storage {url!r} needs S3 support, which is not installed ({exc.name} is missing): "
+            "pip install 'eos[s3]'") from None
+    return S3Storage
 
 
 __all__ = ["CheckpointStorage", "FileStorage", "ObjectNotFound", "S3Settings", "StorageError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -50,14 +51,16 @@ class OracleReport:
                 f"repeated_ids={len(self.repeated_ids)}; e.g. {self.examples[:5]}")
 
 
-def check_running_sum(orders: dict[int, Order], outputs: list[tuple[bytes | None, bytes | None]]) -> OracleReport:
+def check_running_sum(orders: dict[int, Order], outputs: list[tuple[bytes | None, bytes | None]],
+                      decode: Callable[[bytes], dict] = json.loads) -> OracleReport:
     """`outputs` in the order a read_committed consumer saw them per partition (each
-    user's outputs share one partition, so their relative order is the commit order)."""
+    user's outputs share one partition, so their relative order is the commit order);
+    `decode` turns a value into its fields (JSON by default)."""
     report = OracleReport(outputs=len(outputs))
     state: dict[str, tuple[int, int]] = {}  # user -> (count, sum)
     seen_ids: dict[int, int] = defaultdict(int)
     for key, raw in outputs:
-        value = json.loads(raw)
+        value = decode(raw)
         user, count, total, last_id = value["user"], value["count"], value["sum"], value["last_id"]
         if key is not None and key.decode() != user:
             report.wrong_users += 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from tests.harness.oracle import OracleReport
 from tests.harness.scenario import RunningSum
-from tests.harness.table_oracle import TableReport, check_tables, read_tables
+from tests.harness.pg_table_oracle import TableReport, check_tables, read_tables
 from tests.harness.worker_process import REPO, WorkerProcess, wait_for
 
 JOB = REPO / "examples" / "running_sum_postgres.py"

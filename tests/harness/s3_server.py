@@ -14,17 +14,16 @@ import contextlib
 import http.client
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 
 from tests.harness.ports import free_port
+from tests.harness.server_process import start_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +51,16 @@ class S3Server:
         """Starts the process, waits until it answers HTTP, creates the default bucket."""
         if self.is_running():
             return
-        with open(self._log_path, "ab") as out:
-            # Own session: a Ctrl-C meant for pytest must not kill the server mid-test.
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", self.host],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto server on {self.endpoint} exited with "
-                                   f"{self._proc.returncode}:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"moto server on {self.endpoint} did not answer within "
-                                   f"{timeout:.0f}s:\n{self._log_tail()}")
-            time.sleep(0.1)
+        self._proc = start_server(
+            [sys.executable, "-m", "moto.server", "-p", str(self.port), "-H", self.host], self._log_path,
+            self._answers, f"moto server on {self.endpoint}", timeout)
         self.create_bucket(self.bucket)
         log.info("moto S3 server up at %s (pid %d)", self.endpoint, self._proc.pid)
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace)
+        stop_server(proc, grace)
         log.info("moto S3 server at %s stopped", self.endpoint)
 
     def restart(self) -> None:
@@ -118,12 +97,6 @@ class S3Server:
             return False
         finally:
             conn.close()
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 @contextlib.contextmanager

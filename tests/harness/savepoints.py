@@ -63,6 +63,21 @@ def start_controlled(scenario: RunningSum, **overrides) -> ControlledWorker:
     return ControlledWorker(scenario.start_worker(extra_args=extra, **overrides), port)
 
 
+def wait_settled(workers: list[ControlledWorker], timeout: float = 120) -> None:
+    """Until every worker holds tasks and the assignment stayed the same for a second, so
+    a test's first checkpoints do not race the group's rebalances."""
+    previous: list = []
+
+    def balanced() -> bool:
+        nonlocal previous
+        assignment = [sorted(t["task"] for t in w.status()["tasks"]) for w in workers]
+        settled = all(assignment) and assignment == previous
+        previous = assignment
+        return settled
+
+    wait_for(balanced, timeout, 1.0, "every worker to hold tasks, unchanged for a second")
+
+
 def savepoint(mode: str, workers: list[ControlledWorker], target: Path | str | None,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     args = ["savepoint", mode] + (["--target", str(target)] if target is not None else [])

@@ -103,13 +103,14 @@ class RunningSum:
 
     def wait_complete(self, worker: WorkerProcess | None, timeout: float = 180,
                       expected: set[int] | None = None) -> None:
-        """Until every expected id has an output (or the worker died)."""
+        """Until every expected id has an output and `worker` runs (its start logged: a
+        SIGTERM before that would end it before it could stop cleanly), or it died."""
         want = expected if expected is not None else set(self.orders)
 
         def done() -> bool:
             if worker is not None and not worker.alive():
                 raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
-            return want <= self.ids_seen()
+            return (worker is None or worker.running()) and want <= self.ids_seen()
 
         wait_for(done, timeout, 1.0, "every input id to appear in the output")
 

@@ -80,6 +80,9 @@ class Expected:
     late_records: int
     late_ids: set[int] = field(default_factory=set)
     ends: dict[tuple[str, int], int] | None = None  # sessions: each window's own end
+    # Count windows are named by their end (early windows of a sliding count share start
+    # 0): (user, end) -> start.
+    starts: dict[tuple[str, int], int] | None = None
 
 
 def expected_windows(orders: list[TimedOrder], rules: WindowRules, resumed_at: int | None = None) -> Expected:
@@ -110,22 +113,30 @@ def expected_windows(orders: list[TimedOrder], rules: WindowRules, resumed_at: i
     return Expected(windows, late, late_ids)
 
 
-def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
-    """Session windows: a record is late when its event time is `grace_ms` or more
-    behind its partition's watermark; the on-time records of a user, in event-time
-    order, form one session while each starts before the previous one's last + gap."""
+def _on_time_by_user(orders: list[TimedOrder], grace_ms: int,
+                     out_of_orderness_ms: int) -> tuple[dict[str, list[TimedOrder]], set[int]]:
+    """For shapes where a record is late when its event time is `grace_ms` or more
+    behind its partition's watermark (sessions, sliding): each user's on-time orders, in
+    production order, and the ids of the late ones."""
     watermark: dict[int, int] = {}
     on_time: dict[str, list[TimedOrder]] = defaultdict(list)
-    late, late_ids = 0, set()
+    late_ids = set()
     for order in orders:
         before = watermark.get(order.partition)
         if before is not None and order.ts + grace_ms <= before:
-            late += 1
             late_ids.add(order.id)
         elif order.user != FLUSH_USER:
             on_time[order.user].append(order)
         candidate = order.ts - out_of_orderness_ms
         watermark[order.partition] = candidate if before is None else max(before, candidate)
+    return on_time, late_ids
+
+
+def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
+    """Session windows: a record is late when its event time is `grace_ms` or more
+    behind its partition's watermark; the on-time records of a user, in event-time
+    order, form one session while each starts before the previous one's last + gap."""
+    on_time, late_ids = _on_time_by_user(orders, grace_ms, out_of_orderness_ms)
     windows: dict[tuple[str, int], dict[str, int]] = {}
     ends: dict[tuple[str, int], int] = {}
     for user, records in on_time.items():
@@ -139,7 +150,47 @@ def expected_sessions(orders: list[TimedOrder], gap_ms: int, grace_ms: int, out_
             windows[(user, start)]["orders"] += 1
             windows[(user, start)]["amount"] += order.amount
             ends[(user, start)] = end
-    return Expected(windows, late, late_ids, ends)
+    return Expected(windows, len(late_ids), late_ids, ends)
+
+
+def expected_sliding(orders: list[TimedOrder], size_ms: int, grace_ms: int, out_of_orderness_ms: int) -> Expected:
+    """Sliding windows, from their definition: a record is late when its event time is
+    `grace_ms` or more behind its partition's watermark; over the on-time records of a
+    user, a window [s, s + size] (both ends inclusive) exists for s = t - size for every
+    record time t, and for s = t + 1 when some record lies in (t, t + 1 + size]; it holds
+    every on-time record of the user in its range."""
+    on_time, late_ids = _on_time_by_user(orders, grace_ms, out_of_orderness_ms)
+    windows: dict[tuple[str, int], dict[str, int]] = {}
+    for user, records in on_time.items():
+        times = sorted({o.ts for o in records})
+        starts = {t - size_ms for t in times}
+        starts |= {t + 1 for t in times if any(t < r <= t + 1 + size_ms for r in times)}
+        for start in starts:
+            inside = [o for o in records if start <= o.ts <= start + size_ms]
+            windows[(user, start)] = {"orders": len(inside), "amount": sum(o.amount for o in inside)}
+    return Expected(windows, len(late_ids), late_ids)
+
+
+def expected_count_windows(orders: list[TimedOrder], size: int, slide: int, unfilled: bool = False) -> Expected:
+    """Count windows: each user's records numbered in the order its partition holds
+    them (each user's orders go to one partition); a window ends after every `slide`-th
+    record, at position c, and holds positions [max(0, c - size), c). Windows that never
+    fill are expected only with `unfilled` (emit=update sends them as they grow)."""
+    by_user: dict[str, list[TimedOrder]] = defaultdict(list)
+    for order in orders:
+        if order.user != FLUSH_USER:
+            by_user[order.user].append(order)
+    windows: dict[tuple[str, int], dict[str, int]] = {}
+    starts: dict[tuple[str, int], int] = {}
+    for user, records in by_user.items():
+        last = len(records) + (size if unfilled else 1)
+        for end in range(slide, last, slide):
+            inside = records[max(0, end - size):end]
+            if not inside:
+                continue
+            windows[(user, end)] = {"orders": len(inside), "amount": sum(o.amount for o in inside)}
+            starts[(user, end)] = max(0, end - size)
+    return Expected(windows, 0, set(), starts=starts)
 
 
 @dataclass
@@ -167,9 +218,13 @@ class WindowReport:
 
 
 def check_windows(expected: Expected, outputs: list[tuple[bytes, bytes, int]], emit: str,
-                  size_ms: int) -> WindowReport:
+                  size_ms: int, inclusive_end: bool = False, final_ts: bool = True) -> WindowReport:
     """`outputs`: (key, value, Kafka timestamp) in the order a read_committed consumer
-    saw them (a user's outputs share one partition, so theirs are in commit order)."""
+    saw them (a user's outputs share one partition, so theirs are in commit order).
+    A final result's timestamp is its window's last millisecond: end - 1, or end for
+    windows whose end is inclusive (sliding); `final_ts` False skips that check (count
+    windows carry the time of their last record). With emit=update, the updates of a
+    window made from another one start at the count it was made with."""
     report = WindowReport(outputs=len(outputs), windows=len(expected.windows))
     seen: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for key, raw, ts in outputs:
@@ -177,14 +232,21 @@ def check_windows(expected: Expected, outputs: list[tuple[bytes, bytes, int]], e
         user = key.decode()
         if user == FLUSH_USER:
             continue
-        window = (user, value["start"])
-        want_end = value["start"] + size_ms if expected.ends is None else expected.ends.get(window, value["end"])
-        if value["end"] != want_end:
+        if expected.starts is not None:
+            window = (user, value["end"])
+            if value["start"] != expected.starts.get(window, value["start"]):
+                report.wrong += 1
+                report.note(f"{window}: start {value['start']}")
+        else:
+            window = (user, value["start"])
+            want_end = value["start"] + size_ms if expected.ends is None else expected.ends.get(window, value["end"])
+            if value["end"] != want_end:
+                report.wrong += 1
+                report.note(f"{window}: end {value['end']}")
+        last_ms = value["end"] if inclusive_end else value["end"] - 1
+        if emit == "final" and final_ts and ts != last_ms:
             report.wrong += 1
-            report.note(f"{window}: end {value['end']}")
-        if emit == "final" and ts != value["end"] - 1:
-            report.wrong += 1
-            report.note(f"{window}: timestamp {ts}, not end - 1")
+            report.note(f"{window}: timestamp {ts}, not {last_ms}")
         seen[window].append(value["value"])
     for window, values in seen.items():
         want = expected.windows.get(window)
@@ -198,7 +260,8 @@ def check_windows(expected: Expected, outputs: list[tuple[bytes, bytes, int]], e
                 report.note(f"{window}: {len(values)} final results")
         else:
             counts = Counter(v["orders"] for v in values)
-            if sorted(counts) != list(range(1, want["orders"] + 1)) or max(counts.values()) > 1:
+            lowest = min(counts) if inclusive_end else 1
+            if sorted(counts) != list(range(lowest, want["orders"] + 1)) or max(counts.values()) > 1:
                 report.bad_updates += 1
                 report.note(f"{window}: update counts {sorted(counts.elements())[:12]} for {want['orders']} orders")
         if values[-1] != want:

@@ -7,6 +7,7 @@ directory outside the repository (the test's own directory), with job files name
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -106,6 +107,17 @@ class WorkerProcess:
             if self.proc.returncode is not None:
                 self._log.close()
 
+    def running(self) -> bool:
+        """Whether this incarnation logged its start: it handles SIGTERM from then on."""
+        return " started: stages " in self.log_text()
+
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until this incarnation holds its first partitions (before that, a SIGTERM may
+        find the process still starting, before it handles the signal)."""
+        wait_for(lambda: "assigned" in self.log_text() or not self.alive(), timeout, 0.2,
+                 lambda: f"the worker to get partitions:\n{self.log_tail()}")
+        assert self.alive(), self.log_tail()
+
     def log_text(self) -> str:
         """This incarnation's log so far."""
         try:
@@ -120,6 +132,17 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def kill_at_random(start: Callable[[int], WorkerProcess], kills: int, seed: int) -> None:
+    """Starts a worker (`start(i)`) and SIGKILLs it 2 to 4 s later, `kills` times: kills
+    that land at random moments of processing and checkpointing."""
+    rng = random.Random(seed)
+    for i in range(kills):
+        worker = start(i)
+        time.sleep(rng.uniform(2.0, 4.0))
+        assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
+        worker.kill()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.25, what: str | Callable[[], str] = "condition") -> None:

@@ -1,0 +1,197 @@
+"""End-to-end latency of exactly-once output, against the checkpoint (commit) interval.
+
+An exactly-once output becomes visible to a `read_committed` reader only when the
+transaction that holds it commits, so latency is bounded below by the commit interval.
+Here the one-stage running sum (input keyed by user) runs at half of its maximum
+throughput while orders are produced at a steady rate into a topic that stamps each
+record with the broker's append time (`message.timestamp.type=LogAppendTime`); a
+`read_committed` reader of the output notes when each output arrives, on the same clock.
+Latency of an order = when its output was read - when its input was appended. Reported
+per interval (100 ms, 250 ms, 1 s): p50, p99 and max over the steady part of the run,
+for eos and for Quix Streams at the same commit interval; and the maximum throughput
+of eos at 100 ms against 1 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import runner
+import workload
+from runner import MAIN_PY, REPO
+
+INTERVALS_S = (0.1, 0.25, 1.0)
+WARMUP_S = 5.0
+
+
+def _eos_command(ctx_bootstrap: str, group: str, workdir, input_topic: str, output_topic: str,
+                 interval_s: float) -> list[str]:
+    return [MAIN_PY, "-m", "service.cli", "--log-level", "WARNING", "run",
+            str(REPO / "examples" / "running_sum_prekeyed.py"), "--bootstrap-servers", ctx_bootstrap,
+            "--group", group, "--state-dir", str(workdir / "eos-state"),
+            "--checkpoint-storage", f"file://{workdir / 'eos-checkpoints'}",
+            "--checkpoint-interval", f"{int(interval_s * 1000)}ms", "--worker-id", "bench",
+            "-p", f"input={input_topic}", "-p", f"output={output_topic}"]
+
+
+def _quix_command(bootstrap: str, group: str, workdir, input_topic: str, output_topic: str,
+                  interval_s: float) -> list[str]:
+    return [runner.QUIX_PY, str(runner.BENCH_DIR / "quix_running_sum.py"), "--bootstrap", bootstrap,
+            "--input", input_topic, "--output", output_topic, "--group", group,
+            "--commit-interval", str(interval_s), "--state-dir", str(workdir / "quix-state")]
+
+
+CANDIDATES = {"eos": _eos_command, "quix": _quix_command}
+
+
+def _create_input(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.create_topics([NewTopic(topic, workload.PARTITIONS, 1,
+                                           config={"message.timestamp.type": "LogAppendTime"})])[topic]
+    future.result(30)
+
+
+class Feed(threading.Thread):
+    """Orders at `rate` per second, keyed by user, until stopped."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, users: int) -> None:
+        super().__init__(daemon=True)
+        self.topic, self.rate = topic, rate
+        self.records = workload.generate(10**9, users)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random",
+                                  "enable.idempotence": True})
+        self.stopped = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        began = time.monotonic()
+        while not self.stopped.is_set():
+            due = int((time.monotonic() - began) * self.rate)
+            while self.sent < due:
+                key, value = next(self.records)
+                try:
+                    self.producer.produce(self.topic, value, key)
+                except BufferError:
+                    self.producer.poll(0.01)
+                    continue
+                self.sent += 1
+            self.producer.poll(0)
+            time.sleep(0.002)
+        self.producer.flush(30)
+
+
+class Reader(threading.Thread):
+    """Notes when each output (by its order id) is first read, read_committed."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"latency-{uuid.uuid4().hex[:8]}",
+                                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                                  "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(workload.PARTITIONS)])
+        self.seen: dict[int, float] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            for msg in self.consumer.consume(10_000, 0.05):
+                if msg.error() is None:
+                    now = time.time()
+                    self.seen.setdefault(orjson.loads(msg.value())["last_id"], now)
+        self.consumer.close()
+
+
+def _appended(bootstrap: str, topic: str) -> dict[int, float]:
+    """Order id -> broker append time (s), read back from the input topic."""
+    appended: dict[int, float] = {}
+
+    def take(msgs: list) -> None:
+        for msg in msgs:
+            appended[orjson.loads(msg.value())["id"]] = msg.timestamp()[1] / 1000
+
+    workload.consume_all(bootstrap, topic, take)
+    return appended
+
+
+def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, seconds: float, users: int,
+                log) -> dict:
+    run_id = uuid.uuid4().hex[:8]
+    input_topic, output_topic = f"bench-lat-in-{run_id}", f"bench-lat-out-{run_id}"
+    _create_input(bootstrap, input_topic)
+    workload.create_topic(bootstrap, output_topic)
+    workdir = runner.Path(runner.tempfile.mkdtemp(prefix=f"bench-lat-{candidate}-"))
+    argv = CANDIDATES[candidate](bootstrap, f"bench-lat-{candidate}-{run_id}", workdir, input_topic, output_topic,
+                                 interval_s)
+    reader = Reader(bootstrap, output_topic)
+    reader.start()
+    with open(workdir / "candidate.log", "wb") as out:
+        proc = runner.subprocess.Popen(argv, stdout=out, stderr=runner.subprocess.STDOUT, cwd=str(REPO),
+                                       start_new_session=True)
+    try:
+        time.sleep(3.0)  # the candidate joins its group before the feed starts
+        feed = Feed(bootstrap, input_topic, rate, users)
+        feed.start()
+        time.sleep(seconds)
+        feed.stopped.set()
+        feed.join(30)
+        deadline = time.monotonic() + 30
+        while len(reader.seen) < feed.sent and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        reader.stopped.set()
+        reader.join(10)
+        runner._kill_group(proc)
+    appended = _appended(bootstrap, input_topic)
+    start = min(appended.values()) + WARMUP_S
+    latencies = sorted(reader.seen[i] - t for i, t in appended.items() if t >= start and i in reader.seen)
+    missing = sum(1 for i in appended if i not in reader.seen)
+    workload.delete_topics(bootstrap, [input_topic, output_topic])
+    runner.shutil.rmtree(workdir, ignore_errors=True)
+    if not latencies:
+        log(f"  {candidate} @ {interval_s * 1000:.0f} ms: no output (see its log)")
+        return {"candidate": candidate, "interval_s": interval_s, "ok": False}
+
+    def pct(q: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    result = {"candidate": candidate, "interval_s": interval_s, "rate": rate, "ok": missing == 0,
+              "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": 1000 * latencies[-1], "records": len(latencies),
+              "missing": missing}
+    log(f"  {candidate} @ {interval_s * 1000:.0f} ms: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"max {result['max_ms']:.0f} ms ({len(latencies):,} orders at {rate:,.0f}/s, {missing} missing)")
+    return result
+
+
+def max_throughput(bootstrap: str, interval_s: float, records: int, users: int, reps: int, log) -> float | None:
+    """The prekeyed running sum's throughput with checkpoints every `interval_s`."""
+    topic = workload.ensure_input(bootstrap, records, users, log=log)
+    logdir = runner.Path(runner.tempfile.mkdtemp(prefix="bench-lat-tput-"))
+    rates = []
+    for rep in range(reps):
+        r = runner.run_once(runner.REGISTRY["eos-exactly-once-prekeyed"], bootstrap=bootstrap, input_topic=topic,
+                            records=records, users=users, rep=rep, commit_interval=interval_s, timeout=900.0,
+                            verify=False, keep_topics=False, logdir=logdir,
+                            broker_pid=runner.find_broker_pid(bootstrap), log=log)
+        if r.get("ok"):
+            rates.append(r["records_per_s"])
+            log(f"  throughput @ {interval_s * 1000:.0f} ms, rep {rep}: {r['records_per_s']:,.0f} records/s")
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
+def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int, log) -> dict:
+    runner.ensure_quix_venv(log)
+    log("latency: maximum throughput at 1 s and 100 ms checkpoint intervals")
+    tput = {str(i): max_throughput(bootstrap, i, records, users, reps, log) for i in (1.0, 0.1)}
+    rate = (tput["1.0"] or 20_000) / 2
+    log(f"latency: orders at {rate:,.0f}/s (half the maximum at 1 s), {seconds:.0f} s per run")
+    runs = [latency_run(bootstrap, candidate, interval, rate, seconds, users, log)
+            for interval in INTERVALS_S for candidate in CANDIDATES]
+    return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,
+            "throughput_100ms_vs_1s": (tput["0.1"] / tput["1.0"]) if tput["0.1"] and tput["1.0"] else None,
+            "runs": runs}

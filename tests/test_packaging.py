@@ -1,0 +1,91 @@
+"""How eos is installed: optional extras stay optional, the worker image installs pinned
+dependencies in a layer of their own, and Kafka's data outlives its container."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "deploy" / "requirements.lock"
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"{LOCK.name}: {line!r} is not pinned with =="
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def _requirements(*extras: str) -> list[Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    found = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        found += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    return found
+
+
+def test_s3_support_is_an_extra_that_file_storage_users_do_not_need():
+    assert not any(r.name == "boto3" for r in _requirements()), "boto3 must not be a core dependency"
+    assert any(r.name == "boto3" for r in _requirements("s3"))
+    test_extra = " ".join(str(r) for r in _requirements("test"))
+    assert "eos[s3,schema-registry]" in test_extra, "the tests need every extra"
+
+
+def test_without_boto3_file_storage_works_and_s3_says_which_extra_to_install(tmp_path):
+    script = f"""
+import sys
+sys.modules["boto3"] = None  # as if the s3 extra were not installed
+from eos.errors import ConfigurationError
+from statestore.storage import open_storage
+open_storage("file://{tmp_path}").put_atomic("x", b"1")
+try:
+    open_storage("s3://bucket/prefix")
+except ConfigurationError as exc:
+    print(exc)
+else:
+    raise SystemExit("no error")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'eos[s3]'" in result.stdout and "boto3" in result.stdout
+
+
+def test_the_lock_pins_every_dependency_the_image_installs_within_pyprojects_ranges():
+    pins = _pins()
+    for requirement in _requirements("s3", "schema-registry"):
+        name = requirement.name.lower()
+        assert name in pins, f"{name} is a dependency but {LOCK.name} does not pin it"
+        assert requirement.specifier.contains(pins[name], prereleases=True), \
+            f"{LOCK.name} pins {name}=={pins[name]}, outside pyproject.toml's {requirement.specifier}"
+
+
+def test_the_image_installs_the_locked_dependencies_before_it_copies_the_code():
+    steps = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    lock_install = next(i for i, s in enumerate(steps) if s.startswith("RUN") and "requirements.lock" in s)
+    first_code = next(i for i, s in enumerate(steps) if s.startswith("COPY") and ("service" in s or "pyproject" in s))
+    assert lock_install < first_code, "dependencies must be a layer of their own, before the code"
+    assert "--no-deps" in steps[lock_install]
+    project_install = next(s for s in steps[first_code:] if s.startswith("RUN pip install"))
+    assert "--no-deps" in project_install, "the project must not pull unpinned dependencies"
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "!deploy/requirements.lock" in ignored, "the build context must carry the lock file"
+
+
+def test_kafka_keeps_its_data_on_a_volume():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    kafka = compose["services"]["kafka"]
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert log_dir in mounts, f"Kafka's log dir {log_dir} is not on a volume"
+    assert mounts[log_dir] in compose["volumes"]
