@@ -48,6 +48,10 @@ class RecordingSink:
 
 
 class Owner:
+    """An owner without a pool (at-least-once's): the whole checkpoint runs in the loop."""
+
+    asynchronous = False
+
     def __init__(self, calls: list, outcome: Outcome = DONE) -> None:
         self.calls, self.outcome = calls, outcome
 
@@ -60,8 +64,27 @@ class Owner:
         return Outcome(Kind.REWIND, reason, counts)
 
 
+class PoolOwner(Owner):
+    """An owner with a pool: the transaction closes at the barrier, commits in the
+    background, and the loop settles it."""
+
+    asynchronous = True
+    closing = True
+    closed_epoch = 1
+
+    def close_epoch(self, consumer) -> Outcome:
+        self.calls.append(("kafka", "close"))
+        return DONE
+
+    def commit_closed(self, epoch: int, offsets) -> None:
+        self.calls.append(("kafka", "commit"))
+
+    def closed_committed(self, failure) -> Outcome:
+        return DONE
+
+
 def _coordinator(sinks: dict, owner: Owner) -> CheckpointCoordinator:
-    task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=10,
+    task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=10, others=[],
                            completed=CompletedCheckpoint(4, 5, None), attempted_manifest=None,
                            records_since_checkpoint=5, changed=True, sinks=sinks)
     manager = SimpleNamespace(tasks={("in", 0): task}, plan=SimpleNamespace(stages=[]))
@@ -75,8 +98,22 @@ def test_sinks_prepare_before_the_kafka_commit_and_commit_after_it():
     coordinator = _coordinator({"a": RecordingSink("a", calls), "b": RecordingSink("b", calls)}, Owner(calls))
     record = coordinator.trigger()
     assert record.outcome.committed and record.checkpoint_id == 5
-    assert calls == [("a", "prepare", 5), ("b", "prepare", 5), ("kafka", "commit"),
-                     ("a", "commit", 5), ("a", "begin"), ("b", "commit", 5), ("b", "begin")]
+    assert calls == [("a", "prepare", 5), ("a", "begin"), ("b", "prepare", 5), ("b", "begin"), ("kafka", "commit"),
+                     ("a", "commit", 5), ("b", "commit", 5)]
+
+
+def test_with_a_pool_sinks_prepare_at_the_barrier_and_commit_when_the_loop_settles_the_kafka_commit():
+    """The prepare is in the synchronous part (what the sink gets after the barrier is the
+    next epoch's); the commit waits for the background Kafka commit and runs on the loop's
+    thread, as every call to a sink does."""
+    calls: list = []
+    coordinator = _coordinator({"a": RecordingSink("a", calls)}, PoolOwner(calls))
+    record = coordinator.begin()
+    assert calls[:3] == [("a", "prepare", 5), ("a", "begin"), ("kafka", "close")]
+    coordinator.wait_in_flight()
+    assert ("a", "commit", 5) not in calls, "committed off the loop's thread"
+    assert coordinator.poll() is record and record.outcome.committed
+    assert calls[3:] == [("kafka", "commit"), ("a", "commit", 5)]
 
 
 def test_a_sink_that_cannot_prepare_fails_the_checkpoint_before_the_kafka_commit_and_every_sink_aborts():
@@ -98,7 +135,7 @@ def test_a_failed_kafka_commit_leaves_the_prepared_writes_to_recovery():
     coordinator = _coordinator({"a": RecordingSink("a", calls)}, owner)
     record = coordinator.trigger()
     assert not record.outcome.committed
-    assert calls == [("a", "prepare", 5), ("kafka", "commit")]
+    assert calls == [("a", "prepare", 5), ("a", "begin"), ("kafka", "commit")]
 
 
 def test_a_fenced_sink_puts_the_workers_identity_in_doubt():
