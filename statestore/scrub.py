@@ -7,9 +7,12 @@ checkpoint while the worker, restoring from its own intact local copy, never not
 only another machine restoring the task would. A scrub round costs one listing of the
 task's files (sizes: missing and truncated files show at once) and the download of a
 bounded number of bytes, taken in turn, whose SHA-256 is compared with the manifest's.
-A damaged file is uploaded again from the local snapshot copy when that copy's digest
-is right; otherwise it is marked, and the next checkpoint of the task uploads it again
-from its new local snapshot instead of reusing it.
+A damaged file is uploaded again from a local copy whose digest is right: the snapshot's
+own, or any other local snapshot of the task holding a file of that name (RocksDB never
+changes a file once written, and the digest is checked), so a round still mends while a
+newer checkpoint has already replaced the snapshot it checks. Otherwise the file is
+marked, and the next checkpoint of the task uploads it again from its new local snapshot
+instead of reusing it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class TaskScrub:
         self.digest_budget_bytes = digest_budget_bytes
         self._cursor = 0
 
-    def round(self, manifest: Manifest, local_dir: Path | None) -> ScrubRound:
+    def round(self, manifest: Manifest, local_dirs: list[Path]) -> ScrubRound:
         result = ScrubRound()
         stored = {entry.key[len(self.prefix) + 1:]: entry.size for entry in self.storage.list_entries(self.prefix)}
         files = list(manifest.files)
@@ -67,7 +70,7 @@ class TaskScrub:
             where = self.storage.describe(f"{self.prefix}/{entry.key}")
             state = "missing" if entry.key not in stored else "damaged"
             result.damaged.append(where)
-            if self._mend(entry, local_dir):
+            if self._mend(entry, local_dirs):
                 result.mended.append(where)
                 log.warning("checkpoint storage: %s of snapshot %s was %s; written again from the intact local copy",
                             where, manifest.snapshot, state)
@@ -101,10 +104,15 @@ class TaskScrub:
                 return False
             return sha256_file(copy) == entry.sha256
 
-    def _mend(self, entry: FileEntry, local_dir: Path | None) -> bool:
-        local = local_dir / entry.name if local_dir is not None else None
-        if local is None or not local.is_file() or sha256_file(local) != entry.sha256:
-            return False
-        self.storage.put_file(f"{self.prefix}/{entry.key}", local)
-        self.damaged.discard(entry.key)
-        return True
+    def _mend(self, entry: FileEntry, local_dirs: list[Path]) -> bool:
+        for local_dir in local_dirs:
+            local = local_dir / entry.name
+            try:
+                intact = local.is_file() and sha256_file(local) == entry.sha256
+            except OSError:  # pruned meanwhile
+                continue
+            if intact:
+                self.storage.put_file(f"{self.prefix}/{entry.key}", local)
+                self.damaged.discard(entry.key)
+                return True
+        return False

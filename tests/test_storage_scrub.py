@@ -91,10 +91,12 @@ def _stored_intact(storage: FileStorage, prefix: str, manifest) -> bool:
     return all(sha256_file(storage.root / f"{prefix}/{f.key}") == f.sha256 for f in manifest.files)
 
 
-@pytest.mark.parametrize("local_copy", [True, False])
+@pytest.mark.parametrize("local_copy", ["own snapshot", "another snapshot", None])
 def test_the_next_checkpoint_never_references_a_file_the_scrub_found_damaged(tmp_path, local_copy):
-    """With the local copy at hand the scrub mends the file at once; without it, the file
-    is marked and the next checkpoint uploads it again instead of reusing it."""
+    """With a local copy at hand the scrub mends the file at once: the snapshot's own, or
+    another local snapshot's (a newer checkpoint may have replaced the one checked);
+    without one, the file is marked and the next checkpoint uploads it again instead of
+    reusing it."""
     storage = FileStorage(tmp_path / "storage")
     history = TaskHistory(storage, tmp_path / "state")
     history.checkpoint({f"user-{i}": {"sum": i} for i in range(2_000)})
@@ -103,7 +105,10 @@ def test_the_next_checkpoint_never_references_a_file_the_scrub_found_damaged(tmp
     for entry in reused:
         stored = storage.root / f"{history.prefix}/{entry.key}"
         stored.write_bytes(b"\0" * stored.stat().st_size)
-    local = history.state.directory.snapshot_dir(manifest.snapshot) if local_copy else None
+    own = history.state.directory.snapshot_dir(manifest.snapshot)
+    local = {"own snapshot": [own], None: []}.get(local_copy)
+    if local_copy == "another snapshot":  # the checked snapshot's own copy pruned, a newer one holds the files
+        local = [own, own.rename(own.with_name(own.name.replace("chk-", "chk-9", 1)))]
     result = history.state.scrub.round(manifest, local)
     assert len(result.damaged) == len(reused)
     if local_copy:

@@ -53,8 +53,10 @@ class StorageScrubber:
         task = tasks[self._turn % len(tasks)]
         self._turn += 1
         manifest = task.completed.manifest
-        local = task.state.directory.snapshot_dir(manifest.snapshot)
-        result = task.state.scrub.round(manifest, local if local.is_dir() else None)
+        directory = task.state.directory
+        own = directory.snapshot_dir(manifest.snapshot)
+        local_dirs = [own] + [d for d in reversed(directory.local_snapshots()) if d != own]
+        result = task.state.scrub.round(manifest, local_dirs)
         m = self.metrics
         m.labels(m.scrub_checked).inc(result.checked)
         m.labels(m.scrub_damaged).inc(len(result.damaged))
