@@ -20,7 +20,11 @@ recovery
 
       kill            SIGKILL, not restarted (a machine lost): partitions move after the
                       session timeout; the others end its open transaction
-      kill-restart    SIGKILL and restart of the same slot at once (static membership)
+      kill-restart    SIGKILL and restart of the same slot at once (the default, static
+                      membership: it gets its tasks back without a rebalance)
+      kill-restart-dynamic
+                      the same with --dynamic-membership: the restarted worker is a new
+                      member, and its tasks move once the old membership timed out
       term            SIGTERM: final checkpoint, leaves the group
       term-stay       SIGTERM with --stay-in-group-on-stop: partitions wait for the
                       session timeout
@@ -291,7 +295,7 @@ def _assignment(bootstrap: str, group: str) -> dict[str, list[tuple[str, int]]]:
             for m in description.members}
 
 
-SCENARIOS = ("kill", "kill-restart", "term", "term-stay", "kill-nofence")
+SCENARIOS = ("kill", "kill-restart", "kill-restart-dynamic", "term", "term-stay", "kill-nofence")
 
 
 def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
@@ -300,7 +304,8 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
     workload.create_topic(args.bootstrap, input_topic)
     workload.create_topic(args.bootstrap, output)
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    extra = {"kill-nofence": ["--no-fence-departed"], "term-stay": ["--stay-in-group-on-stop"]}.get(scenario, [])
+    extra = {"kill-nofence": ["--no-fence-departed"], "term-stay": ["--stay-in-group-on-stop"],
+             "kill-restart-dynamic": ["--dynamic-membership"]}.get(scenario, [])
     cluster = Cluster(args.bootstrap, TWO_STAGE_JOB, input_topic, output, workdir, extra_args=extra, log_level="INFO")
     feeder = Feeder(args.bootstrap, input_topic, args.rate, args.users, workload.PARTITIONS)
     outputs = OutputLog(args.bootstrap, output)
@@ -318,7 +323,7 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         if scenario.startswith("kill"):
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()
-            if scenario == "kill-restart":
+            if scenario.startswith("kill-restart"):
                 cluster.start("a")
         else:
             victim.send_signal(signal.SIGTERM)

@@ -4,7 +4,9 @@ Every figure is reported against a baseline measured in the same run on the same
 throughput as a ratio to the plain confluent-kafka transactional loop (the practical
 ceiling for a Python process) and to Quix Streams; the dead-letter path as a ratio of
 1% poison to clean input; monitoring as a ratio of scraped to unscraped; rows into
-PostgreSQL as a ratio to a plain psycopg COPY loop on the same server. Results go to
+PostgreSQL as a ratio to a plain psycopg COPY loop on the same server; failover (a
+worker SIGKILLed and restarted at once, as a supervisor does, until its tasks produce
+output again) with the default membership against --dynamic-membership. Results go to
 docs/bench/results.json, plots to docs/bench/*.png, and the headline table into README.md.
 
     .venv-bench/bin/python bench/suite.py                 # everything (~30 min on 2 cores)
@@ -38,6 +40,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import postgres_bench  # noqa: E402
 import runner  # noqa: E402
+import scale_out  # noqa: E402
 import async_snapshot_bench  # noqa: E402
 import join_bench  # noqa: E402 (registers the join candidates)
 import latency_bench  # noqa: E402
@@ -315,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,monitoring,dead-letter,"
-                                      "state-size,rss,postgres")
+    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,failover,monitoring,"
+                                      "dead-letter,state-size,rss,postgres")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -353,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         results["async_snapshots"] = async_snapshot_bench.async_snapshots(
             args.bootstrap, 100_000 if quick else 1_000_000, 200_000 if quick else 1_000_000, 20.0,
             1 if quick else 2, log)
+    if "failover" in sections:
+        results["failover"] = scale_out.recovery(argparse.Namespace(
+            bootstrap=args.bootstrap, reps=1 if quick else 3, rate=2000.0, users=1000, warmup=8.0 if quick else 12.0,
+            observe=20.0, scenarios="kill-restart,kill-restart-dynamic,kill"))
     if "monitoring" in sections:
         results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
     if "dead-letter" in sections:

@@ -116,6 +116,9 @@ class KafkaSource:
         self.config = config
         self.waits = waits if waits is not None else KafkaWaits()
         self.consumer = Consumer(config)
+        self._topics: list[str] = []
+        # A fatal error to report at the next consume (fault injection, see `fail`).
+        self._failure: KafkaError | None = None
         self._events: list[Rebalance] = []
         self._out_of_range: list[OutOfRange] = []
         self._member_ids: set[str] = set()
@@ -128,8 +131,39 @@ class KafkaSource:
         self.reset_offset = OFFSET_END if start_from in ("latest", "largest", "end") else OFFSET_BEGINNING
 
     def subscribe(self, topics: Iterable[str]) -> None:
+        self._topics = list(topics)
         self.consumer.subscribe(
-            list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def renew(self, close_timeout_s: float = 10.0) -> None:
+        """Puts a new consumer, subscribed to the same topics under the same identity, in
+        place of one that failed for good. Whatever the old one held or recorded is gone
+        (the caller released its tasks); the member ids it held stay known."""
+        self._note_member_id()
+        if not self.close(close_timeout_s):
+            log.warning("the failed consumer did not close within %.0fs; left behind", close_timeout_s)
+        self.consumer = Consumer(self.config)
+        self._events, self._out_of_range = [], []
+        self.ends.clear()
+        self._holds.clear()
+        self.subscribe(self._topics)
+
+    def fail(self, reason: str) -> None:
+        """Makes the next `consume` report the fatal error librdkafka reports for a fenced
+        static member (EOS_FAULT's `fail-consumer`: the fencing itself does not come on
+        demand)."""
+        self._failure = KafkaError(KafkaError._FATAL, reason, fatal=True)
+
+    # What the transaction's owner and savepoints ask of the consumer, of whichever is current.
+
+    def consumer_group_metadata(self) -> Any:
+        return self.consumer.consumer_group_metadata()
+
+    def commit(self, **kwargs: Any) -> Any:
+        return self.consumer.commit(**kwargs)
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return self.consumer.position(partitions)
 
     def member_ids(self) -> set[str]:
         """Every group member id this consumer has held: a session that expired makes
@@ -242,6 +276,9 @@ class KafkaSource:
 
     def consume(self, max_records: int, timeout: float) -> list:
         """A batch of records; errors that only inform are logged, fatal ones raised."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise ConsumerFailed(failure)
         msgs = self.consumer.consume(max_records, timeout)
         # map() calls the C method per record without a Python frame: the cheapest
         # complete check that no error event hides in the batch.
@@ -308,15 +345,16 @@ class KafkaSource:
         that is stopping has nothing left to hand over. The group then drops it after the
         session timeout."""
         if timeout_s is None:
-            self._close_quietly()
+            _close_quietly(self.consumer)
             return True
-        closer = threading.Thread(target=self._close_quietly, name="consumer-close", daemon=True)
+        closer = threading.Thread(target=_close_quietly, args=(self.consumer,), name="consumer-close", daemon=True)
         closer.start()
         closer.join(timeout_s)
         return not closer.is_alive()
 
-    def _close_quietly(self) -> None:
-        try:
-            self.consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("closing the consumer: %s", exc)
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.warning("closing the consumer: %s", exc)

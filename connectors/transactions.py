@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 class Kind(enum.Enum):
     COMMITTED = "committed"
     REWIND = "rewind"
+    # The consumer cannot go on but this process still holds its slot: a new consumer
+    # takes its place (and every task is restored, as after a lost assignment).
+    RENEW = "renew"
     REPLACED = "replaced"
     FATAL = "fatal"
 
@@ -123,12 +126,18 @@ class OutputOwner(Protocol):
 
 def consumer_verdict(exc: BaseException, slot_holder: SlotHolder) -> Outcome:
     """The consumer reported a fatal error: it cannot go on, whatever the producer does.
-    Replaced if a newer process of the slot took its group instance id."""
+    Replaced if a newer process of the slot took its group instance id; otherwise the
+    group fenced this very process (librdkafka can fence a static member with its own
+    rejoin after the broker was away past the session timeout), and a new consumer
+    takes the old one's place."""
     err = error_of(exc)
-    if cause_of(err) in CONSUMER_IDENTITY_IN_DOUBT and (holder := slot_holder()) is not None:
+    if cause_of(err) not in CONSUMER_IDENTITY_IN_DOUBT:
+        return Outcome(Kind.FATAL, f"the consumer failed and cannot continue ({describe(err)}); "
+                                   "a restart of the worker creates a new one")
+    if (holder := slot_holder()) is not None:
         return Outcome(Kind.REPLACED, f"the consumer was fenced ({describe(err)}): {holder}")
-    return Outcome(Kind.FATAL, f"the consumer failed and cannot continue ({describe(err)}); "
-                               "a restart of the worker creates a new one")
+    return Outcome(Kind.RENEW, f"the consumer failed ({describe(err)}) and no other process holds the worker slot: "
+                               "a new consumer takes its place")
 
 
 def verdict(what: str, err: KafkaError) -> tuple[str, bool, bool]:

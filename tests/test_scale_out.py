@@ -202,10 +202,11 @@ def test_a_second_process_with_a_live_worker_id_stops_and_the_first_runs_on(boot
     pool = WorkerPool(scenario)
     with _stopped_at_end(pool):
         scenario.start_feeding()
-        first = pool.start("w1").process
+        dynamic = {"membership": "--dynamic-membership"}
+        first = pool.start("w1", **dynamic).process
         wait_for(lambda: "assigned" in first.log_text(), 60, 0.2, "w1 to get partitions")
         for attempt in range(2):
-            twin = scenario.start_worker(worker_id="w1", membership=None, state_dir=tmp_path / f"twin-{attempt}")
+            twin = scenario.start_worker(worker_id="w1", state_dir=tmp_path / f"twin-{attempt}", **dynamic)
             assert twin.wait(60) == 5, twin.log_text()
             _assert_names_the_live_process(twin.log_text())
         assert first.alive()

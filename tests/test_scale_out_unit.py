@@ -218,6 +218,26 @@ def test_a_static_member_joins_at_once_unless_its_predecessor_here_was_replaced(
         guard.claim(3.0, known_dead=lambda stamp: True, predecessor_replaced=True)  # stale client id: no proof
 
 
+def test_a_static_member_waits_for_a_live_process_of_its_slot_on_this_machine():
+    """Started twice here by mistake: joining at once would fence the running one."""
+    guard, clock = _static_guard([[_member("w1", OLDER, "m-1")]], own=set())
+    with pytest.raises(DuplicateWorkerError):
+        guard.claim(3.0, known_dead=lambda stamp: False, live_here=True)
+    assert clock.slept
+
+
+def test_an_incarnation_knows_when_another_process_of_its_slot_lives_here(tmp_path):
+    first = Incarnation(tmp_path, "job", "w1", OLDER)
+    first.begin()
+    twin = Incarnation(tmp_path, "job", "w1", OWN)
+    twin.begin()
+    assert twin.live_here and not first.live_here
+    first.end(clean=True)
+    restarted = Incarnation(tmp_path, "job", "w1", OWN)
+    restarted.begin()
+    assert not restarted.live_here
+
+
 def test_an_incarnation_that_gets_the_slot_lock_knows_its_predecessor_ended(tmp_path):
     first = Incarnation(tmp_path, "job", "w1", OLDER)
     first.begin()
@@ -254,7 +274,7 @@ def test_restoring_state_under_another_partition_count_is_refused():
 
 def test_a_fault_can_freeze_instead_of_kill():
     assert FaultInjector("after_persist@2:stop").action == "stop"
-    with pytest.raises(ValueError, match="kill or stop"):
+    with pytest.raises(ValueError, match="kill, stop or fail-consumer"):
         FaultInjector("after_persist@2:pause")
 
 

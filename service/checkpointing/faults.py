@@ -9,7 +9,9 @@ The sink phases count only checkpoints in which a transactional sink had writes.
 
 `EOS_FAULT=after_persist@3:stop` freezes the process there instead (SIGSTOP to itself):
 a test resumes it with SIGCONT once the group has moved on, to check that a zombie
-caught just before its commit cannot commit.
+caught just before its commit cannot commit. `:fail-consumer` makes the consumer report
+a fatal error at its next poll, as librdkafka does for a static member it fenced with
+its own rejoin.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ class FaultInjector:
         self.at = 1
         self.action = "kill"
         self._hits = 0
+        # What `fail-consumer` calls (the worker points it at its source).
+        self.fail_consumer: Callable[[str], None] = lambda reason: None
         if spec:
             spec, _, action = spec.partition(":")
             phase, _, count = spec.partition("@")
             if phase not in PHASES:
                 raise ValueError(f"EOS_FAULT phase {phase!r} is not one of {', '.join(PHASES)}")
-            if action not in ("", "kill", "stop"):
-                raise ValueError(f"EOS_FAULT action {action!r} is not kill or stop")
+            if action not in ("", "kill", "stop", "fail-consumer"):
+                raise ValueError(f"EOS_FAULT action {action!r} is not kill, stop or fail-consumer")
             self.phase = phase
             self.at = int(count or 1)
             self.action = action or "kill"
@@ -65,6 +69,9 @@ class FaultInjector:
                 handler.flush()
             os.kill(os.getpid(), signal.SIGSTOP)
             log.warning("fault injection: resumed at %s", phase)
+        elif self._hits == self.at and self.action == "fail-consumer":
+            log.warning("fault injection: failing the consumer at %s (#%d)", phase, self._hits)
+            self.fail_consumer(f"fault injection at {phase}: the consumer is fenced")
         elif self._hits >= self.at and self.action == "kill":
             log.warning("fault injection: killing this worker at %s (#%d)", phase, self._hits)
             if before_kill is not None:

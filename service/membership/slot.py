@@ -87,16 +87,17 @@ class SlotGuard:
                 "--worker-id; this one stops without touching the slot's transactions")
 
     def claim(self, wait_s: float, known_dead: Callable[[str | None], bool],
-              predecessor_replaced: bool = False) -> None:
+              predecessor_replaced: bool = False, live_here: bool = False) -> None:
         """Returns once no other process of this slot is listed in the group. One that
         stays listed for `wait_s` (longer than a session timeout: its heartbeats keep
         it there) is alive, and this process stops naming it. `known_dead` tells a
         predecessor this machine knows to have ended (it held the slot's local lock).
 
-        A static member joins at once, unless its predecessor here was replaced: the
-        group retires any older member of its instance id itself. After a replacement
-        the entry's client id is stale, so any member of the slot is waited for."""
-        if self.static and not predecessor_replaced:
+        A static member joins at once (the group retires any older member of its
+        instance id itself), unless its predecessor here was replaced or another process
+        of the slot holds this state directory's lock: then any member of the slot is
+        waited for (after a replacement the entry's client id is stale)."""
+        if self.static and not predecessor_replaced and not live_here:
             return
         deadline = self.clock() + wait_s
         waiting_for: list[Member] = []

@@ -43,6 +43,23 @@ log = logging.getLogger(__name__)
 LEAVE_POLL_S = 0.1
 
 
+class ConsumerRenewals:
+    """How often the consumer was renewed lately: a consumer that fails again at once
+    each time has a cause a new one does not cure."""
+
+    def __init__(self, limit: int = 3, window_s: float = 600.0) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._times: list[float] = []
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t < self.window_s]
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+
 class ProcessingLoop:
     def __init__(self, *, source: KafkaSource, owner: OutputOwner, manager: TaskManager,
                  coordinator: CheckpointCoordinator, missing_input: MissingInput | None,
@@ -57,8 +74,10 @@ class ProcessingLoop:
         self.missing_input = missing_input
         self.monitor = monitor
         self.fencer = fencer
-        # Where the global tables' partitions continue, read from the first assignment on.
+        # Where the global tables' partitions continue: read from the next assignment on
+        # (the first, and the first of each new consumer).
         self.global_positions = global_positions or []
+        self.renewals = ConsumerRenewals()
         self.consume_batch = consume_batch
         self.state_cache_bytes = state_cache_bytes
         self.tolerable_failures = tolerable_failures
@@ -139,6 +158,9 @@ class ProcessingLoop:
             raise WorkerReplacedError(outcome.reason)
         if outcome.kind is Kind.FATAL:
             raise KafkaClientError(outcome.reason)
+        if outcome.kind is Kind.RENEW:
+            self._renew_consumer(outcome.reason)
+            return
         self.monitor.note_error(outcome.reason)
         if outcome.counts:
             self.failures += 1
@@ -177,7 +199,9 @@ class ProcessingLoop:
             # Only once a rebalance that includes this worker completed: a peer looking
             # for departed workers then lists it and leaves its transactional id alone.
             self.settle(self.owner.start())
+        if self.global_positions:
             self.manager.read_global_tables(self.global_positions)
+            self.global_positions = []
         if keys and self.manager.changed():
             # Restoring may take long (downloads): commit what the open transaction
             # holds first, so that it cannot outlive its timeout meanwhile.
@@ -202,6 +226,23 @@ class ProcessingLoop:
             return
         self.manager.release(keys)
         self.settle(outcome)
+
+    def _renew_consumer(self, reason: str) -> None:
+        """The consumer failed for good while this process still holds its slot: every
+        task goes, as after lost partitions (their work since the last checkpoint is
+        aborted and redone), and a new consumer joins the group under the same identity.
+        Renewing over and over is not a cure: past a few in a row the worker stops."""
+        if not self.renewals.allow():
+            raise KafkaClientError(f"{reason}; the consumer was renewed {self.renewals.limit} times within "
+                                   f"{self.renewals.window_s:.0f}s: stopping for a restart")
+        log.warning("%s", reason)
+        self.monitor.note_error(reason)
+        outcome = self.owner.abort(reason, counts=False)
+        if outcome.kind in (Kind.REPLACED, Kind.FATAL):
+            self.settle(outcome)
+        self.manager.release(tuple(self.manager.tasks))
+        self.global_positions = self.manager.global_positions()
+        self.source.renew()
 
     def leave_group(self, timeout_s: float, still_member: Callable[[], bool | None]) -> bool:
         """Gives up every partition and leaves the group now, so the remaining workers

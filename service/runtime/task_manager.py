@@ -151,13 +151,17 @@ class TaskManager:
         self.errors.handle(error, msg, self.produce())
 
     def read_global_tables(self, positions: list[TopicPartition]) -> None:
-        """Adds the global tables' partitions to the consumer (once, at the first
-        assignment), at the offsets each table was restored to."""
+        """Adds the global tables' partitions to the consumer (at the first assignment of
+        each consumer), at the offsets each table holds."""
         for table in self.global_tables.values():
             for position in positions:
                 if position.topic == table.topic:
                     self.routes[(position.topic, position.partition)] = table.apply
         self.source.take(positions)
+
+    def global_positions(self) -> list[TopicPartition]:
+        """Where the global tables' partitions continue (a new consumer reads on there)."""
+        return [position for table in self.global_tables.values() for position in table.positions()]
 
     def _partition_group(self, inputs: list) -> PartitionGroup:
         return PartitionGroup(inputs, self.source.ends, self.config.max_task_idle_s,

@@ -177,7 +177,8 @@ class Worker:
                                      own_member_ids=lambda: self.source.member_ids(), waits=self.monitor.kafka_waits)
         # One process per worker id: wait out a predecessor's expiring session, refuse a live twin.
         slot.claim(c.session_timeout_ms / 1000 + CLAIM_MARGIN_S, self.incarnation.known_dead,
-                   predecessor_replaced=self.incarnation.predecessor_replaced)
+                   predecessor_replaced=self.incarnation.predecessor_replaced,
+                   live_here=self.incarnation.live_here)
         self.owner = self._output_owner(slot, {**kafka, **self.monitor.producer_settings()}, call_timeout)
         fencer = None
         if c.processing_guarantee == EXACTLY_ONCE and c.fence_departed_workers:
@@ -207,14 +208,14 @@ class Worker:
                                    self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
                                    global_tables)
         coordinator = CheckpointCoordinator(
-            self.manager, self.owner, self.source.consumer, job=self.plan.job.name,
+            self.manager, self.owner, self.source, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
             timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s, metrics=self.metrics,
-            faults=FaultInjector())
+            faults=self._faults())
         self.monitor.attach(self.manager, coordinator)
         manager = self.manager
         self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
-        self.savepoints.attach(self.plan, self.manager, self.source.consumer, partition_counts, offsets)
+        self.savepoints.attach(self.plan, self.manager, self.source, partition_counts, offsets)
         self.queries.attach(self.plan, self.manager, partition_counts)
         self.loop = ProcessingLoop(
             source=self.source, owner=self.owner, manager=self.manager, coordinator=coordinator,
@@ -240,6 +241,11 @@ class Worker:
             positions += table.bootstrap({"bootstrap.servers": bootstrap, **kafka},
                                          partition_counts[table.topic], GLOBAL_TABLE_BOOTSTRAP_S)
         return tables, positions
+
+    def _faults(self) -> FaultInjector:
+        faults = FaultInjector()
+        faults.fail_consumer = self.source.fail
+        return faults
 
     def _output_owner(self, slot: SlotGuard, extra: dict[str, Any], call_timeout: float) -> OutputOwner:
         c = self.config

@@ -53,13 +53,14 @@ class GlobalTable:
         self._rows = ValueTable(self._store, ROWS, options["codec"])
         self._offsets = ValueTable(self._store, OFFSETS, JSON_CODEC)
         self._last_flush = time.monotonic()
+        self.partitions = 0  # the topic's, known once bootstrapped
 
     def get(self, key: Any) -> Any:
         return self._rows.get(key)
 
-    def positions(self, partitions: int) -> list[TopicPartition]:
+    def positions(self) -> list[TopicPartition]:
         """Where each partition continues: after what the table holds."""
-        return [TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in range(partitions)]
+        return [TopicPartition(self.topic, p, self._offsets.get(p, OFFSET_BEGINNING)) for p in range(self.partitions)]
 
     def apply(self, msgs: list) -> None:
         """Records of one partition of the topic: each replaces or (null value) deletes
@@ -99,11 +100,12 @@ class GlobalTable:
     def bootstrap(self, consumer_config: dict[str, Any], partitions: int, timeout_s: float) -> list[TopicPartition]:
         """Reads every partition up to its end (the last stable offset, as read_committed
         consumers see it); returns where the worker's consumer continues."""
+        self.partitions = partitions
         began = time.monotonic()
         consumer = Consumer({**consumer_config, "group.id": f"eos-global-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "enable.partition.eof": True})
         try:
-            consumer.assign(self.positions(partitions))
+            consumer.assign(self.positions())
             pending = set(range(partitions))
             read = 0
             while pending:
@@ -126,7 +128,7 @@ class GlobalTable:
         self.flush()
         log.info("global table %s restored from %s: %d records read in %.2fs", self.uid, self.topic, read,
                  time.monotonic() - began)
-        return self.positions(partitions)
+        return self.positions()
 
     def close(self) -> None:
         try:
