@@ -117,8 +117,9 @@ class Soak:
                 print(f"  the zombie exited with {code}:\n{worker.log_tail(10)}", flush=True)
         elif kind == "twin":
             # A second process started with a live worker's id: it must stop, saying so,
-            # and the live one go on.
-            twin = self.scenario.start_worker(worker_id=slot, membership=None)
+            # and the live one go on. A dynamic member checks before it joins; a static
+            # one (the default) would take the slot over, and the live one exit 3.
+            twin = self.scenario.start_worker(worker_id=slot, membership="--dynamic-membership")
             code = self._exit_code(slot, twin, "twin", twin.wait)
             if code not in (None, EXIT_DUPLICATE):
                 self.unexpected_exits.append(f"{slot} (twin): {code}")

@@ -52,11 +52,6 @@ class Incarnation:
         self._write(clean_exit=False)
         return self.restarts
 
-    @property
-    def live_here(self) -> bool:
-        """Whether another process of this slot holds the lock here (running, or frozen)."""
-        return self._lock_fd is None
-
     def known_dead(self, stamp: str | None) -> bool:
         """Whether `stamp` is a process of this slot that this machine knows has ended."""
         return stamp is not None and stamp == self._dead_predecessor

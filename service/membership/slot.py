@@ -34,6 +34,8 @@ from eos.errors import DuplicateWorkerError
 log = logging.getLogger(__name__)
 
 CLAIM_POLL_S = 0.5
+# How long an entry under this process's own client id may take to show up as its own.
+OWN_REJOIN_WAIT_S = 10.0
 
 
 def transactional_id(group: str, worker_id: str) -> str:
@@ -73,8 +75,7 @@ class SlotGuard:
         as initialising the transactional id would."""
         mine = [m for m in self._members() if m.worker == self.worker_id]
         if self.static:
-            own = self.own_member_ids()
-            others = [m for m in mine if m.member_id not in own]
+            others = self._static_others(mine)
         else:
             others = sorted((m for m in mine if m.stamp and m.stamp > self.stamp), key=lambda m: m.stamp or "")
         if not others:
@@ -86,18 +87,33 @@ class SlotGuard:
                 f"{self.stamp}) was frozen or cut off and replaced, or the other was started with the same "
                 "--worker-id; this one stops without touching the slot's transactions")
 
+    def _static_others(self, mine: list[Member]) -> list[Member]:
+        """The slot's entries this process's consumer does not hold. An entry under this
+        process's own client id is either its own rejoin (after its session expired),
+        which the consumer reports once its join completes, or a newer process's takeover
+        (the group keeps the first client id of a static entry): it is asked again until
+        the consumer holds it or OWN_REJOIN_WAIT_S passed."""
+        deadline = self.clock() + OWN_REJOIN_WAIT_S
+        while True:
+            own = self.own_member_ids()
+            others = [m for m in mine if m.member_id not in own]
+            if not others or any(m.stamp != self.stamp for m in others) or self.clock() >= deadline:
+                return others
+            self.sleep(CLAIM_POLL_S)
+            mine = [m for m in self._members() if m.worker == self.worker_id]
+
     def claim(self, wait_s: float, known_dead: Callable[[str | None], bool],
-              predecessor_replaced: bool = False, live_here: bool = False) -> None:
+              predecessor_replaced: bool = False) -> None:
         """Returns once no other process of this slot is listed in the group. One that
         stays listed for `wait_s` (longer than a session timeout: its heartbeats keep
         it there) is alive, and this process stops naming it. `known_dead` tells a
         predecessor this machine knows to have ended (it held the slot's local lock).
 
-        A static member joins at once (the group retires any older member of its
-        instance id itself), unless its predecessor here was replaced or another process
-        of the slot holds this state directory's lock: then any member of the slot is
-        waited for (after a replacement the entry's client id is stale)."""
-        if self.static and not predecessor_replaced and not live_here:
+        A static member joins at once, unless its predecessor here was replaced: the
+        group retires any older member of its instance id itself (the one way to retire
+        a frozen process, which may wake at any time). After a replacement the entry's
+        client id is stale, so any member of the slot is waited for."""
+        if self.static and not predecessor_replaced:
             return
         deadline = self.clock() + wait_s
         waiting_for: list[Member] = []

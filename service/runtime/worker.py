@@ -177,8 +177,7 @@ class Worker:
                                      own_member_ids=lambda: self.source.member_ids(), waits=self.monitor.kafka_waits)
         # One process per worker id: wait out a predecessor's expiring session, refuse a live twin.
         slot.claim(c.session_timeout_ms / 1000 + CLAIM_MARGIN_S, self.incarnation.known_dead,
-                   predecessor_replaced=self.incarnation.predecessor_replaced,
-                   live_here=self.incarnation.live_here)
+                   predecessor_replaced=self.incarnation.predecessor_replaced)
         self.owner = self._output_owner(slot, {**kafka, **self.monitor.producer_settings()}, call_timeout)
         fencer = None
         if c.processing_guarantee == EXACTLY_ONCE and c.fence_departed_workers:
