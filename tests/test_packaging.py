@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -42,24 +44,36 @@ def test_s3_support_is_an_extra_that_file_storage_users_do_not_need():
     assert own.extras == extras - {"test", "bench"}, "the tests need every extra"
 
 
-def test_without_boto3_file_storage_works_and_s3_says_which_extra_to_install(tmp_path):
+_WITHOUT_EXTRA = {
+    # extra: (the module it brings, code that needs it, what the error must name)
+    "s3": ("boto3", """
+from statestore.storage import open_storage
+open_storage("file://{tmp}").put_atomic("x", b"1")  # file storage needs nothing more
+open_storage("s3://bucket/prefix")""", "boto3"),
+    "schema-registry": ("confluent_kafka.schema_registry", """
+from eos import SchemaRegistry
+SchemaRegistry("http://registry:8081").avro()""", "confluent_kafka.schema_registry"),
+    "postgres": ("psycopg", """
+from eos import PostgresSink""", "psycopg"),
+}
+
+
+@pytest.mark.parametrize("extra", sorted(_WITHOUT_EXTRA))
+def test_without_an_extra_what_needs_it_says_which_extra_to_install(tmp_path, extra):
+    module, code, names = _WITHOUT_EXTRA[extra]
     script = f"""
 import sys
-sys.modules["boto3"] = None  # as if the s3 extra were not installed
-from eos.errors import ConfigurationError
-from statestore.storage import open_storage
-open_storage("file://{tmp_path}").put_atomic("x", b"1")
+sys.modules["{module}"] = None  # as if the extra were not installed
 try:
-    open_storage("s3://bucket/prefix")
-except ConfigurationError as exc:
+{textwrap.indent(code.format(tmp=tmp_path).strip(), "    ")}
+except Exception as exc:
     print(exc)
 else:
     raise SystemExit("no error")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "pip install 'eos[s3]'" in result.stdout and "boto3" in result.stdout
-
+    assert f"pip install 'eos[{extra}]'" in result.stdout and names in result.stdout, result.stdout
 
 def test_the_lock_pins_every_dependency_the_image_installs_within_pyprojects_ranges():
     pins = _pins()

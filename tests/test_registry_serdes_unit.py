@@ -4,9 +4,6 @@ recorded by a serde of the tests' own (the seam is `Serde.binder`, which we own)
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from connectors.registry import SchemaRegistry
@@ -16,7 +13,6 @@ from eos.errors import ConfigurationError
 from service.job.api import Job
 from service.job.planner import plan
 from tests.harness.registry_clients import user_total_type
-from tests.harness.worker_process import REPO
 
 
 def recording(name: str, bindings: list) -> Serde:
@@ -154,20 +150,3 @@ def test_protobuf_messages_become_plain_values_and_back():
     with pytest.raises(ValueError, match="no \"bogus\" field"):
         protobuf_values.from_value(user_total, {"bogus": 1})
 
-
-def test_without_the_extra_a_registry_serde_says_which_extra_to_install():
-    script = """
-import sys
-sys.modules["confluent_kafka.schema_registry"] = None  # as if the schema-registry extra were not installed
-from eos import SchemaRegistry
-from eos.errors import ConfigurationError
-try:
-    SchemaRegistry("http://registry:8081").avro()
-except ConfigurationError as exc:
-    print(exc)
-else:
-    raise SystemExit("no error")
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "pip install 'eos[schema-registry]'" in result.stdout
