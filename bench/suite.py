@@ -302,6 +302,70 @@ def window_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def join_table(results: dict) -> str:
+    joins = results["joins"]
+    lines = [f"| enrichment join ({joins['records']:,} orders, {joins['users']:,} users) "
+             "| orders/s (median) | vs plain loop | vs Quix |", "|---|---:|---:|---:|"]
+    medians = joins["medians"]
+    for name in ("plain-enrichment", "quix-enrichment", "eos-enrichment"):
+        rate = medians.get(name)
+        if rate:
+            lines.append(f"| {name} | {rate:,.0f} | {rate / medians['plain-enrichment']:.2f}x | "
+                         f"{rate / medians['quix-enrichment']:.1f}x |")
+    return "\n".join(lines)
+
+
+def latency_table(results: dict) -> str:
+    latency = results["latency"]
+    lines = [f"| end-to-end latency at {latency['rate']:,.0f} orders/s (half the maximum) | checkpoint interval "
+             "| p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for run in latency["runs"]:
+        if run.get("ok"):
+            lines.append(f"| {run['candidate']} | {run['interval_s'] * 1000:.0f} ms | {run['p50_ms']:.0f} | "
+                         f"{run['p99_ms']:.0f} | {run['max_ms']:.0f} |")
+    ratio = latency.get("throughput_100ms_vs_1s")
+    if ratio:
+        lines.append(f"\neos's maximum throughput with checkpoints every 100 ms: {ratio:.2f}x that at 1 s.")
+    return "\n".join(lines)
+
+
+def async_table(results: dict) -> str:
+    a = results["async_snapshots"]
+    lines = [f"| asynchronous snapshots ({a['keys']:,} keys, 1% changed per checkpoint) | orders/s | "
+             "pause per checkpoint, p99 |", "|---|---:|---:|"]
+    for kind, label in (("file", "local storage"), ("s3-remote", f"S3, {a['latency_ms']:.0f} ms per request")):
+        runs = sorted((r for r in a["runs"] if r["storage"] == kind), key=lambda r: r["hot_orders_per_s"])
+        if runs:
+            median = runs[len(runs) // 2]
+            pause = max((r["pause_p99_at_most_s"] or 0) for r in runs) * 1000
+            lines.append(f"| {label} | {median['hot_orders_per_s']:,.0f} | ≤ {pause:g} ms |")
+    lines.append(f"| remote against local | {a['remote_vs_local']:.2f}x | |")
+    return "\n".join(lines)
+
+
+def failover_table(results: dict) -> str:
+    summary = results["failover"]["summary"]
+    labels = {"kill-restart": "SIGKILL, restarted at once (default: static membership)",
+              "kill-restart-dynamic": "SIGKILL, restarted at once, `--dynamic-membership`",
+              "kill": "SIGKILL, not restarted (the others take over)"}
+    lines = ["| failover: until every task of the killed worker has output again | median s | max s |",
+             "|---|---:|---:|"]
+    for scenario, label in labels.items():
+        s = summary.get(scenario)
+        if s and s["all_tasks_s_median"] is not None:
+            lines.append(f"| {label} | {s['all_tasks_s_median']:.1f} | {s['all_tasks_s_max']:.1f} |")
+    return "\n".join(lines)
+
+
+def readme_tables(results: dict) -> list[str]:
+    tables = [headline_table(results)]
+    for key, table in (("windows", window_table), ("joins", join_table), ("latency", latency_table),
+                       ("async_snapshots", async_table), ("failover", failover_table)):
+        if key in results:
+            tables.append(table(results))
+    return tables
+
+
 def update_readme(table: str, marker: str = "bench") -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -379,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
-        tables = [headline_table(results)] + ([window_table(results)] if "windows" in results else [])
-        update_readme("\n\n".join(tables))
+        update_readme("\n\n".join(readme_tables(results)))
     print(headline_table(results) if "throughput" in results else "")
     print(f"results: {out}")
     if broker is not None:
