@@ -124,7 +124,7 @@ def run(bootstrap: str, topic: str, keys: int, hot: int, kind: str, latency_ms: 
     metrics = f"http://127.0.0.1:{port}/metrics"
     watcher = workload.OutputWatcher(bootstrap, output)
     with storage(kind, scratch, latency_ms) as (storage_args, env):
-        argv = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "run",
+        argv = [sys.executable, "-m", "service.cli", "--log-level", "INFO", "run",
                 str(REPO / "examples" / "running_sum_prekeyed.py"), "--bootstrap-servers", bootstrap,
                 "--group", group, "--state-dir", str(scratch / "state"), *storage_args,
                 "--checkpoint-interval", "1s", "--worker-id", "bench", "--http-port", str(port),

@@ -61,6 +61,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 import workload  # noqa: E402
+from connectors.group import member_identity  # noqa: E402
 from runner import MAIN_PY, _cpu, _kill_group, _proc_cpu_total, _self_cpu, find_broker_pid  # noqa: E402
 
 TWO_STAGE_JOB = REPO / "examples" / "running_sum.py"
@@ -289,10 +290,26 @@ def _user_partitions(bootstrap: str, repartition_topic: str) -> dict[str, int]:
 
 
 def _assignment(bootstrap: str, group: str) -> dict[str, list[tuple[str, int]]]:
+    """Each worker's partitions, by worker id (a static member's instance id, or read from
+    a dynamic member's client id)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     description = admin.describe_consumer_groups([group])[group].result(10)
-    return {m.group_instance_id or m.client_id: [(tp.topic, tp.partition) for tp in m.assignment.topic_partitions]
-            for m in description.members}
+    found = {}
+    for m in description.members:
+        identity = member_identity(group, m.group_instance_id, m.client_id)
+        if identity is not None:
+            found[identity[0]] = [(tp.topic, tp.partition) for tp in m.assignment.topic_partitions]
+    return found
+
+
+def _owned_by(bootstrap: str, group: str, worker: str, timeout_s: float = 60.0) -> list[tuple[str, int]]:
+    """The worker's partitions, once the group has given it some."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        owned = _assignment(bootstrap, group).get(worker)
+        if owned or time.monotonic() > deadline:
+            return owned or []
+        time.sleep(0.5)
 
 
 SCENARIOS = ("kill", "kill-restart", "kill-restart-dynamic", "term", "term-stay", "kill-nofence")
@@ -317,7 +334,7 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         time.sleep(args.warmup)
         repartition = f"{cluster.group}-by-user-repartition"
         users = _user_partitions(args.bootstrap, repartition)
-        owned = _assignment(args.bootstrap, cluster.group)["a"]
+        owned = _owned_by(args.bootstrap, cluster.group, "a")
         victim = cluster.procs["a"]
         signalled_at = time.monotonic()
         if scenario.startswith("kill"):

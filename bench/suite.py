@@ -404,43 +404,36 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     records = 100_000 if quick else 1_000_000
-    if "throughput" in sections:
-        users, reps = ([10_000], [1]) if quick else ([10_000, 100_000, 1_000_000], [3, 1, 1])
-        results["throughput"] = throughput(args.bootstrap, records, users, reps, log)
-    if "windows" in sections:
-        results["windows"] = window_bench.window_throughput(args.bootstrap, records, 1_000 if quick else 10_000,
-                                                            1 if quick else 3, log)
-    if "joins" in sections:
-        results["joins"] = join_bench.join_throughput(args.bootstrap, records, 1_000 if quick else 10_000,
-                                                      1 if quick else 3, log)
-    if "latency" in sections:
-        results["latency"] = latency_bench.latency(args.bootstrap, records, 1_000 if quick else 10_000,
-                                                   10.0 if quick else 25.0, 1 if quick else 3, log)
-    if "async-snapshots" in sections:
-        results["async_snapshots"] = async_snapshot_bench.async_snapshots(
-            args.bootstrap, 100_000 if quick else 1_000_000, 200_000 if quick else 1_000_000, 20.0,
-            1 if quick else 2, log)
-    if "failover" in sections:
-        results["failover"] = scale_out.recovery(argparse.Namespace(
-            bootstrap=args.bootstrap, reps=1 if quick else 3, rate=2000.0, users=1000, warmup=8.0 if quick else 12.0,
-            observe=20.0, scenarios="kill-restart,kill-restart-dynamic,kill"))
-    if "monitoring" in sections:
-        results["monitoring"] = monitoring_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
-    if "dead-letter" in sections:
-        results["dead_letter"] = dead_letter_cost(args.bootstrap, records, 10_000, 1 if quick else 3, log)
-    if "state-size" in sections:
-        sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
-        results["checkpoint_vs_state"] = checkpoint_vs_state(sizes, log)
-    if "rss" in sections:
-        results["rss"] = rss_with_many_keys(args.bootstrap, 500_000 if quick else 10_000_000, log)
-    if "postgres" in sections:
-        results["postgres"] = postgres_bench.postgres_throughput(
-            args.bootstrap, records if quick else postgres_bench.RECORDS, 10_000, 1 if quick else postgres_bench.REPS,
-            log)
-        if not quick:
-            update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
-            postgres_bench.plot(results["postgres"], DOCS / "postgres.png")
-    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    reps = 1 if quick else 3
+    b = args.bootstrap
+    runs = {  # section: (results key, what runs it)
+        "throughput": ("throughput", lambda: throughput(
+            b, records, *(([10_000], [1]) if quick else ([10_000, 100_000, 1_000_000], [3, 1, 1])), log)),
+        "windows": ("windows", lambda: window_bench.window_throughput(b, records, 1_000 if quick else 10_000,
+                                                                      reps, log)),
+        "joins": ("joins", lambda: join_bench.join_throughput(b, records, 1_000 if quick else 10_000, reps, log)),
+        "latency": ("latency", lambda: latency_bench.latency(b, records, 1_000 if quick else 10_000,
+                                                             10.0 if quick else 25.0, reps, log)),
+        "async-snapshots": ("async_snapshots", lambda: async_snapshot_bench.async_snapshots(
+            b, 100_000 if quick else 1_000_000, 200_000 if quick else 4_000_000, 20.0, 1 if quick else 2, log)),
+        "failover": ("failover", lambda: scale_out.recovery(argparse.Namespace(
+            bootstrap=b, reps=reps, rate=2000.0, users=1000, warmup=8.0 if quick else 12.0, observe=20.0,
+            scenarios="kill-restart,kill-restart-dynamic,kill"))),
+        "monitoring": ("monitoring", lambda: monitoring_cost(b, records, 10_000, reps, log)),
+        "dead-letter": ("dead_letter", lambda: dead_letter_cost(b, records, 10_000, reps, log)),
+        "state-size": ("checkpoint_vs_state", lambda: checkpoint_vs_state(
+            [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000], log)),
+        "rss": ("rss", lambda: rss_with_many_keys(b, 500_000 if quick else 10_000_000, log)),
+        "postgres": ("postgres", lambda: postgres_bench.postgres_throughput(
+            b, records if quick else postgres_bench.RECORDS, 10_000, 1 if quick else postgres_bench.REPS, log)),
+    }
+    for section, (key, run) in runs.items():
+        if section in sections:
+            results[key] = run()
+            out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # a later section may fail
+    if "postgres" in sections and not quick:
+        update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
+        postgres_bench.plot(results["postgres"], DOCS / "postgres.png")
     if not quick and {"throughput", "checkpoint_vs_state", "rss"} <= set(results):
         plots(results)
         update_readme("\n\n".join(readme_tables(results)))
