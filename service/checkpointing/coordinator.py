@@ -292,6 +292,7 @@ class CheckpointCoordinator:
             self._prepare_sinks(record, tasks)
             if closed:
                 record.outcome = self.owner.close_epoch(self.consumer)
+                record.step_done("switch")
         except (SinkUnavailableError, SinkFencedError) as exc:
             fenced = isinstance(exc, SinkFencedError)  # a newer process claimed a task's sink
             record.outcome = self.owner.abort(f"checkpoint {checkpoint_id} failed: {type(exc).__name__}: {exc}",
