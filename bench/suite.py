@@ -6,7 +6,7 @@ ceiling for a Python process) and to Quix Streams; the dead-letter path as a rat
 1% poison to clean input; monitoring as a ratio of scraped to unscraped; rows into
 PostgreSQL as a ratio to a plain psycopg COPY loop on the same server; failover (a
 worker SIGKILLed and restarted at once, as a supervisor does, until its tasks produce
-output again) with the default membership against --dynamic-membership. Results go to
+output again) with static membership against the default dynamic one. Results go to
 docs/bench/results.json, plots to docs/bench/*.png, and the headline table into README.md.
 
     .venv-bench/bin/python bench/suite.py                 # everything (~30 min on 2 cores)
@@ -345,8 +345,8 @@ def async_table(results: dict) -> str:
 
 def failover_table(results: dict) -> str:
     summary = results["failover"]["summary"]
-    labels = {"kill-restart": "SIGKILL, restarted at once (default: static membership)",
-              "kill-restart-dynamic": "SIGKILL, restarted at once, `--dynamic-membership`",
+    labels = {"kill-restart": "SIGKILL, restarted at once, `--static-membership`",
+              "kill-restart-dynamic": "SIGKILL, restarted at once (default: dynamic membership)",
               "kill": "SIGKILL, not restarted (the others take over)"}
     lines = ["| failover: until every task of the killed worker has output again | median s | max s |",
              "|---|---:|---:|"]

@@ -1,6 +1,6 @@
 """A consumer that fails for good while its process still holds the worker slot is
 replaced in place: librdkafka fences a static member with its own rejoin after a broker
-outage past the session timeout, and static membership is the default."""
+outage past the session timeout."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_a_fenced_consumer_with_no_newer_process_is_renewed_and_the_job_goes_on_
     joining under the same instance id, the tasks restored, the oracle on the output."""
     scenario = RunningSum(bootstrap, tmp_path, records=6_000, chunk=300, chunk_pause_s=0.3)
     scenario.start_feeding()
-    worker = scenario.start_worker(fault="after_commit@3:fail-consumer", membership=None)  # the product default
+    worker = scenario.start_worker(fault="after_commit@3:fail-consumer", membership="--static-membership")
     scenario.wait_fed()
     scenario.wait_complete(worker, timeout=180)
     log = worker.log_text()
