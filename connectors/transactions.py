@@ -168,15 +168,13 @@ class _CallFailed(Exception):
 class _Member:
     """One producer of the pool, with its transactional id and its delivery failures."""
 
-    __slots__ = ("transactional_id", "producer", "produce", "failures", "begun")
+    __slots__ = ("transactional_id", "producer", "produce", "failures")
 
     def __init__(self, transactional_id: str) -> None:
         self.transactional_id = transactional_id
         self.producer: Any = None
         self.produce: Produce | None = None
         self.failures = DeliveryFailures()
-        # Whether a transaction is begun on the producer (open, or ready to be).
-        self.begun = False
 
 
 class TransactionOwner:
@@ -264,7 +262,6 @@ class TransactionOwner:
             self._call("begin_transaction", self._producer.begin_transaction)
         except _CallFailed as failed:
             return self._settle(failed.what, failed.err)
-        self._members[self._open_at].begun = True
         return DONE
 
     def close_epoch(self, consumer: Any) -> Outcome:
@@ -277,13 +274,10 @@ class TransactionOwner:
         if len(self._members) < 2:
             raise RuntimeError("closing an epoch needs a pool of two producers")
         following = 1 - self._open_at
-        member = self._members[following]
-        if not member.begun:
-            try:
-                self._call("begin_transaction", member.producer.begin_transaction)
-            except _CallFailed as failed:
-                return self._settle(failed.what, failed.err)
-            member.begun = True
+        try:
+            self._call("begin_transaction", self._members[following].producer.begin_transaction)
+        except _CallFailed as failed:
+            return self._settle(failed.what, failed.err)
         self._closed_metadata = consumer.consumer_group_metadata()
         self._closed_at, self._open_at = self._open_at, following
         self._closed_epoch += 1
@@ -302,22 +296,7 @@ class TransactionOwner:
             if epoch != self._closed_epoch or self._closed_at is None:
                 return KafkaError(KafkaError._STATE, f"epoch {epoch}'s transaction was given up before its commit")
             failure = self._commit_member(self._closed_at, offsets, self._closed_metadata if offsets else None)
-            if failure is None:
-                self._begin_ahead(self._members[self._closed_at])
         return None if failure is None else failure.err
-
-    @staticmethod
-    def _begin_ahead(member: _Member) -> None:
-        """The producer whose transaction just committed begins its next one now, off the
-        loop's thread, so that the next barrier only switches producers: librdkafka's
-        `begin_transaction` waits for its own main thread, milliseconds the barrier need
-        not pause for. A begun transaction costs nothing until it holds a record. If the
-        call fails, the barrier makes it again and meets the error there."""
-        try:
-            member.producer.begin_transaction()
-            member.begun = True
-        except KafkaException as exc:
-            log.debug("beginning the next transaction ahead of the barrier: %s", exc)
 
     def closed_committed(self, failure: KafkaError | None) -> Outcome:
         """Back on the loop's thread: a committed transaction frees its producer for a
@@ -371,7 +350,6 @@ class TransactionOwner:
     def _commit_member(self, index: int, offsets: list[TopicPartition], group_metadata: Any) -> _CallFailed | None:
         member = self._members[index]
         producer = member.producer
-        member.begun = False  # whatever the outcome, its transaction ends here
         try:
             if offsets:
                 self._call("send_offsets_to_transaction", lambda: self._bounded(
@@ -427,7 +405,6 @@ class TransactionOwner:
                     producer.init_transactions(self.call_timeout_s)
                     if begin:
                         producer.begin_transaction()
-                    member.begun = begin
                     break
                 except KafkaException as exc:
                     err = error_of(exc)

@@ -356,25 +356,10 @@ def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output
     harness.owner.produce.fast("out", b"v", b"k")
     assert second.calls[-2:] == ["begin_transaction", "produce"] and "produce" not in first.calls
     assert harness.owner.commit_closed(harness.owner.closed_epoch, [TopicPartition("orders", 0, 42)]) is None
-    # Committed off the loop's thread, the producer begins its next transaction there too,
-    # so that the next barrier only switches producers.
-    assert first.calls[-3:] == ["send_offsets_to_transaction", "commit_transaction", "begin_transaction"]
+    assert first.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
     assert harness.owner.closed_committed(None) == DONE and not harness.owner.closing
-    calls = len(first.calls)
     assert harness.owner.close_epoch(Consumer()) == DONE  # and back to the first producer
-    assert len(first.calls) == calls, "the barrier began a transaction again"
-    harness.owner.produce.fast("out", b"v", b"k")
-    assert first.calls[-1] == "produce"
-
-
-def test_a_transaction_that_could_not_begin_ahead_is_begun_at_the_barrier():
-    harness = _pool({"begin_transaction": [None, _err(KafkaError._STATE)]}, {})
-    first, _ = harness.producers
-    harness.owner.close_epoch(Consumer())
-    assert harness.owner.commit_closed(harness.owner.closed_epoch, []) is None  # the commit stands
-    assert harness.owner.closed_committed(None) == DONE
-    assert harness.owner.close_epoch(Consumer()) == DONE
-    assert first.calls[-2:] == ["begin_transaction", "begin_transaction"]
+    assert first.calls[-1] == "begin_transaction"
 
 
 def test_a_closed_epoch_whose_commit_fails_ends_the_open_one_too():
