@@ -25,7 +25,9 @@ the owner keeps a pool of two producers, as Flink's Kafka sink does: at checkpoi
 barrier the open transaction *closes* (it takes no more output and commits once n's
 snapshot is durable) and the other producer opens transaction n+1 for what follows.
 Kafka allows one open transaction per producer, hence two; n+1 commits only after n.
-A failure of n ends both transactions: n+1's output was computed from n's state.
+A failure of n ends both transactions: n+1's output was computed from n's state. Before
+n+1 takes output, n's records are flushed to the log: readers see log order, so n+1's
+records must follow n's there for each key's outputs to read back in order.
 """
 
 from __future__ import annotations
@@ -265,14 +267,18 @@ class TransactionOwner:
         return DONE
 
     def close_epoch(self, consumer: Any) -> Outcome:
-        """At a checkpoint's barrier: the open transaction takes no more output and waits
-        for `commit_closed`; the pool's other producer opens the next one, for what the
-        tasks produce from now on. The group metadata is taken now: should the group move
+        """At a checkpoint's barrier: the open transaction takes no more output, its records
+        reach the log, and it waits for `commit_closed`; the pool's other producer opens the
+        next one, for what the tasks produce from now on (so each key's outputs keep their
+        order, as Flink's two-phase sink flushes at the barrier). The group metadata is taken now: should the group move
         on before the commit, the commit is refused (KIP-447), not applied to partitions
         this worker no longer holds."""
         assert self._closed_at is None, "a closed transaction awaits its commit"
         if len(self._members) < 2:
             raise RuntimeError("closing an epoch needs a pool of two producers")
+        failure = self._flush(self._members[self._open_at])
+        if failure is not None:
+            return self._settle(failure.what, failure.err)
         following = 1 - self._open_at
         try:
             self._call("begin_transaction", self._members[following].producer.begin_transaction)
@@ -283,6 +289,18 @@ class TransactionOwner:
         self._closed_epoch += 1
         self._routed.route(self._members[following].produce)
         return DONE
+
+    def _flush(self, member: _Member) -> _CallFailed | None:
+        """Waits until every record of the member's transaction is in the log. A reader
+        (read_committed) sees records in log order, whatever order transactions commit
+        in: records of the next transaction, from the other producer, must come after."""
+        with self.waits.waiting("flush"):
+            remaining = member.producer.flush(self.call_timeout_s)
+        if remaining:
+            return _CallFailed("flushing the closing transaction", KafkaError(
+                KafkaError._TIMED_OUT, f"{remaining} records not delivered within {self.call_timeout_s:g}s"))
+        failure = member.failures.take()
+        return None if failure is None else _CallFailed("delivering an output record", failure)
 
     @property
     def closed_epoch(self) -> int:

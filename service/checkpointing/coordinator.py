@@ -7,8 +7,9 @@ For checkpoint n, in one worker:
                since n-1 are captured (swapped for an empty set, serialised), every
                transactional sink of the tasks prepares its writes (durable, not yet
                visible; connectors/two_phase.py) and begins the next epoch, and the
-               open transaction closes: what the tasks produce from now on goes into
-               transaction n+1, on the other producer of the owner's pool
+               open transaction closes: its records are flushed to the log, and what
+               the tasks produce from now on goes into transaction n+1, on the other
+               producer of the owner's pool
   FLUSHED      (in the background from here on, while processing goes on) the captured
                changes are written to RocksDB
   SNAPSHOTTED  each stateful task takes a local RocksDB checkpoint (hard links)

@@ -53,8 +53,9 @@ class OracleReport:
 
 def check_running_sum(orders: dict[int, Order], outputs: list[tuple[bytes | None, bytes | None]],
                       decode: Callable[[bytes], dict] = json.loads) -> OracleReport:
-    """`outputs` in the order a read_committed consumer saw them per partition (each
-    user's outputs share one partition, so their relative order is the commit order);
+    """`outputs` in the order a read_committed consumer saw them per partition: log
+    order (each user's outputs share one partition, so a user's outputs of two
+    transactions that overlapped in the log read back interleaved, and fail here);
     `decode` turns a value into its fields (JSON by default)."""
     report = OracleReport(outputs=len(outputs))
     state: dict[str, tuple[int, int]] = {}  # user -> (count, sum)

@@ -1,0 +1,70 @@
+"""Per-key output order across a checkpoint's barrier, on a real broker.
+
+With asynchronous checkpoints, transaction n closes at the barrier and the next producer
+of the owner's pool takes the output of n+1. A read_committed consumer returns records in
+log order, not commit order: if n+1's first records reached the partition before n's
+last ones, a key's outputs would read back out of order (a compacted topic would keep a
+stale value), though each was committed once.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer
+
+from connectors.transactions import TransactionOwner
+from tests.harness.kafka import create_topics, unique_name
+
+pytestmark = pytest.mark.kafka
+
+# Enough records before the barrier, sent in small batches one request at a time, that
+# the closing producer still has batches to send when the next one produces its first.
+BEFORE_BARRIER = 200_000
+SMALL_BATCHES = {"batch.num.messages": "100", "max.in.flight.requests.per.connection": "1"}
+AFTER_BARRIER = 10
+
+
+def _read_committed(bootstrap: str, topic: str, expected: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"order-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen: list[int] = []
+    try:
+        for _ in range(600):
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error() is None:
+                    seen.append(int(msg.value()))
+            if len(seen) >= expected:
+                break
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_barrier(bootstrap):
+    topic = unique_name("order")
+    create_topics(bootstrap, [topic], 1)
+    group_client = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("order-group")})
+    owner = TransactionOwner(bootstrap, [unique_name("tx-a"), unique_name("tx-b")], extra=SMALL_BATCHES,
+                             transaction_timeout_ms=60_000, call_timeout_s=30.0, slot_holder=lambda: None)
+    try:
+        assert owner.start().committed
+        for seq in range(BEFORE_BARRIER):
+            owner.produce.blocking(topic, str(seq).encode(), b"key")
+        assert owner.close_epoch(group_client).committed
+        for seq in range(BEFORE_BARRIER, BEFORE_BARRIER + AFTER_BARRIER):
+            owner.produce.blocking(topic, str(seq).encode(), b"key")
+        assert owner.commit_closed(owner.closed_epoch, []) is None
+        assert owner.closed_committed(None).committed
+        assert owner.commit([], group_client).committed
+    finally:
+        owner.close(abort=False)
+        group_client.close()
+
+    seen = _read_committed(bootstrap, topic, BEFORE_BARRIER + AFTER_BARRIER)
+    assert len(seen) == BEFORE_BARRIER + AFTER_BARRIER
+    out_of_order = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
+    assert not out_of_order, f"{len(out_of_order)} records read back before an earlier one, e.g. {out_of_order[:3]}"
