@@ -294,10 +294,20 @@ class TransactionOwner:
         """Waits until every record of the member's transaction is in the log. A reader
         (read_committed) sees records in log order, whatever order transactions commit
         in: records of the next transaction, from the other producer, must come after."""
-        with self.waits.waiting("flush"):
-            remaining = member.producer.flush(self.call_timeout_s)
+        what = "flushing the closing transaction"
+        try:
+            with self.waits.waiting("flush"):
+                remaining = member.producer.flush(self.call_timeout_s)
+        except KafkaException as exc:
+            return _CallFailed(what, error_of(exc))
+        except SystemError as exc:
+            # A producer that turns fatal (fenced) during flush raises its error, then
+            # serves the purged records' delivery reports with that error pending.
+            if not isinstance(exc.__cause__, KafkaException):
+                raise
+            return _CallFailed(what, error_of(exc.__cause__))
         if remaining:
-            return _CallFailed("flushing the closing transaction", KafkaError(
+            return _CallFailed(what, KafkaError(
                 KafkaError._TIMED_OUT, f"{remaining} records not delivered within {self.call_timeout_s:g}s"))
         failure = member.failures.take()
         return None if failure is None else _CallFailed("delivering an output record", failure)

@@ -1,4 +1,5 @@
-"""Per-key output order across a checkpoint's barrier, on a real broker.
+"""Closing a transaction at a checkpoint's barrier, on a real broker: per-key output
+order, and a producer fenced meanwhile.
 
 With asynchronous checkpoints, transaction n closes at the barrier and the next producer
 of the owner's pool takes the output of n+1. A read_committed consumer returns records in
@@ -12,9 +13,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
-from connectors.transactions import TransactionOwner
+from connectors.transactions import Kind, TransactionOwner
 from tests.harness.kafka import create_topics, unique_name
 
 pytestmark = pytest.mark.kafka
@@ -68,3 +69,25 @@ def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_bar
     assert len(seen) == BEFORE_BARRIER + AFTER_BARRIER
     out_of_order = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
     assert not out_of_order, f"{len(out_of_order)} records read back before an earlier one, e.g. {out_of_order[:3]}"
+
+
+def test_a_producer_fenced_while_its_transaction_closes_stops_as_replaced(bootstrap):
+    """A newer process of the slot initialised the transactional id: the closing
+    producer turns fatal during its flush, and the owner says the slot is taken."""
+    topic = unique_name("order")
+    create_topics(bootstrap, [topic], 4)
+    ids = [unique_name("tx-a"), unique_name("tx-b")]
+    group_client = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("order-group")})
+    owner = TransactionOwner(bootstrap, ids, extra={}, transaction_timeout_ms=60_000, call_timeout_s=30.0,
+                             slot_holder=lambda: "a newer process holds the slot")
+    try:
+        assert owner.start().committed
+        Producer({"bootstrap.servers": bootstrap, "transactional.id": ids[0]}).init_transactions(30)
+        for seq in range(1000):
+            owner.produce.blocking(topic, str(seq).encode(), str(seq).encode())
+        outcome = owner.close_epoch(group_client)
+        assert outcome.kind is Kind.REPLACED, outcome
+        assert "fenced" in outcome.reason, outcome
+    finally:
+        owner.close(abort=False)
+        group_client.close()
