@@ -44,12 +44,20 @@ class ClusterOffsets:
         return self._admin
 
     def ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Where a read_committed reader can read up to now (the last stable offset)."""
         return self._list(partitions, OffsetSpec.latest())
+
+    def written_ends(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Where the logs end, open transactions included (the high watermarks). A
+        transaction's records are here before its commit returns, but the last stable
+        offset passes them only once the coordinator wrote its markers, a moment later."""
+        return self._list(partitions, OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED)
 
     def starts(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         return self._list(partitions, OffsetSpec.earliest())
 
-    def _list(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+    def _list(self, partitions: list[TopicPartition], spec: OffsetSpec,
+              isolation: IsolationLevel = IsolationLevel.READ_COMMITTED) -> dict[tuple[str, int], int]:
         """One ListOffsets, asked again while the cluster says to (retriable errors) for
         up to RETRY_FOR_S; any other error, or one that outlasts that, is raised."""
         if not partitions:
@@ -60,7 +68,7 @@ class ClusterOffsets:
             try:
                 futures = self.admin.list_offsets(
                     {TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-                    isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=TIMEOUT_S)
+                    isolation_level=isolation, request_timeout=TIMEOUT_S)
                 return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
             except KafkaException as exc:
                 err = error_of(exc)

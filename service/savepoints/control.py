@@ -219,8 +219,10 @@ class SavepointOperation:
         self._paused = []
 
     def _repartition_drained(self, tasks: list[Any]) -> bool:
-        """Every repartition partition of this worker read up to its last stable offset
-        (the consumer's position counts the transaction markers it skipped)."""
+        """Every repartition partition of this worker read to the end of its log (the
+        consumer's position counts the transaction markers it skipped). Not to the last
+        stable offset: right after the upstream commit it may not yet pass the records
+        that commit made visible."""
         if any(t.group is not None and t.group.buffered() for t in tasks):
             return False
         repartition = [i for t in tasks for i in t.inputs if i.spec.repartition]
@@ -228,7 +230,7 @@ class SavepointOperation:
             return True
         partitions = [TopicPartition(i.topic, i.partition) for i in repartition]
         positions = self.control.consumer.position(partitions)
-        ends = self.control.offsets.ends(partitions)
+        ends = self.control.offsets.written_ends(partitions)
         starts = None
         for task_input, position in zip(repartition, positions):
             at = max(position.offset, task_input.next_offset if task_input.next_offset is not None else -1)
