@@ -6,14 +6,18 @@ broker and checks the committed output with the independent oracle.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
 import time
+import urllib.request
 
 import pytest
 
 from service.checkpointing.faults import PHASES, SINK_PHASES
+from tests.harness.kafka import group_members
+from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
 
@@ -139,3 +143,41 @@ def test_graceful_stop_and_restart_equals_an_uninterrupted_run(bootstrap, tmp_pa
         return result
 
     assert per_user(interrupted.outputs()) == per_user(uninterrupted.outputs())
+
+
+def test_a_final_checkpoint_refused_after_a_rebalance_stops_cleanly_and_loses_nothing(bootstrap, tmp_path):
+    """SIGTERM, and the group moves on while the final checkpoint is written (here: the
+    worker froze past its session timeout): the commit is refused, as KIP-447 means it to
+    be. Nothing is lost by that, since the next owner redoes the work from the last
+    checkpoint, so the worker stops as asked (exit 0), saying so."""
+    scenario = RunningSum(bootstrap, tmp_path, records=2_000)
+    scenario.feed_all_now()
+    port = free_port()
+    # No checkpoint before the final one: the first to reach the phase is the final one.
+    worker = scenario.start_worker(fault="after_persist@1:stop", interval="600s", membership=None,
+                                   extra_args=["--http-port", str(port)])
+    wait_for(lambda: _records_in(port) >= scenario.records or not worker.alive(), 120, 0.2,
+             lambda: f"the worker to read every record\n{worker.log_tail()}")
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "fault injection: freezing" in worker.log_text() or not worker.alive(), 60, 0.2,
+             "the final checkpoint to freeze")
+    wait_for(lambda: "w1" not in group_members(bootstrap, scenario.group), 60, 0.5,
+             "the frozen worker to drop out of the group")
+    worker.signal(signal.SIGCONT)
+    assert worker.wait(120) == 0, worker.log_text()
+    assert re.search(r"the final checkpoint \d+ was not committed: .*refused", worker.log_text()), worker.log_text()
+
+    worker = scenario.start_worker()
+    scenario.wait_complete(worker)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = scenario.check()
+    assert report.ok, report.summary()
+    assert report.outputs == scenario.records, report.summary()
+
+
+def _records_in(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as response:
+            return json.loads(response.read()).get("records_in", 0)
+    except OSError:
+        return 0

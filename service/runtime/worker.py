@@ -275,7 +275,12 @@ class Worker:
             return
         record = loop.checkpoint("shutdown")
         if record is not None and not record.outcome.committed:
-            raise CheckpointsFailingError(f"the final checkpoint failed: {record.error}")
+            if record.outcome.counts:
+                raise CheckpointsFailingError(f"the final checkpoint failed: {record.error}")
+            # The group moved on under it (KIP-447 refused the commit): the tasks are
+            # back at their last checkpoint, and the partitions' next owner redoes the rest.
+            log.warning("the final checkpoint %d was not committed: %s; the next owner of its partitions redoes "
+                        "that work from the last completed checkpoint", record.checkpoint_id, record.error)
         last = max([loop.coordinator.last_id] + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         if self.config.leave_group_on_stop:
             # Nothing changed since the final checkpoint, so giving the partitions up aborts nothing.
