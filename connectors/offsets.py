@@ -58,8 +58,11 @@ class ClusterOffsets:
 
     def _list(self, partitions: list[TopicPartition], spec: OffsetSpec,
               isolation: IsolationLevel = IsolationLevel.READ_COMMITTED) -> dict[tuple[str, int], int]:
-        """One ListOffsets, asked again while the cluster says to (retriable errors) for
-        up to RETRY_FOR_S; any other error, or one that outlasts that, is raised."""
+        """One ListOffsets, asked again while the cluster says to (retriable errors, or
+        no leader known yet) for up to RETRY_FOR_S; any other error, or one that outlasts
+        that, is raised. Each new attempt has a new admin client: after a broker restart
+        the old one keeps the partitions' old leader epochs, and is refused
+        (FENCED_LEADER_EPOCH) for as long as it asks."""
         if not partitions:
             return {}
         deadline = time.monotonic() + RETRY_FOR_S
@@ -72,9 +75,11 @@ class ClusterOffsets:
                 return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
             except KafkaException as exc:
                 err = error_of(exc)
-                if cause_of(err) is not Cause.RETRIABLE or time.monotonic() > deadline:
+                passing = cause_of(err) is Cause.RETRIABLE or err.code() == KafkaError._NOENT
+                if not passing or time.monotonic() > deadline:
                     raise
                 log.info("listing offsets: %s; asking again", describe(err))
+                self._admin = None
                 time.sleep(next(delays) if self._retry_pause_s is None else self._retry_pause_s)
 
     def partition_counts(self, topics: list[str]) -> dict[str, int]:

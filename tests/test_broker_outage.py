@@ -9,7 +9,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from confluent_kafka import TopicPartition
 
+from connectors.offsets import ClusterOffsets
+from tests.harness.kafka import create_topics
 from tests.harness.savepoints import start_controlled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
@@ -77,3 +80,23 @@ def test_offsets_sent_while_the_broker_is_down_do_not_hang_the_worker(private_br
     assert worker.terminate() == 0, worker.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
+
+
+def test_partition_offsets_are_listed_again_soon_after_the_broker_restarted(private_broker):
+    """Admin clients that listed offsets before a restart: one asked at once finds no
+    leader yet (_NOENT); one asked once the leaders are back keeps the partitions' old
+    leader epochs and is refused (FENCED_LEADER_EPOCH) for as long as it asks. Both must
+    get past it soon, not ride it out until giving up (a worker restoring its tasks
+    stopped with exit 1 in the soak)."""
+    bootstrap = private_broker.bootstrap
+    create_topics(bootstrap, ["listed"], 4)
+    partitions = [TopicPartition("listed", p) for p in range(4)]
+    at_once, later = ClusterOffsets({"bootstrap.servers": bootstrap}), ClusterOffsets({"bootstrap.servers": bootstrap})
+    for offsets in (at_once, later):
+        assert offsets.ends(partitions) == {("listed", p): 0 for p in range(4)}
+    private_broker.stop()
+    private_broker.start()
+    for offsets in (at_once, later):
+        began = time.monotonic()
+        assert offsets.starts(partitions) == {("listed", p): 0 for p in range(4)}
+        assert time.monotonic() - began < 30, "listing offsets rode out the restart until close to giving up"
