@@ -299,13 +299,11 @@ class TransactionOwner:
             with self.waits.waiting("flush"):
                 remaining = member.producer.flush(self.call_timeout_s)
         except KafkaException as exc:
-            return _CallFailed(what, error_of(exc))
+            return _CallFailed(what, self._fatal_cause(member.producer, error_of(exc)))
         except SystemError as exc:
-            # A producer that turns fatal (fenced) during flush raises its error, then
-            # serves the purged records' delivery reports with that error pending.
-            if not isinstance(exc.__cause__, KafkaException):
-                raise
-            return _CallFailed(what, error_of(exc.__cause__))
+            # A producer that turns fatal (fenced) during flush makes confluent-kafka go on
+            # serving callbacks with the error pending; what it raises then names no cause.
+            return _CallFailed(what, self._fatal_cause(member.producer, KafkaError(KafkaError._FATAL, str(exc))))
         if remaining:
             return _CallFailed(what, KafkaError(
                 KafkaError._TIMED_OUT, f"{remaining} records not delivered within {self.call_timeout_s:g}s"))
@@ -347,13 +345,19 @@ class TransactionOwner:
         """A producer exception raised outside the owner's calls: `produce()` in an
         operator was refused. A failed producer refuses with a bare `_FATAL`; any
         transactional call makes it say at once which error made it fatal."""
-        err = error_of(exc)
-        if err.code() == KafkaError._FATAL and self._producer is not None:
-            try:
-                self._producer.abort_transaction(0)
-            except KafkaException as cause:
-                err = error_of(cause)
-        return self._settle("producing an output record", err)
+        return self._settle("producing an output record", self._fatal_cause(self._producer, error_of(exc)))
+
+    @staticmethod
+    def _fatal_cause(producer: Any, err: KafkaError) -> KafkaError:
+        """The error that made a producer fatal, where `err` is a bare `_FATAL`: any
+        transactional call on it answers with that error at once."""
+        if err.code() != KafkaError._FATAL or producer is None:
+            return err
+        try:
+            producer.abort_transaction(0)
+        except KafkaException as cause:
+            return error_of(cause)
+        return err
 
     def consumer_failed(self, exc: BaseException) -> Outcome:
         return consumer_verdict(exc, self.slot_holder)

@@ -72,6 +72,9 @@ class FakeProducer:
 
     def flush(self, timeout: float) -> int:
         self.calls.append("flush")
+        raised = self.script.get("flush")
+        if raised:
+            raise raised.pop(0)
         return 0
 
     def purge(self) -> None:
@@ -360,6 +363,19 @@ def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output
     assert harness.owner.closed_committed(None) == DONE and not harness.owner.closing
     assert harness.owner.close_epoch(Consumer()) == DONE  # and back to the first producer
     assert first.calls[-1] == "begin_transaction"
+
+
+@pytest.mark.parametrize("raised", [
+    SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an exception"),
+    KafkaException(_err(KafkaError._FATAL)),
+])
+def test_a_producer_that_turns_fatal_while_the_barrier_flushes_it_is_asked_why(raised):
+    """confluent-kafka's flush of a producer fenced meanwhile can end in a SystemError
+    naming no cause, or a bare _FATAL: the producer's own fatal error says it."""
+    harness = _pool({"flush": [raised], "abort_transaction": [FENCED]}, {})
+    harness.holder = NEWER
+    outcome = harness.owner.close_epoch(Consumer())
+    assert outcome.kind is Kind.REPLACED and NEWER in outcome.reason, outcome
 
 
 def test_a_closed_epoch_whose_commit_fails_ends_the_open_one_too():
