@@ -179,6 +179,13 @@ class _Member:
         self.failures = DeliveryFailures()
 
 
+def _delivery_failure(member: _Member) -> _CallFailed | None:
+    """The first record of the member's transaction that failed to reach the log, if any:
+    its transaction cannot commit."""
+    failure = member.failures.take()
+    return None if failure is None else _CallFailed("delivering an output record", failure)
+
+
 class TransactionOwner:
     """Exactly-once output: one open transaction per checkpoint epoch, and the closed
     one of a checkpoint being written."""
@@ -270,9 +277,9 @@ class TransactionOwner:
         """At a checkpoint's barrier: the open transaction takes no more output, its records
         reach the log, and it waits for `commit_closed`; the pool's other producer opens the
         next one, for what the tasks produce from now on (so each key's outputs keep their
-        order, as Flink's two-phase sink flushes at the barrier). The group metadata is taken now: should the group move
-        on before the commit, the commit is refused (KIP-447), not applied to partitions
-        this worker no longer holds."""
+        order, as Flink's two-phase sink flushes at the barrier). The group metadata is
+        taken now: should the group move on before the commit, the commit is refused
+        (KIP-447), not applied to partitions this worker no longer holds."""
         assert self._closed_at is None, "a closed transaction awaits its commit"
         if len(self._members) < 2:
             raise RuntimeError("closing an epoch needs a pool of two producers")
@@ -307,8 +314,7 @@ class TransactionOwner:
         if remaining:
             return _CallFailed(what, KafkaError(
                 KafkaError._TIMED_OUT, f"{remaining} records not delivered within {self.call_timeout_s:g}s"))
-        failure = member.failures.take()
-        return None if failure is None else _CallFailed("delivering an output record", failure)
+        return _delivery_failure(member)
 
     @property
     def closed_epoch(self) -> int:
@@ -390,8 +396,7 @@ class TransactionOwner:
             self._call("commit_transaction", lambda: producer.commit_transaction(self.call_timeout_s))
         except _CallFailed as failed:
             return failed
-        failure = member.failures.take()  # reported during the commit's flush: it failed after all
-        return None if failure is None else _CallFailed("delivering an output record", failure)
+        return _delivery_failure(member)  # reported during the commit's flush: it failed after all
 
     def _settle(self, what: str, err: KafkaError) -> Outcome:
         """The outcome of a failed call: the producers are replaced (the transactions

@@ -10,13 +10,11 @@ stale value), though each was committed once.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from confluent_kafka import Consumer, Producer
 
 from connectors.transactions import Kind, TransactionOwner
-from tests.harness.kafka import create_topics, unique_name
+from tests.harness.kafka import create_topics, read_all, unique_name
 
 pytestmark = pytest.mark.kafka
 
@@ -25,24 +23,6 @@ pytestmark = pytest.mark.kafka
 BEFORE_BARRIER = 200_000
 SMALL_BATCHES = {"batch.num.messages": "100", "max.in.flight.requests.per.connection": "1"}
 AFTER_BARRIER = 10
-
-
-def _read_committed(bootstrap: str, topic: str, expected: int) -> list[int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"order-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                         "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    seen: list[int] = []
-    try:
-        for _ in range(600):
-            for msg in consumer.consume(10_000, 0.5):
-                if msg.error() is None:
-                    seen.append(int(msg.value()))
-            if len(seen) >= expected:
-                break
-    finally:
-        consumer.close()
-    return seen
 
 
 def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_barrier(bootstrap):
@@ -65,7 +45,7 @@ def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_bar
         owner.close(abort=False)
         group_client.close()
 
-    seen = _read_committed(bootstrap, topic, BEFORE_BARRIER + AFTER_BARRIER)
+    seen = [int(value) for _, value in read_all(bootstrap, topic)]  # read_committed, in log order
     assert len(seen) == BEFORE_BARRIER + AFTER_BARRIER
     out_of_order = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
     assert not out_of_order, f"{len(out_of_order)} records read back before an earlier one, e.g. {out_of_order[:3]}"

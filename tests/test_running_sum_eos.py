@@ -6,18 +6,16 @@ broker and checks the committed output with the independent oracle.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import signal
 import time
-import urllib.request
 
 import pytest
 
 from service.checkpointing.faults import PHASES, SINK_PHASES
 from tests.harness.kafka import group_members
-from tests.harness.ports import free_port
+from tests.harness.savepoints import start_controlled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
 
@@ -152,11 +150,11 @@ def test_a_final_checkpoint_refused_after_a_rebalance_stops_cleanly_and_loses_no
     checkpoint, so the worker stops as asked (exit 0), saying so."""
     scenario = RunningSum(bootstrap, tmp_path, records=2_000)
     scenario.feed_all_now()
-    port = free_port()
     # No checkpoint before the final one: the first to reach the phase is the final one.
-    worker = scenario.start_worker(fault="after_persist@1:stop", interval="600s", membership=None,
-                                   extra_args=["--http-port", str(port)])
-    wait_for(lambda: _records_in(port) >= scenario.records or not worker.alive(), 120, 0.2,
+    controlled = start_controlled(scenario, fault="after_persist@1:stop", interval="600s",
+                                  membership=None).wait_ready()
+    worker = controlled.process
+    wait_for(lambda: controlled.status().get("records_in", 0) >= scenario.records, 120, 0.2,
              lambda: f"the worker to read every record\n{worker.log_tail()}")
     worker.signal(signal.SIGTERM)
     wait_for(lambda: "fault injection: freezing" in worker.log_text() or not worker.alive(), 60, 0.2,
@@ -174,10 +172,3 @@ def test_a_final_checkpoint_refused_after_a_rebalance_stops_cleanly_and_loses_no
     assert report.ok, report.summary()
     assert report.outputs == scenario.records, report.summary()
 
-
-def _records_in(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as response:
-            return json.loads(response.read()).get("records_in", 0)
-    except OSError:
-        return 0
