@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from eos.errors import ConfigurationError
@@ -324,6 +324,31 @@ def test_repartition_topic_is_created_with_the_source_partition_count(bootstrap)
                .topics[topic].partitions) == 3
     with pytest.raises(ConfigurationError, match=re.escape(f"{topic!r} has 3 partitions but key_by 'by' asks for 6")):
         ensure_topics(plan(job(6), group), {"bootstrap.servers": bootstrap})
+
+
+def test_a_consumer_subscribing_as_soon_as_topics_are_created_is_given_their_partitions(bootstrap):
+    """A consumer that subscribes before the cluster lists a new topic is told it does
+    not exist and asks again only at its next metadata refresh (minutes): the stage
+    reading the repartition topic would sit idle that long."""
+    source = unique_name("orders")
+    create_topics(bootstrap, [source], partitions=4)
+    for attempt in range(5):
+        group = unique_name(f"visible-{attempt}")
+        job = Job("visible")
+        job.source(source, uid="in").key_by(lambda v: v, uid="by") \
+            .aggregate(lambda acc, v: acc, initial=0, uid="agg")
+        ensure_topics(plan(job, group), {"bootstrap.servers": bootstrap})
+        topic = repartition_topic(group, "by")
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                             "topic.metadata.refresh.interval.ms": 300_000})
+        try:
+            consumer.subscribe([source, topic])
+            deadline = time.monotonic() + 15
+            while len(consumer.assignment()) < 8 and time.monotonic() < deadline:
+                consumer.poll(0.2)
+            assert {tp.topic for tp in consumer.assignment()} == {source, topic}, f"attempt {attempt}"
+        finally:
+            consumer.close()
 
 
 def test_changed_partition_count_under_keyed_state_is_a_clear_error(bootstrap, tmp_path):

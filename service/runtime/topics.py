@@ -12,7 +12,7 @@ import logging
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 from eos.errors import ConfigurationError
 from service.job.planner import Plan
@@ -90,7 +90,30 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
+        _wait_visible(admin, [t.topic for t in to_create])
     return counts
+
+
+def _wait_visible(admin: AdminClient, topics: list[str]) -> None:
+    """Until the cluster's metadata lists every created topic with a leader for each
+    partition. Created is not yet visible: a consumer that subscribes before then is
+    told the topic does not exist and looks again only at its next metadata refresh
+    (minutes), so the stage reading it would sit idle that long."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(timeout=TIMEOUT_S)
+        pending = [name for name in topics if not _ready(metadata.topics.get(name))]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ConfigurationError(f"created topic(s) {', '.join(pending)}, but the cluster did not list them "
+                                     f"with a leader for every partition within {TIMEOUT_S:g}s")
+        time.sleep(0.1)
+
+
+def _ready(info: TopicMetadata | None) -> bool:
+    return (info is not None and info.error is None and bool(info.partitions)
+            and all(p.leader >= 0 for p in info.partitions.values()))
 
 
 def check_co_partitioned(plan: Plan, counts: dict[str, int]) -> None:
