@@ -35,10 +35,15 @@ ENTRY_OVERHEAD_BYTES = 360
 
 
 class _CachedTable:
-    """What both table kinds share: the clean cache, the pending changes and how they
-    drain into a RocksDB write batch."""
+    """What both table kinds share: the clean cache, the pending changes, the changes
+    captured for a snapshot being written, and how they drain into a RocksDB batch.
 
-    __slots__ = ("cf", "store", "codec", "cache", "pending", "avg_encoded_bytes", "captured_deletes")
+    Reads look in that order: pending, captured, cache, RocksDB. The captured layer
+    is what makes the barrier cheap: a capture swaps the pending dict for an empty
+    one (no per-entry work while processing waits), and the background write merges
+    the captured entries into the cache once RocksDB has them."""
+
+    __slots__ = ("cf", "store", "codec", "cache", "pending", "captured", "avg_encoded_bytes")
 
     def __init__(self, store: TaskStore, cf: str, codec: ValueCodec) -> None:
         self.cf = cf
@@ -46,36 +51,54 @@ class _CachedTable:
         self.codec = codec
         self.cache: dict[Any, Any] = {}
         self.pending: dict[Any, Any] = {}
+        self.captured: CapturedChanges | None = None
         self.avg_encoded_bytes = 64
-        # Deletions captured for a snapshot: cached as DELETED until RocksDB has them,
-        # then dropped from the cache at the next flush or capture.
-        self.captured_deletes: list[Any] = []
 
     def _raw_key(self, entry: Any) -> bytes:
         raise NotImplementedError
 
-    def _lookup(self, entry: Any) -> Any:
-        value = self.pending.get(entry, MISS)
-        if value is MISS:
-            value = self.cache.get(entry, MISS)
+    def load(self, entry: Any) -> Any:
+        """Reads one entry from RocksDB into the cache; ABSENT when it has none."""
+        raw = self.store.get(self.cf, self._raw_key(entry))
+        value = ABSENT if raw is None else self.codec.decode(raw)
+        self.cache[entry] = value
         return value
 
-    def _forget(self, entry: Any) -> None:
-        """A deletion: written at the next flush, or, for an entry known to be absent from
-        RocksDB at the next flush (created since the last one), simply dropped."""
-        cached = self.cache.get(entry, MISS)
-        if cached is ABSENT or cached is DELETED:
+    def read_through(self, entry: Any) -> Any:
+        """The entry as of the last capture: the captured layer, else the cache, else
+        RocksDB. Hot paths look in `pending` themselves and call this on a miss."""
+        captured = self.captured
+        if captured is not None:
+            value = captured.read(entry)
+            if value is not MISS:
+                return value
+        value = self.cache.get(entry, MISS)
+        return self.load(entry) if value is MISS else value
+
+    def _lookup(self, entry: Any) -> Any:
+        value = self.pending.get(entry, MISS)
+        return self.read_through(entry) if value is MISS else value
+
+    def forget(self, entry: Any) -> None:
+        """A deletion: written at the next flush or capture, or, for an entry known to be
+        absent from RocksDB then (created since the last one), simply dropped. The clean
+        cache forgets it at once: state that churns (closed windows, expired values)
+        would otherwise fill it with entries never read again."""
+        captured = self.captured
+        known = captured.values.get(entry, MISS) if captured is not None else MISS
+        cached = self.cache.pop(entry, MISS)
+        if known is MISS:
+            known = cached
+        if known is ABSENT or known is DELETED:
             self.pending.pop(entry, None)
         else:
             self.pending[entry] = DELETED
 
     def drain_into(self, batch: Any, handle: Any) -> int:
         """Puts the pending changes into `batch`; written values stay cached as clean
-        entries, deleted ones leave the cache (state that churns, such as closed windows
-        or expired values, would otherwise fill it with entries never read again; a key
-        read again after its deletion costs one miss). The caller commits the batch before
-        anything reads the table again."""
-        self._forget_captured_deletes()
+        entries, deleted ones leave the cache (a key read again after its deletion costs
+        one miss). The caller commits the batch before anything reads the table again,
+        and no capture is being written."""
         encode, raw_key, cache, total = self.codec.encode, self._raw_key, self.cache, 0
         pending = self.pending
         for entry, value in pending.items():
@@ -94,36 +117,22 @@ class _CachedTable:
         return count
 
     def capture(self) -> CapturedChanges | None:
-        """The pending changes as they are now, serialised, for a snapshot written in the
-        background; the table goes on with an empty set of changes. The values are
-        encoded here, in one call for all of them, because user code may change an
-        accumulator in place once it is read again; the captured entries stay readable
-        in the cache. None when nothing changed."""
-        self._forget_captured_deletes()
+        """The pending changes as they are now, for a snapshot written in the background;
+        the table goes on with an empty set of changes. Nothing is copied or encoded
+        here: the captured entries stay readable through the captured layer, which
+        encodes a value before handing it out (user code may change an accumulator in
+        place once it has it). None when nothing changed."""
+        assert self.captured is None, "the last capture was neither written nor rewound"
         if not self.pending:
             return None
-        # A copy, then cleared in place: operators hold the pending dict itself (the hot
-        # path writes to it without looking it up).
-        pending = self.pending.copy()
-        self.pending.clear()
-        puts = [(entry, value) for entry, value in pending.items() if value is not DELETED]
-        deletes = [entry for entry, value in pending.items() if value is DELETED] if len(puts) < len(pending) else []
-        blob = self.codec.encode([value for _, value in puts]) if puts else b""
-        self.cache.update(pending)
-        self.captured_deletes = deletes
-        return CapturedChanges(self, [entry for entry, _ in puts], blob, deletes, len(blob))
-
-    def _forget_captured_deletes(self) -> None:
-        """The last capture's deletions are in RocksDB now (callers wait for the write):
-        they leave the cache, as a flush's deletions do."""
-        cache = self.cache
-        for entry in self.captured_deletes:
-            if cache.get(entry) is DELETED:
-                del cache[entry]
-        self.captured_deletes = []
+        captured = self.captured = CapturedChanges(self, self.pending)
+        self.pending = {}
+        return captured
 
     def entry_bytes(self) -> int:
-        return (len(self.cache) + len(self.pending)) * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
+        captured = self.captured
+        entries = len(self.cache) + len(self.pending) + (len(captured.values) if captured is not None else 0)
+        return entries * (self.avg_encoded_bytes + ENTRY_OVERHEAD_BYTES)
 
     def evict(self) -> None:
         assert not self.pending, "evicting unflushed state would lose it"
@@ -131,27 +140,54 @@ class _CachedTable:
 
 
 class CapturedChanges:
-    """One table's changes captured at a barrier (see `_CachedTable.capture`), written to
-    RocksDB later, off the loop's thread."""
+    """One table's changes captured at a barrier (see `_CachedTable.capture`): read by
+    the loop while the background writes them to RocksDB, then merged into the cache.
 
-    __slots__ = ("table", "entries", "blob", "deletes", "size")
+    Each value is encoded once, by whichever thread comes first: the loop before it
+    hands the value to user code, the background when it writes. `setdefault` keeps
+    the first encoding, and the loop's always precedes any change user code makes."""
 
-    def __init__(self, table: _CachedTable, entries: list, blob: bytes, deletes: list, size: int) -> None:
-        self.table, self.entries, self.blob, self.deletes, self.size = table, entries, blob, deletes, size
+    __slots__ = ("table", "values", "sealed", "index")
+
+    def __init__(self, table: _CachedTable, values: dict[Any, Any]) -> None:
+        self.table, self.values = table, values
+        self.sealed: dict[Any, bytes] = {}
+        # A map table's captured keys by the key whose map they belong to.
+        self.index: dict[Any, set[Any]] = {}
+
+    def read(self, entry: Any) -> Any:
+        """The captured value of `entry` (MISS if it was not captured), sealed first."""
+        value = self.values.get(entry, MISS)
+        if value is not MISS and value is not DELETED and entry not in self.sealed:
+            self.sealed.setdefault(entry, self.table.codec.encode(value))
+        return value
 
     def write_into(self, batch: Any, handle: Any) -> int:
-        """Puts the captured changes into a RocksDB write batch (any thread: nothing here
-        is shared with the loop but the codec)."""
-        table, raw_key = self.table, self.table._raw_key
-        if self.entries:
-            encode = table.codec.encode
-            values = table.codec.decode(self.blob)
-            for entry, value in zip(self.entries, values):
-                batch.put(raw_key(entry), encode(value), handle)
-            table.avg_encoded_bytes = max(16, self.size // len(self.entries))
-        for entry in self.deletes:
-            batch.delete(raw_key(entry), handle)
-        return len(self.entries) + len(self.deletes)
+        """Puts the captured changes into a RocksDB write batch (off the loop's thread)."""
+        raw_key, encode, sealed, total = self.table._raw_key, self.table.codec.encode, self.sealed, 0
+        for entry, value in self.values.items():
+            if value is DELETED:
+                batch.delete(raw_key(entry), handle)
+                continue
+            raw = sealed.get(entry)
+            if raw is None:
+                raw = sealed.setdefault(entry, encode(value))
+            total += len(raw)
+            batch.put(raw_key(entry), raw, handle)
+        if total:
+            self.table.avg_encoded_bytes = max(16, total // len(self.values))
+        return len(self.values)
+
+    def merge(self) -> None:
+        """RocksDB has the captured changes (committed): they become clean cache entries,
+        deletions leave the cache, and reads no longer need the captured layer."""
+        cache = self.table.cache
+        for entry, value in self.values.items():
+            if value is DELETED:
+                cache.pop(entry, None)
+            else:
+                cache[entry] = value
+        self.table.captured = None
 
 
 class ValueTable(_CachedTable):
@@ -162,24 +198,15 @@ class ValueTable(_CachedTable):
     def _raw_key(self, entry: Any) -> bytes:
         return encode_key(entry)
 
-    def load(self, key: Any) -> Any:
-        """Reads through to RocksDB on a cache miss; returns ABSENT when there is no value."""
-        raw = self.store.get(self.cf, encode_key(key))
-        value = ABSENT if raw is None else self.codec.decode(raw)
-        self.cache[key] = value
-        return value
-
     def get(self, key: Any, default: Any = None) -> Any:
         value = self._lookup(key)
-        if value is MISS:
-            value = self.load(key)
         return default if value is ABSENT or value is DELETED else value
 
     def put(self, key: Any, value: Any) -> None:
         self.pending[key] = value
 
     def delete(self, key: Any) -> None:
-        self._forget(key)
+        self.forget(key)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) in RocksDB. Callers flush first (savepoints do)."""
@@ -191,26 +218,18 @@ class MapTable(_CachedTable):
     """Per-key maps of one operator state (`MapState`): entries live under the key's
     prefix in RocksDB, so one key's map can be iterated without loading others."""
 
-    __slots__ = ("dirty_by_key", "unwritten")
+    __slots__ = ("dirty_by_key",)
 
     def __init__(self, store: TaskStore, cf: str, codec: ValueCodec) -> None:
         super().__init__(store, cf, codec)
         self.dirty_by_key: dict[Any, set[Any]] = {}
-        # Changes captured for a snapshot and not yet in RocksDB: (their dirty keys, their
-        # values), overlaid on what RocksDB holds until they are written.
-        self.unwritten: tuple[dict[Any, set[Any]], dict[Any, Any]] | None = None
 
     def _raw_key(self, entry: Any) -> bytes:
         key, map_key = entry
         return composite_key(encode_key(key), encode_key(map_key))
 
     def get(self, key: Any, map_key: Any, default: Any = None) -> Any:
-        entry = (key, map_key)
-        value = self._lookup(entry)
-        if value is MISS:
-            raw = self.store.get(self.cf, composite_key(encode_key(key), encode_key(map_key)))
-            value = ABSENT if raw is None else self.codec.decode(raw)
-            self.cache[entry] = value
+        value = self._lookup((key, map_key))
         return default if value is ABSENT or value is DELETED else value
 
     def put(self, key: Any, map_key: Any, value: Any) -> None:
@@ -218,23 +237,25 @@ class MapTable(_CachedTable):
         self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def delete(self, key: Any, map_key: Any) -> None:
-        self._forget((key, map_key))
+        self.forget((key, map_key))
         self.dirty_by_key.setdefault(key, set()).add(map_key)
 
     def entries(self, key: Any) -> dict[Any, Any]:
         """The whole map of `key`: RocksDB's entries overlaid with changes not written
-        there yet (captured for a snapshot, then pending)."""
+        there yet (captured for a snapshot, then pending). The captured layer is taken
+        before RocksDB is read: its write may land in between, and then both agree."""
+        captured = self.captured
         prefix = composite_prefix(encode_key(key))
         result = {
             decode_key(split_composite(raw_key)[1]): self.codec.decode(raw)
             for raw_key, raw in self.store.items(self.cf, prefix)
         }
-        layers = [(self.dirty_by_key, self.pending)]
-        if self.unwritten is not None:
-            layers.insert(0, self.unwritten)
-        for dirty_by_key, values in layers:
+        layers = [(self.dirty_by_key, lambda entry: self.pending.get(entry, MISS))]
+        if captured is not None:
+            layers.insert(0, (captured.index, captured.read))
+        for dirty_by_key, read in layers:
             for map_key in dirty_by_key.get(key, ()):
-                value = values.get((key, map_key), MISS)
+                value = read((key, map_key))
                 if value is MISS:
                     continue  # created and deleted in between
                 if value is DELETED:
@@ -244,16 +265,11 @@ class MapTable(_CachedTable):
         return result
 
     def capture(self) -> CapturedChanges | None:
-        dirty_by_key, pending = self.dirty_by_key.copy(), self.pending.copy()
+        index = self.dirty_by_key
         captured = super().capture()
         if captured is not None:
-            self.dirty_by_key.clear()
-            self.unwritten = (dirty_by_key, pending)
+            captured.index, self.dirty_by_key = index, {}
         return captured
-
-    def written(self) -> None:
-        """The captured changes are in RocksDB: RocksDB alone shows them now."""
-        self.unwritten = None
 
     def drain_into(self, batch: Any, handle: Any) -> int:
         self.dirty_by_key.clear()

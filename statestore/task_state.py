@@ -129,8 +129,7 @@ class TaskState:
             if count:
                 self.store.commit(batch)
             for changes in captured:
-                if isinstance(changes.table, MapTable):
-                    changes.table.written()
+                changes.merge()
             return self.snapshot_local(snapshot)
         finally:
             self._idle.set()

@@ -68,9 +68,10 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
     size = shape.size_ms
     fold, first, make_initial = options["fold"], options["first"], options["initial"]
     table = ctx.state.map_table(f"{uid}:windows", options["codec"])
-    # The hot path reads and writes the table's cache inline (as aggregate does). Window
-    # tables are never read whole per key, so their writes skip MapTable's per-key index.
-    pending, cache = table.pending, table.cache
+    # The hot path reads and writes the table's pending changes inline (as aggregate
+    # does). Window tables are never read whole per key, so their writes skip MapTable's
+    # per-key index.
+    cache, read_through = table.cache, table.read_through
     late_topic = options.get("late_topic")
     late = ctx.late_counter(uid, late_topic is not None)
     out = ctx.produce
@@ -101,16 +102,15 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
                 open_windows = by_end[end] = {}
                 if end < next_end[0] or next_end[0] == NO_TIME:
                     next_end[0] = end
+            pending = table.pending  # a capture replaces it
             if entry in open_windows:
                 acc = pending.get(entry, MISS)
                 if acc is MISS:
-                    acc = cache.get(entry, MISS)
-                    if acc is MISS:
-                        acc = table.get(key, start, ABSENT)
+                    acc = read_through(entry)
             else:  # a new window, known to be absent from RocksDB
                 acc = cache[entry] = ABSENT
             try:
-                if acc is ABSENT:
+                if acc is ABSENT or acc is DELETED:
                     acc = first(value) if first is not None else fold(make_initial(), value)
                 else:
                     acc = fold(acc, value)
@@ -134,10 +134,7 @@ def build_window(node: Node, ctx: Any, down: Callable[[Any, Any], None],
             for entry in by_end.pop(end):
                 key, start = entry
                 acc = table.get(key, start, ABSENT)
-                if cache.pop(entry, MISS) is ABSENT:
-                    del pending[entry]  # never flushed: nothing to delete in RocksDB
-                else:
-                    pending[entry] = DELETED
+                table.forget(entry)
                 if acc is not ABSENT and not emit_updates:
                     ctx.ts = end - 1
                     down(key, window_result(start, end, acc))

@@ -367,15 +367,14 @@ def _fold(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | None) -> 
         return _fold_expiring(node, ctx, first)
     fn, uid, down = node.fn, node.uid, _downstream(node, ctx)
     table = ctx.state.value_table(f"{uid}:acc", node.options["codec"])
-    pending, cache, load = table.pending, table.cache, table.load
+    read_through = table.read_through
     make_initial = initial_factory(node.options.get("initial"))
 
     def push(key: Any, value: Any) -> None:
+        pending = table.pending  # a capture replaces it
         acc = pending.get(key, MISS)
         if acc is MISS:
-            acc = cache.get(key, MISS)
-            if acc is MISS:
-                acc = load(key)
+            acc = read_through(key)
         try:
             if acc is ABSENT or acc is DELETED:
                 acc = first(value) if first is not None else fn(make_initial(), value)
@@ -397,16 +396,15 @@ def _fold_expiring(node: Node, ctx: ChainContext, first: Callable[[Any], Any] | 
     if clock is None:
         raise ConfigurationError(f"operator {uid!r}: a time to live needs its stage on event time")
     table = ctx.state.expiring_values(f"{uid}:acc", node.options["codec"], ttl, clock).table
-    pending, cache, load, now = table.pending, table.cache, table.load, clock.now
+    read_through, now = table.read_through, clock.now
     make_initial = initial_factory(node.options.get("initial"))
 
     def push(key: Any, value: Any) -> None:
         at = now()
+        pending = table.pending  # a capture replaces it
         envelope = pending.get(key, MISS)
         if envelope is MISS:
-            envelope = cache.get(key, MISS)
-            if envelope is MISS:
-                envelope = load(key)
+            envelope = read_through(key)
         try:
             if envelope is ABSENT or envelope is DELETED or envelope[0] + ttl <= at:
                 acc = first(value) if first is not None else fn(make_initial(), value)
