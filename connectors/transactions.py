@@ -25,9 +25,10 @@ the owner keeps a pool of two producers, as Flink's Kafka sink does: at checkpoi
 barrier the open transaction *closes* (it takes no more output and commits once n's
 snapshot is durable) and the other producer opens transaction n+1 for what follows.
 Kafka allows one open transaction per producer, hence two; n+1 commits only after n.
-A failure of n ends both transactions: n+1's output was computed from n's state. Before
-n+1 takes output, n's records are flushed to the log: readers see log order, so n+1's
-records must follow n's there for each key's outputs to read back in order.
+A failure of n ends both transactions: n+1's output was computed from n's state. Readers
+see log order, so n+1's records must follow n's there for each key's outputs to read back
+in order: n+1's first records are held until n's producer has delivered all of its own
+(connectors/held_output.py), rather than pausing processing for that at the barrier.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from connectors.held_output import HeldOutput
 from connectors.kafka_errors import CONSUMER_IDENTITY_IN_DOUBT, IDENTITY_IN_DOUBT, Cause, cause_of, describe, error_of
 from connectors.kafka_sink import DeliveryFailures, Produce, RoutedProduce, base_producer_config, make_produce
 from connectors.kafka_waits import KafkaWaits, backoff_delays
@@ -209,6 +211,12 @@ class TransactionOwner:
         self._closed_at: int | None = None  # the member whose transaction awaits its commit
         self._closed_metadata: Any = None  # the group metadata as it was when it closed
         self._routed = RoutedProduce()
+        # The open transaction's first records, while the closed one's still travel.
+        self._held: HeldOutput | None = None
+        # Whether the pool's free producer has begun the next transaction already (its
+        # begin is a round trip to librdkafka's thread, kept out of the barrier's pause).
+        self._next_begun = False
+        self._max_message_bytes = int(self._config.get("message.max.bytes", 1_000_000))
         # Held while `commit_closed` runs (on another thread): producers are replaced only
         # once it returned, so a commit is never cut off half done, and a commit that
         # comes after they were replaced finds its epoch gone and touches nothing.
@@ -249,7 +257,8 @@ class TransactionOwner:
         return self._open()
 
     def poll(self) -> Outcome:
-        """Serves delivery reports; a failed delivery dooms the open transaction."""
+        """Serves delivery reports; a failed delivery dooms the open transaction. Held
+        records go out once the closed transaction's producer has delivered its own."""
         for member in self._members:
             if member.producer is None:
                 continue
@@ -257,13 +266,39 @@ class TransactionOwner:
                 member.producer.poll(0)
             except KafkaException as exc:  # a producer turned fatal raises from poll
                 return self.failed(exc)
+        held = self._held
+        if held is not None and (self._closed_at is None or held.drained()):
+            try:
+                self._release()
+            except KafkaException as exc:
+                return self.failed(exc)
         failure = self._members[self._open_at].failures.take()
-        return DONE if failure is None else self._settle("delivering an output record", failure)
+        if failure is not None:
+            return self._settle("delivering an output record", failure)
+        ready = self._next_begun or self._closed_at is not None or not self.asynchronous
+        return DONE if ready else self._begin_next()
+
+    def _begin_next(self) -> Outcome:
+        """Begins the next transaction on the pool's free producer, ahead of the barrier
+        that will route output to it."""
+        free = self._members[1 - self._open_at]
+        if free.producer is None:
+            return DONE
+        try:
+            self._call("begin_transaction", free.producer.begin_transaction)
+        except _CallFailed as failed:
+            return self._settle(failed.what, failed.err)
+        self._next_begun = True
+        return DONE
 
     def commit(self, offsets: list[TopicPartition], consumer: Any) -> Outcome:
         """Commits the open transaction's outputs and `offsets` atomically, then opens the
         next transaction on the same producer (nothing may be closing)."""
         assert self._closed_at is None, "a closed transaction awaits its commit"
+        try:
+            self._release()
+        except KafkaException as exc:
+            return self.failed(exc)
         failure = self._commit_member(self._open_at, offsets, consumer.consumer_group_metadata() if offsets else None)
         if failure is not None:
             return self._settle(failure.what, failure.err)
@@ -274,33 +309,52 @@ class TransactionOwner:
         return DONE
 
     def close_epoch(self, consumer: Any) -> Outcome:
-        """At a checkpoint's barrier: the open transaction takes no more output, its records
-        reach the log, and it waits for `commit_closed`; the pool's other producer opens the
-        next one, for what the tasks produce from now on (so each key's outputs keep their
-        order, as Flink's two-phase sink flushes at the barrier). The group metadata is
-        taken now: should the group move on before the commit, the commit is refused
-        (KIP-447), not applied to partitions this worker no longer holds."""
+        """At a checkpoint's barrier: the open transaction takes no more output and waits
+        for `commit_closed`; the pool's other producer opens the next one, for what the
+        tasks produce from now on, held until the closed one's records are in the log (so
+        each key's outputs keep their order). The group metadata is taken now: should the
+        group move on before the commit, the commit is refused (KIP-447), not applied to
+        partitions this worker no longer holds."""
         assert self._closed_at is None, "a closed transaction awaits its commit"
         if len(self._members) < 2:
             raise RuntimeError("closing an epoch needs a pool of two producers")
-        failure = self._flush(self._members[self._open_at])
-        if failure is not None:
-            return self._settle(failure.what, failure.err)
-        following = 1 - self._open_at
         try:
-            self._call("begin_transaction", self._members[following].producer.begin_transaction)
-        except _CallFailed as failed:
-            return self._settle(failed.what, failed.err)
+            self._release()  # the previous closed transaction committed: its records are in
+        except KafkaException as exc:
+            return self.failed(exc)
+        closing, following = self._members[self._open_at], self._members[1 - self._open_at]
+        if not self._next_begun:
+            begun = self._begin_next()
+            if not begun.committed:
+                return begun
+        self._next_begun = False
         self._closed_metadata = consumer.consumer_group_metadata()
-        self._closed_at, self._open_at = self._open_at, following
+        self._closed_at, self._open_at = self._open_at, 1 - self._open_at
         self._closed_epoch += 1
-        self._routed.route(self._members[following].produce)
+        self._held = HeldOutput(closing.producer, following.produce, self._max_message_bytes, self._wait_drained)
+        self._routed.route(self._held)
         return DONE
 
+    def _release(self) -> None:
+        """The held records to the open transaction's producer, which takes output
+        directly from now on."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._routed.route(self._members[self._open_at].produce)
+            held.release()
+
+    def _wait_drained(self) -> None:
+        """Waits until the closed transaction's records are in the log, then releases the
+        held ones (for a record that cannot be held). Raises the producer's error."""
+        closing = self._members[self._closed_at] if self._closed_at is not None else None
+        if closing is not None:
+            failure = self._flush(closing)
+            if failure is not None:
+                raise KafkaException(failure.err)
+        self._release()
+
     def _flush(self, member: _Member) -> _CallFailed | None:
-        """Waits until every record of the member's transaction is in the log. A reader
-        (read_committed) sees records in log order, whatever order transactions commit
-        in: records of the next transaction, from the other producer, must come after."""
+        """Waits until every record of the member's transaction is in the log."""
         what = "flushing the closing transaction"
         try:
             with self.waits.waiting("flush"):
@@ -430,6 +484,7 @@ class TransactionOwner:
                 self._discard()
                 return outcome
         self._open_at, self._closed_at, self._closed_metadata = 0, None, None
+        self._next_begun = False
         self._routed.route(self._members[0].produce)
         return DONE
 
@@ -470,6 +525,7 @@ class TransactionOwner:
                         pass
             self._closed_at, self._closed_metadata = None, None
             self._closed_epoch += 1
+            self._held = None  # the open transaction's records, thrown away with it
 
     def _call(self, what: str, call: Callable[[], None]) -> None:
         """One transactional call, retried while its error says a retry may succeed."""
@@ -530,6 +586,12 @@ class AtLeastOnceOwner:
         self._config.update({"enable.idempotence": True, "on_delivery": self._failures.on_delivery})
         self._producer: Any = None
         self._routed = RoutedProduce()
+        # The open transaction's first records, while the closed one's still travel.
+        self._held: HeldOutput | None = None
+        # Whether the pool's free producer has begun the next transaction already (its
+        # begin is a round trip to librdkafka's thread, kept out of the barrier's pause).
+        self._next_begun = False
+        self._max_message_bytes = int(self._config.get("message.max.bytes", 1_000_000))
 
     @property
     def started(self) -> bool:

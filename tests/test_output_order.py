@@ -38,6 +38,7 @@ def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_bar
         assert owner.close_epoch(group_client).committed
         for seq in range(BEFORE_BARRIER, BEFORE_BARRIER + AFTER_BARRIER):
             owner.produce.blocking(topic, str(seq).encode(), b"key")
+            assert owner.poll().committed  # as the loop does between batches
         assert owner.commit_closed(owner.closed_epoch, []) is None
         assert owner.closed_committed(None).committed
         assert owner.commit([], group_client).committed
@@ -52,8 +53,8 @@ def test_a_keys_outputs_read_back_in_the_order_they_were_produced_across_the_bar
 
 
 def test_a_producer_fenced_while_its_transaction_closes_stops_as_replaced(bootstrap):
-    """A newer process of the slot initialised the transactional id: the closing
-    producer turns fatal during its flush, and the owner says the slot is taken."""
+    """A newer process of the slot initialised the transactional id: the closed
+    transaction cannot commit, and the owner says the slot is taken."""
     topic = unique_name("order")
     create_topics(bootstrap, [topic], 4)
     ids = [unique_name("tx-a"), unique_name("tx-b")]
@@ -65,7 +66,8 @@ def test_a_producer_fenced_while_its_transaction_closes_stops_as_replaced(bootst
         Producer({"bootstrap.servers": bootstrap, "transactional.id": ids[0]}).init_transactions(30)
         for seq in range(1000):
             owner.produce.blocking(topic, str(seq).encode(), str(seq).encode())
-        outcome = owner.close_epoch(group_client)
+        assert owner.close_epoch(group_client).committed
+        outcome = owner.closed_committed(owner.commit_closed(owner.closed_epoch, []))
         assert outcome.kind is Kind.REPLACED, outcome
         assert "fenced" in outcome.reason, outcome
     finally:

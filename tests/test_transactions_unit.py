@@ -39,6 +39,8 @@ class FakeProducer:
     def __init__(self, script: dict[str, list[KafkaError | None]]) -> None:
         self.script = script
         self.calls: list[str] = []
+        self.undelivered = 0  # records produced and not yet in the log
+        self.values: list[bytes] = []  # what was produced, in order
 
     def _answer(self, call: str) -> None:
         self.calls.append(call)
@@ -65,6 +67,7 @@ class FakeProducer:
 
     def produce(self, *args, **kwargs) -> None:
         self._answer("produce")
+        self.values.append(args[1])
 
     def poll(self, timeout: float) -> int:
         self._answer("poll")
@@ -79,6 +82,9 @@ class FakeProducer:
 
     def purge(self) -> None:
         self.calls.append("purge")
+
+    def __len__(self) -> int:
+        return self.undelivered
 
 
 class Consumer:
@@ -355,9 +361,16 @@ def test_start_initialises_every_id_of_the_pool_and_opens_one_transaction():
 def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output_there():
     harness = _pool({}, {})
     first, second = harness.producers
+    first.undelivered = 3
     assert harness.owner.close_epoch(Consumer()) == DONE
     harness.owner.produce.fast("out", b"v", b"k")
-    assert second.calls[-2:] == ["begin_transaction", "produce"] and "produce" not in first.calls
+    assert harness.owner.poll() == DONE
+    assert "produce" not in second.calls, "produced before the closed transaction's records were in the log"
+    first.undelivered = 0
+    assert harness.owner.poll() == DONE
+    assert second.calls.count("produce") == 1 and "produce" not in first.calls
+    harness.owner.produce.fast("out", b"v2", b"k")
+    assert second.calls.count("produce") == 2
     assert harness.owner.commit_closed(harness.owner.closed_epoch, [TopicPartition("orders", 0, 42)]) is None
     assert first.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
     assert harness.owner.closed_committed(None) == DONE and not harness.owner.closing
@@ -365,16 +378,56 @@ def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output
     assert first.calls[-1] == "begin_transaction"
 
 
+def test_the_next_transaction_is_begun_between_barriers_not_at_one():
+    """begin_transaction is a round trip to librdkafka's own thread: the barrier, where
+    processing waits, only switches to a transaction begun before."""
+    harness = _pool({}, {})
+    first, second = harness.producers
+    assert harness.owner.poll() == DONE
+    assert second.calls.count("begin_transaction") == 1
+    assert harness.owner.close_epoch(Consumer()) == DONE
+    assert second.calls.count("begin_transaction") == 1
+
+
+def test_a_record_too_large_to_hold_waits_for_the_closed_producer_and_follows_the_held_ones():
+    """librdkafka refuses an oversized record when it is produced; held, the refusal
+    would come later and name no record. It waits for the drain instead."""
+    harness = _pool({}, {})
+    first, second = harness.producers
+    first.undelivered = 3
+    assert harness.owner.close_epoch(Consumer()) == DONE
+    harness.owner.produce.fast("out", b"small", b"k")
+    large = b"x" * 600_000
+    harness.owner.produce.fast("out", large, b"k")
+    assert "flush" in first.calls
+    assert second.values == [b"small", large]
+
+
+def test_held_records_are_thrown_away_with_the_transaction_they_belong_to():
+    harness = _pool({}, {}, {}, {})
+    first, second = harness.producers
+    first.undelivered = 3
+    assert harness.owner.close_epoch(Consumer()) == DONE
+    harness.owner.produce.fast("out", b"of n+1", b"k")
+    assert harness.owner.abort("partitions revoked", counts=False).kind is Kind.REWIND
+    assert harness.owner.poll() == DONE
+    assert all(not p.values for p in harness.producers)
+
+
 @pytest.mark.parametrize("raised", [
     SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an exception"),
     KafkaException(_err(KafkaError._FATAL)),
 ])
-def test_a_producer_that_turns_fatal_while_the_barrier_flushes_it_is_asked_why(raised):
-    """confluent-kafka's flush of a producer fenced meanwhile can end in a SystemError
+def test_a_closed_producer_that_turns_fatal_while_it_is_waited_for_is_asked_why(raised):
+    """A record too large to hold waits for the closed transaction's producer to drain.
+    confluent-kafka's flush of a producer fenced meanwhile can end in a SystemError
     naming no cause, or a bare _FATAL: the producer's own fatal error says it."""
     harness = _pool({"flush": [raised], "abort_transaction": [FENCED]}, {})
     harness.holder = NEWER
-    outcome = harness.owner.close_epoch(Consumer())
+    assert harness.owner.close_epoch(Consumer()).committed
+    with pytest.raises(KafkaException) as refused:
+        harness.owner.produce.fast("orders", b"x" * 600_000, b"key")
+    outcome = harness.owner.failed(refused.value)
     assert outcome.kind is Kind.REPLACED and NEWER in outcome.reason, outcome
 
 

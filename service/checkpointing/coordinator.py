@@ -4,14 +4,16 @@ For checkpoint n, in one worker:
 
   PENDING      sources inject Barrier(n): each task's records so far belong to n. The
                synchronous part, while processing waits: each stateful task's changes
-               since n-1 are captured (swapped for an empty set, serialised), every
-               transactional sink of the tasks prepares its writes (durable, not yet
-               visible; connectors/two_phase.py) and begins the next epoch, and the
-               open transaction closes: its records are flushed to the log, and what
-               the tasks produce from now on goes into transaction n+1, on the other
-               producer of the owner's pool
+               since n-1 are captured (swapped for an empty set; reads see them
+               through the captured layer), every transactional sink of the tasks
+               prepares its writes (durable, not yet visible; connectors/two_phase.py)
+               and begins the next epoch, and the open transaction closes: what the
+               tasks produce from now on goes into transaction n+1, begun beforehand
+               on the other producer of the owner's pool, and held until n's records
+               are in the log
   FLUSHED      (in the background from here on, while processing goes on) the captured
-               changes are written to RocksDB
+               changes are encoded (those the loop read were encoded then) and written
+               to RocksDB, then merged into the cache
   SNAPSHOTTED  each stateful task takes a local RocksDB checkpoint (hard links)
   PERSISTED    new files are in checkpoint storage, then each manifest (last, atomic)
   COMMITTED    offsets (metadata naming n and its snapshot) and outputs commit in
