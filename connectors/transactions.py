@@ -268,10 +268,9 @@ class TransactionOwner:
                 return self.failed(exc)
         held = self._held
         if held is not None and (self._closed_at is None or held.drained()):
-            try:
-                self._release()
-            except KafkaException as exc:
-                return self.failed(exc)
+            released = self._release_held()
+            if not released.committed:
+                return released
         failure = self._members[self._open_at].failures.take()
         if failure is not None:
             return self._settle("delivering an output record", failure)
@@ -295,10 +294,9 @@ class TransactionOwner:
         """Commits the open transaction's outputs and `offsets` atomically, then opens the
         next transaction on the same producer (nothing may be closing)."""
         assert self._closed_at is None, "a closed transaction awaits its commit"
-        try:
-            self._release()
-        except KafkaException as exc:
-            return self.failed(exc)
+        released = self._release_held()
+        if not released.committed:
+            return released
         failure = self._commit_member(self._open_at, offsets, consumer.consumer_group_metadata() if offsets else None)
         if failure is not None:
             return self._settle(failure.what, failure.err)
@@ -318,10 +316,9 @@ class TransactionOwner:
         assert self._closed_at is None, "a closed transaction awaits its commit"
         if len(self._members) < 2:
             raise RuntimeError("closing an epoch needs a pool of two producers")
-        try:
-            self._release()  # the previous closed transaction committed: its records are in
-        except KafkaException as exc:
-            return self.failed(exc)
+        released = self._release_held()  # the previous closed transaction committed: its records are in
+        if not released.committed:
+            return released
         closing, following = self._members[self._open_at], self._members[1 - self._open_at]
         if not self._next_begun:
             begun = self._begin_next()
@@ -333,6 +330,14 @@ class TransactionOwner:
         self._closed_epoch += 1
         self._held = HeldOutput(closing.producer, following.produce, self._max_message_bytes, self._wait_drained)
         self._routed.route(self._held)
+        return DONE
+
+    def _release_held(self) -> Outcome:
+        """`_release`, its refusal by the open producer turned into an outcome."""
+        try:
+            self._release()
+        except KafkaException as exc:
+            return self.failed(exc)
         return DONE
 
     def _release(self) -> None:
