@@ -28,16 +28,14 @@ from service.checkpointing.recovery import parse_metadata
 from service.cli.generator import OrderGenerator
 from service.cli.options import bootstrap_option
 from service.local_kafka import BrokerSettings, LocalBroker
+from service.runtime.topics import create_topics
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = admin.list_topics(timeout=30).topics
-    new = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
-    for future in admin.create_topics(new).values() if new else []:
-        future.result(60)
+    create_topics(AdminClient({"bootstrap.servers": bootstrap}),
+                  [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
 
 
 def _feed(bootstrap: str, topic: str, records: int, rate: float, users: int, bar: tqdm,

@@ -82,23 +82,31 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
         to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
         counts[dead_letter_topic] = wanted
     if to_create:
-        futures = admin.create_topics(to_create, operation_timeout=TIMEOUT_S)
-        for name, future in futures.items():
-            try:
-                future.result(timeout=TIMEOUT_S)
-                log.info("created topic %s (%d partitions)", name, counts[name])
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
-        _wait_visible(admin, [t.topic for t in to_create])
+        create_topics(admin, to_create)
     return counts
+
+
+def create_topics(admin: AdminClient, topics: list[NewTopic]) -> None:
+    """Creates `topics` (one that exists already is left as it is) and returns once the
+    cluster lists each of them."""
+    if not topics:
+        return
+    partitions = {t.topic: t.num_partitions for t in topics}
+    for name, future in admin.create_topics(topics, operation_timeout=TIMEOUT_S).items():
+        try:
+            future.result(timeout=TIMEOUT_S)
+            log.info("created topic %s (%d partitions)", name, partitions[name])
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ConfigurationError(f"cannot create topic {name!r}: {exc}") from exc
+    _wait_visible(admin, list(partitions))
 
 
 def _wait_visible(admin: AdminClient, topics: list[str]) -> None:
     """Until the cluster's metadata lists every created topic with a leader for each
-    partition. Created is not yet visible: a consumer that subscribes before then is
-    told the topic does not exist and looks again only at its next metadata refresh
-    (minutes), so the stage reading it would sit idle that long."""
+    partition. Created is not yet visible: a client that looks before then is told the
+    topic does not exist (a worker refuses to start; a consumer that subscribed looks
+    again only at its next metadata refresh, minutes later)."""
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         metadata = admin.list_topics(timeout=TIMEOUT_S)
