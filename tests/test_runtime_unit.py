@@ -8,7 +8,7 @@ from connectors.kafka_sink import Produce
 from connectors.serdes import JSON, STRING
 from eos.errors import ConfigurationError
 from service.checkpointing.faults import FaultInjector
-from service.job.api import Job, KeyedProcessFunction, Params
+from service.job.api import Job, KeyedProcessFunction, Params, initial_factory
 from service.job.planner import plan
 from service.runtime.config import parse_duration
 from service.runtime.operators import ChainContext, OperatorFailure, build_input
@@ -118,3 +118,14 @@ def test_kraft_cluster_ids_never_start_with_a_dash():
     from service.local_kafka.broker import _cluster_id
 
     assert not any(_cluster_id().startswith("-") for _ in range(5_000))
+
+
+@pytest.mark.parametrize("initial", [{"sum": 0, "count": 0}, [0, 0], {"sum": 0, "items": []}, {"n": {"k": 0}}])
+def test_every_key_gets_its_own_copy_of_a_mutable_initial_accumulator(initial):
+    make = initial_factory(initial)
+    first, second = make(), make()
+    assert first == second == initial
+    assert first is not second and first is not initial
+    for member in (first.values() if isinstance(first, dict) else first):
+        if isinstance(member, (dict, list)):
+            assert all(member is not m for m in (second.values() if isinstance(second, dict) else second))
