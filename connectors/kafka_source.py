@@ -31,9 +31,11 @@ from confluent_kafka import (
     KafkaException,
     Message,
     TopicPartition,
+    libversion,
 )
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
+from eos.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,23 @@ class OutOfRange:
     topic: str
     partition: int
     offset: int
+
+
+# librdkafka from 2.2 up to 2.13.0 moves a partition's position one past its end when an
+# end-of-partition event is consumed; the library's own pause and resume in a rebalance
+# then fetch from there, which skips the next record written or reports the partition
+# as truncated (librdkafka issue 4844; fixed in 2.13.2, tests/test_consumer_position.py).
+MIN_CLIENT_LIBRARY = (2, 13, 2)
+
+
+def check_client_library(version: str) -> None:
+    """Refuses a librdkafka whose positions cannot be trusted (see MIN_CLIENT_LIBRARY)."""
+    numbers = tuple(int(part) for part in version.split("-")[0].split(".")[:3])
+    if numbers < MIN_CLIENT_LIBRARY:
+        wanted = ".".join(map(str, MIN_CLIENT_LIBRARY))
+        raise ConfigurationError(
+            f"librdkafka {version} can move a consumer's position past a partition's end and skip records "
+            f"(librdkafka issue 4844); exactly-once needs librdkafka {wanted} or later (confluent-kafka>={wanted})")
 
 
 def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeout_ms: int,
@@ -113,6 +132,7 @@ class KafkaSource:
     clears it, which crashes the next callback of the same consume."""
 
     def __init__(self, config: dict[str, Any], start_from: str = "earliest", waits: KafkaWaits | None = None) -> None:
+        check_client_library(libversion()[0])
         self.config = config
         self.waits = waits if waits is not None else KafkaWaits()
         self.consumer = Consumer(config)

@@ -1,0 +1,59 @@
+"""The worker's consumer keeps its position through what the client library does on its
+own: a partition read to its end (an end-of-partition event) and then paused and
+resumed, as librdkafka pauses every partition of a group leader while its assignor runs,
+must go on with the next record written there. librdkafka 2.2 to 2.13.0 moved such a
+partition's position one past its end: after the pause it fetched from there, and the
+next record was skipped, or the partition reported as truncated and the worker stopped
+(seen as "position N is past the log's end (N-1)" when workers joined a group)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from connectors.kafka_source import MIN_CLIENT_LIBRARY, KafkaSource, check_client_library, consumer_config
+from eos.errors import ConfigurationError
+from tests.harness.kafka import produce, unique_name
+
+
+def _source(bootstrap: str) -> KafkaSource:
+    group = unique_name("position")
+    return KafkaSource(consumer_config(bootstrap, group, group, session_timeout_ms=6000, max_poll_interval_ms=60_000,
+                                       static_membership=False, worker_id="w", extra={}))
+
+
+def _read(source: KafkaSource, until, timeout_s: float = 20.0) -> list:
+    deadline, got = time.monotonic() + timeout_s, []
+    while not until(got):
+        assert time.monotonic() < deadline, f"gave up waiting; read {[m.offset() for m in got]}"
+        got.extend(source.consume(100, 0.2))
+        assert not source.take_out_of_range(), "the consumer lost its position"
+    return got
+
+
+def test_a_partition_read_to_its_end_goes_on_with_the_next_record_after_a_pause(bootstrap, new_topic):
+    topic = new_topic("position", partitions=1)
+    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(5)], partition=0)
+    source = _source(bootstrap)
+    key = (topic, 0)
+    try:
+        source.take([TopicPartition(topic, 0, 0)])
+        assert [m.offset() for m in _read(source, lambda got: key in source.ends)] == [0, 1, 2, 3, 4]
+        source.hold([key], "rebalance")
+        source.release([key], "rebalance")
+        produce(bootstrap, topic, [(b"k", b"5")], partition=0)
+        assert [m.offset() for m in _read(source, lambda got: got)] == [5]
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("version, usable", [("2.12.1", False), ("2.13.0", False), ("2.13.2", True), ("2.16.0", True),
+                                             ("3.0.0", True)])
+def test_a_client_library_that_moves_positions_past_the_end_is_refused(version, usable):
+    if usable:
+        check_client_library(version)
+    else:
+        with pytest.raises(ConfigurationError, match=f"librdkafka {version}.*{'.'.join(map(str, MIN_CLIENT_LIBRARY))}"):
+            check_client_library(version)
