@@ -51,6 +51,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import orjson
 import psutil
@@ -84,6 +85,9 @@ class Cluster:
     group: str = field(default_factory=lambda: f"bench-scale-{uuid.uuid4().hex[:8]}")
     extra_args: list[str] = field(default_factory=list)
     log_level: str = "WARNING"
+    # (worker, argv) -> the argv to start: lets a caller put a worker in a CPU cgroup
+    # from its first instruction (bench/cpu_cap.py)
+    launch: Callable[[str, list[str]], list[str]] | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def argv(self, worker: str) -> list[str]:
@@ -95,8 +99,9 @@ class Cluster:
                 "-p", f"input={self.input_topic}", "-p", f"output={self.output_topic}", *self.extra_args]
 
     def start(self, worker: str) -> subprocess.Popen:
+        argv = self.argv(worker) if self.launch is None else self.launch(worker, self.argv(worker))
         logf = open(self.workdir / f"{worker}.log", "ab")
-        proc = subprocess.Popen(self.argv(worker), stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         logf.close()
         self.procs[worker] = proc
@@ -119,12 +124,19 @@ class Cluster:
 # --------------------------------------------------------------------------- throughput
 
 
+class RunFailed(RuntimeError):
+    """A worker stopped, or the output fell short, before the N-th output was committed."""
+
+
 def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int, job: Path,
-                   broker_pid: int | None) -> dict:
+                   broker_pid: int | None, *, partitions: int = workload.PARTITIONS,
+                   launch: Callable[[str, list[str]], list[str]] | None = None) -> dict:
+    """One timed run of `workers` workers w0, w1, ... over the pre-produced input topic
+    (`partitions` partitions); `launch` wraps each worker's command (see Cluster)."""
     output = f"bench-scale-out-{uuid.uuid4().hex[:8]}"
-    workload.create_topic(bootstrap, output)
+    workload.create_topic(bootstrap, output, partitions)
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    cluster = Cluster(bootstrap, job, input_topic, output, workdir)
+    cluster = Cluster(bootstrap, job, input_topic, output, workdir, launch=launch)
     watcher = workload.OutputWatcher(bootstrap, output)
     try:
         broker0 = _proc_cpu_total(broker_pid)
@@ -140,7 +152,8 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
                 return True
             return False
 
-        balanced: list[tuple[float, int]] = []  # (time, outputs counted) when every worker had tasks
+        # (time, outputs counted, workers' CPU s) when every worker had its tasks
+        balanced: list[tuple[float, int, float]] = []
         watching = threading.Event()
 
         def watch_balance() -> None:
@@ -151,15 +164,19 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
                     assigned = {}
                 tasks = sum(len(a) for a in assigned.values())
                 if len(assigned) == workers and all(assigned.values()) and tasks == expected_tasks:
-                    balanced.append((time.monotonic(), watcher.count))
+                    balanced.append((time.monotonic(), watcher.count, cluster.cpu_s()))
                     return
                 watching.wait(0.1)
 
-        expected_tasks = 2 * workload.PARTITIONS if job == TWO_STAGE_JOB else workload.PARTITIONS
+        expected_tasks = 2 * partitions if job == TWO_STAGE_JOB else partitions
         balance = threading.Thread(target=watch_balance, daemon=True)
         balance.start()
-        done = watcher.wait(records, timeout=900, alive=alive, poll=0.05)
-        watching.set()
+        try:
+            done = watcher.wait(records, timeout=900, alive=alive, poll=0.05)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RunFailed(f"{exc}; the workers' logs are in {workdir}") from exc
+        finally:
+            watching.set()
         balance.join()
         cpu = cluster.cpu_s() or last_cpu[0]
         broker1 = _proc_cpu_total(broker_pid)
@@ -173,7 +190,10 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
             "balanced_after_s": (balanced[0][0] - began) if balanced else None,
             "balanced_records_per_s": ((records - balanced[0][1]) / (done - balanced[0][0])
                                        if balanced and done > balanced[0][0] else None),
+            "balanced_cpu_utilisation": ((cpu - balanced[0][2]) / (done - balanced[0][0])
+                                         if balanced and done > balanced[0][0] else None),
             "first_output_s": first,
+            "began_monotonic": began,  # to place samples taken meanwhile on the same clock
             "cpu_s": cpu, "cpu_utilisation": cpu / elapsed,
             "broker_cpu_s": (broker1 - broker0) if broker0 is not None and broker1 is not None else None,
             # the output watcher (this process) reads every output record

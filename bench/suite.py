@@ -6,11 +6,14 @@ ceiling for a Python process) and to Quix Streams; the dead-letter path as a rat
 1% poison to clean input; monitoring as a ratio of scraped to unscraped; rows into
 PostgreSQL as a ratio to a plain psycopg COPY loop on the same server; failover (a
 worker SIGKILLed and restarted at once, as a supervisor does, until its tasks produce
-output again) with static membership against the default dynamic one. Results go to
-docs/bench/results.json, plots to docs/bench/*.png, and the headline table into README.md.
+output again) with static membership against the default dynamic one; scaling as 1, 2
+and 4 workers, each held to the same CPU share (a cgroup per worker), against 1. Results
+go to docs/bench/results.json, plots to docs/bench/*.png, and the headline table into
+README.md.
 
-    .venv-bench/bin/python bench/suite.py                 # everything (~30 min on 2 cores)
+    .venv-bench/bin/python bench/suite.py                 # everything (~45 min on 2 cores)
     .venv-bench/bin/python bench/suite.py --quick         # small sizes, a smoke run
+    .venv-bench/bin/python bench/suite.py --only scaling  # one section (--cpu-per-worker: its share)
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import postgres_bench  # noqa: E402
 import runner  # noqa: E402
 import scale_out  # noqa: E402
+import scaling_bench  # noqa: E402
 import async_snapshot_bench  # noqa: E402
 import join_bench  # noqa: E402 (registers the join candidates)
 import latency_bench  # noqa: E402
@@ -382,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,failover,monitoring,"
-                                      "dead-letter,state-size,rss,postgres")
+    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,failover,scaling,"
+                                      "monitoring,dead-letter,state-size,rss,postgres")
+    ap.add_argument("--cpu-per-worker", type=float, default=scaling_bench.DEFAULT_CPU_PER_WORKER,
+                    help="section scaling: the CPU share (cores) of each worker's cgroup")
     args = ap.parse_args(argv)
     sections = set(args.only.split(","))
     quick = args.quick
@@ -419,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "failover": ("failover", lambda: scale_out.recovery(argparse.Namespace(
             bootstrap=b, reps=reps, rate=2000.0, users=1000, warmup=8.0 if quick else 12.0, observe=20.0,
             scenarios="kill-restart,kill-restart-dynamic,kill"))),
+        "scaling": ("scaling_per_core", lambda: scaling_bench.scaling_per_core(
+            b, 300_000 if quick else 2_000_000, 10_000, reps, args.cpu_per_worker, log)),
         "monitoring": ("monitoring", lambda: monitoring_cost(b, records, 10_000, reps, log)),
         "dead-letter": ("dead_letter", lambda: dead_letter_cost(b, records, 10_000, reps, log)),
         "state-size": ("checkpoint_vs_state", lambda: checkpoint_vs_state(
@@ -431,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         if section in sections:
             results[key] = run()
             out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # a later section may fail
+    if "scaling" in sections:  # a quick run's plot says so in its title
+        scaling_bench.plot(results["scaling_per_core"], DOCS / "scaling.png", quick)
     if "postgres" in sections and not quick:
         update_readme(postgres_bench.table(results["postgres"]), "bench-postgres")
         postgres_bench.plot(results["postgres"], DOCS / "postgres.png")

@@ -2,7 +2,8 @@
 
 Workload contract (shared by every candidate):
 
-* input topic, 4 partitions, N records produced *before* timing starts;
+* input topic, 4 partitions (more where a benchmark asks), N records produced *before*
+  timing starts;
   value ``{"id": int, "user": "u<k>", "amount": int}`` (orjson, compact),
   ids ``0..N-1`` unique, key = the user string (UTF-8), partitioner
   ``murmur2_random`` (Java-client compatible murmur2 for non-empty keys);
@@ -104,8 +105,10 @@ def watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
 # --------------------------------------------------------------------------- input
 
 
-def input_topic_name(records: int, users: int, seed: int = DEFAULT_SEED) -> str:
-    return f"bench-in-r{records}-u{users}-s{seed}"
+def input_topic_name(records: int, users: int, seed: int = DEFAULT_SEED, partitions: int = PARTITIONS) -> str:
+    """The name says what is in the topic, so a complete one is reused across runs."""
+    suffix = "" if partitions == PARTITIONS else f"-p{partitions}"
+    return f"bench-in-r{records}-u{users}-s{seed}{suffix}"
 
 
 def generate(records: int, users: int, seed: int = DEFAULT_SEED):
@@ -162,19 +165,21 @@ def count_records(bootstrap: str, topic: str, timeout: float = 120.0) -> int:
     return consume_all(bootstrap, topic, lambda msgs: None, timeout=timeout)
 
 
-def ensure_input(bootstrap: str, records: int, users: int, seed: int = DEFAULT_SEED, log=print) -> str:
-    """Create and fill the input topic for (records, users, seed) unless a complete one exists.
+def ensure_input(bootstrap: str, records: int, users: int, seed: int = DEFAULT_SEED, log=print,
+                 partitions: int = PARTITIONS) -> str:
+    """Create and fill the input topic for (records, users, seed, partitions) unless a complete
+    one exists.
 
     The input producer is non-transactional, so the offset span equals the record count.
     """
-    topic = input_topic_name(records, users, seed)
+    topic = input_topic_name(records, users, seed, partitions)
     if topic_exists(bootstrap, topic):
         wm = watermarks(bootstrap, topic)
-        if len(wm) == PARTITIONS and sum(h - lo for lo, h in wm.values()) == records and all(lo == 0 for lo, _ in wm.values()):
+        if len(wm) == partitions and sum(h - lo for lo, h in wm.values()) == records and all(lo == 0 for lo, _ in wm.values()):
             log(f"reusing input topic {topic} ({records} records)")
             return topic
         log(f"input topic {topic} incomplete, recreating")
-    create_topic(bootstrap, topic, replace=True)
+    create_topic(bootstrap, topic, partitions, replace=True)
     secs = produce_input(bootstrap, topic, records, users, seed)
     log(f"produced {records} records to {topic} in {secs:.1f}s ({records / secs:,.0f}/s)")
     return topic
