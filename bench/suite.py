@@ -361,10 +361,22 @@ def failover_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(results: dict) -> str:
+    result = results["scaling_per_core"]
+    share = result["cpu_per_worker"]
+    lines = [f"| scaling per core (each worker capped at {share:g} core) | 2 workers | 4 workers |",
+             "|---|---:|---:|"]
+    for job, rows in result["summary"].items():
+        ratios = [rows.get(str(n), {}).get("ratio") for n in (2, 4)]
+        lines.append(f"| {job}, against 1 worker | " + " | ".join(f"{r:.2f}x" if r else "-" for r in ratios) + " |")
+    return "\n".join(lines)
+
+
 def readme_tables(results: dict) -> list[str]:
     tables = [headline_table(results)]
     for key, table in (("windows", window_table), ("joins", join_table), ("latency", latency_table),
-                       ("async_snapshots", async_table), ("failover", failover_table)):
+                       ("async_snapshots", async_table), ("failover", failover_table),
+                       ("scaling_per_core", scaling_table)):
         if key in results:
             tables.append(table(results))
     return tables
