@@ -591,12 +591,6 @@ class AtLeastOnceOwner:
         self._config.update({"enable.idempotence": True, "on_delivery": self._failures.on_delivery})
         self._producer: Any = None
         self._routed = RoutedProduce()
-        # The open transaction's first records, while the closed one's still travel.
-        self._held: HeldOutput | None = None
-        # Whether the pool's free producer has begun the next transaction already (its
-        # begin is a round trip to librdkafka's thread, kept out of the barrier's pause).
-        self._next_begun = False
-        self._max_message_bytes = int(self._config.get("message.max.bytes", 1_000_000))
 
     @property
     def started(self) -> bool:

@@ -81,8 +81,7 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
         wanted = counts[plan.stages[0].topic]
         to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
         counts[dead_letter_topic] = wanted
-    if to_create:
-        create_topics(admin, to_create)
+    create_topics(admin, to_create)
     return counts
 
 
