@@ -20,11 +20,11 @@ recovery
 
       kill            SIGKILL, not restarted (a machine lost): partitions move after the
                       session timeout; the others end its open transaction
-      kill-restart    SIGKILL and restart of the same slot at once, --static-membership:
-                      it gets its tasks back without a rebalance
+      kill-restart    SIGKILL and restart of the same slot at once, with the default
+                      (static) membership: it gets its tasks back without a rebalance
       kill-restart-dynamic
-                      the same with the default dynamic membership: the restarted worker
-                      is a new member, and its tasks move once the old membership timed out
+                      the same with --dynamic-membership: the restarted worker is a new
+                      member, and its tasks move once the old membership timed out
       term            SIGTERM: final checkpoint, leaves the group
       term-stay       SIGTERM with --stay-in-group-on-stop: partitions wait for the
                       session timeout
@@ -341,8 +341,8 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
     workload.create_topic(args.bootstrap, input_topic)
     workload.create_topic(args.bootstrap, output)
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    extra = {"kill-nofence": ["--no-fence-departed"], "term-stay": ["--static-membership", "--stay-in-group-on-stop"],
-             "kill-restart": ["--static-membership"]}.get(scenario, [])
+    extra = {"kill-nofence": ["--no-fence-departed"], "term-stay": ["--stay-in-group-on-stop"],
+             "kill-restart-dynamic": ["--dynamic-membership"]}.get(scenario, [])
     cluster = Cluster(args.bootstrap, TWO_STAGE_JOB, input_topic, output, workdir, extra_args=extra, log_level="INFO")
     feeder = Feeder(args.bootstrap, input_topic, args.rate, args.users, workload.PARTITIONS)
     outputs = OutputLog(args.bootstrap, output)

@@ -349,8 +349,8 @@ def async_table(results: dict) -> str:
 
 def failover_table(results: dict) -> str:
     summary = results["failover"]["summary"]
-    labels = {"kill-restart": "SIGKILL, restarted at once, `--static-membership`",
-              "kill-restart-dynamic": "SIGKILL, restarted at once (default: dynamic membership)",
+    labels = {"kill-restart": "SIGKILL, restarted at once (default: static membership)",
+              "kill-restart-dynamic": "SIGKILL, restarted at once, `--dynamic-membership`",
               "kill": "SIGKILL, not restarted (the others take over)"}
     lines = ["| failover: until every task of the killed worker has output again | median s | max s |",
              "|---|---:|---:|"]

@@ -141,7 +141,6 @@ class KafkaSource:
         self._failure: KafkaError | None = None
         self._events: list[Rebalance] = []
         self._out_of_range: list[OutOfRange] = []
-        self._member_ids: set[str] = set()
         # Where the consumer last found each partition's end (an end-of-partition event):
         # records read later lie at or past it. Forgotten when the partition is sought.
         self.ends: dict[tuple[str, int], int] = {}
@@ -158,8 +157,7 @@ class KafkaSource:
     def renew(self, close_timeout_s: float = 10.0) -> None:
         """Puts a new consumer, subscribed to the same topics under the same identity, in
         place of one that failed for good. Whatever the old one held or recorded is gone
-        (the caller released its tasks); the member ids it held stay known."""
-        self._note_member_id()
+        (the caller released its tasks)."""
         if not self.close(close_timeout_s):
             log.warning("the failed consumer did not close within %.0fs; left behind", close_timeout_s)
         self.consumer = Consumer(self.config)
@@ -185,20 +183,6 @@ class KafkaSource:
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return self.consumer.position(partitions)
 
-    def member_ids(self) -> set[str]:
-        """Every group member id this consumer has held: a session that expired makes
-        it join again under a new one, while the group may still list an older one."""
-        self._note_member_id()
-        return set(self._member_ids)
-
-    def _note_member_id(self) -> None:
-        try:
-            member_id = self.consumer.memberid()
-        except RuntimeError:  # closed
-            return
-        if member_id:
-            self._member_ids.add(member_id)
-
     def take_out_of_range(self) -> list[OutOfRange]:
         """Positions the consumer found deleted from the log since the last call."""
         found, self._out_of_range = self._out_of_range, []
@@ -210,7 +194,6 @@ class KafkaSource:
         return events
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._note_member_id()
         # Recorded even when empty: it means the worker has joined.
         consumer.incremental_assign(partitions)
         if partitions:

@@ -472,7 +472,7 @@ class TransactionOwner:
             if holder is not None:
                 self._discard()
                 return Outcome(Kind.REPLACED, f"{reason}; {holder}")
-            log.warning("no newer process of this worker slot is in the group, so this one still holds it (a "
+            log.warning("the worker slot's register lists no newer process, so this one still holds it (a "
                         "peer that took it for departed may have ended its transaction)")
         log.warning("aborting the open transaction of %r: %s", self.transactional_id, reason)
         self._discard()

@@ -32,8 +32,8 @@ VARIANTS = {
     "two-stage": dict(key_by_user=False, spec={}),
     # input keyed by user, state keyed by the record key: one stage
     "one-stage": dict(key_by_user=True, spec={"job": PREKEYED_JOB}),
-    # with static membership: a restarted worker gets its partitions back without a rebalance
-    "two-stage-static": dict(key_by_user=False, spec={"extra_args": ["--static-membership"]}),
+    # with dynamic membership: a restarted worker waits for its old membership to expire
+    "two-stage-dynamic": dict(key_by_user=False, spec={"membership": "--dynamic-membership"}),
 }
 
 
@@ -108,7 +108,7 @@ def test_frozen_worker_loses_its_partitions_and_is_fenced_when_it_resumes(bootst
         outputs_before = len(scenario.outputs())
 
         zombie.signal(signal.SIGCONT)
-        wait_for(lambda: "no newer process of this worker slot is in the group" in zombie.log_text()
+        wait_for(lambda: "the worker slot's register lists no newer process" in zombie.log_text()
                  or not zombie.alive(), 60, 0.5, lambda: f"the resumed worker to find its slot its own\n"
                                                         f"{zombie.log_tail()}")
         wait_for(lambda: "zombie" in group_members(bootstrap, scenario.group) or not zombie.alive(), 60, 0.5,
@@ -137,7 +137,7 @@ def test_worker_fenced_by_a_peer_while_live_resumes_from_its_checkpoint(bootstra
         del peer  # as DepartedWorkerFencer does: it only ends the transaction
         scenario.wait_fed()
         scenario.wait_complete(worker, timeout=180)
-        assert "no newer process of this worker slot is in the group" in worker.log_text(), worker.log_text()
+        assert "the worker slot's register lists no newer process" in worker.log_text(), worker.log_text()
     _assert_exactly_once(scenario)
 
 
@@ -160,33 +160,40 @@ def test_frozen_worker_left_unfenced_rejoins_without_committing(bootstrap, tmp_p
         scenario.wait_fed()
         scenario.wait_complete(None, timeout=180)
         log = zombie.log_text()
-        # Dynamic members are refused as stale; a static one (the default) finds its own
-        # rejoin under the same instance id fenced the transaction's member.
+        # A static member (the default) finds its own rejoin under the same instance id
+        # fenced the transaction's member; a dynamic one is refused as stale.
         assert re.search(r"checkpoint \d+ not committed: .* refused: (the group (rebalanced meanwhile|no longer "
                          r"knows this member)|this producer was fenced \(FENCED_INSTANCE_ID)", log), log
     _assert_exactly_once(scenario)
 
 
 @pytest.mark.parametrize("machines", ["one machine", "separate machines"])
-def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, machines):
+@pytest.mark.parametrize("membership", ["static", "dynamic"])
+def test_woken_zombie_does_not_take_its_slot_back(bootstrap, tmp_path, machines, membership):
     """Frozen past its session timeout while a replacement of its slot starts, on the
     same machine or on another (state directories that share nothing): woken, it must
-    stop (exit 3) rather than initialise the slot's transactional id again, which would
-    fence the replacement and leave the old process running in its place. The group
-    lists both processes' incarnations, so it knows the other is newer wherever it runs."""
+    stop (exit 3) rather than take the slot back, by initialising the slot's
+    transactional id again or, as a static member, by rejoining under its instance id,
+    which the group would grant by retiring the replacement. The slot's register in
+    the shared checkpoint storage says which process of the slot started last,
+    wherever it runs."""
     scenario = RunningSum(bootstrap, tmp_path, records=8_000, chunk=400, chunk_pause_s=0.4)
-    pool = WorkerPool(scenario)
+    flag = {"membership": f"--{membership}-membership"}
+    pool = WorkerPool(scenario, spec=flag)
     with _stopped_at_end(pool):
         scenario.start_feeding()
         pool.start("w2")
         zombie = pool.start("w1").process
         wait_for(lambda: "assigned" in zombie.log_text(), 60, 0.2, "w1 to get partitions")
         zombie.signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
         state_dir = tmp_path / "other-machine" if machines == "separate machines" else scenario.workdir / "state"
-        pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", membership=None,
-                                                                        state_dir=state_dir)
+        pool.slots["w1"].process = replacement = scenario.start_worker(worker_id="w1", state_dir=state_dir, **flag)
         wait_for(lambda: "assigned" in replacement.log_text() or not replacement.alive(), 60, 0.2,
                  "the replacement to get partitions")
+        # Past the zombie's own session timeout (6 s), librdkafka rejoins when it wakes
+        # rather than heartbeat under the member id the replacement retired.
+        time.sleep(max(0.0, frozen_at + 8 - time.monotonic()))
         zombie.signal(signal.SIGCONT)
         assert zombie.wait(60) == 3, f"the woken zombie did not stop:\n{zombie.log_text()}"
         assert "worker slot w1 is held by a newer process" in zombie.log_text(), zombie.log_text()

@@ -14,9 +14,12 @@ from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import _check_partition_count
 from service.membership.departed import DepartedWorkerFencer
 from service.membership.incarnation import Incarnation
+from service.membership.register import SlotRegister
 from service.membership.slot import SlotGuard
 from service.runtime.config import WorkerConfig, default_transaction_timeout_s
 from statestore.manifest import Manifest
+from statestore.storage.base import StorageError
+from statestore.storage.file import FileStorage
 
 
 def _config(**overrides) -> WorkerConfig:
@@ -145,93 +148,98 @@ class _Clock:
         self.now += seconds
 
 
-def _guard(answers) -> tuple[SlotGuard, _Clock]:
+def _register(storage_dir: Path, stamp: str = OWN, **kwargs) -> SlotRegister:
+    return SlotRegister(FileStorage(storage_dir), "job", "w1", stamp, **kwargs)
+
+
+def _guard(answers, storage_dir: Path, *, static: bool = False) -> tuple[SlotGuard, _Clock]:
     clock = _Clock()
-    return SlotGuard(_ScriptedView(answers), "w1", OWN, sleep=clock.sleep, clock=lambda: clock.now), clock
+    return SlotGuard(_ScriptedView(answers), _register(storage_dir), "w1", OWN, static=static,
+                     sleep=clock.sleep, clock=lambda: clock.now), clock
 
 
-def test_a_worker_replaced_while_away_learns_who_holds_its_slot():
-    guard, _ = _guard([[_member("w1", OWN, "m-old"), _member("w1", NEWER, "m-new"), _member("w2", OLDER)]])
+def test_a_worker_replaced_while_away_learns_who_holds_its_slot(tmp_path):
+    guard, _ = _guard([[]], tmp_path)
+    guard.claim(9.0, known_dead=lambda stamp: False)
+    assert guard.holder() is None
+    _register(tmp_path, OLDER).enter()  # a later start whose machine's clock is behind
     holder = guard.holder()
-    assert holder is not None and "m-new" in holder and "newer process" in holder
+    assert holder is not None and "newer process" in holder and f"incarnation {OLDER}" in holder
+    assert guard.replaced_by == OLDER
 
 
-@pytest.mark.parametrize("members", [
-    [_member("w1", OWN), _member("w2", NEWER)],          # the only process of its slot
-    [_member("w1", OWN), _member("w1", OLDER)],          # beside an older one: that one yields
-    [_member("w2", NEWER)],                               # dropped out, and nobody took the slot
-    [_member("w1", None)],                                # an unstamped member proves nothing newer
-    [],
-])
-def test_a_worker_whose_slot_no_newer_process_holds_may_initialise_again(members):
-    guard, _ = _guard([members])
+def test_a_static_members_entry_granted_back_to_it_in_the_group_does_not_make_it_the_newest(tmp_path):
+    """The group lists the slot's static entry under this process's own client id and
+    member: what a frozen process that woke and rejoined sees. The register tells."""
+    guard, _ = _guard([[_member("w1", OWN, "m-own")]], tmp_path, static=True)
+    guard.claim(3.0, known_dead=lambda stamp: False)
+    _register(tmp_path, NEWER).enter()
+    assert guard.holder() is not None and guard.replaced_by == NEWER
+
+
+def test_a_process_that_never_claimed_its_slot_is_never_told_it_was_replaced(tmp_path):
+    _register(tmp_path, NEWER).enter()
+    guard, _ = _guard([[]], tmp_path)
     assert guard.holder() is None
 
 
-def test_the_guard_waits_for_the_group_to_answer():
-    guard, clock = _guard([None, None, [_member("w1", NEWER)]])
-    assert guard.holder() is not None
+def test_the_register_keeps_only_the_newest_entry_and_numbers_entries_in_order(tmp_path):
+    entries = [_register(tmp_path, stamp).enter() for stamp in (NEWER, OWN, OLDER)]
+    assert [e.sequence for e in entries] == [1, 2, 3]
+    assert FileStorage(tmp_path).list("job/workers/w1") == [f"job/workers/w1/{entries[-1].name}"]
+    assert FileStorage(tmp_path).list("job/workers/w10") == []
+
+
+def test_the_register_waits_out_unreachable_storage(tmp_path):
+    clock = _Clock()
+    register = _register(tmp_path, sleep=clock.sleep)
+    register.enter()
+    unreachable = iter([True, True, False])
+    real_list = register.storage.list
+
+    def flaky_list(prefix: str) -> list[str]:
+        if next(unreachable):
+            raise StorageError("connection refused")
+        return real_list(prefix)
+
+    register.storage.list = flaky_list
+    assert register.newer() is None
     assert clock.slept == [0.5, 1.0]
 
 
-def test_a_claim_waits_for_a_predecessor_to_leave_the_group():
-    guard, clock = _guard([[_member("w1", OLDER)], [_member("w1", OLDER)], [_member("w1", OWN)]])
+def test_a_claim_waits_for_the_group_to_answer(tmp_path):
+    guard, clock = _guard([None, None, []], tmp_path)
+    guard.claim(9.0, known_dead=lambda stamp: False)
+    assert clock.slept == [0.5, 1.0]
+
+
+def test_a_claim_waits_for_a_predecessor_to_leave_the_group(tmp_path):
+    guard, clock = _guard([[_member("w1", OLDER)], [_member("w1", OLDER)], [_member("w1", OWN)]], tmp_path)
     guard.claim(9.0, known_dead=lambda stamp: False)
     assert clock.slept == [0.5, 0.5]
 
 
-def test_a_claim_need_not_wait_for_a_predecessor_this_machine_knows_is_dead():
-    guard, clock = _guard([[_member("w1", OLDER)]])
+def test_a_claim_need_not_wait_for_a_predecessor_this_machine_knows_is_dead(tmp_path):
+    guard, clock = _guard([[_member("w1", OLDER)]], tmp_path)
     guard.claim(9.0, known_dead=lambda stamp: stamp == OLDER)
     assert clock.slept == []
 
 
-def test_a_live_process_with_the_same_worker_id_stops_the_newcomer_naming_both():
-    guard, clock = _guard([[_member("w1", OLDER, "m-live"), _member("w2", OLDER)]])
+def test_a_live_process_with_the_same_worker_id_stops_the_newcomer_naming_both(tmp_path):
+    guard, clock = _guard([[_member("w1", OLDER, "m-live"), _member("w2", OLDER)]], tmp_path)
     with pytest.raises(DuplicateWorkerError) as refused:
         guard.claim(3.0, known_dead=lambda stamp: False)
     message = str(refused.value)
     assert "worker id w1 is already in use" in message and "m-live" in message and OWN in message
     assert clock.now >= 3.0
+    assert FileStorage(tmp_path).list("job/workers/w1") == []  # refused: never entered
 
 
-def _static_guard(answers, own: set[str]) -> tuple[SlotGuard, _Clock]:
-    clock = _Clock()
-    return SlotGuard(_ScriptedView(answers), "w1", OWN, static=True, own_member_ids=lambda: own,
-                     sleep=clock.sleep, clock=lambda: clock.now), clock
-
-
-def test_a_static_member_whose_entry_another_process_took_over_is_replaced():
-    """The group keeps a replaced static member's first client id: the member id tells."""
-    guard, _ = _static_guard([[_member("w1", OWN, "m-new")]], own={"m-old"})
-    assert "m-new" in (guard.holder() or "")
-    guard, _ = _static_guard([[_member("w1", OWN, "m-rejoined")]], own={"m-old", "m-rejoined"})
-    assert guard.holder() is None
-
-
-def test_a_static_members_own_rejoin_is_not_taken_for_a_newer_process():
-    """Its session expired (a network partition, a broker outage): librdkafka rejoins under
-    a new member id, which the group may list before the consumer reports it."""
-    own: set[str] = {"m-old"}
-    clock = _Clock()
-
-    def sleep(seconds: float) -> None:
-        clock.sleep(seconds)
-        own.add("m-rejoined")  # the join completes meanwhile
-
-    guard = SlotGuard(_ScriptedView([[_member("w1", OWN, "m-rejoined")]] * 3), "w1", OWN, static=True,
-                      own_member_ids=lambda: own, sleep=sleep, clock=lambda: clock.now)
-    assert guard.holder() is None and clock.slept
-    guard, clock = _static_guard([[_member("w1", OWN, "m-new")]] * 100, own={"m-old"})
-    assert "m-new" in (guard.holder() or "")  # never the consumer's: a takeover
-    assert clock.now >= 10
-
-
-def test_a_static_member_joins_at_once_unless_its_predecessor_here_was_replaced():
-    guard, clock = _static_guard([[_member("w1", OLDER, "m-1")]], own=set())
+def test_a_static_member_joins_at_once_unless_its_predecessor_here_was_replaced(tmp_path):
+    guard, clock = _guard([[_member("w1", OLDER, "m-1")]], tmp_path, static=True)
     guard.claim(3.0, known_dead=lambda stamp: False)
     assert clock.slept == []
-    guard, clock = _static_guard([[_member("w1", OLDER, "m-1")]], own=set())
+    guard, clock = _guard([[_member("w1", OLDER, "m-1")]], tmp_path / "other", static=True)
     with pytest.raises(DuplicateWorkerError):
         guard.claim(3.0, known_dead=lambda stamp: True, predecessor_replaced=True)  # stale client id: no proof
 

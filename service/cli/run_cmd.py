@@ -89,12 +89,12 @@ from statestore.storage import S3Settings
 @click.option("--transaction-timeout", type=DURATION, default=None,
               show_default="max(30s, 1.5 x checkpoint timeout)",
               help="The coordinator aborts a transaction open this long, e.g. a crashed worker's.")
-@click.option("--static-membership/--dynamic-membership", default=False, show_default=True,
+@click.option("--static-membership/--dynamic-membership", default=True, show_default=True,
               help="Static: the worker id is the group instance id, so a worker restarted after a crash gets "
-              "its partitions back at once, without a rebalance (dynamic: only after the session timeout). "
-              "A static member the group fences with its own rejoin (after a broker outage) makes a new "
-              "consumer in place; but a static member frozen past its session timeout takes its slot back "
-              "from its replacement when it wakes.")
+              "its partitions back at once, without a rebalance (dynamic: only after its old membership "
+              "expires, the session timeout plus a rebalance). Which process of a worker id is the newest "
+              "is kept in the checkpoint storage, so a static member frozen past its session timeout stops "
+              "when it wakes instead of taking its partitions back from its replacement.")
 @click.option("--leave-group-on-stop/--stay-in-group-on-stop", default=True, show_default=True,
               help="On SIGTERM, leave the group so the partitions move at once. Stay: a static "
               "member keeps them for the session timeout (a quick restart resumes without a rebalance).")

@@ -1,24 +1,24 @@
 """The worker slot: a worker id, its transactional id, and which process holds it.
 
-A slot is held by one process at a time. Every process stamps its consumer's client id
-with its incarnation (connectors/group.py), so whoever describes the group sees which
-processes of a slot are members and which of them started last. A static member's entry
-is the one exception: the group keeps one entry per instance id and, when a newer
-process joins with it, keeps the first client id and changes only the member id, so
-there the member id tells: an entry this process never held is another's.
+A slot is held by one process at a time. Two sources answer two questions:
 
-- at start, with dynamic membership, a process waits for any other member listed under
-  its worker id to leave (one that died or froze leaves after its session timeout); one
-  that stays is a live process with the same worker id, and the new one stops
-  (DuplicateWorkerError). A static member joins at once instead: the group itself then
-  retires any older member of its instance id (FENCED_INSTANCE_ID), dead, frozen or
-  alive, which is what lets a frozen one not take the slot back when it wakes. Only a
-  process whose predecessor here was replaced waits first, so that a supervisor
-  restarting it does not make the two take turns;
-- later, before this process initialises its transactional id again after a fencing or
-  after the group forgot it, it asks whether a newer process of its slot is listed;
-  then it was frozen or cut off and replaced, and must stop instead of fencing the
-  newer one (the transaction's owner turns that into the REPLACED outcome).
+- **Is another process of the slot alive?** The group: every process stamps its
+  consumer's client id with its incarnation (connectors/group.py). At start, with
+  dynamic membership, a process waits for any other member listed under its worker id
+  to leave (one that died or froze leaves after its session timeout); one that stays is
+  a live process with the same worker id, and the new one stops (DuplicateWorkerError).
+  A static member joins at once instead: the group itself then retires any older member
+  of its instance id (FENCED_INSTANCE_ID), dead, frozen or alive. Only a process whose
+  predecessor here was replaced waits first, so that a supervisor restarting it does not
+  make the two take turns.
+- **Did a newer process take the slot?** The slot's register in the shared checkpoint
+  storage (register.py), which a process enters once its claim succeeds. Before a
+  process initialises its transactional id again after a fencing, after the group
+  forgot it, or after its consumer was fenced, it asks; a newer entry means it was
+  frozen or cut off and replaced, and it must stop instead of fencing the newer one
+  (the transaction's owner turns that into the REPLACED outcome). The group cannot
+  answer this one: it keeps a static entry's first client id, and grants the entry
+  back to a frozen static member that wakes and rejoins under its instance id.
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from collections.abc import Callable
 from connectors.group import GroupView, Member
 from connectors.kafka_waits import KafkaWaits, backoff_delays
 from eos.errors import DuplicateWorkerError
+from service.membership.register import SlotRegister
 
 log = logging.getLogger(__name__)
 
 CLAIM_POLL_S = 0.5
-# How long an entry under this process's own client id may take to show up as its own.
-OWN_REJOIN_WAIT_S = 10.0
 
 
 def transactional_id(group: str, worker_id: str) -> str:
@@ -54,15 +53,14 @@ def transactional_ids(group: str, worker_id: str) -> list[str]:
 
 
 class SlotGuard:
-    def __init__(self, view: GroupView, worker_id: str, stamp: str, *, static: bool = False,
-                 own_member_ids: Callable[[], set[str]] = set, waits: KafkaWaits | None = None,
+    def __init__(self, view: GroupView, register: SlotRegister, worker_id: str, stamp: str, *,
+                 static: bool = False, waits: KafkaWaits | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.view = view
+        self.register = register
         self.worker_id = worker_id
         self.stamp = stamp
         self.static = static
-        # Every member id this process's consumer has held (a rejoin gets a new one).
-        self.own_member_ids = own_member_ids
         self.waits = waits if waits is not None else KafkaWaits()
         self.sleep = sleep
         self.clock = clock
@@ -70,41 +68,21 @@ class SlotGuard:
         self.replaced_by: str | None = None
 
     def holder(self) -> str | None:
-        """The other process of this slot that the group lists, newer than this one,
-        described; None when there is none. Waits while the group cannot be described,
-        as initialising the transactional id would."""
-        mine = [m for m in self._members() if m.worker == self.worker_id]
-        if self.static:
-            others = self._static_others(mine)
-        else:
-            others = sorted((m for m in mine if m.stamp and m.stamp > self.stamp), key=lambda m: m.stamp or "")
-        if not others:
+        """The newer process that took this slot, described; None when this process is
+        still the slot's newest. Waits while the register cannot be read, as
+        initialising the transactional id would wait for the cluster."""
+        newer = self.register.newer()
+        if newer is None:
             return None
-        holder = others[-1]
-        self.replaced_by = holder.stamp if not self.static else f"member {holder.member_id}"
-        what = f"member {holder.member_id}" if self.static else holder.describe()
-        return (f"worker slot {self.worker_id} is held by a newer process, {what}: this process (incarnation "
-                f"{self.stamp}) was frozen or cut off and replaced, or the other was started with the same "
-                "--worker-id; this one stops without touching the slot's transactions")
-
-    def _static_others(self, mine: list[Member]) -> list[Member]:
-        """The slot's entries this process's consumer does not hold. An entry under this
-        process's own client id is either its own rejoin (after its session expired),
-        which the consumer reports once its join completes, or a newer process's takeover
-        (the group keeps the first client id of a static entry): it is asked again until
-        the consumer holds it or OWN_REJOIN_WAIT_S passed."""
-        deadline = self.clock() + OWN_REJOIN_WAIT_S
-        while True:
-            own = self.own_member_ids()
-            others = [m for m in mine if m.member_id not in own]
-            if not others or any(m.stamp != self.stamp for m in others) or self.clock() >= deadline:
-                return others
-            self.sleep(CLAIM_POLL_S)
-            mine = [m for m in self._members() if m.worker == self.worker_id]
+        self.replaced_by = newer.stamp
+        return (f"worker slot {self.worker_id} is held by a newer process, {self.register.describe(newer)}: "
+                f"this process (incarnation {self.stamp}) was frozen or cut off and replaced, or the other was "
+                "started with the same --worker-id; this one stops without touching the slot's transactions")
 
     def claim(self, wait_s: float, known_dead: Callable[[str | None], bool],
               predecessor_replaced: bool = False) -> None:
-        """Returns once no other process of this slot is listed in the group. One that
+        """Returns once no other process of this slot is listed in the group, this
+        process entered in the slot's register as its newest. One that
         stays listed for `wait_s` (longer than a session timeout: its heartbeats keep
         it there) is alive, and this process stops naming it. `known_dead` tells a
         predecessor this machine knows to have ended (it held the slot's local lock).
@@ -113,8 +91,11 @@ class SlotGuard:
         group retires any older member of its instance id itself (the one way to retire
         a frozen process, which may wake at any time). After a replacement the entry's
         client id is stale, so any member of the slot is waited for."""
-        if self.static and not predecessor_replaced:
-            return
+        if not self.static or predecessor_replaced:
+            self._wait_for_others_to_leave(wait_s, known_dead)
+        self.register.enter()
+
+    def _wait_for_others_to_leave(self, wait_s: float, known_dead: Callable[[str | None], bool]) -> None:
         deadline = self.clock() + wait_s
         waiting_for: list[Member] = []
         while True:

@@ -114,10 +114,10 @@ class WorkerConfig:
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
     max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS
     auto_offset_reset: str = "earliest"
-    # Dynamic by default, as in Kafka Streams: a static member frozen past its session
-    # timeout rejoins when it wakes and takes the slot back from its replacement
-    # (docs/architecture.md, "Membership").
-    static_membership: bool = False
+    # Static by default: a worker restarted after a crash gets its partitions back at
+    # once instead of after the session timeout and a rebalance (docs/architecture.md,
+    # "Membership"; the slot's register keeps a woken static member from taking them back).
+    static_membership: bool = True
     # A graceful stop leaves the consumer group, so the worker's partitions move at once
     # instead of after the session timeout (a static member otherwise stays registered).
     leave_group_on_stop: bool = True

@@ -32,6 +32,7 @@ from service.job.api import Job
 from service.job.planner import plan
 from service.membership.departed import DepartedWorkerFencer
 from service.membership.incarnation import Incarnation
+from service.membership.register import SlotRegister
 from service.membership.slot import SlotGuard, transactional_ids
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.monitor import WorkerMonitor
@@ -173,8 +174,9 @@ class Worker:
                 OFFSET_COMMIT_INTERVAL_S)
         call_timeout = max(10.0, c.checkpoint_timeout_s)
         self.group_view = GroupView(self.group, client_config, timeout_s=call_timeout)
-        slot = self.slot = SlotGuard(self.group_view, c.worker_id, self.stamp, static=c.static_membership,
-                                     own_member_ids=lambda: self.source.member_ids(), waits=self.monitor.kafka_waits)
+        slot = self.slot = SlotGuard(self.group_view, SlotRegister(storage, self.group, c.worker_id, self.stamp),
+                                     c.worker_id, self.stamp, static=c.static_membership,
+                                     waits=self.monitor.kafka_waits)
         # One process per worker id: wait out a predecessor's expiring session, refuse a live twin.
         slot.claim(c.session_timeout_ms / 1000 + CLAIM_MARGIN_S, self.incarnation.known_dead,
                    predecessor_replaced=self.incarnation.predecessor_replaced)

@@ -37,11 +37,9 @@ class WorkerSpec:
     guarantee: str = "exactly-once"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    # Static membership gives a worker restarted at once its partitions back at once, so
-    # kill-and-restart tests exercise every checkpoint phase instead of waiting out
-    # session timeouts. Tests about membership itself, outages and the soak use the
-    # product's default (dynamic) by setting this to None.
-    membership: str | None = "--static-membership"
+    # None: the product's default (static, so a worker restarted at once gets its
+    # partitions back at once); "--dynamic-membership" for tests of that mode.
+    membership: str | None = None
     # A command the worker runs under, e.g. `ip netns exec HOST` to run it on a host of its own.
     wrap: list[str] = field(default_factory=list)
 
