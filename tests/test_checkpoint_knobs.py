@@ -117,6 +117,22 @@ def test_min_pause_runs_from_the_end_of_one_checkpoint_to_the_start_of_the_next(
     assert _at(clock, coordinator, start, 1.25)
 
 
+def test_a_due_check_with_nothing_to_snapshot_does_not_restart_the_interval(clock):
+    """Records that arrive after an idle check (a worker just assigned its partitions,
+    a stage waiting for its upstream's commit) are checkpointed as soon as they are
+    processed, not a whole interval later: the latency of the first outputs after a
+    failover, and of every output of a trickling input."""
+    coordinator, manager, _ = _coordinator(clock, interval_s=1.0)
+    start = clock.now
+    assert _at(clock, coordinator, start, 1.0)
+    assert coordinator.begin() is None  # nothing changed yet
+    manager.touch()
+    assert _at(clock, coordinator, start, 1.25)
+    assert coordinator.trigger().error is None
+    assert not _at(clock, coordinator, start, 2.0)  # a checkpoint that ran restarts it
+    assert _at(clock, coordinator, start, 2.25)
+
+
 def test_failures_in_a_row_beyond_the_tolerated_stop_the_worker_and_a_success_resets_the_count(clock):
     coordinator, manager, owner = _coordinator(clock)
     loop = _loop(coordinator, manager, tolerable_failures=1)

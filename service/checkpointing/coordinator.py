@@ -266,14 +266,14 @@ class CheckpointCoordinator:
     def begin(self, reason: str = "interval") -> CheckpointRecord | None:
         """The synchronous part of checkpoint n (see the module doc); the rest runs in the
         background and `poll` returns the record once it ended. None: nothing changed,
-        or a checkpoint is still in flight."""
+        or a checkpoint is still in flight; the interval then keeps running from the last
+        checkpoint that ran."""
         if self._in_flight is not None:
             return None
         tasks = [t for t in self.manager.tasks.values() if t.changed]
-        self._last_started = time.monotonic()
-        if not tasks:
-            self._last_ended = self._last_started
+        if not tasks:  # still due: the first records processed are checkpointed at once
             return None
+        self._last_started = time.monotonic()
         checkpoint_id = 1 + max([self.last_attempted_id]
                                 + [t.completed.checkpoint_id for t in self.manager.tasks.values()])
         self.last_attempted_id = checkpoint_id
