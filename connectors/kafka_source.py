@@ -146,6 +146,8 @@ class KafkaSource:
         self.ends: dict[tuple[str, int], int] = {}
         # Why each paused partition is held: it is resumed when no reason is left.
         self._holds: dict[tuple[str, int], set[str]] = {}
+        # Where each held partition's fetch resumes (see _resume).
+        self._resume_at: dict[tuple[str, int], int] = {}
         # Where a partition nothing was committed for starts (the user's auto.offset.reset).
         self.reset_offset = OFFSET_END if start_from in ("latest", "largest", "end") else OFFSET_BEGINNING
 
@@ -164,6 +166,7 @@ class KafkaSource:
         self._events, self._out_of_range = [], []
         self.ends.clear()
         self._holds.clear()
+        self._resume_at.clear()
         self.subscribe(self._topics)
 
     def fail(self, reason: str) -> None:
@@ -204,6 +207,7 @@ class KafkaSource:
         consumer.incremental_unassign(partitions)
         for tp in partitions:
             self._holds.pop((tp.topic, tp.partition), None)
+            self._resume_at.pop((tp.topic, tp.partition), None)
         if partitions:
             self._events.append(Rebalance(REVOKED, _keys(partitions)))
 
@@ -211,17 +215,18 @@ class KafkaSource:
         consumer.incremental_unassign(partitions)
         for tp in partitions:
             self._holds.pop((tp.topic, tp.partition), None)
+            self._resume_at.pop((tp.topic, tp.partition), None)
         if partitions:
             self._events.append(Rebalance(LOST, _keys(partitions)))
 
     def start_reading(self, positions: list[TopicPartition]) -> None:
-        """Positions newly assigned (paused) partitions where their tasks begin, then
-        lets them be fetched."""
-        for position in positions:
-            self.seek(position)
+        """Lets newly assigned (paused) partitions be fetched from where their tasks
+        begin. The seek follows the resume, as in `_resume`."""
         free = [TopicPartition(p.topic, p.partition) for p in positions if not self._holds.get((p.topic, p.partition))]
         if free:
             self.consumer.resume(free)
+        for position in positions:
+            self.seek(position)
 
     def take(self, positions: list[TopicPartition]) -> None:
         """Adds partitions of a task's other inputs to the assignment, at their tasks'
@@ -242,6 +247,7 @@ class KafkaSource:
             for key in partitions:
                 self.ends.pop(key, None)
                 self._holds.pop(key, None)
+                self._resume_at.pop(key, None)
 
     def hold(self, partitions: Iterable[tuple[str, int]], reason: str) -> None:
         """Pauses the partitions until every reason holding them is released."""
@@ -252,6 +258,9 @@ class KafkaSource:
                 new.append(TopicPartition(*key))
             reasons.add(reason)
         if new:
+            for position in self.consumer.position(new):  # a pause drops what was fetched beyond it
+                if position.offset >= 0:
+                    self._resume_at[(position.topic, position.partition)] = position.offset
             self.consumer.pause(new)
 
     def release(self, partitions: Iterable[tuple[str, int]], reason: str) -> None:
@@ -265,9 +274,19 @@ class KafkaSource:
                     freed.append(TopicPartition(*key))
         if freed:
             try:
-                self.consumer.resume(freed)
+                self._resume(freed)
             except KafkaException as exc:  # no longer assigned
                 log.debug("resuming %s: %s", freed, exc)
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        """Resumes held partitions and seeks each to where its fetch resumes. librdkafka
+        acts on a resume only at its fetcher's next periodic wake-up, up to a second
+        later; a seek wakes the fetcher at once."""
+        self.consumer.resume(partitions)
+        for tp in partitions:
+            offset = self._resume_at.pop((tp.topic, tp.partition), None)
+            if offset is not None:
+                self.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def held(self, key: tuple[str, int]) -> bool:
         return bool(self._holds.get(key))
@@ -328,7 +347,10 @@ class KafkaSource:
         """Repositions an assigned partition; one whose fetcher is not running (seek
         answers 'erroneous state': not started yet, or stopped at a position that is
         gone) is re-assigned at the offset instead, and paused again if it is held."""
-        self.ends.pop((partition.topic, partition.partition), None)
+        key = (partition.topic, partition.partition)
+        self.ends.pop(key, None)
+        if self._holds.get(key):
+            self._resume_at[key] = partition.offset
         try:
             self.consumer.seek(partition)
         except KafkaException as exc:

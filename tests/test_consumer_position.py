@@ -49,6 +49,32 @@ def test_a_partition_read_to_its_end_goes_on_with_the_next_record_after_a_pause(
         source.close()
 
 
+def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap, new_topic):
+    """Releasing a hold resumes the partition and seeks it (a seek starts the fetch at
+    once, where a bare resume waits for librdkafka's next periodic wake-up): it must go
+    on with the record after the last one read, or from where it was sought while held."""
+    topic = new_topic("position", partitions=1)
+    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(50)], partition=0)
+    source = _source(bootstrap)
+    key = (topic, 0)
+    try:
+        source.take([TopicPartition(topic, 0, 0)])
+        first: list = []
+        while len(first) < 3:
+            first.extend(m for m in source.consume(3 - len(first), 0.2) if m.error() is None)
+        source.hold([key], "buffer full")
+        assert not source.consume(10, 0.5), "a held partition delivered records"
+        source.release([key], "buffer full")
+        rest = _read(source, lambda got: len(got) >= 47)
+        assert [m.offset() for m in first + rest] == list(range(50))
+        source.hold([key], "savepoint")
+        source.seek(TopicPartition(topic, 0, 20))
+        source.release([key], "savepoint")
+        assert [m.offset() for m in _read(source, lambda got: len(got) >= 30)] == list(range(20, 50))
+    finally:
+        source.close()
+
+
 @pytest.mark.parametrize("version, usable", [("2.12.1", False), ("2.13.0", False), ("2.13.2", True), ("2.16.0", True),
                                              ("3.0.0", True)])
 def test_a_client_library_that_moves_positions_past_the_end_is_refused(version, usable):
