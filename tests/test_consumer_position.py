@@ -9,6 +9,8 @@ next record was skipped, or the partition reported as truncated and the worker s
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -33,20 +35,27 @@ def _read(source: KafkaSource, until, timeout_s: float = 20.0) -> list:
     return got
 
 
-def test_a_partition_read_to_its_end_goes_on_with_the_next_record_after_a_pause(bootstrap, new_topic):
-    topic = new_topic("position", partitions=1)
-    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(5)], partition=0)
+@contextmanager
+def _reading(bootstrap: str, topic: str, records: int) -> Iterator[KafkaSource]:
+    """A source reading partition 0 of `topic` from the start, `records` written there."""
+    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(records)], partition=0)
     source = _source(bootstrap)
-    key = (topic, 0)
     try:
         source.take([TopicPartition(topic, 0, 0)])
+        yield source
+    finally:
+        source.close()
+
+
+def test_a_partition_read_to_its_end_goes_on_with_the_next_record_after_a_pause(bootstrap, new_topic):
+    topic = new_topic("position", partitions=1)
+    key = (topic, 0)
+    with _reading(bootstrap, topic, 5) as source:
         assert [m.offset() for m in _read(source, lambda got: key in source.ends)] == [0, 1, 2, 3, 4]
         source.hold([key], "rebalance")
         source.release([key], "rebalance")
         produce(bootstrap, topic, [(b"k", b"5")], partition=0)
         assert [m.offset() for m in _read(source, lambda got: got)] == [5]
-    finally:
-        source.close()
 
 
 def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap, new_topic):
@@ -54,11 +63,8 @@ def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap
     once, where a bare resume waits for librdkafka's next periodic wake-up): it must go
     on with the record after the last one read, or from where it was sought while held."""
     topic = new_topic("position", partitions=1)
-    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(50)], partition=0)
-    source = _source(bootstrap)
     key = (topic, 0)
-    try:
-        source.take([TopicPartition(topic, 0, 0)])
+    with _reading(bootstrap, topic, 50) as source:
         first: list = []
         while len(first) < 3:
             first.extend(m for m in source.consume(3 - len(first), 0.2) if m.error() is None)
@@ -71,8 +77,6 @@ def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap
         source.seek(TopicPartition(topic, 0, 20))
         source.release([key], "savepoint")
         assert [m.offset() for m in _read(source, lambda got: len(got) >= 30)] == list(range(20, 50))
-    finally:
-        source.close()
 
 
 @pytest.mark.parametrize("version, usable", [("2.12.1", False), ("2.13.0", False), ("2.13.2", True), ("2.16.0", True),
