@@ -14,6 +14,7 @@ of eos at 100 ms against 1 s.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 import uuid
@@ -57,33 +58,49 @@ def _create_input(bootstrap: str, topic: str) -> None:
     future.result(30)
 
 
-class Feed(threading.Thread):
-    """Orders at `rate` per second, keyed by user, until stopped."""
+class Feed:
+    """Orders at `rate` per second, keyed by user, until stopped: in a process of its own,
+    so that producing does not hold the interpreter lock the reader needs to see outputs
+    on time."""
 
     def __init__(self, bootstrap: str, topic: str, rate: float, users: int) -> None:
-        super().__init__(daemon=True)
-        self.topic, self.rate = topic, rate
-        self.records = workload.generate(10**9, users)
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random",
-                                  "enable.idempotence": True})
-        self.stopped = threading.Event()
-        self.sent = 0
+        context = multiprocessing.get_context("spawn")  # no fork of a process with Kafka clients
+        self.stopped = context.Event()
+        self._sent = context.Value("q", 0)
+        self._process = context.Process(target=_feed, args=(bootstrap, topic, rate, users, self.stopped, self._sent),
+                                        daemon=True)
 
-    def run(self) -> None:
-        began = time.monotonic()
-        while not self.stopped.is_set():
-            due = int((time.monotonic() - began) * self.rate)
-            while self.sent < due:
-                key, value = next(self.records)
-                try:
-                    self.producer.produce(self.topic, value, key)
-                except BufferError:
-                    self.producer.poll(0.01)
-                    continue
-                self.sent += 1
-            self.producer.poll(0)
-            time.sleep(0.002)
-        self.producer.flush(30)
+    def start(self) -> None:
+        self._process.start()
+
+    def join(self, timeout: float) -> None:
+        self._process.join(timeout)
+
+    @property
+    def sent(self) -> int:
+        return self._sent.value
+
+
+def _feed(bootstrap: str, topic: str, rate: float, users: int, stopped, sent) -> None:
+    records = workload.generate(10**9, users)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random",
+                         "enable.idempotence": True})
+    began, count = time.monotonic(), 0
+    while not stopped.is_set():
+        due = int((time.monotonic() - began) * rate)
+        while count < due:
+            key, value = next(records)
+            try:
+                producer.produce(topic, value, key)
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            count += 1
+        sent.value = count
+        producer.poll(0)
+        time.sleep(0.002)
+    producer.flush(30)
+    sent.value = count
 
 
 class Reader(threading.Thread):
@@ -100,9 +117,10 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            for msg in self.consumer.consume(10_000, 0.05):
+            msgs = self.consumer.consume(10_000, 0.05)
+            now = time.time()  # when they became readable, not when each was parsed
+            for msg in msgs:
                 if msg.error() is None:
-                    now = time.time()
                     self.seen.setdefault(orjson.loads(msg.value())["last_id"], now)
         self.consumer.close()
 
