@@ -28,7 +28,7 @@ test: install
 	$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not chaos" tests $(ALLOW_EMPTY)
 
 chaos: install
-	$(PYTEST) -m chaos tests $(ALLOW_EMPTY)
+	$(PYTEST) --durations=0 -m chaos tests $(ALLOW_EMPTY)
 
 # The demo: a local broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the running-sum job,
 # a generator feeding it, progress and results. DEMO_ARGS=--keep-running leaves it up.
