@@ -4,10 +4,12 @@ Each worker's consumer carries its identity in its client id,
 `{group}-{worker}#{stamp}@{url},{url}`: the worker id (its slot), the stamp of this
 process incarnation (a start time in milliseconds with a random suffix) and the
 addresses its HTTP port is advertised at. Any member that describes the group sees
-every member's slot and incarnation, on whichever machine it runs, so two processes of
-one slot can always tell which of them is the newer; and any client that describes the
-group finds the job's live workers and where to reach them, with no registry of its own
-that could hold departed workers' addresses.
+every member's slot and incarnation, on whichever machine it runs, so a process can tell
+whether another process of its slot is alive in the group (which of them is newer is
+the slot register's answer, service/membership/register.py: the group keeps a static
+entry's first client id); and any client that describes the group finds the job's live
+workers and where to reach them, with no registry of its own that could hold departed
+workers' addresses.
 """
 
 from __future__ import annotations

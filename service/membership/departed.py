@@ -11,7 +11,7 @@ departed process should it only be frozen.
 
 A slot whose new process is already listed is left alone: that process initialised the
 id itself. One that starts just after the look may be fenced by it; the transaction's
-owner takes that as a fencing by a peer (no newer process of its slot is listed) and
+owner takes that as a fencing by a peer (its slot's register has no newer process) and
 redoes its work since the last checkpoint.
 """
 
