@@ -205,28 +205,35 @@ class KafkaSource:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
-        for tp in partitions:
-            self._holds.pop((tp.topic, tp.partition), None)
-            self._resume_at.pop((tp.topic, tp.partition), None)
+        self._forget(_keys(partitions))
         if partitions:
             self._events.append(Rebalance(REVOKED, _keys(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
-        for tp in partitions:
-            self._holds.pop((tp.topic, tp.partition), None)
-            self._resume_at.pop((tp.topic, tp.partition), None)
+        self._forget(_keys(partitions))
         if partitions:
             self._events.append(Rebalance(LOST, _keys(partitions)))
 
+    def _forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drops what was kept about partitions no longer assigned."""
+        for key in partitions:
+            self.ends.pop(key, None)
+            self._holds.pop(key, None)
+            self._resume_at.pop(key, None)
+
     def start_reading(self, positions: list[TopicPartition]) -> None:
         """Lets newly assigned (paused) partitions be fetched from where their tasks
-        begin. The seek follows the resume, as in `_resume`."""
-        free = [TopicPartition(p.topic, p.partition) for p in positions if not self._holds.get((p.topic, p.partition))]
-        if free:
-            self.consumer.resume(free)
+        begin. Each is sought while still paused, so that no fetch starts from where
+        librdkafka placed it (the committed offset, which may be gone from the log), and
+        sought again once resumed, to start the fetch at once (see `_resume`)."""
         for position in positions:
             self.seek(position)
+        free = [p for p in positions if not self._holds.get((p.topic, p.partition))]
+        if free:
+            self.consumer.resume([TopicPartition(p.topic, p.partition) for p in free])
+            for position in free:
+                self.seek(position)
 
     def take(self, positions: list[TopicPartition]) -> None:
         """Adds partitions of a task's other inputs to the assignment, at their tasks'
@@ -244,10 +251,7 @@ class KafkaSource:
                 self.consumer.incremental_unassign([TopicPartition(t, p) for t, p in partitions])
             except KafkaException as exc:  # already gone with the whole assignment (lost, closing)
                 log.debug("giving back %s: %s", partitions, exc)
-            for key in partitions:
-                self.ends.pop(key, None)
-                self._holds.pop(key, None)
-                self._resume_at.pop(key, None)
+            self._forget(partitions)
 
     def hold(self, partitions: Iterable[tuple[str, int]], reason: str) -> None:
         """Pauses the partitions until every reason holding them is released."""

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from connectors.kafka_source import MIN_CLIENT_LIBRARY, KafkaSource, check_client_library, consumer_config
 from eos.errors import ConfigurationError
@@ -77,6 +78,49 @@ def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap
         source.seek(TopicPartition(topic, 0, 20))
         source.release([key], "savepoint")
         assert [m.offset() for m in _read(source, lambda got: len(got) >= 30)] == list(range(20, 50))
+
+
+class _SlowResume:
+    """The source's consumer, taking 1.5 s over each resume: whatever a resumed
+    partition's fetcher does before the source's next call (librdkafka wakes it at least
+    once a second) happens first."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    def __getattr__(self, name: str):
+        return getattr(self._consumer, name)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.resume(partitions)
+        time.sleep(1.5)
+
+
+def test_a_partition_whose_committed_offset_is_gone_starts_where_its_task_begins(bootstrap, new_topic):
+    """A newly assigned partition stands at its committed offset until its task, once
+    restored, says where to begin; that offset may have been deleted from the log. If
+    the partition fetched from there first, the consumer reported it gone after the task
+    had moved past it: the gap was counted twice, and the partition sought again."""
+    topic = new_topic("position", partitions=1)
+    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(100)], partition=0)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for done in admin.delete_records([TopicPartition(topic, 0, 60)]).values():
+        done.result(timeout=30)
+    source = _source(bootstrap)
+    committer = Consumer({"bootstrap.servers": bootstrap, "group.id": source.config["group.id"]})
+    committer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    committer.close()
+    try:
+        source.consumer = _SlowResume(source.consumer)
+        source.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while not any(event.partitions for event in source.take_rebalances()):
+            assert time.monotonic() < deadline, "never assigned"
+            source.consume(10, 0.2)
+        source.start_reading([TopicPartition(topic, 0, 60)])
+        assert [m.offset() for m in _read(source, lambda got: len(got) >= 40)] == list(range(60, 100))
+    finally:
+        source.close()
 
 
 @pytest.mark.parametrize("version, usable", [("2.12.1", False), ("2.13.0", False), ("2.13.2", True), ("2.16.0", True),
