@@ -224,15 +224,20 @@ class KafkaSource:
 
     def start_reading(self, positions: list[TopicPartition]) -> None:
         """Lets newly assigned (paused) partitions be fetched from where their tasks
-        begin. Each is sought while still paused, so that no fetch starts from where
-        librdkafka placed it (the committed offset, which may be gone from the log), and
-        sought again once resumed, to start the fetch at once (see `_resume`)."""
+        begin. A partition given an offset is sought while still paused, so that no fetch
+        starts from where librdkafka placed it (its committed offset, which may be gone
+        from the log). Once resumed, every partition is sought to start its fetch at once
+        (see `_resume`). A position the broker must look up (the log's start or end) is
+        sought only then, once: each seek to one starts a lookup of its own, and a later
+        answer would take a fetch already under way back to where it began."""
         for position in positions:
-            self.seek(position)
+            if position.offset >= 0:
+                self.seek(position)
         free = [p for p in positions if not self._holds.get((p.topic, p.partition))]
         if free:
             self.consumer.resume([TopicPartition(p.topic, p.partition) for p in free])
-            for position in free:
+        for position in positions:
+            if position.offset < 0 or not self._holds.get((position.topic, position.partition)):
                 self.seek(position)
 
     def take(self, positions: list[TopicPartition]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka_source import MIN_CLIENT_LIBRARY, KafkaSource, check_client_library, consumer_config
@@ -80,20 +80,43 @@ def test_a_released_partition_goes_on_from_where_it_was_held_or_sought(bootstrap
         assert [m.offset() for m in _read(source, lambda got: len(got) >= 30)] == list(range(20, 50))
 
 
-class _SlowResume:
-    """The source's consumer, taking 1.5 s over each resume: whatever a resumed
-    partition's fetcher does before the source's next call (librdkafka wakes it at least
-    once a second) happens first."""
+class _Watched:
+    """The source's consumer, noting each seek and resume asked of it and taking
+    `resume_s` over each resume: whatever a resumed partition's fetcher does before the
+    source's next call (librdkafka wakes it at least once a second) happens first."""
 
-    def __init__(self, consumer: Consumer) -> None:
-        self._consumer = consumer
+    def __init__(self, consumer: Consumer, resume_s: float = 0.0) -> None:
+        self._consumer, self.resume_s = consumer, resume_s
+        self.calls: list[tuple] = []
 
     def __getattr__(self, name: str):
         return getattr(self._consumer, name)
 
+    def seek(self, partition: TopicPartition) -> None:
+        self.calls.append(("seek", partition.partition, partition.offset))
+        self._consumer.seek(partition)
+
     def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", *sorted(p.partition for p in partitions)))
         self._consumer.resume(partitions)
-        time.sleep(1.5)
+        time.sleep(self.resume_s)
+
+
+def _assigned(bootstrap: str, topic: str, committed: dict[int, int], resume_s: float = 0.0) -> KafkaSource:
+    """A source of a new group given every partition of `topic`, still paused, after
+    `committed` offsets were committed for the group."""
+    source = _source(bootstrap)
+    if committed:
+        committer = Consumer({"bootstrap.servers": bootstrap, "group.id": source.config["group.id"]})
+        committer.commit(offsets=[TopicPartition(topic, p, o) for p, o in committed.items()], asynchronous=False)
+        committer.close()
+    source.consumer = _Watched(source.consumer, resume_s)
+    source.subscribe([topic])
+    deadline = time.monotonic() + 30
+    while not any(event.partitions for event in source.take_rebalances()):
+        assert time.monotonic() < deadline, "never assigned"
+        source.consume(10, 0.2)
+    return source
 
 
 def test_a_partition_whose_committed_offset_is_gone_starts_where_its_task_begins(bootstrap, new_topic):
@@ -106,19 +129,32 @@ def test_a_partition_whose_committed_offset_is_gone_starts_where_its_task_begins
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for done in admin.delete_records([TopicPartition(topic, 0, 60)]).values():
         done.result(timeout=30)
-    source = _source(bootstrap)
-    committer = Consumer({"bootstrap.servers": bootstrap, "group.id": source.config["group.id"]})
-    committer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
-    committer.close()
+    source = _assigned(bootstrap, topic, {0: 0}, resume_s=1.5)
     try:
-        source.consumer = _SlowResume(source.consumer)
-        source.subscribe([topic])
-        deadline = time.monotonic() + 30
-        while not any(event.partitions for event in source.take_rebalances()):
-            assert time.monotonic() < deadline, "never assigned"
-            source.consume(10, 0.2)
         source.start_reading([TopicPartition(topic, 0, 60)])
         assert [m.offset() for m in _read(source, lambda got: len(got) >= 40)] == list(range(60, 100))
+    finally:
+        source.close()
+
+
+def test_a_position_the_broker_looks_up_is_sought_once(bootstrap, new_topic):
+    """A partition with nothing committed begins where the broker says the log starts.
+    Each seek to such a position starts a lookup of its own, and an answer that comes
+    after the fetch began takes it back to the start: the records already read are read
+    again (seen as every record of a new job's first seconds counted twice). A partition
+    given an offset is sought before it is resumed, and again after."""
+    topic = new_topic("position", partitions=2)
+    for partition in (0, 1):
+        produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(50)], partition=partition)
+    source = _assigned(bootstrap, topic, {0: 20})
+    try:
+        source.start_reading([TopicPartition(topic, 0, 20), TopicPartition(topic, 1, OFFSET_BEGINNING)])
+        calls = source.consumer.calls
+        assert calls.count(("seek", 1, OFFSET_BEGINNING)) == 1, calls
+        assert calls.index(("seek", 0, 20)) < calls.index(("resume", 0, 1)), calls
+        got = _read(source, lambda got: len(got) >= 80)
+        assert sorted((m.partition(), m.offset()) for m in got) == [(0, o) for o in range(20, 50)] + \
+            [(1, o) for o in range(50)]
     finally:
         source.close()
 
