@@ -358,8 +358,10 @@ class KafkaSource:
         gone) is re-assigned at the offset instead, and paused again if it is held."""
         key = (partition.topic, partition.partition)
         self.ends.pop(key, None)
-        if self._holds.get(key):
+        if self._holds.get(key) and partition.offset >= 0:
             self._resume_at[key] = partition.offset
+        elif self._holds.get(key):  # looked up once, now (see start_reading)
+            self._resume_at.pop(key, None)
         try:
             self.consumer.seek(partition)
         except KafkaException as exc:

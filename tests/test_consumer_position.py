@@ -159,6 +159,22 @@ def test_a_position_the_broker_looks_up_is_sought_once(bootstrap, new_topic):
         source.close()
 
 
+def test_a_held_partition_whose_position_the_broker_looks_up_is_sought_once(bootstrap, new_topic):
+    """The same for a partition held when its task begins (a join's input waiting for
+    room): sought once, it goes on from the looked-up position when released."""
+    topic = new_topic("position", partitions=1)
+    produce(bootstrap, topic, [(b"k", b"%d" % i) for i in range(50)], partition=0)
+    source = _assigned(bootstrap, topic, {})
+    try:
+        source.hold([(topic, 0)], "buffer full")
+        source.start_reading([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        source.release([(topic, 0)], "buffer full")
+        assert [m.offset() for m in _read(source, lambda got: len(got) >= 50)] == list(range(50))
+        assert source.consumer.calls.count(("seek", 0, OFFSET_BEGINNING)) == 1, source.consumer.calls
+    finally:
+        source.close()
+
+
 @pytest.mark.parametrize("version, usable", [("2.12.1", False), ("2.13.0", False), ("2.13.2", True), ("2.16.0", True),
                                              ("3.0.0", True)])
 def test_a_client_library_that_moves_positions_past_the_end_is_refused(version, usable):
