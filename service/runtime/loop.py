@@ -287,23 +287,15 @@ class ProcessingLoop:
     def _drop_stale(self, msgs: list, starts: int) -> list:
         """Some tasks (re)started at their committed offsets since this batch was asked
         for, and it may still hold records fetched for their old position. Those tasks'
-        records are dropped and their partitions sought back to where each task begins."""
-        restarted = {i.key: i for task in self.manager.tasks.values() if task.incarnation > starts
+        records are dropped: each restart sought its partitions to where the task begins,
+        after this batch was fetched, so the consumer reads them from there anyway."""
+        restarted = {i.key for task in self.manager.tasks.values() if task.incarnation > starts
                      for i in task.inputs}
         if not restarted:
             return msgs
-        kept, dropped = [], set()
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            if key in restarted:
-                dropped.add(key)
-            else:
-                kept.append(m)
-        for key in dropped:
-            self.source.seek(restarted[key].position(self.source.reset_offset))
-        if dropped:
-            log.debug("dropped %d records fetched across a task restart; re-reading %d partitions",
-                      len(msgs) - len(kept), len(dropped))
+        kept = [m for m in msgs if (m.topic(), m.partition()) not in restarted]
+        if len(kept) < len(msgs):
+            log.debug("dropped %d records fetched across a task restart", len(msgs) - len(kept))
         return kept
 
     def _dispatch(self, msgs: list) -> None:
