@@ -17,7 +17,7 @@ from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPar
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connectors.kafka_errors import Cause, cause_of, describe, error_of
-from connectors.kafka_waits import backoff_delays
+from connectors.kafka_waits import KafkaWaits, backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,12 @@ class ClusterOffsets:
     """Created with the worker's client settings; connects on first use."""
 
     def __init__(self, config: dict[str, Any], admin_factory: Callable[[dict[str, Any]], Any] = AdminClient,
-                 retry_pause_s: float | None = None) -> None:
+                 retry_pause_s: float | None = None, waits: KafkaWaits | None = None) -> None:
         self._config = config
         self._admin_factory = admin_factory
         self._admin: Any = None
         self._retry_pause_s = retry_pause_s
+        self.waits = waits if waits is not None else KafkaWaits()
 
     @property
     def admin(self) -> AdminClient:
@@ -59,28 +60,34 @@ class ClusterOffsets:
     def _list(self, partitions: list[TopicPartition], spec: OffsetSpec,
               isolation: IsolationLevel = IsolationLevel.READ_COMMITTED) -> dict[tuple[str, int], int]:
         """One ListOffsets, asked again while the cluster says to (retriable errors, or
-        no leader known yet) for up to RETRY_FOR_S; any other error, or one that outlasts
-        that, is raised. Each new attempt has a new admin client: after a broker restart
-        the old one keeps the partitions' old leader epochs, and is refused
-        (FENCED_LEADER_EPOCH) for as long as it asks."""
+        no leader known yet) for up to RETRY_FOR_S, and for as long as it does not answer
+        at all: a listing changes nothing, so one that timed out is simply asked again,
+        and the loop is marked as waiting for Kafka meanwhile (/healthz says so), as for
+        committed offsets. Any other error, or one that outlasts RETRY_FOR_S, is raised.
+        Each new attempt has a new admin client: after a broker restart the old one keeps
+        the partitions' old leader epochs, and is refused (FENCED_LEADER_EPOCH) for as
+        long as it asks."""
         if not partitions:
             return {}
         deadline = time.monotonic() + RETRY_FOR_S
         delays = backoff_delays(cap_s=5.0)
-        while True:
-            try:
-                futures = self.admin.list_offsets(
-                    {TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-                    isolation_level=isolation, request_timeout=TIMEOUT_S)
-                return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-            except KafkaException as exc:
-                err = error_of(exc)
-                passing = cause_of(err) is Cause.RETRIABLE or err.code() == KafkaError._NOENT
-                if not passing or time.monotonic() > deadline:
-                    raise
-                log.info("listing offsets: %s; asking again", describe(err))
-                self._admin = None
-                time.sleep(next(delays) if self._retry_pause_s is None else self._retry_pause_s)
+        with self.waits.waiting("list partition offsets"):
+            while True:
+                try:
+                    futures = self.admin.list_offsets(
+                        {TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+                        isolation_level=isolation, request_timeout=TIMEOUT_S)
+                    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+                except KafkaException as exc:
+                    err = error_of(exc)
+                    cause = cause_of(err)
+                    unanswered = cause is Cause.UNKNOWN_OUTCOME
+                    asked_again = cause is Cause.RETRIABLE or err.code() == KafkaError._NOENT
+                    if not (unanswered or asked_again) or (asked_again and time.monotonic() > deadline):
+                        raise
+                    log.info("listing offsets: %s; asking again", describe(err))
+                    self._admin = None
+                    time.sleep(next(delays) if self._retry_pause_s is None else self._retry_pause_s)
 
     def partition_counts(self, topics: list[str]) -> dict[str, int]:
         metadata = self.admin.list_topics(timeout=TIMEOUT_S)

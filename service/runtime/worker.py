@@ -203,7 +203,7 @@ class Worker:
             resume.check_group_history(self.source.consumer, partition_counts)
             restore = resume.restore_fn(restore_task)
         owner = self.owner
-        offsets = ClusterOffsets(client_config)
+        offsets = ClusterOffsets(client_config, waits=self.monitor.kafka_waits)
         missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
                                    self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
