@@ -233,11 +233,11 @@ class KafkaSource:
         for position in positions:
             if position.offset >= 0:
                 self.seek(position)
-        free = [p for p in positions if not self._holds.get((p.topic, p.partition))]
+        free = [p for p in positions if not self.held((p.topic, p.partition))]
         if free:
             self.consumer.resume([TopicPartition(p.topic, p.partition) for p in free])
         for position in positions:
-            if position.offset < 0 or not self._holds.get((position.topic, position.partition)):
+            if position.offset < 0 or not self.held((position.topic, position.partition)):
                 self.seek(position)
 
     def take(self, positions: list[TopicPartition]) -> None:
@@ -358,10 +358,11 @@ class KafkaSource:
         gone) is re-assigned at the offset instead, and paused again if it is held."""
         key = (partition.topic, partition.partition)
         self.ends.pop(key, None)
-        if self._holds.get(key) and partition.offset >= 0:
-            self._resume_at[key] = partition.offset
-        elif self._holds.get(key):  # looked up once, now (see start_reading)
-            self._resume_at.pop(key, None)
+        if self.held(key):
+            if partition.offset >= 0:
+                self._resume_at[key] = partition.offset
+            else:  # looked up once, now (see start_reading)
+                self._resume_at.pop(key, None)
         try:
             self.consumer.seek(partition)
         except KafkaException as exc:

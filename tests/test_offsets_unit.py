@@ -5,9 +5,8 @@ The admin client is the seam: a fake one answers with scripted futures."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 import time
+from concurrent.futures import Future
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
