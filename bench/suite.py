@@ -192,24 +192,44 @@ def _produce_unique_keys(bootstrap: str, topic: str, records: int) -> None:
     producer.flush(300)
 
 
+# The 10,000,000-key run: eos (whose RSS has a target) against the same baselines as the
+# throughput section, each on the same input of unique keys.
+RSS_CANDIDATES = ("eos-exactly-once-prekeyed", "plain-confluent-eos", "quix-eos-rocksdb")
+
+
 def rss_with_many_keys(bootstrap: str, keys: int, log) -> dict:
-    """Resident memory of a worker whose state grows to `keys` keys: the write-back cache
-    is bounded, so state spills to RocksDB instead of growing the process."""
+    """Resident memory and throughput while state grows to `keys` keys (every record a new
+    key), for eos and the baselines on the same input. eos's write-back cache is bounded,
+    so its state spills to RocksDB instead of growing the process; the plain loop keeps
+    every key in a dict."""
     topic = f"bench-in-unique-{keys}-{uuid.uuid4().hex[:6]}"
-    output = f"bench-out-unique-{uuid.uuid4().hex[:6]}"
     workload.create_topic(bootstrap, topic)
-    workload.create_topic(bootstrap, output)
     began = time.monotonic()
     _produce_unique_keys(bootstrap, topic, keys)
     log(f"produced {keys:,} unique keys in {time.monotonic() - began:.0f}s")
+    runner.ensure_quix_venv(log)
+    runs = {name: _sampled_run(bootstrap, REGISTRY[name], topic, keys, log) for name in RSS_CANDIDATES}
+    workload.delete_topics(bootstrap, [topic])
+    eos, plain, quix = (runs[name] for name in RSS_CANDIDATES)
+    for run in runs.values():
+        if run.get("ok") and plain.get("ok") and quix.get("ok"):
+            run["vs_plain"] = run["records_per_s"] / plain["records_per_s"]
+            run["vs_quix"] = run["records_per_s"] / quix["records_per_s"]
+    return {**eos, "keys": keys, "candidates": runs}
+
+
+def _sampled_run(bootstrap: str, cand: runner.Candidate, topic: str, keys: int, log) -> dict:
+    """One run of a candidate over the `keys` unique keys, its RSS sampled every 0.5 s."""
+    output = f"bench-out-unique-{uuid.uuid4().hex[:6]}"
+    workload.create_topic(bootstrap, output)
     workdir = Path(tempfile.mkdtemp(prefix="bench-rss-"))
     ctx = runner.RunContext(bootstrap, topic, output, f"bench-rss-{uuid.uuid4().hex[:6]}", keys, keys, 0, 1.0, workdir)
-    argv = REGISTRY["eos-exactly-once-prekeyed"].build(ctx)
     watcher = workload.OutputWatcher(bootstrap, output)
     samples: list[tuple[float, int]] = []
     with open(workdir / "worker.log", "wb") as logf:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(cand.build(ctx), stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, **cand.env}, start_new_session=True)
     ps = psutil.Process(proc.pid)
     stop = threading.Event()
 
@@ -226,13 +246,17 @@ def rss_with_many_keys(bootstrap: str, keys: int, log) -> dict:
     try:
         done = watcher.wait(keys, 3600, alive=lambda: proc.poll() is None)
         cpu = ps.cpu_times()
+    except (TimeoutError, RuntimeError) as exc:
+        log(f"  {cand.name}, {keys:,} keys: FAILED: {exc} (log: {workdir / 'worker.log'})")
+        return {"candidate": cand.name, "ok": False, "error": str(exc)}
     finally:
         stop.set()
         runner._kill_group(proc)
         watcher.close()
+        workload.delete_topics(bootstrap, [output])
     peak = max(rss for _, rss in samples)
-    log(f"  {keys:,} keys: peak RSS {peak / 2**20:.0f} MiB, {keys / (done - start):,.0f} rec/s")
-    return {"keys": keys, "peak_rss_mib": peak / 2**20, "elapsed_s": done - start,
+    log(f"  {cand.name}, {keys:,} keys: peak RSS {peak / 2**20:.0f} MiB, {keys / (done - start):,.0f} rec/s")
+    return {"candidate": cand.name, "ok": True, "peak_rss_mib": peak / 2**20, "elapsed_s": done - start,
             "records_per_s": keys / (done - start), "cpu_s": cpu.user + cpu.system,
             "samples": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples]}
 
@@ -270,10 +294,12 @@ def plots(results: dict) -> None:
 
     rss = results["rss"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([t for t, _ in rss["samples"]], [m for _, m in rss["samples"]])
-    ax.axhline(500, color="red", linestyle="--", label="500 MiB target")
+    for name, run in rss.get("candidates", {RSS_CANDIDATES[0]: rss}).items():
+        if run.get("samples"):
+            ax.plot([t for t, _ in run["samples"]], [m for _, m in run["samples"]], label=name)
+    ax.axhline(500, color="red", linestyle="--", label="500 MiB target (eos)")
     ax.set_xlabel("s"), ax.set_ylabel("RSS MiB"), ax.legend()
-    ax.set_title(f"worker RSS while state grows to {rss['keys']:,} keys")
+    ax.set_title(f"RSS while state grows to {rss['keys']:,} keys")
     fig.tight_layout()
     fig.savefig(DOCS / "rss.png", dpi=110)
 
@@ -372,8 +398,22 @@ def scaling_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def rss_table(results: dict) -> str:
+    """State growing to 10,000,000 keys: the README's row beside the throughput table."""
+    rss = results["rss"]
+    lines = [f"| state growing to {rss['keys']:,} keys (every record a new key) | records/s | vs plain loop "
+             "| vs Quix | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+    for name, run in rss["candidates"].items():
+        if run.get("ok"):
+            lines.append(f"| {name} | {run['records_per_s']:,.0f} | {run.get('vs_plain', 0):.2f}x | "
+                         f"{run.get('vs_quix', 0):.1f}x | {run['peak_rss_mib']:,.0f} |")
+    return "\n".join(lines)
+
+
 def readme_tables(results: dict) -> list[str]:
     tables = [headline_table(results)]
+    if "candidates" in results.get("rss", {}):
+        tables.append(rss_table(results))
     for key, table in (("windows", window_table), ("joins", join_table), ("latency", latency_table),
                        ("async_snapshots", async_table), ("failover", failover_table),
                        ("scaling_per_core", scaling_table)):
