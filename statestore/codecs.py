@@ -26,7 +26,10 @@ class JsonCodec:
     name = "json"
 
     def encode(self, value: Any) -> bytes:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        # orjson returns its working buffer, at least 4 KiB, with only the length
+        # trimmed. A checkpoint's capture holds every changed value's encoding until it
+        # is written, so each is copied to its own size (0.1 us).
+        return bytes(memoryview(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)))
 
     def decode(self, data: bytes) -> Any:
         return orjson.loads(data)
