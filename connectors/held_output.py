@@ -21,6 +21,12 @@ from connectors.kafka_sink import Produce
 MAX_HELD_RECORDS = 100_000
 
 
+def _own_size(data: Any) -> Any:
+    """A copy of encoded bytes at their own size: orjson's output keeps its 4 KiB working
+    buffer, and up to MAX_HELD_RECORDS of them may wait here."""
+    return bytes(memoryview(data)) if type(data) is bytes else data
+
+
 class HeldOutput:
     """Stands in for the open transaction's produce functions (`fast`, `blocking`) while
     the closed transaction's producer still has records on their way.
@@ -45,7 +51,7 @@ class HeldOutput:
             self.wait_drained()  # releases what is held; later records go straight to `target`
             self.target.fast(topic, value, key, *args, **kwargs)
             return
-        self.records.append((topic, value, key, args, kwargs))
+        self.records.append((topic, _own_size(value), _own_size(key), args, kwargs))
 
     blocking = fast
 
