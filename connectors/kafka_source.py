@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,11 +126,10 @@ def _keys(partitions: list[TopicPartition]) -> tuple[tuple[str, int], ...]:
 class KafkaSource:
     """A consumer subscribed to the job's input topics, its rebalances recorded.
 
-    The callbacks run inside `consume`; there they only record, assign and pause, and
-    before a revoke run the caller's `before_revoke`. Neither calls anything that enters
-    the client's call state again (consume, poll, list_topics, close), since
-    confluent-kafka keeps one call state per client and a nested call clears it, which
-    crashes the next callback of the same consume."""
+    The callbacks run inside `consume`; there they only record, assign and pause: they
+    call nothing that enters the client's call state again (consume, poll, list_topics,
+    close), since confluent-kafka keeps one call state per client and a nested call
+    clears it, which crashes the next callback of the same consume."""
 
     def __init__(self, config: dict[str, Any], start_from: str = "earliest", waits: KafkaWaits | None = None) -> None:
         check_client_library(libversion()[0])
@@ -141,8 +140,6 @@ class KafkaSource:
         # A fatal error to report at the next consume (fault injection, see `fail`).
         self._failure: KafkaError | None = None
         self._events: list[Rebalance] = []
-        # What the caller of the running `consume` does before partitions are revoked.
-        self._before_revoke: Callable[[tuple[tuple[str, int], ...]], None] | None = None
         self._out_of_range: list[OutOfRange] = []
         # Where the consumer last found each partition's end (an end-of-partition event):
         # records read later lie at or past it. Forgotten when the partition is sought.
@@ -207,11 +204,7 @@ class KafkaSource:
         self._events.append(Rebalance(ASSIGNED, _keys(partitions)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            if partitions and self._before_revoke is not None:
-                self._before_revoke(_keys(partitions))
-        finally:
-            consumer.incremental_unassign(partitions)
+        consumer.incremental_unassign(partitions)
         self._forget(_keys(partitions))
         if partitions:
             self._events.append(Rebalance(REVOKED, _keys(partitions)))
@@ -312,19 +305,12 @@ class KafkaSource:
         if held:
             self.consumer.pause(held)
 
-    def consume(self, max_records: int, timeout: float,
-                before_revoke: Callable[[tuple[tuple[str, int], ...]], None] | None = None) -> list:
-        """A batch of records; errors that only inform are logged, fatal ones raised.
-        `before_revoke` runs inside a revoke callback of this call, while the partitions
-        are still this consumer's: the one moment their work can still be committed."""
+    def consume(self, max_records: int, timeout: float) -> list:
+        """A batch of records; errors that only inform are logged, fatal ones raised."""
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise ConsumerFailed(failure)
-        self._before_revoke = before_revoke
-        try:
-            msgs = self.consumer.consume(max_records, timeout)
-        finally:
-            self._before_revoke = None
+        msgs = self.consumer.consume(max_records, timeout)
         # map() calls the C method per record without a Python frame: the cheapest
         # complete check that no error event hides in the batch.
         if msgs and any(map(_message_error, msgs)):

@@ -106,10 +106,6 @@ class OutputOwner(Protocol):
     asynchronous: bool
     # Whether a closed epoch awaits its commit.
     closing: bool
-    # Whether a checkpoint may commit inside the consumer's rebalance callback: only if
-    # its commit goes through the producer, since the callback runs inside a consumer
-    # call that a commit through the consumer would enter again.
-    commits_in_rebalance_callback: bool
 
     def start(self) -> Outcome: ...
 
@@ -195,8 +191,6 @@ def _delivery_failure(member: _Member) -> _CallFailed | None:
 class TransactionOwner:
     """Exactly-once output: one open transaction per checkpoint epoch, and the closed
     one of a checkpoint being written."""
-
-    commits_in_rebalance_callback = True  # its offsets go through the producer
 
     def __init__(self, bootstrap: str, transactional_ids: list[str] | str, *, extra: dict[str, str],
                  transaction_timeout_ms: int, call_timeout_s: float, slot_holder: SlotHolder,
@@ -585,7 +579,6 @@ class AtLeastOnceOwner:
     abandoned = False  # every call here is bounded by librdkafka itself
     asynchronous = False  # its commit flushes every output first: checkpoints run in the loop
     closing = False
-    commits_in_rebalance_callback = False  # it commits through the consumer
 
     def __init__(self, bootstrap: str, *, extra: dict[str, str], call_timeout_s: float, slot_holder: SlotHolder,
                  waits: KafkaWaits | None = None, producer_factory: ProducerFactory = Producer) -> None:

@@ -19,7 +19,7 @@ from service.job.api import Job
 from service.job.planner import plan, repartition_topic
 from service.membership.slot import transactional_id
 from service.runtime.topics import ensure_topics
-from tests.harness.kafka import create_topics, group_assignment, group_members, read_all, unique_name
+from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
 from tests.harness.worker_process import REPO, wait_for
@@ -292,34 +292,6 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
     _assert_exactly_once(scenario)
     downloads = [int(n) for n in re.findall(r"(\d+) downloaded", pool.log_texts())]
     assert any(downloads), "no task was ever restored from the shared storage"
-
-
-def test_a_worker_giving_partitions_to_a_new_worker_commits_their_work_first(bootstrap, tmp_path):
-    """Scale-out: a worker whose partitions move to a newcomer commits the work it did on
-    them before it lets them go, as Kafka Streams commits on revocation, instead of
-    aborting its transaction and having every task's work since the last checkpoint
-    redone. Proven by counting the output records the log holds, aborted ones included
-    (read_uncommitted): work redone would be there twice."""
-    scenario = RunningSum(bootstrap, tmp_path, records=3_000, key_by_user=True)
-    pool = WorkerPool(scenario, spec={"job": PREKEYED_JOB})  # one stage: its outputs show before a commit
-    with _stopped_at_end(pool):
-        scenario.feed_all_now()
-        # No periodic checkpoint comes before the newcomer: all of a's work is uncommitted.
-        pool.start("a", interval="10m")
-        wait_for(lambda: len(read_all(bootstrap, scenario.output, isolation="read_uncommitted")) == scenario.records,
-                 120, 0.5, "worker a to process every record (in its open transaction)")
-        assert scenario.outputs() == [], "worker a committed before the newcomer joined"
-        pool.start("b", interval="10m")
-        wait_for(lambda: group_assignment(bootstrap, scenario.group).get("b"), 60, 0.5,
-                 "worker b to be given partitions")
-        wait_for(lambda: len(scenario.outputs()) == scenario.records, 60, 0.5,
-                 "a's work to be committed when it gave partitions up")
-        pool.check_alive()
-        written = read_all(bootstrap, scenario.output, isolation="read_uncommitted")
-        assert len(written) == scenario.records, (
-            f"{len(written) - scenario.records} output records written twice: work was redone\n{pool.log_texts()}")
-        assert "revoked with work no checkpoint covers" not in pool.log_texts()
-    _assert_exactly_once(scenario)
 
 
 def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):

@@ -84,8 +84,6 @@ class ProcessingLoop:
         # Work done between batches on the loop's thread (savepoint commands).
         self.tick = tick
         self.failures = 0  # consecutive rewinds that count, since the last committed checkpoint
-        # The outcome of a checkpoint that could not commit revoked work (see _commit_before_revoke).
-        self._revoke_failure: Outcome | None = None
         self._records_in = {t: metrics.labels(metrics.records_in, topic=t) for t in input_topics}
 
     def run(self, stop_requested: Callable[[], bool]) -> None:
@@ -96,7 +94,7 @@ class ProcessingLoop:
         manager = self.manager
         starts = manager.task_starts
         try:
-            msgs = self.source.consume(self.consume_batch, 0.1, before_revoke=self._commit_before_revoke)
+            msgs = self.source.consume(self.consume_batch, 0.1)
         except ConsumerFailed as exc:
             self.settle(self.owner.consumer_failed(exc))
             return
@@ -174,23 +172,6 @@ class ProcessingLoop:
 
     # -- rebalances -----------------------------------------------------------------------
 
-    def _commit_before_revoke(self, keys: tuple[TaskKey, ...]) -> None:
-        """Runs inside the revoke callback, while the partitions are still this worker's:
-        a checkpoint commits the work no checkpoint covers yet, as Kafka Streams commits
-        on revocation, so that neither their next owner nor this worker redoes it. One
-        that fails gave the transactions up: no other checkpoint may follow before the
-        loop rewinds, which `rebalanced` does with its outcome."""
-        if self._revoke_failure is not None or not self.owner.commits_in_rebalance_callback:
-            return
-        if not (self.manager.changed(keys) or self.coordinator.in_flight):
-            return
-        record = self.coordinator.trigger("revoke")
-        if record is not None and not record.outcome.committed:
-            self._revoke_failure = record.outcome
-        elif record is not None:
-            self.failures = 0
-        self.monitor.publish()
-
     def rebalanced(self, rebalances: list[Rebalance]) -> None:
         """Acts on what one or more rebalances did, taken together: a task whose partition
         was revoked or lost at any point is released first (its partition may have been
@@ -208,11 +189,8 @@ class ProcessingLoop:
                 taken.update(rebalance.partitions)
                 lost = lost or rebalance.kind == LOST
         released = sorted(taken & set(self.manager.tasks))
-        failure, self._revoke_failure = self._revoke_failure, None
         if released:
-            self._release(tuple(released), lost, failure)
-        elif failure is not None:
-            self.settle(failure)
+            self._release(tuple(released), lost)
         if any(r.kind == ASSIGNED for r in rebalances):
             self._assigned(tuple(sorted(assigned - set(self.manager.tasks))))
 
@@ -230,19 +208,16 @@ class ProcessingLoop:
             self.checkpoint("assign")
         self.source.start_reading(self.manager.assign(keys))
 
-    def _release(self, keys: tuple[TaskKey, ...], lost: bool, revoke_failure: Outcome | None = None) -> None:
+    def _release(self, keys: tuple[TaskKey, ...], lost: bool) -> None:
         """The partitions are gone when the callback returns (confluent-kafka completes
-        the unassignment itself). Their work was committed in the callback; if that
-        checkpoint failed (`revoke_failure`: it gave the transactions up already), or a
-        worker without such commits has work on them that no checkpoint covers, the next
-        owner redoes it from the last checkpoint, and the open transaction, which holds
-        its outputs, is aborted. Lost partitions (the session expired) abort in any case,
-        with the slot in doubt: a newer process of this slot may have started meanwhile."""
+        the unassignment itself), so work on them that no checkpoint covers can no longer
+        be committed: their next owner redoes it from the last checkpoint, and the open
+        transaction, which holds its outputs, is aborted. Lost partitions (the session
+        expired) abort in any case, with the slot in doubt: a newer process of this slot
+        may have started meanwhile."""
         if lost:
             outcome = self.owner.abort(f"lost partitions {_ids(keys)} without a chance to commit (session "
                                        "expired?)", counts=False, identity_in_doubt=True)
-        elif revoke_failure is not None:
-            outcome = revoke_failure
         elif self.manager.changed(keys) or self.coordinator.in_flight:
             outcome = self.owner.abort(f"partitions {_ids(keys)} were revoked with work no checkpoint covers; "
                                        "their next owner redoes it", counts=False)
