@@ -15,16 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.kafka_sink import Produce
+from statestore.codecs import own_size
 
 # Held records past which the next output waits for the closed producer to drain: the
 # hold must not become an unbounded queue while a partition's leader is away.
 MAX_HELD_RECORDS = 100_000
-
-
-def _own_size(data: Any) -> Any:
-    """A copy of encoded bytes at their own size: orjson's output keeps its 4 KiB working
-    buffer, and up to MAX_HELD_RECORDS of them may wait here."""
-    return bytes(memoryview(data)) if type(data) is bytes else data
 
 
 class HeldOutput:
@@ -51,7 +46,7 @@ class HeldOutput:
             self.wait_drained()  # releases what is held; later records go straight to `target`
             self.target.fast(topic, value, key, *args, **kwargs)
             return
-        self.records.append((topic, _own_size(value), _own_size(key), args, kwargs))
+        self.records.append((topic, own_size(value), own_size(key), args, kwargs))  # up to MAX_HELD_RECORDS
 
     blocking = fast
 

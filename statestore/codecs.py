@@ -14,6 +14,14 @@ from typing import Any, Protocol
 import orjson
 
 
+def own_size(data: Any) -> Any:
+    """Bytes copied to their own size, anything else as it is. orjson (3.12 and later)
+    returns its working buffer, at least 4 KiB, with only the length trimmed; whoever
+    holds many encodings at once (a checkpoint's capture, output held for the next
+    transaction) keeps copies instead, at 0.1 us each."""
+    return bytes(memoryview(data)) if type(data) is bytes else data
+
+
 class ValueCodec(Protocol):
     name: str
 
@@ -26,10 +34,8 @@ class JsonCodec:
     name = "json"
 
     def encode(self, value: Any) -> bytes:
-        # orjson returns its working buffer, at least 4 KiB, with only the length
-        # trimmed. A checkpoint's capture holds every changed value's encoding until it
-        # is written, so each is copied to its own size (0.1 us).
-        return bytes(memoryview(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)))
+        # A checkpoint's capture holds every changed value's encoding until it is written.
+        return own_size(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
 
     def decode(self, data: bytes) -> Any:
         return orjson.loads(data)
