@@ -79,6 +79,14 @@ def check_client_library(version: str) -> None:
             f"(librdkafka issue 4844); exactly-once needs librdkafka {wanted} or later (confluent-kafka>={wanted})")
 
 
+# Records of a partition below which librdkafka fetches more, and the most a partition's
+# prefetch holds: that bound plus one fetch of 1 MiB (about 13,000 records of 60 bytes).
+# With 50,000 and 8 MiB fetches a worker reading a backlog of small records held 200 MiB
+# more (docs/bench/README.md, "Memory with 10,000,000 keys"), at the same throughput.
+PREFETCH_MIN_RECORDS = 10_000
+PREFETCHED_RECORDS_PER_PARTITION = 30_000
+
+
 def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeout_ms: int,
                     max_poll_interval_ms: int, static_membership: bool,
                     worker_id: str, extra: dict[str, str]) -> dict[str, Any]:
@@ -94,10 +102,15 @@ def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeo
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(100, min(1000, session_timeout_ms // 5)),
         "max.poll.interval.ms": max_poll_interval_ms,
-        "queued.max.messages.kbytes": 32768,
-        "queued.min.messages": 50_000,
-        "fetch.max.bytes": 64 << 20,
-        "max.partition.fetch.bytes": 8 << 20,
+        # The prefetch: librdkafka fetches a partition again while it holds fewer than
+        # `queued.min.messages` of its records, each fetch up to one
+        # `max.partition.fetch.bytes`. Its byte bound counts only keys and values, and a
+        # small record costs several times its size in the queue, so the record count
+        # is what bounds memory (about PREFETCHED_RECORDS_PER_PARTITION a partition).
+        "queued.min.messages": PREFETCH_MIN_RECORDS,
+        "queued.max.messages.kbytes": 8192,
+        "max.partition.fetch.bytes": 1 << 20,
+        "fetch.max.bytes": 8 << 20,
         # librdkafka waits a whole second after finding its local queue full: far too
         # long for a loop that drains the queue in milliseconds.
         "fetch.queue.backoff.ms": 10,
