@@ -32,6 +32,7 @@ from service.runtime.config import (
     default_worker_id,
     parse_key_values,
 )
+from service.runtime.allocator import limit_malloc_arenas
 from service.runtime.restart import RestartStrategy, run_with_restarts
 from service.runtime.worker import Worker
 from statestore.storage import S3Settings
@@ -173,6 +174,7 @@ def run(job_file: Path, kafka: KafkaSettings, group: str | None, state_dir: Path
         allow_non_restored_state=allow_non_restored_state)
     strategy = RestartStrategy.parse(restart_strategy)
     enable_stack_dumps()
+    limit_malloc_arenas()
 
     abandoned = False
 
