@@ -297,7 +297,7 @@ def plots(results: dict) -> None:
     for name, run in rss["candidates"].items():
         if run.get("samples"):
             ax.plot([t for t, _ in run["samples"]], [m for _, m in run["samples"]], label=name)
-    ax.axhline(500, color="red", linestyle="--", label="500 MiB target (eos)")
+    ax.axhline(500e6 / 2**20, color="red", linestyle="--", label="500 MB target (eos)")
     ax.set_xlabel("s"), ax.set_ylabel("RSS MiB"), ax.legend()
     ax.set_title(f"RSS while state grows to {rss['keys']:,} keys")
     fig.tight_layout()

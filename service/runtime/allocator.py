@@ -6,7 +6,7 @@ processing thread encodes, the checkpoint thread writes and drops what it captur
 librdkafka's and RocksDB's threads allocate and free buffers. Each arena then holds its
 own free memory the others cannot use, and the process's RSS grows past what it uses
 (RocksDB's own advice is a non-glibc allocator or few arenas). With 10,000,000 keys in
-state the worker peaked at 487-496 MiB with glibc's default and 435-472 MiB with two
+state the worker peaked at 282-293 MiB with glibc's default and 262-267 MiB with two
 arenas (docs/bench/README.md, "Memory with 10,000,000 keys").
 """
 
