@@ -80,7 +80,7 @@ def check_client_library(version: str) -> None:
 
 
 # Records of a partition below which librdkafka fetches more, and the most a partition's
-# prefetch holds: that bound plus one fetch of 1 MiB (about 13,000 records of 60 bytes).
+# prefetch holds: that bound plus one fetch of 1 MiB (at most about 16,000 records of 60 bytes).
 # With 50,000 and 8 MiB fetches a worker reading a backlog of small records held 200 MiB
 # more (docs/bench/README.md, "Memory with 10,000,000 keys"), at the same throughput.
 PREFETCH_MIN_RECORDS = 10_000

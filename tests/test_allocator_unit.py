@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ COUNT_ARENAS = textwrap.dedent("""
         print(open(report.name).read().count("<heap nr="))
 """)
 
-glibc_only = pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "gnu_get_libc_version"),
+glibc_only = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"),
                                 reason="arenas are glibc's")
 
 
