@@ -56,7 +56,8 @@ class Manager:
         self.rewinds = 0
         self.task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=0, others=[],
                                     completed=CompletedCheckpoint(0, None, None), attempted_manifest=None,
-                                    records_since_checkpoint=0, changed=False, sinks={})
+                                    records_since_checkpoint=0, changed=False, sinks={},
+                                    checkpoint_began=lambda: None)
         self.tasks = {("in", 0): self.task}
         self.plan = SimpleNamespace(stages=[])
 

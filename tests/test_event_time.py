@@ -62,6 +62,21 @@ def test_an_idle_partition_does_not_hold_the_windows_back(bootstrap, tmp_path):
     assert "had no input for 2s: idle" in worker.log_text()
 
 
+def test_an_input_going_idle_after_the_rest_was_committed_still_closes_the_windows(bootstrap, tmp_path):
+    """All the input is there before the worker starts, and the idle timeout (4 s) is
+    longer than reading and checkpointing it takes: every partition goes idle once
+    nothing else is left to commit. The idle markers alone must reach the windows."""
+    run = WindowedRun(bootstrap, tmp_path, timed_orders(3_000, PARTITIONS, seed=3, empty_partitions=(3,)),
+                      "tumbling", "final", idle_ms=4_000)
+    run.feed()
+    run.wait_fed()
+    worker = run.start_worker()
+    run.wait_complete(worker, timeout=60)
+    assert worker.terminate() == 0, worker.log_tail()
+    report = run.check()
+    assert report.ok, report.summary()
+
+
 def test_timers_fire_exactly_once_under_kills(bootstrap, tmp_path):
     """examples/inactivity_alert.py, its input keyed by user with event times as Kafka
     timestamps (some out of order), under SIGKILLs at random moments: every alert the

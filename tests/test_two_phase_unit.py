@@ -86,7 +86,8 @@ class PoolOwner(Owner):
 def _coordinator(sinks: dict, owner: Owner) -> CheckpointCoordinator:
     task = SimpleNamespace(id="in-0", topic="in", partition=0, state=None, next_offset=10, others=[],
                            completed=CompletedCheckpoint(4, 5, None), attempted_manifest=None,
-                           records_since_checkpoint=5, changed=True, sinks=sinks)
+                           records_since_checkpoint=5, changed=True, sinks=sinks,
+                           checkpoint_began=lambda: None)
     manager = SimpleNamespace(tasks={("in", 0): task}, plan=SimpleNamespace(stages=[]))
     return CheckpointCoordinator(manager, owner, consumer=None, job="j", worker="w", token="t", interval_s=1.0,
                                  timeout_s=60, min_pause_s=0.0, metrics=WorkerMetrics("j", "w"),

@@ -289,7 +289,7 @@ class CheckpointCoordinator:
         captured = {t.id: t.state.capture() for t in stateful}
         record.step_done("capture")
         for task in tasks:
-            task.records_since_checkpoint = 0  # from here on, records belong to n+1
+            task.checkpoint_began()  # from here on, records belong to n+1
         closed = self.owner.asynchronous
         try:
             self._prepare_sinks(record, tasks)

@@ -105,6 +105,9 @@ class Task:
             else None
         self.global_tables = global_tables or {}
         self.records_since_checkpoint = 0
+        # Whether the task sent output outside any record since the last checkpoint
+        # began (the marker of its input going idle): only a checkpoint commits it.
+        self.sent_without_records = False
         self.completed = CompletedCheckpoint(0, None, None)
         # The manifest of a checkpoint persisted but not (yet known to be) committed:
         # if its commit's outcome was ambiguous, Kafka's committed offset decides.
@@ -159,7 +162,7 @@ class Task:
         self.attempted_manifest = None
         for task_input in self.inputs:
             task_input.restart(completed.offset_of(task_input.topic, self.topic))
-        self.records_since_checkpoint = 0
+        self.checkpoint_began()
         self._produce = produce
         self.replay_until = replay_until
         self._build_chain(MUTED if replay_until is not None else produce)
@@ -312,6 +315,7 @@ class Task:
         log.info("%s had no input for %.0fs: idle, the tasks it feeds go on without its watermark",
                  self.id, layout.idle_timeout_s)
         self._ctx.went_idle()
+        self.sent_without_records = True
 
     def _inputs_idle(self, now: float) -> None:
         if self.group is None or self.time is None or self._ctx is None:
@@ -423,6 +427,11 @@ class Task:
         """The task's event-time watermark (None: the task is not on event time)."""
         return self._ctx.clock.watermark if self.time is not None and self._ctx is not None else None
 
+    def checkpoint_began(self) -> None:
+        """What the task does from here on belongs to the next checkpoint."""
+        self.records_since_checkpoint = 0
+        self.sent_without_records = False
+
     @property
     def changed(self) -> bool:
         """Whether the next checkpoint must cover this task. Not while it replays: its
@@ -430,8 +439,9 @@ class Task:
         restored from a savepoint is covered once even if it read nothing, so its
         committed offset records that it descends from the savepoint. A task whose sink
         holds work (say, a commit it could not make after its checkpoint completed) is
-        covered too, so that the next checkpoint settles it."""
-        return ((self.records_since_checkpoint > 0 or self.completed.uncommitted
+        covered too, so that the next checkpoint settles it; so is one that sent output
+        with no record, which nothing but a checkpoint commits."""
+        return ((self.records_since_checkpoint > 0 or self.sent_without_records or self.completed.uncommitted
                  or (self.state is not None and self.state.store is not None and self.state.changed_since_snapshot())
                  or any(sink.pending for sink in self.sinks.values()))
                 and self.replay_until is None)
