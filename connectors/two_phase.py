@@ -28,7 +28,8 @@ moves between workers, and its next owner must resolve what its last one prepare
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -95,7 +96,9 @@ class TwoPhaseCommitSink(Protocol):
 
     def prepare(self, checkpoint_id: int) -> None: ...
 
-    def commit(self, checkpoint_id: int) -> None: ...
+    def commit(self, checkpoint_id: int, deadline: CommitDeadline) -> None:
+        """Retries while `deadline.remaining(...)` is above 0, then keeps the commit
+        pending; never raises for a target it cannot reach."""
 
     def abort(self) -> None: ...
 
@@ -109,6 +112,32 @@ class TwoPhaseCommitSink(Protocol):
     def close(self) -> None:
         """Ends the sink, dropping unprepared writes; what it prepared is left to the
         task's next `recover` (whether its checkpoint committed may be unknown)."""
+
+
+class CommitDeadline:
+    """When the sinks of one checkpoint stop retrying their commits: set by the first
+    that has to retry, from its own `commit_timeout`. A database that is down then holds
+    the loop up once per checkpoint, not once per task and sink; a sink that gives up
+    keeps its commit pending for the task's next recovery."""
+
+    def __init__(self) -> None:
+        self._at: float | None = None
+
+    def remaining(self, timeout_s: float) -> float:
+        """Seconds left to retry (none once the deadline passed), starting the deadline
+        `timeout_s` from now if no sink started it yet."""
+        now = time.monotonic()
+        if self._at is None:
+            self._at = now + timeout_s
+        return max(0.0, self._at - now)
+
+
+def commit_prepared(sinks: Iterable[TwoPhaseCommitSink], checkpoint_id: int) -> None:
+    """Once checkpoint n is complete: every sink of its tasks commits what it prepared,
+    all by one deadline."""
+    deadline = CommitDeadline()
+    for sink in sinks:
+        sink.commit(checkpoint_id, deadline)
 
 
 @runtime_checkable

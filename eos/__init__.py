@@ -48,6 +48,7 @@ _EXPORTS = {
     "TransactionalSink": "connectors.two_phase",
     "TwoPhaseCommitSink": "connectors.two_phase",
     "SinkContext": "connectors.two_phase",
+    "CommitDeadline": "connectors.two_phase",
     "PICKLE_CODEC": "statestore.codecs",
 }
 

@@ -33,7 +33,7 @@ class RecordingSink:
         if self.fail_prepare is not None:
             raise self.fail_prepare
 
-    def commit(self, checkpoint_id: int) -> None:
+    def commit(self, checkpoint_id: int, deadline) -> None:
         self.calls.append((self.name, "commit", checkpoint_id))
         self.pending = False
 

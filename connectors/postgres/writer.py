@@ -31,7 +31,7 @@ from psycopg import sql
 from connectors.postgres.errors import describe, row_fault
 from connectors.postgres.ownership import claim, record_progress, resolve
 from connectors.postgres.table import UPSERT, TableShape, copy_sql, delete_sql, insert_sql, upsert_sql
-from connectors.two_phase import SinkContext
+from connectors.two_phase import CommitDeadline, SinkContext
 from eos.errors import RecordError, SinkUnavailableError
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,13 @@ class PostgresWriter:
             self._rollback()
             raise
 
-    def commit(self, checkpoint_id: int) -> None:
+    def commit(self, checkpoint_id: int, deadline: CommitDeadline) -> None:
         """After the Kafka commit: the checkpoint is complete whatever happens here, so a
         failure is kept for the task's next recovery rather than raised."""
         name = self.prepared
         if name is None:
             self.committed = checkpoint_id
             return
-        deadline = time.monotonic() + self.settings.commit_timeout_s
         for delay in _backoff():
             try:
                 self._outside_epoch().execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(name)))
@@ -162,13 +161,16 @@ class PostgresWriter:
                 break
             except psycopg.Error as exc:
                 self._drop_settling()
-                if time.monotonic() + delay > deadline:
+                remaining = deadline.remaining(self.settings.commit_timeout_s)
+                if remaining <= 0:
                     self.broken = SinkUnavailableError(
                         f"{self.where}: checkpoint {checkpoint_id} completed, but its prepared transaction {name!r} "
-                        f"could not be committed within {self.settings.commit_timeout_s:g}s: {describe(exc)}; the "
-                        "task's recovery commits it")
+                        f"could not be committed within the checkpoint's commit timeout "
+                        f"({self.settings.commit_timeout_s:g}s from its sinks' first failed commit): {describe(exc)}; "
+                        "the task's recovery commits it")
                     log.error("%s", self.broken)
                     return
+                delay = min(delay, remaining)
                 log.warning("%s: committing %r after checkpoint %d completed failed (%s); retrying in %.1fs",
                             self.where, name, checkpoint_id, describe(exc), delay)
                 self.sleep(delay)

@@ -61,6 +61,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from connectors.transactions import DONE, Kind, Outcome, OutputOwner, verdict
+from connectors.two_phase import commit_prepared
 from eos.errors import (
     CheckpointTimeoutError,
     EosError,
@@ -405,9 +406,7 @@ class CheckpointCoordinator:
         cannot keeps it pending, and its task's next recovery commits it)."""
         if record.sink_writes:
             self.faults.hit("after_kafka_commit")
-        for task in tasks:
-            for sink in task.sinks.values():
-                sink.commit(record.checkpoint_id)
+        commit_prepared((sink for task in tasks for sink in task.sinks.values()), record.checkpoint_id)
         if record.sink_writes:
             record.step_done("sink commit")
 
