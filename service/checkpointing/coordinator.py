@@ -501,17 +501,17 @@ class CheckpointCoordinator:
     def _retain(self, record: CheckpointRecord, stateful: list[Task], manifests: dict[str, Manifest]) -> None:
         """After the commit: older local snapshot copies go, and each task's retention
         deletes what no retained checkpoint lists. Tasks' deletions are independent
-        (separate prefixes); each task's finish before its next upload, which may
-        re-create a file it deletes."""
-        calls = []
-        for task in stateful:
-            manifest = manifests[task.id]
-            task.state.directory.prune_snapshots(keep={manifest.snapshot})
-            calls.append(partial(self.manager.retention[(task.topic, task.partition)].completed, manifest))
+        (separate directories and prefixes) and run at once; each task's finish before
+        its next upload, which may re-create a file it deletes."""
+        calls = [partial(self._retain_task, task, manifests[task.id]) for task in stateful]
         for future in [self.pool.submit(call) for call in calls]:
             if future.exception() is not None:
                 log.warning("retention after checkpoint %d failed: %s", record.checkpoint_id, future.exception())
         record.step_done("retention")
+
+    def _retain_task(self, task: Task, manifest: Manifest) -> None:
+        task.state.directory.prune_snapshots(keep={manifest.snapshot})
+        self.manager.retention[(task.topic, task.partition)].completed(manifest)
 
     def _mid_manifest_fault(self, task: Task):
         """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind
