@@ -15,7 +15,7 @@ import pytest
 
 from service.checkpointing.faults import PHASES, SINK_PHASES
 from tests.harness.kafka import group_members
-from tests.harness.savepoints import start_controlled
+from tests.harness.savepoints import committed_offsets, start_controlled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
 
@@ -54,6 +54,12 @@ def test_sigkill_at_random_moments_with_s3_checkpoint_storage(bootstrap, tmp_pat
     scenario = RunningSum(bootstrap, tmp_path, records=10_000, storage=f"s3://{s3_server.bucket}/{tmp_path.name}",
                           spec_overrides={"env": s3_server.env()})
     _random_kills(scenario, kills=6, seed=29, machines=2)
+    # The random kills may all land before the keyed stage's first checkpoint: one more
+    # worker runs until every keyed task committed a snapshot, so the final one has
+    # state in S3 to download.
+    keeper = scenario.start_worker(state_dir=tmp_path / "state-0")
+    wait_for(lambda: _keyed_state_committed(scenario), 90, 0.5, "a committed snapshot of every keyed task")
+    keeper.kill()
     final = scenario.start_worker(state_dir=tmp_path / "state-new-machine")
     wait_for(lambda: "assigned" in final.log_text() or not final.alive(), 90, 0.5, "the final worker's tasks")
     scenario.wait_complete(final)
@@ -64,6 +70,15 @@ def test_sigkill_at_random_moments_with_s3_checkpoint_storage(bootstrap, tmp_pat
     log = final.log_path.read_text()
     downloads = re.findall(r"from checkpoint \d+ .*: \d+ files, 0 reused locally, ([1-9]\d*) downloaded", log)
     assert downloads, "the final worker, on a new machine, downloaded nothing from S3"
+
+
+def _keyed_state_committed(scenario: RunningSum) -> bool:
+    """Every task of the keyed stage has a committed offset whose metadata
+    (`eos1:{checkpoint}:{snapshot}`) names a snapshot."""
+    topic = f"{scenario.group}-by-user-repartition"
+    committed = committed_offsets(scenario.bootstrap, scenario.group, topic, scenario.partitions)
+    return all(offset >= 0 and (metadata or "").split(":")[2:3] not in ([], ["-"])
+               for offset, metadata in committed.values())
 
 
 def test_oracle_catches_at_least_once_under_the_same_kills(bootstrap, tmp_path):
