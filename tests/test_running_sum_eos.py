@@ -77,8 +77,12 @@ def _keyed_state_committed(scenario: RunningSum) -> bool:
     (`eos1:{checkpoint}:{snapshot}`) names a snapshot."""
     topic = f"{scenario.group}-by-user-repartition"
     committed = committed_offsets(scenario.bootstrap, scenario.group, topic, scenario.partitions)
-    return all(offset >= 0 and (metadata or "").split(":")[2:3] not in ([], ["-"])
-               for offset, metadata in committed.values())
+    return all(offset >= 0 and _snapshot_named(metadata) for offset, metadata in committed.values())
+
+
+def _snapshot_named(metadata: str | None) -> bool:
+    parts = (metadata or "").split(":")
+    return len(parts) > 2 and parts[2] != "-"
 
 
 def test_oracle_catches_at_least_once_under_the_same_kills(bootstrap, tmp_path):
