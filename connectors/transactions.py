@@ -39,7 +39,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -684,8 +683,24 @@ def _purge(producer: Any) -> None:
 
 
 def _together(calls: list[Callable[[], Outcome | None]]) -> list[Outcome | None]:
-    """Runs the calls at once and returns their outcomes in order (an exception is
-    raised here once all have returned)."""
-    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="kafka-init_transactions") as pool:
-        futures = [pool.submit(call) for call in calls]
-    return [future.result() for future in futures]
+    """Runs the calls at once, the first on this thread, and returns their outcomes in
+    order (an exception is raised here once all have returned)."""
+    results: list[Outcome | BaseException | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread below
+            results[index] = exc
+
+    helpers = [threading.Thread(target=run, args=(index,), name="kafka-init_transactions", daemon=True)
+               for index in range(1, len(calls))]
+    for helper in helpers:
+        helper.start()
+    run(0)
+    for helper in helpers:
+        helper.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]

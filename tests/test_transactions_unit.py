@@ -377,12 +377,7 @@ def test_the_ids_of_the_pool_are_initialised_together_not_one_after_another():
     first, second = threading.Event(), threading.Event()
     harness = PoolHarness()
     made = iter([WaitsForTheOtherInit(first, second), WaitsForTheOtherInit(second, first)])
-
-    def make(config: dict) -> FakeProducer:
-        harness.producers.append(next(made))
-        return harness.producers[-1]
-
-    harness.owner.producer_factory = make
+    harness.owner.producer_factory = lambda config: harness.producers.append(next(made)) or harness.producers[-1]
     assert harness.owner.start() == DONE
     assert harness.slept == [], "an id's init waited for the other's to end"
     assert [p.calls for p in harness.producers] == [["init_transactions", "begin_transaction"], ["init_transactions"]]
