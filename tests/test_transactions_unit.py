@@ -368,8 +368,8 @@ class WaitsForTheOtherInit(FakeProducer):
 
     def init_transactions(self, timeout: float) -> None:
         self.began.set()
-        if not self.other.wait(5):  # one after the other: fail for good rather than retry for ever
-            raise KafkaException(NOT_AUTHORISED)
+        if not self.other.wait(5):
+            raise KafkaException(_err(KafkaError._TIMED_OUT, retriable=True))
         super().init_transactions(timeout)
 
 
