@@ -34,7 +34,6 @@ in order: n+1's first records are held until n's producer has delivered all of i
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import threading
 import time
@@ -482,58 +481,41 @@ class TransactionOwner:
 
     def _open(self) -> Outcome:
         """New producers, their transactional ids initialised (which aborts whatever the
-        ids left open), a transaction begun on the first. The ids are initialised all at
-        once: while the coordinator ends an id's open transaction it answers
-        CONCURRENT_TRANSACTIONS, and librdkafka asks again only 0.5 s later, so each id
-        after another added that wait to every replacement. While the cluster cannot be
+        ids left open), a transaction begun on the first. While the cluster cannot be
         reached it waits, with backoff, rather than give up."""
-        producers = [self.producer_factory({**self._config, "transactional.id": member.transactional_id,
-                                            "on_delivery": member.failures.on_delivery})
-                     for member in self._members]
-        given_up = threading.Event()
-        with self.waits.waiting("init_transactions"):
-            outcomes = _together([
-                functools.partial(self._initialise, member, producer, index == 0, given_up)
-                for index, (member, producer) in enumerate(zip(self._members, producers))])
-        failed = next((outcome for outcome in outcomes if outcome is not None and not outcome.committed), None)
-        if failed is not None:
-            for producer in producers:
-                _purge(producer)
-            self._discard()
-            return failed
-        for member, producer in zip(self._members, producers):
-            member.producer, member.produce = producer, make_produce(producer)
+        for index, member in enumerate(self._members):
+            outcome = self._open_member(member, begin=index == 0)
+            if not outcome.committed:
+                self._discard()
+                return outcome
         self._open_at, self._closed_at, self._closed_metadata = 0, None, None
         self._next_begun = False
         self._routed.route(self._members[0].produce)
         return DONE
 
-    def _initialise(self, member: _Member, producer: Any, begin: bool, given_up: threading.Event) -> Outcome | None:
-        """One id's `init_transactions` (and the first transaction's begin), retried
-        until it succeeds or fails for good; None once another id failed for good
-        (`given_up`) first."""
-        for delay in backoff_delays():
-            try:
-                producer.init_transactions(self.call_timeout_s)
-                if begin:
-                    producer.begin_transaction()
-                return DONE
-            except KafkaException as exc:
-                err = error_of(exc)
-                cause = cause_of(err)
-                if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
-                    given_up.set()
-                    return Outcome(Kind.FATAL, f"cannot initialise transactional id {member.transactional_id!r}: "
-                                               f"{describe(err)}")
-                if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
-                    given_up.set()
-                    return Outcome(Kind.REPLACED, f"initialising {member.transactional_id!r} was refused: {holder}")
-                if given_up.is_set():
-                    return None
-                log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
-                            "retrying in %.1fs", member.transactional_id, describe(err), delay)
-                self.sleep(delay)
-        raise AssertionError("backoff_delays never ends")
+    def _open_member(self, member: _Member, begin: bool) -> Outcome:
+        producer = self.producer_factory({**self._config, "transactional.id": member.transactional_id,
+                                          "on_delivery": member.failures.on_delivery})
+        with self.waits.waiting("init_transactions"):
+            for delay in backoff_delays():
+                try:
+                    producer.init_transactions(self.call_timeout_s)
+                    if begin:
+                        producer.begin_transaction()
+                    break
+                except KafkaException as exc:
+                    err = error_of(exc)
+                    cause = cause_of(err)
+                    if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
+                        return Outcome(Kind.FATAL, f"cannot initialise transactional id {member.transactional_id!r}: "
+                                                   f"{describe(err)}")
+                    if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
+                        return Outcome(Kind.REPLACED, f"initialising {member.transactional_id!r} was refused: {holder}")
+                    log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
+                                "retrying in %.1fs", member.transactional_id, describe(err), delay)
+                    self.sleep(delay)
+        member.producer, member.produce = producer, make_produce(producer)
+        return DONE
 
     def _discard(self) -> None:
         """Drops the producers; what they still queue belonged to abandoned transactions."""
@@ -542,7 +524,10 @@ class TransactionOwner:
                 producer, member.producer, member.produce = member.producer, None, None
                 member.failures.take()
                 if producer is not None:
-                    _purge(producer)
+                    try:
+                        producer.purge()
+                    except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
+                        pass
             self._closed_at, self._closed_metadata = None, None
             self._closed_epoch += 1
             self._held = None  # the open transaction's records, thrown away with it
@@ -672,35 +657,3 @@ class AtLeastOnceOwner:
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.flush(self.call_timeout_s)
-
-
-def _purge(producer: Any) -> None:
-    """Drops what a producer being given up still queues."""
-    try:
-        producer.purge()
-    except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
-        pass
-
-
-def _together(calls: list[Callable[[], Outcome | None]]) -> list[Outcome | None]:
-    """Runs the calls at once, the first on this thread, and returns their outcomes in
-    order (an exception is raised here once all have returned)."""
-    results: list[Outcome | BaseException | None] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        try:
-            results[index] = calls[index]()
-        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread below
-            results[index] = exc
-
-    helpers = [threading.Thread(target=run, args=(index,), name="kafka-init_transactions", daemon=True)
-               for index in range(1, len(calls))]
-    for helper in helpers:
-        helper.start()
-    run(0)
-    for helper in helpers:
-        helper.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
