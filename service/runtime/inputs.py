@@ -85,9 +85,6 @@ class PartitionGroup:
         self.ends = ends
         self.max_idle_s = max_idle_s
         self.hold, self.release = hold, release
-        # While set (a savepoint drains), an empty input never holds the others back:
-        # its records are after the savepoint anyway.
-        self.draining = False
 
     def receive(self, task_input: TaskInput, msgs: list) -> None:
         buffer = task_input.buffer
@@ -111,11 +108,11 @@ class PartitionGroup:
                 ts = buffer[0][0]
                 if best is None or ts < best_ts or (ts == best_ts and task_input.priority < best.priority):
                     best, best_ts = task_input, ts
-            elif not self.draining:
-                if now is None:
-                    now = time.monotonic()
-                if not self._nothing_earlier(task_input, now):
-                    return None
+                continue
+            if now is None:
+                now = time.monotonic()
+            if not self._nothing_earlier(task_input, now):
+                return None
         if best is None:
             # Caught up on every input: the next record starts a wait of its own.
             for task_input in self.inputs:

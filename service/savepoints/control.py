@@ -6,7 +6,12 @@ the client (`eos savepoint trigger|stop`) tells them:
   begin     pause the source partitions, commit a checkpoint of everything so far
   (drain)   keep reading repartition topics and committing until every repartition
             partition is read to its end (its last stable offset) and nothing is
-            uncommitted; the worker reports `idle` and a progress token
+            uncommitted; the worker reports `idle` and a progress token. A task of
+            several inputs keeps its timestamp order throughout: what it buffered from
+            a held source stays unprocessed (it lies past the task's committed
+            offsets, so the job reads it again after the savepoint), and a task that
+            also reads a repartition topic has its sources held only once that input
+            is drained, since the records it drains may need theirs first
   write     (once the client saw every worker idle twice with unchanged progress)
             write each task's position and state into the savepoint directory
   finish    `trigger`: resume the sources; `stop`: exit 0
@@ -120,8 +125,8 @@ class SavepointOperation:
     def begin(self, checkpoint: Checkpoint) -> None:
         manager = self.control.manager
         self._assignment = {key: id(task) for key, task in manager.tasks.items()}
-        self._paused = [i.key for t in manager.tasks.values() for i in t.inputs if not i.spec.repartition]
-        self._pause()
+        tasks = list(manager.tasks.values())
+        self._hold_sources(tasks, self._undrained(tasks))
         log.info("savepoint %s (%s): sources paused (%d partitions), draining", self.id, self.mode,
                  len(self._paused))
         self._checkpoint(checkpoint)
@@ -138,11 +143,12 @@ class SavepointOperation:
             return
         self._next_check = now + CHECK_EVERY_S
         self._check_assignment()
-        self._pause()  # a rewind may have re-assigned a partition, which resumes it
         tasks = list(self.control.manager.tasks.values())
+        undrained = self._undrained(tasks)
+        self._hold_sources(tasks, undrained)
         if any(t.changed for t in tasks):
             self._checkpoint(checkpoint)
-        self.idle = not any(t.changed for t in tasks) and self._repartition_drained(tasks)
+        self.idle = not any(t.changed for t in tasks) and not undrained
         self.progress = _progress_token(tasks)
 
     def request_write(self) -> None:
@@ -150,7 +156,7 @@ class SavepointOperation:
             raise SavepointError(f"savepoint {self.id} is {self.phase}, not draining")
         self._check_assignment()
         tasks = list(self.control.manager.tasks.values())
-        if any(t.changed for t in tasks) or not self._repartition_drained(tasks):
+        if any(t.changed for t in tasks) or self._undrained(tasks):
             raise SavepointError(f"worker {self.control.worker_id} is not drained yet; ask again once it "
                                  "reports idle")
         self.phase = WRITING
@@ -194,52 +200,53 @@ class SavepointOperation:
             raise SavepointError("the group rebalanced while the savepoint was being taken (partitions "
                                  "moved between workers); take it again")
 
-    def _pause(self) -> None:
-        """Holds the sources; tasks of several inputs run what they buffered without
-        waiting for the held inputs, whose records come after the savepoint anyway."""
-        manager = self.control.manager
-        if self._paused:
-            manager.source.hold(self._paused, SAVEPOINT_HOLD)
-        for task in manager.tasks.values():
-            if task.group is not None:
-                task.group.draining = True
+    def _hold_sources(self, tasks: list[Any], undrained: set[str]) -> None:
+        """Holds the source partitions of every task whose repartition inputs are drained
+        (all of them, for a task that reads none), and releases those of a task whose
+        repartition input brought more since: its records may be earlier than what the
+        sources still hold. Holding again each step also pauses a partition a rewind
+        re-assigned."""
+        held = [i.key for t in tasks if t.id not in undrained for i in t.inputs if not i.spec.repartition]
+        source = self.control.manager.source
+        freed = list(set(self._paused) - set(held))
+        if freed:
+            source.release(freed, SAVEPOINT_HOLD)
+        if held:
+            source.hold(held, SAVEPOINT_HOLD)
+        self._paused = held
 
     def _resume(self) -> None:
-        manager = self.control.manager
-        for task in manager.tasks.values():
-            if task.group is not None:
-                task.group.draining = False
         if not self._paused:
             return
-        routes = manager.routes
+        routes = self.control.manager.routes
         try:
-            manager.source.release([key for key in self._paused if key in routes], SAVEPOINT_HOLD)
+            self.control.manager.source.release([key for key in self._paused if key in routes], SAVEPOINT_HOLD)
         except KafkaException as exc:
             log.warning("resuming source partitions after savepoint %s: %s", self.id, exc)
         self._paused = []
 
-    def _repartition_drained(self, tasks: list[Any]) -> bool:
-        """Every repartition partition of this worker read to the end of its log (the
-        consumer's position counts the transaction markers it skipped). Not to the last
-        stable offset: right after the upstream commit it may not yet pass the records
-        that commit made visible."""
-        if any(t.group is not None and t.group.buffered() for t in tasks):
-            return False
-        repartition = [i for t in tasks for i in t.inputs if i.spec.repartition]
-        if not repartition:
-            return True
-        partitions = [TopicPartition(i.topic, i.partition) for i in repartition]
+    def _undrained(self, tasks: list[Any]) -> set[str]:
+        """The tasks with a repartition input not yet drained: records of it buffered, or
+        its partition not read to the end of its log (the consumer's position counts the
+        transaction markers it skipped). Not to the last stable offset: right after the
+        upstream commit it may not yet pass the records that commit made visible."""
+        repartition = [(t, i) for t in tasks for i in t.inputs if i.spec.repartition]
+        undrained = {t.id for t, i in repartition if i.buffer}
+        reading = [(t, i) for t, i in repartition if t.id not in undrained]
+        if not reading:
+            return undrained
+        partitions = [TopicPartition(i.topic, i.partition) for _, i in reading]
         positions = self.control.consumer.position(partitions)
         ends = self.control.offsets.written_ends(partitions)
         starts = None
-        for task_input, position in zip(repartition, positions):
+        for (task, task_input), position in zip(reading, positions):
             at = max(position.offset, task_input.next_offset if task_input.next_offset is not None else -1)
             if at < 0:  # never read: drained only if there is nothing to read
                 starts = starts or self.control.offsets.starts(partitions)
                 at = starts[task_input.key]
             if at < ends[task_input.key]:
-                return False
-        return True
+                undrained.add(task.id)
+        return undrained
 
     def _write(self) -> None:
         control = self.control
