@@ -18,6 +18,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.kafka_source import KafkaSource, OutOfRange, consumer_config
+from connectors.offsets import ClusterOffsets
+from service.monitoring.metrics import WorkerMetrics
+from service.runtime.missing_input import SKIP_TO_EARLIEST, MissingInput
 from tests.harness.kafka import produce, read_all, unique_name
 from tests.harness.ports import free_port
 from tests.harness.scenario import RunningSum
@@ -129,3 +132,25 @@ def _scrape(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.read().decode()
+
+
+def test_a_gap_found_again_is_counted_once(bootstrap, new_topic):
+    """A task restored twice before its next checkpoint (a rebalance right after its
+    assignment, a rewind) finds the same gap from the same committed offset again, and a
+    consumer may report a position the restore had already skipped: each decision is
+    logged, but the records that are gone are counted once."""
+    topic = new_topic("gone", partitions=1)
+    produce(bootstrap, topic, ((None, b"x") for _ in range(100)))
+    _delete_before(bootstrap, topic, {0: 60})
+    config = consumer_config(bootstrap, unique_name("group"), "job-w1#1", session_timeout_ms=6000,
+                             max_poll_interval_ms=300_000, static_membership=False, worker_id="w1", extra={})
+    metrics = WorkerMetrics("job", "w1")
+    missing = MissingInput(SKIP_TO_EARLIEST, ClusterOffsets(config), metrics)
+    assert missing.read_from({(topic, 0): 10}) == {(topic, 0): 60}
+    assert missing.read_from({(topic, 0): 10}) == {(topic, 0): 60}
+    assert missing.out_of_range(topic, 0, 10) == 60
+    counted = {"job": "job", "worker": "w1", "topic": topic}
+    assert metrics.registry.get_sample_value("eos_input_records_missing_total", counted) == 50
+    _delete_before(bootstrap, topic, {0: 80})
+    assert missing.read_from({(topic, 0): 10}) == {(topic, 0): 80}
+    assert metrics.registry.get_sample_value("eos_input_records_missing_total", counted) == 70

@@ -278,9 +278,16 @@ class ProcessingLoop:
         """Records were deleted ahead of a task while it read (the consumer's fetch
         position is gone; what it fetched before is in this batch or was in an earlier
         one): the policy stops the worker, or the task reads on from the earliest offset
-        left."""
-        if (gone.topic, gone.partition) not in self.manager.routes:
+        left. A position behind the task's next offset is not where it reads (the
+        report was queued before a restart placed the task): seeking back to the
+        earliest offset would run records the task has run already."""
+        key = (gone.topic, gone.partition)
+        if key not in self.manager.routes:
             return  # revoked meanwhile: its next owner finds the gap itself
+        reading_at = self.manager.positions().get(key)
+        if reading_at is not None and gone.offset < reading_at:
+            log.info("ignored deleted position %d of %s: its task reads on from %d", gone.offset, key, reading_at)
+            return
         earliest = self.missing_input.out_of_range(gone.topic, gone.partition, gone.offset)
         self.source.seek(TopicPartition(gone.topic, gone.partition, earliest))
 

@@ -11,7 +11,9 @@ starts and ends. What follows is the `--on-missing-input` policy:
   skip-to-earliest  read on from the earliest offset left, with the same facts logged
                     at WARNING for each partition
 
-Either way the records that are gone are counted in `eos_input_records_missing_total`.
+Either way the records that are gone are counted in `eos_input_records_missing_total`,
+each once: a task restored again before its next checkpoint finds the same gap from the
+same committed offset, and is told so again, but the count does not grow.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class MissingInput:
         self.policy = policy
         self.offsets = offsets
         self.metrics = metrics
+        # Per partition, the offset up to which its missing records are counted.
+        self._counted_to: dict[tuple[str, int], int] = {}
 
     def read_from(self, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """Where to read each partition from, given where its task is to read on: the
@@ -86,10 +90,17 @@ class MissingInput:
                                self.offsets.ends(tp)[(topic, partition)]))
 
     def decide(self, gap: Gap) -> int:
-        self.metrics.labels(self.metrics.input_records_missing, topic=gap.topic).inc(gap.missing)
+        self._count(gap)
         if self.policy == FAIL:
             raise MissingInputError(f"{gap.describe()}. The worker stops rather than skip them; to go on from "
                                     f"offset {gap.earliest}, run with --on-missing-input {SKIP_TO_EARLIEST}")
         log.warning("%s; skipping to offset %d (--on-missing-input %s)", gap.describe(), gap.earliest,
                     SKIP_TO_EARLIEST)
         return gap.earliest
+
+    def _count(self, gap: Gap) -> None:
+        key = (gap.topic, gap.partition)
+        counted_to = self._counted_to.get(key, gap.position)
+        fresh = max(0, gap.earliest - max(gap.position, counted_to))
+        self._counted_to[key] = max(counted_to, gap.earliest)
+        self.metrics.labels(self.metrics.input_records_missing, topic=gap.topic).inc(fresh)
