@@ -34,10 +34,12 @@ in order: n+1's first records are held until n's producer has delivered all of i
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -481,41 +483,58 @@ class TransactionOwner:
 
     def _open(self) -> Outcome:
         """New producers, their transactional ids initialised (which aborts whatever the
-        ids left open), a transaction begun on the first. While the cluster cannot be
+        ids left open), a transaction begun on the first. The ids are initialised all at
+        once: while the coordinator ends an id's open transaction it answers
+        CONCURRENT_TRANSACTIONS, and librdkafka asks again only 0.5 s later, so each id
+        after another added that wait to every replacement. While the cluster cannot be
         reached it waits, with backoff, rather than give up."""
-        for index, member in enumerate(self._members):
-            outcome = self._open_member(member, begin=index == 0)
-            if not outcome.committed:
-                self._discard()
-                return outcome
+        producers = [self.producer_factory({**self._config, "transactional.id": member.transactional_id,
+                                            "on_delivery": member.failures.on_delivery})
+                     for member in self._members]
+        given_up = threading.Event()
+        with self.waits.waiting("init_transactions"):
+            outcomes = _together([
+                functools.partial(self._initialise, member, producer, index == 0, given_up)
+                for index, (member, producer) in enumerate(zip(self._members, producers))])
+        failed = next((outcome for outcome in outcomes if outcome is not None and not outcome.committed), None)
+        if failed is not None:
+            for producer in producers:
+                _purge(producer)
+            self._discard()
+            return failed
+        for member, producer in zip(self._members, producers):
+            member.producer, member.produce = producer, make_produce(producer)
         self._open_at, self._closed_at, self._closed_metadata = 0, None, None
         self._next_begun = False
         self._routed.route(self._members[0].produce)
         return DONE
 
-    def _open_member(self, member: _Member, begin: bool) -> Outcome:
-        producer = self.producer_factory({**self._config, "transactional.id": member.transactional_id,
-                                          "on_delivery": member.failures.on_delivery})
-        with self.waits.waiting("init_transactions"):
-            for delay in backoff_delays():
-                try:
-                    producer.init_transactions(self.call_timeout_s)
-                    if begin:
-                        producer.begin_transaction()
-                    break
-                except KafkaException as exc:
-                    err = error_of(exc)
-                    cause = cause_of(err)
-                    if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
-                        return Outcome(Kind.FATAL, f"cannot initialise transactional id {member.transactional_id!r}: "
-                                                   f"{describe(err)}")
-                    if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
-                        return Outcome(Kind.REPLACED, f"initialising {member.transactional_id!r} was refused: {holder}")
-                    log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
-                                "retrying in %.1fs", member.transactional_id, describe(err), delay)
-                    self.sleep(delay)
-        member.producer, member.produce = producer, make_produce(producer)
-        return DONE
+    def _initialise(self, member: _Member, producer: Any, begin: bool, given_up: threading.Event) -> Outcome | None:
+        """One id's `init_transactions` (and the first transaction's begin), retried
+        until it succeeds or fails for good; None once another id failed for good
+        (`given_up`) first."""
+        for delay in backoff_delays():
+            try:
+                producer.init_transactions(self.call_timeout_s)
+                if begin:
+                    producer.begin_transaction()
+                return DONE
+            except KafkaException as exc:
+                err = error_of(exc)
+                cause = cause_of(err)
+                if cause in (Cause.REFUSED, Cause.CLIENT_FATAL):
+                    given_up.set()
+                    return Outcome(Kind.FATAL, f"cannot initialise transactional id {member.transactional_id!r}: "
+                                               f"{describe(err)}")
+                if cause is Cause.FENCED and (holder := self.slot_holder()) is not None:
+                    given_up.set()
+                    return Outcome(Kind.REPLACED, f"initialising {member.transactional_id!r} was refused: {holder}")
+                if given_up.is_set():
+                    return None
+                log.warning("waiting for the Kafka cluster to initialise transactions for %r (%s); "
+                            "retrying in %.1fs", member.transactional_id, describe(err), delay)
+                self.sleep(delay)
+        raise AssertionError("backoff_delays never ends")
 
     def _discard(self) -> None:
         """Drops the producers; what they still queue belonged to abandoned transactions."""
@@ -524,10 +543,7 @@ class TransactionOwner:
                 producer, member.producer, member.produce = member.producer, None, None
                 member.failures.take()
                 if producer is not None:
-                    try:
-                        producer.purge()
-                    except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
-                        pass
+                    _purge(producer)
             self._closed_at, self._closed_metadata = None, None
             self._closed_epoch += 1
             self._held = None  # the open transaction's records, thrown away with it
@@ -657,3 +673,19 @@ class AtLeastOnceOwner:
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.flush(self.call_timeout_s)
+
+
+def _purge(producer: Any) -> None:
+    """Drops what a producer being given up still queues."""
+    try:
+        producer.purge()
+    except Exception:  # noqa: BLE001 - a failed producer is being discarded anyway
+        pass
+
+
+def _together(calls: list[Callable[[], Outcome | None]]) -> list[Outcome | None]:
+    """Runs the calls at once and returns their outcomes in order (an exception is
+    raised here once all have returned)."""
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="kafka-init_transactions") as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]

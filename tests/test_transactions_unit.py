@@ -358,6 +358,45 @@ def test_start_initialises_every_id_of_the_pool_and_opens_one_transaction():
     assert harness.producers[1].calls == ["init_transactions"]
 
 
+class WaitsForTheOtherInit(FakeProducer):
+    """An init that returns only once the other id's init has begun, as one waits out
+    CONCURRENT_TRANSACTIONS while the coordinator ends its id's open transaction."""
+
+    def __init__(self, began: threading.Event, other: threading.Event) -> None:
+        super().__init__({})
+        self.began, self.other = began, other
+
+    def init_transactions(self, timeout: float) -> None:
+        self.began.set()
+        if not self.other.wait(5):  # one after the other: fail for good rather than retry for ever
+            raise KafkaException(NOT_AUTHORISED)
+        super().init_transactions(timeout)
+
+
+def test_the_ids_of_the_pool_are_initialised_together_not_one_after_another():
+    first, second = threading.Event(), threading.Event()
+    harness = PoolHarness()
+    made = iter([WaitsForTheOtherInit(first, second), WaitsForTheOtherInit(second, first)])
+
+    def make(config: dict) -> FakeProducer:
+        harness.producers.append(next(made))
+        return harness.producers[-1]
+
+    harness.owner.producer_factory = make
+    assert harness.owner.start() == DONE
+    assert harness.slept == [], "an id's init waited for the other's to end"
+    assert [p.calls for p in harness.producers] == [["init_transactions", "begin_transaction"], ["init_transactions"]]
+
+
+def test_an_id_refused_for_good_fails_the_start_and_drops_every_producer():
+    harness = PoolHarness({"init_transactions": [NOT_AUTHORISED]},
+                          {"init_transactions": [COORDINATOR_AWAY] * 3})
+    outcome = harness.owner.start()
+    assert outcome.kind is Kind.FATAL and "job-w1'" in outcome.reason
+    assert not harness.owner.started
+    assert all("purge" in p.calls for p in harness.producers)
+
+
 def test_closing_an_epoch_opens_the_next_on_the_other_producer_and_routes_output_there():
     harness = _pool({}, {})
     first, second = harness.producers
