@@ -221,59 +221,58 @@ def test_merged_streams_go_to_several_topics_each_with_its_own_serde(bootstrap, 
     assert {u: len(c) for u, c in counts.items()} == Counter(o["user"] for o in orders)
 
 
+class TotalsWithProfile:
+    """totals_with_profile.py over 300 profile changes of 30 users, then 3,000 orders fed
+    in chunks; the expected table is the final sum per user with its last profile."""
+
+    def __init__(self, bootstrap: str, tmp_path, seed: int, extra: tuple[str, ...] = ()) -> None:
+        rng = random.Random(seed)
+        self.profiles = [oracle.Event("users", f"u{u}", {"version": v}, oracle.base_time() + v)
+                         for v, u in enumerate(rng.randrange(30) for _ in range(300))]
+        self.orders = [{"id": i, "user": f"u{rng.randrange(30)}", "amount": rng.randrange(1, 50)}
+                       for i in range(3_000)]
+        self.run = JoinRun(bootstrap, tmp_path, "totals_with_profile.py", ["users", "orders"],
+                           partitions={"users": 3, "orders": 5}, extra=extra)
+
+    def feed(self, chunk: int) -> None:
+        self.run.feed(self.profiles, chunk=300, pause_s=0)
+        self.run.wait_fed()
+        self.run.feed([oracle.Event("orders", str(o["id"]), o, oracle.base_time() + 1_000 + o["id"])
+                       for o in self.orders], chunk=chunk, pause_s=0.3)
+
+    def finish_and_check(self) -> None:
+        self.run.wait_fed()
+        tables = oracle.final_tables(self.profiles)["users"]
+        sums = Counter()
+        for order in self.orders:
+            sums[order["user"]] += order["amount"]
+        expected = {user: {"sum": total, "version": tables.get(user, {}).get("version")}
+                    for user, total in sums.items()}
+        self.run.finish(lambda outputs: oracle.as_table(outputs) == expected, "the joined totals")
+        report = oracle.compare_tables(expected, oracle.as_table(self.run.outputs()))
+        assert report.ok, report.summary()
+
+
 def test_a_stream_aggregate_as_a_table_meets_a_table_from_a_topic_across_a_repartition(bootstrap, tmp_path):
     """Totals per user (repartitioned by user, kept as a table) joined with the users'
     profiles: the repartition topic takes the profiles' partitions and key serde."""
-    rng = random.Random(47)
-    profiles = [oracle.Event("users", f"u{u}", {"version": v}, oracle.base_time() + v)
-                for v, u in enumerate(rng.randrange(30) for _ in range(300))]
-    orders = [{"id": i, "user": f"u{rng.randrange(30)}", "amount": rng.randrange(1, 50)} for i in range(3_000)]
-    run = JoinRun(bootstrap, tmp_path, "totals_with_profile.py", ["users", "orders"],
-                  partitions={"users": 3, "orders": 5})
-    run.feed(profiles, chunk=300, pause_s=0)
-    run.wait_fed()
-    run.feed([oracle.Event("orders", str(o["id"]), o, oracle.base_time() + 1_000 + o["id"]) for o in orders],
-             chunk=300, pause_s=0.3)
-    run.kill_at_random(kills=2, seed=53)
-    run.wait_fed()
-    tables = oracle.final_tables(profiles)["users"]
-    sums = Counter()
-    for order in orders:
-        sums[order["user"]] += order["amount"]
-    expected = {user: {"sum": total, "version": tables.get(user, {}).get("version")} for user, total in sums.items()}
-    run.finish(lambda outputs: oracle.as_table(outputs) == expected, "the joined totals")
-    report = oracle.compare_tables(expected, oracle.as_table(run.outputs()))
-    assert report.ok, report.summary()
+    totals = TotalsWithProfile(bootstrap, tmp_path, seed=47)
+    totals.feed(chunk=300)
+    totals.run.kill_at_random(kills=2, seed=53)
+    totals.finish_and_check()
 
 
 def test_a_join_across_a_repartition_stops_with_a_savepoint_and_resumes_from_it(bootstrap, tmp_path):
     """The join task reads a repartition topic and the users topic: its users partition
     is held only once the repartition input is drained, so the savepoint completes while
     orders flow, and the totals resumed from it count every order once."""
-    rng = random.Random(73)
-    profiles = [oracle.Event("users", f"u{u}", {"version": v}, oracle.base_time() + v)
-                for v, u in enumerate(rng.randrange(30) for _ in range(300))]
-    orders = [{"id": i, "user": f"u{rng.randrange(30)}", "amount": rng.randrange(1, 50)} for i in range(3_000)]
     port = free_port()
-    run = JoinRun(bootstrap, tmp_path, "totals_with_profile.py", ["users", "orders"],
-                  partitions={"users": 3, "orders": 5}, extra=("--http-port", str(port)))
-    run.feed(profiles, chunk=300, pause_s=0)
-    run.wait_fed()
-    run.feed([oracle.Event("orders", str(o["id"]), o, oracle.base_time() + 1_000 + o["id"]) for o in orders],
-             chunk=150, pause_s=0.3)
-    worker = ControlledWorker(run.start_worker(), port).wait_ready()
-    wait_for(lambda: len(run.outputs()) >= 300, 90, 0.5, "the first totals")
-    location = stop_with_savepoint([worker], tmp_path / "savepoints")
-    run.extra = ["--from-savepoint", location]
-    run.wait_fed()
-    tables = oracle.final_tables(profiles)["users"]
-    sums = Counter()
-    for order in orders:
-        sums[order["user"]] += order["amount"]
-    expected = {user: {"sum": total, "version": tables.get(user, {}).get("version")} for user, total in sums.items()}
-    run.finish(lambda outputs: oracle.as_table(outputs) == expected, "the joined totals")
-    report = oracle.compare_tables(expected, oracle.as_table(run.outputs()))
-    assert report.ok, report.summary()
+    totals = TotalsWithProfile(bootstrap, tmp_path, seed=73, extra=("--http-port", str(port)))
+    totals.feed(chunk=150)
+    worker = ControlledWorker(totals.run.start_worker(), port).wait_ready()
+    wait_for(lambda: len(totals.run.outputs()) >= 300, 90, 0.5, "the first totals")
+    totals.run.extra = ["--from-savepoint", stop_with_savepoint([worker], tmp_path / "savepoints")]
+    totals.finish_and_check()
 
 
 def test_keys_placed_by_another_partitioner_are_refused_naming_the_record(bootstrap, tmp_path):
