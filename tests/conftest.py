@@ -2,7 +2,8 @@
 
 The broker belongs to the process that runs the session (pytest's controller when tests
 run in parallel with pytest-xdist): it is chosen and started once in `pytest_configure`,
-handed to every test process through SHARED_BOOTSTRAP_ENV, and stopped when the run ends.
+handed to every test process through SHARED_BOOTSTRAP_ENV, and stopped when the run ends
+(killed with the run's process if it ends by a signal, which skips the clean-up).
 No test stops it; tests that need a broker outage start a private one.
 """
 

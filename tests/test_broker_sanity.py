@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from tests.harness.kafka import produce, read_all, unique_name
+from tests.harness.worker_process import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -143,3 +144,39 @@ def test_offsets_commit_atomically_with_output_and_keep_their_metadata(bootstrap
     assert committed.metadata == "chk-2"
     assert [v for _, v in read_all(bootstrap, sink)] == [b"r%d" % i for i in range(10)]
     consumer.close()
+
+
+def test_a_test_runs_broker_dies_with_the_process_that_started_it(tmp_path):
+    """A test run stopped by a signal never reaches its clean-up: the broker it started
+    must not outlive it and hold its port for the next run."""
+    from tests.harness.ports import free_port
+
+    port, controller = free_port(), free_port()
+    owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from service.local_kafka import BrokerSettings, LocalBroker
+        broker = LocalBroker(BrokerSettings(port={port}, controller_port={controller}, data_dir={str(tmp_path)!r},
+                                            dies_with_owner=True))
+        broker.start()
+        print(broker.pid(), flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        broker_pid = int(owner.stdout.readline())
+    finally:
+        owner.kill()
+        owner.wait(30)
+    wait_for(lambda: not _alive(broker_pid), 30, 0.2, "the broker to die with its owner")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().split(") ", 1)[1][0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie is dead, only not yet reaped

@@ -10,6 +10,7 @@ wait out production-sized timeouts.
 from __future__ import annotations
 
 import base64
+import ctypes
 import logging
 import os
 import signal
@@ -63,12 +64,26 @@ class BrokerSettings:
     sasl_port: int | None = None
     scram_users: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
+    # The broker is killed when the process that started it ends, however it ends (a
+    # test run stopped by a signal never reaches its clean-up). `eos kafka start` leaves
+    # it off: that broker outlives the command by design.
+    dies_with_owner: bool = False
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else cache_root() / "kafka-data" / str(self.port)
 
     def resolved_controller_port(self) -> int:
         return self.controller_port or self.port + 1
+
+
+def _killed_with_parent() -> None:
+    """Runs in the broker's process before the JVM starts: the kernel sends it SIGKILL
+    when the thread that started it exits (PR_SET_PDEATHSIG)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _server_properties(settings: BrokerSettings, log_dir: Path) -> dict[str, str]:
@@ -205,6 +220,7 @@ class LocalBroker:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd=self.data_dir,
+                preexec_fn=_killed_with_parent if self.settings.dies_with_owner else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         if not self._wait_ready(proc.pid, timeout=READY_TIMEOUT_S):

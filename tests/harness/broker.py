@@ -48,7 +48,7 @@ def _local_broker() -> Iterator[str]:
         yield shared.bootstrap
         return
     data_dir = Path(tempfile.mkdtemp(prefix=f"eos-test-kafka-{TEST_BROKER_PORT}-"))
-    broker = LocalBroker(BrokerSettings(port=TEST_BROKER_PORT, data_dir=data_dir))
+    broker = LocalBroker(BrokerSettings(port=TEST_BROKER_PORT, data_dir=data_dir, dies_with_owner=True))
     broker.start()
     try:
         yield broker.bootstrap
