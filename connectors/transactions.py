@@ -495,7 +495,7 @@ class TransactionOwner:
         with self.waits.waiting("init_transactions"):
             outcomes = _together([
                 functools.partial(self._initialise, member, producer, index == 0, given_up)
-                for index, (member, producer) in enumerate(zip(self._members, producers))])
+                for index, (member, producer) in enumerate(zip(self._members, producers))], given_up)
         failed = next((outcome for outcome in outcomes if outcome is not None and not outcome.committed), None)
         if failed is not None:
             for producer in producers:
@@ -683,9 +683,18 @@ def _purge(producer: Any) -> None:
         pass
 
 
-def _together(calls: list[Callable[[], Outcome | None]]) -> list[Outcome | None]:
-    """Runs the calls at once and returns their outcomes in order (an exception is
-    raised here once all have returned)."""
+def _together(calls: list[Callable[[], Outcome | None]], given_up: threading.Event) -> list[Outcome | None]:
+    """Runs the calls at once and returns their outcomes in order. A call that raises
+    sets `given_up`, so the others stop retrying, and its exception is raised here
+    once all have returned."""
+
+    def run(call: Callable[[], Outcome | None]) -> Outcome | None:
+        try:
+            return call()
+        except BaseException:
+            given_up.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="kafka-init_transactions") as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(run, call) for call in calls]
     return [future.result() for future in futures]

@@ -388,6 +388,48 @@ def test_the_ids_of_the_pool_are_initialised_together_not_one_after_another():
     assert [p.calls for p in harness.producers] == [["init_transactions", "begin_transaction"], ["init_transactions"]]
 
 
+class InitBreaks(FakeProducer):
+    """An init that fails with something no retry can mend (a defect, not Kafka)."""
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init_transactions")
+        raise RuntimeError("the client library broke")
+
+
+class InitNeverAnswered(FakeProducer):
+    """An init the cluster never answers: retried with backoff for as long as it takes."""
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init_transactions")
+        raise KafkaException(COORDINATOR_AWAY)
+
+
+def test_an_init_that_raises_stops_the_other_ids_retries_and_reaches_the_caller():
+    """Initialised one after the other, the exception came out at once; initialised
+    together, it must not wait for the other id's init, which may retry for ever."""
+    harness = PoolHarness()
+    made = iter([InitBreaks({}), InitNeverAnswered({})])
+
+    def make(config: dict) -> FakeProducer:
+        harness.producers.append(next(made))
+        return harness.producers[-1]
+
+    harness.owner.producer_factory = make
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            harness.owner.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            raised.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    starter.join(10)
+    assert not starter.is_alive(), "the start waited for the other id's endless retries"
+    assert [type(exc) for exc in raised] == [RuntimeError]
+
+
 def test_an_id_refused_for_good_fails_the_start_and_drops_every_producer():
     harness = PoolHarness({"init_transactions": [NOT_AUTHORISED]},
                           {"init_transactions": [COORDINATOR_AWAY] * 3})
