@@ -149,34 +149,23 @@ def test_offsets_commit_atomically_with_output_and_keep_their_metadata(bootstrap
 def test_a_test_runs_broker_dies_with_the_process_that_started_it(tmp_path):
     """A test run stopped by a signal never reaches its clean-up: the broker it started
     must not outlive it and hold its port for the next run."""
+    from service.local_kafka import BrokerSettings, LocalBroker
     from tests.harness.ports import free_port
 
-    port, controller = free_port(), free_port()
+    settings = BrokerSettings(port=free_port(), controller_port=free_port(), data_dir=tmp_path, dies_with_owner=True)
     owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from service.local_kafka import BrokerSettings, LocalBroker
-        broker = LocalBroker(BrokerSettings(port={port}, controller_port={controller}, data_dir={str(tmp_path)!r},
-                                            dies_with_owner=True))
-        broker.start()
-        print(broker.pid(), flush=True)
+        LocalBroker(BrokerSettings(port={settings.port}, controller_port={settings.controller_port},
+                                   data_dir={str(tmp_path)!r}, dies_with_owner=True)).start()
+        print("started", flush=True)
         time.sleep(600)
         """)], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
-        broker_pid = int(owner.stdout.readline())
+        assert owner.stdout.readline().strip() == "started"
+        broker = LocalBroker(settings)
+        assert broker.pid() is not None
     finally:
         owner.kill()
         owner.wait(30)
-    wait_for(lambda: not _alive(broker_pid), 30, 0.2, "the broker to die with its owner")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().split(") ", 1)[1][0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie is dead, only not yet reaped
+    wait_for(lambda: broker.pid() is None, 30, 0.2, "the broker to die with its owner")

@@ -76,14 +76,14 @@ class BrokerSettings:
         return self.controller_port or self.port + 1
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def _killed_with_parent() -> None:
     """Runs in the broker's process before the JVM starts: the kernel sends it SIGKILL
     when the thread that started it exits (PR_SET_PDEATHSIG)."""
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _server_properties(settings: BrokerSettings, log_dir: Path) -> dict[str, str]:
