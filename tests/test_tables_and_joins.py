@@ -12,7 +12,6 @@ import json
 import random
 import signal
 import struct
-import urllib.request
 from collections import Counter
 
 import pytest
@@ -321,7 +320,8 @@ def test_a_savepoint_leaves_a_click_that_waits_for_its_table_unprocessed(bootstr
     run.feed(before, chunk=len(before), pause_s=0)
     run.wait_fed()
     worker = ControlledWorker(run.start_worker(), port).wait_ready()
-    wait_for(lambda: _records_in(worker) == len(before), 60, 0.2, "the worker to hold the profile and the click")
+    wait_for(lambda: worker.metric("eos_records_in_total", default=0) == len(before), 60, 0.2,
+             "the worker to hold the profile and the click")
     location = stop_with_savepoint([worker], tmp_path / "savepoints")
     run.feed(after, chunk=len(after), pause_s=0)
     run.wait_fed()
@@ -330,11 +330,6 @@ def test_a_savepoint_leaves_a_click_that_waits_for_its_table_unprocessed(bootstr
     report = oracle.check_enrichment(expected, run.outputs())
     assert report.ok, report.summary()
 
-
-def _records_in(worker: ControlledWorker) -> float:
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("eos_records_in_total{"))
 
 
 @pytest.mark.parametrize("phase", [p for p in PHASES if p not in SINK_PHASES])

@@ -49,12 +49,17 @@ class ControlledWorker:
         with urllib.request.urlopen(self.url + "/status.json", timeout=5) as response:
             return json.loads(response.read())
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, default: float | None = None) -> float:
+        """The metric's value, summed over its label sets (topics, operators); `default`
+        while it has none (a labelled counter appears with its first label set)."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + "{") or line.startswith(name + " "):
-                    return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"metric {name} not exported")
+            samples = [float(line.rsplit(" ", 1)[1]) for line in response.read().decode().splitlines()
+                       if line.startswith(name + "{") or line.startswith(name + " ")]
+        if not samples:
+            if default is not None:
+                return default
+            raise AssertionError(f"metric {name} not exported")
+        return sum(samples)
 
 
 def start_controlled(scenario: RunningSum, **overrides) -> ControlledWorker:
