@@ -218,9 +218,9 @@ class SavepointOperation:
     def _resume(self) -> None:
         if not self._paused:
             return
-        routes = self.control.manager.routes
+        manager = self.control.manager
         try:
-            self.control.manager.source.release([key for key in self._paused if key in routes], SAVEPOINT_HOLD)
+            manager.source.release([key for key in self._paused if key in manager.routes], SAVEPOINT_HOLD)
         except KafkaException as exc:
             log.warning("resuming source partitions after savepoint %s: %s", self.id, exc)
         self._paused = []
