@@ -117,6 +117,8 @@ class OutputOwner(Protocol):
 
     def close_epoch(self, consumer: Any) -> Outcome: ...
 
+    def produce_closed(self, epoch: int, records: list[tuple[str, int, bytes, bytes]]) -> KafkaError | None: ...
+
     def commit_closed(self, epoch: int, offsets: list[TopicPartition]) -> KafkaError | None: ...
 
     def closed_committed(self, failure: KafkaError | None) -> Outcome: ...
@@ -381,6 +383,21 @@ class TransactionOwner:
     def closed_epoch(self) -> int:
         """The epoch `commit_closed` is to commit (taken at the barrier, on the loop)."""
         return self._closed_epoch
+
+    def produce_closed(self, epoch: int, records: list[tuple[str, int, bytes, bytes]]) -> KafkaError | None:
+        """Adds (topic, partition, key, value) records to closed epoch `epoch`'s
+        transaction before its commit, off the loop's thread: the checkpoint's changelog.
+        The error that refused them, if any, for `closed_committed` to act on."""
+        with self._commit_lock:
+            if epoch != self._closed_epoch or self._closed_at is None:
+                return KafkaError(KafkaError._STATE, f"epoch {epoch}'s transaction was given up before its commit")
+            member = self._members[self._closed_at]
+            try:
+                for topic, partition, key, value in records:
+                    member.produce.blocking(topic, value, key, partition=partition)
+            except KafkaException as exc:
+                return self._fatal_cause(member.producer, error_of(exc))
+        return None
 
     def commit_closed(self, epoch: int, offsets: list[TopicPartition]) -> KafkaError | None:
         """Commits closed epoch `epoch` with `offsets`, off the loop's thread: the error

@@ -54,6 +54,9 @@ class Manifest:
     topic_partitions: int | None = None
     # A task with several inputs: the offsets of its other input topics, topic -> offset.
     input_offsets: dict[str, int] = field(default_factory=dict)
+    # With a changelog: the offset of the task's changelog partition from which later
+    # checkpoints' changes continue this snapshot (None: written without a changelog).
+    changelog_offset: int | None = None
     format: int = FORMAT_VERSION
 
     @property

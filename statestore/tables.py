@@ -94,22 +94,27 @@ class _CachedTable:
         else:
             self.pending[entry] = DELETED
 
-    def drain_into(self, batch: Any, handle: Any) -> int:
+    def drain_into(self, batch: Any, handle: Any, log: list | None = None) -> int:
         """Puts the pending changes into `batch`; written values stay cached as clean
         entries, deleted ones leave the cache (a key read again after its deletion costs
         one miss). The caller commits the batch before anything reads the table again,
-        and no capture is being written."""
+        and no capture is being written. `log` collects what was written as RocksDB's
+        bytes (None for a deletion), for the changelog."""
         encode, raw_key, cache, total = self.codec.encode, self._raw_key, self.cache, 0
         pending = self.pending
         for entry, value in pending.items():
+            key = raw_key(entry)
             if value is DELETED:
                 cache.pop(entry, None)
-                batch.delete(raw_key(entry), handle)
+                batch.delete(key, handle)
+                raw = None
             else:
                 cache[entry] = value
                 raw = encode(value)
                 total += len(raw)
-                batch.put(raw_key(entry), raw, handle)
+                batch.put(key, raw, handle)
+            if log is not None:
+                log.append((key, raw))
         count = len(pending)
         if count:
             self.avg_encoded_bytes = max(16, total // count)
@@ -162,18 +167,24 @@ class CapturedChanges:
             self.sealed.setdefault(entry, self.table.codec.encode(value))
         return value
 
-    def write_into(self, batch: Any, handle: Any) -> int:
-        """Puts the captured changes into a RocksDB write batch (off the loop's thread)."""
+    def write_into(self, batch: Any, handle: Any, log: list | None = None) -> int:
+        """Puts the captured changes into a RocksDB write batch (off the loop's thread);
+        `log` collects them as RocksDB's bytes (None for a deletion), for the changelog."""
         raw_key, encode, sealed, total = self.table._raw_key, self.table.codec.encode, self.sealed, 0
         for entry, value in self.values.items():
+            key = raw_key(entry)
             if value is DELETED:
-                batch.delete(raw_key(entry), handle)
+                batch.delete(key, handle)
+                if log is not None:
+                    log.append((key, None))
                 continue
             raw = sealed.get(entry)
             if raw is None:
                 raw = sealed.setdefault(entry, encode(value))
             total += len(raw)
-            batch.put(raw_key(entry), raw, handle)
+            batch.put(key, raw, handle)
+            if log is not None:
+                log.append((key, raw))
         if total:
             self.table.avg_encoded_bytes = max(16, total // len(self.values))
         return len(self.values)
@@ -271,9 +282,9 @@ class MapTable(_CachedTable):
             captured.index, self.dirty_by_key = index, {}
         return captured
 
-    def drain_into(self, batch: Any, handle: Any) -> int:
+    def drain_into(self, batch: Any, handle: Any, log: list | None = None) -> int:
         self.dirty_by_key.clear()
-        return super().drain_into(batch, handle)
+        return super().drain_into(batch, handle, log)
 
     def items(self) -> Iterator[tuple[tuple[Any, Any], Any]]:
         for raw_key, raw in self.store.items(self.cf):

@@ -13,8 +13,9 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+from statestore.changelog import Changes
 from statestore.codecs import ValueCodec
 from statestore.digests import DigestCache
 from statestore.manifest import Manifest
@@ -30,6 +31,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class WrittenCapture:
+    """What writing a capture produced: the local snapshot (None when the checkpoint
+    takes none) and, with a changelog, the changes as RocksDB's bytes."""
+
+    local_dir: Path | None
+    changes: Changes
+
+
+@dataclass(frozen=True)
 class SnapshotInfo:
     """What a persisted snapshot produced, for the manifest's caller and for metrics."""
 
@@ -39,7 +49,7 @@ class SnapshotInfo:
 
 class TaskState:
     def __init__(self, directory: TaskDirectory, storage: CheckpointStorage, job: str, task: str,
-                 digests: DigestCache, incremental: bool = True) -> None:
+                 digests: DigestCache, incremental: bool = True, logs_changes: bool = False) -> None:
         self.directory = directory
         self.job = job
         self.task = task
@@ -54,8 +64,13 @@ class TaskState:
         # with a time to live deletes what expired.
         self.before_flush: dict[str, Callable[[], object]] = {}
         self._acquired = False
-        # Whether RocksDB took writes since the database was opened or last snapshotted.
+        # Whether RocksDB took writes no checkpoint covers yet.
         self._written = False
+        # With a changelog: what flushes between checkpoints wrote (column family ->
+        # [(key, value or None)]), logged with the next checkpoint's changes.
+        self.logs_changes = logs_changes
+        self._flushed: dict[str, list[tuple[bytes, bytes | None]]] = {}
+        self._captured_flushed: dict[str, list[tuple[bytes, bytes | None]]] = {}
         # Set while no captured snapshot is being written: anything else that writes to
         # or replaces the database waits for it.
         self._idle = threading.Event()
@@ -76,7 +91,17 @@ class TaskState:
         self.store = TaskStore(working, families)
         self.tables, self.before_flush = {}, {}
         self._written = False
+        self._flushed, self._captured_flushed = {}, {}
         return stats
+
+    def apply_changes(self, changes: Iterable[tuple[str, bytes, bytes | None]]) -> int:
+        """Writes changelog entries (RocksDB's bytes) into the database as one batch,
+        before any table is read: a replay after the snapshot was opened."""
+        assert not self.tables, "changes are applied before the tables are used"
+        entries = list(changes)
+        for family in {family for family, _, _ in entries}:
+            self.store.ensure_column_family(family)
+        return self.store.write(entries)
 
     def value_table(self, cf: str, codec: ValueCodec) -> ValueTable:
         return self._table(cf, codec, ValueTable)  # type: ignore[return-value]
@@ -112,6 +137,7 @@ class TaskState:
         self.wait_written()
         self._before_write()
         captured = [c for table in self.tables.values() if (c := table.capture()) is not None]
+        self._captured_flushed, self._flushed = self._flushed, {}
         self._idle.clear()
         return captured
 
@@ -119,18 +145,27 @@ class TaskState:
         for prepare in self.before_flush.values():
             prepare()
 
-    def write_snapshot(self, captured: list[CapturedChanges], snapshot: str) -> Path:
+    def write_snapshot(self, captured: list[CapturedChanges], snapshot: str | None) -> WrittenCapture:
         """The captured changes into RocksDB as one batch, then the snapshot of exactly
-        that state (hard links). Runs off the loop's thread."""
+        that state (hard links), unless `snapshot` is None: the checkpoint then logs the
+        changes (with what flushes wrote since the last checkpoint) instead. Runs off the
+        loop's thread."""
         try:
+            logged = self.logs_changes and snapshot is None
+            log = {cf: list(entries) for cf, entries in self._captured_flushed.items()} if logged else {}
             batch, count = self.store.new_batch(), 0
             for changes in captured:
-                count += changes.write_into(batch, self.store.handle(changes.table.cf))
+                cf = changes.table.cf
+                count += changes.write_into(batch, self.store.handle(cf), log.setdefault(cf, []) if logged else None)
             if count:
                 self.store.commit(batch)
             for changes in captured:
                 changes.merge()
-            return self.snapshot_local(snapshot)
+            self._captured_flushed = {}
+            if snapshot is None:
+                self._written = False
+                return WrittenCapture(None, [(cf, entries) for cf, entries in log.items() if entries])
+            return WrittenCapture(self.snapshot_local(snapshot), [])
         finally:
             self._idle.set()
 
@@ -151,7 +186,8 @@ class TaskState:
         batch, count = self.store.new_batch(), 0
         for table in self.tables.values():
             if table.pending:
-                count += table.drain_into(batch, self.store.handle(table.cf))
+                log = self._flushed.setdefault(table.cf, []) if self.logs_changes else None
+                count += table.drain_into(batch, self.store.handle(table.cf), log)
         if count:
             self.store.commit(batch)
             self._written = True
@@ -209,6 +245,7 @@ class TaskState:
             self.store.close()
             self.store = None
         self.tables, self.before_flush = {}, {}
+        self._flushed, self._captured_flushed = {}, {}
         if self._acquired:
             self.directory.release(remove_working_dir)
             self._acquired = False

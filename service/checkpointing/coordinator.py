@@ -60,6 +60,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from connectors.changelog import Changelog, changelog_topic
 from connectors.transactions import DONE, Kind, Outcome, OutputOwner, verdict
 from connectors.two_phase import commit_prepared
 from eos.errors import (
@@ -76,9 +77,11 @@ from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import OFFSET_COMMIT_INTERVAL_S
 from service.runtime.task import CompletedCheckpoint, Task
 from service.runtime.task_manager import TaskManager
+from statestore.changelog import encode_parts
 from statestore.manifest import Manifest
 from statestore.retention import snapshot_name
 from statestore.snapshots import run_all
+from statestore.task_state import WrittenCapture
 from statestore.storage.base import StorageError
 
 log = logging.getLogger(__name__)
@@ -123,6 +126,9 @@ class CheckpointRecord:
     tasks: int = 0
     size_bytes: int = 0
     uploaded_bytes: int = 0
+    # Tasks that logged their changes to the changelog instead of a snapshot, and the bytes.
+    logged_tasks: int = 0
+    logged_bytes: int = 0
     state_keys: int = 0
     error: str | None = None
     # What became of the checkpoint's transaction, for the loop to act on.
@@ -201,7 +207,8 @@ class CheckpointCoordinator:
     def __init__(self, manager: TaskManager, owner: OutputOwner, consumer: object,
                  *, job: str, worker: str, token: str, interval_s: float, timeout_s: float,
                  min_pause_s: float, metrics: WorkerMetrics,
-                 faults: FaultInjector) -> None:
+                 faults: FaultInjector, changelog: Changelog | None = None,
+                 snapshot_interval_s: float = 0.0) -> None:
         self.manager = manager
         self.owner = owner
         self.consumer = consumer
@@ -213,6 +220,10 @@ class CheckpointCoordinator:
         self.min_pause_s = min_pause_s
         self.metrics = metrics
         self.faults = faults
+        # With a changelog, a task's state is snapshotted at most every snapshot interval;
+        # the checkpoints in between log its changes in their transactions instead.
+        self.changelog = changelog
+        self.snapshot_interval_s = snapshot_interval_s
         self.history: deque[CheckpointRecord] = deque(maxlen=HISTORY_SIZE)
         # The checkpoint running right now, for the status page (read from its thread).
         self.current: CheckpointRecord | None = None
@@ -287,6 +298,7 @@ class CheckpointCoordinator:
         record.step_done("barrier")
         self.faults.hit("after_barrier")
         stateful = [t for t in tasks if t.state is not None] if self.snapshots else []
+        snapshotted = {t.id for t in stateful if self._snapshot_due(t)}
         captured = {t.id: t.state.capture() for t in stateful}
         record.step_done("capture")
         for task in tasks:
@@ -310,12 +322,20 @@ class CheckpointCoordinator:
             return self._ended(record, tasks, None, began)
         record.sync_s = time.monotonic() - began
         epoch = self.owner.closed_epoch if closed else None
-        job = partial(self._write_and_commit, record, tasks, stateful, barriers, captured, began, epoch)
+        job = partial(self._write_and_commit, record, tasks, stateful, barriers, captured, snapshotted, began, epoch)
         if not closed:
             manifests, failure = self._run_job(job)
             return self._ended(record, tasks, manifests, began, failure)
         self._in_flight = (record, tasks, began, self._background.submit(job))
         return record
+
+    def _snapshot_due(self, task: Task) -> bool:
+        """Whether the checkpoint snapshots the task's state (always, without a changelog)
+        rather than logging its changes: its changelog needs a snapshot to continue, and
+        replays grow with the time since it."""
+        base = task.completed.manifest
+        return (self.changelog is None or base is None or base.changelog_offset is None
+                or task.completed.snapshot_due or time.time() - base.created_at >= self.snapshot_interval_s)
 
     def _prepare_sinks(self, record: CheckpointRecord, tasks: list[Task]) -> None:
         """Every transactional sink of the checkpoint's tasks prepares what it was given
@@ -419,20 +439,21 @@ class CheckpointCoordinator:
         return "its transactions were given up for another reason before its commit"
 
     def _write_and_commit(self, record: CheckpointRecord, tasks: list[Task], stateful: list[Task],
-                          barriers: dict[str, Barrier], captured: dict, began: float,
+                          barriers: dict[str, Barrier], captured: dict, snapshotted: set[str], began: float,
                           epoch: int | None) -> dict[str, Manifest]:
         """The asynchronous part (or, without a pool, the rest of the synchronous one):
-        write, snapshot, upload, manifests, commit."""
+        write, snapshot, upload, manifests (or, for tasks whose snapshot is not due, the
+        changelog), commit."""
         n = record.checkpoint_id
         deadline = began + self.timeout_s
         name = snapshot_name(n, self.token)
-        local_dirs: dict[str, Any] = {}
+        written: dict[str, WrittenCapture] = {}
         try:
             for task in stateful:
-                local_dirs[task.id] = task.state.write_snapshot(captured[task.id], name)
+                written[task.id] = task.state.write_snapshot(captured[task.id], name if task.id in snapshotted else None)
         finally:
             for task in stateful:
-                if task.id not in local_dirs:
+                if task.id not in written:
                     task.state.drop_capture()  # a rewind (or the worker's end) follows
         record.step_done("flush+snapshot")
         record.phase = Phase.FLUSHED
@@ -440,31 +461,8 @@ class CheckpointCoordinator:
         record.phase = Phase.SNAPSHOTTED
         self.faults.hit("after_snapshot")
 
-        # Every task's new files at once, then every manifest at once: on an object store
-        # a checkpoint costs round trips in sequence, not bytes.
-        plans = {t.id: t.state.plan_upload(local_dirs[t.id], t.completed.manifest) for t in stateful}
-        run_all([call for t in stateful for call in t.state.persister.upload_calls(plans[t.id])],
-                self.pool, deadline, f"checkpoint {n}")
-        manifests: dict[str, Manifest] = {}
-        writes = []
-        for task in stateful:
-            retention = self.manager.retention[(task.topic, task.partition)]
-            build = partial(Manifest, job=self.job, task=task.id, topic=task.topic,
-                            partition=task.partition, checkpoint_id=n, snapshot=name,
-                            worker=self.worker, created_at=record.started_at,
-                            source_offset=barriers[task.id].offset,
-                            input_offsets={t: o for t, o in barriers[task.id].others if o is not None},
-                            topic_partitions=task.topic_partitions,
-                            lineage=retention.lineage_for_next())
-            manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
-            writes.append(partial(task.state.persister.write_manifest, manifest, self._mid_manifest_fault(task)))
-            record.size_bytes += manifest.total_bytes
-            record.uploaded_bytes += manifest.uploaded_bytes
-            record.state_keys += sum(manifest.state_keys.values())
-        run_all(writes, self.pool, deadline, f"checkpoint {n}'s manifests")
-        for task in stateful:
-            task.attempted_manifest = manifests[task.id]
-        record.step_done("upload")
+        manifests = self._persist(record, [t for t in stateful if t.id in snapshotted], barriers, written,
+                                  deadline, name)
         record.phase = Phase.PERSISTED
         self.faults.hit("after_persist")
 
@@ -473,9 +471,18 @@ class CheckpointCoordinator:
             raise CheckpointTimeoutError(
                 f"checkpoint {n} took {elapsed:.1f}s until its snapshots were durable, over its "
                 f"{self.timeout_s:g}s timeout")
+        logged = self._changelog_records(record, [t for t in stateful if t.id not in snapshotted], barriers, written)
+        if logged:
+            if epoch is None:
+                raise RuntimeError("a changelog needs checkpoints committed in the background (exactly-once)")
+            record.commit_error = self.owner.produce_closed(epoch, logged)
+            if record.commit_error is not None:
+                return manifests
+            record.step_done("changelog")
+            self.faults.hit("after_changelog")
         offsets = []
         for task in tasks:
-            snapshot = manifests[task.id].snapshot if task.id in manifests else None
+            snapshot = manifests[task.id].snapshot if task.id in manifests else self._base_snapshot(task)
             metadata = format_metadata(n, snapshot, task.completed.savepoint)
             barrier = barriers[task.id]
             for topic, offset in ((task.topic, barrier.offset), *barrier.others):
@@ -495,8 +502,74 @@ class CheckpointCoordinator:
         record.step_done("commit")
         record.phase = Phase.COMMITTED
         self.faults.hit("after_commit")
-        self._retain(record, stateful, manifests)
+        self._retain(record, [t for t in stateful if t.id in manifests], manifests)
         return manifests
+
+    @staticmethod
+    def _base_snapshot(task: Task) -> str | None:
+        """The snapshot a task's changelog continues (None for a task without state)."""
+        return task.completed.manifest.snapshot if task.state is not None and task.completed.manifest else None
+
+    def _persist(self, record: CheckpointRecord, tasks: list[Task], barriers: dict[str, Barrier],
+                 written: dict[str, WrittenCapture], deadline: float, name: str) -> dict[str, Manifest]:
+        """Every task's new files at once, then every manifest at once: on an object store
+        a checkpoint costs round trips in sequence, not bytes."""
+        n = record.checkpoint_id
+        local_dirs = {t.id: written[t.id].local_dir for t in tasks}
+        plans = {t.id: t.state.plan_upload(local_dirs[t.id], t.completed.manifest) for t in tasks}
+        run_all([call for t in tasks for call in t.state.persister.upload_calls(plans[t.id])],
+                self.pool, deadline, f"checkpoint {n}")
+        continued_from = self._changelog_ends(tasks)
+        manifests: dict[str, Manifest] = {}
+        writes = []
+        for task in tasks:
+            retention = self.manager.retention[(task.topic, task.partition)]
+            build = partial(Manifest, job=self.job, task=task.id, topic=task.topic,
+                            partition=task.partition, checkpoint_id=n, snapshot=name,
+                            worker=self.worker, created_at=record.started_at,
+                            source_offset=barriers[task.id].offset,
+                            input_offsets={t: o for t, o in barriers[task.id].others if o is not None},
+                            topic_partitions=task.topic_partitions,
+                            lineage=retention.lineage_for_next(),
+                            changelog_offset=continued_from.get(task.id))
+            manifest = manifests[task.id] = task.state.manifest_for(plans[task.id], build)
+            writes.append(partial(task.state.persister.write_manifest, manifest, self._mid_manifest_fault(task)))
+            record.size_bytes += manifest.total_bytes
+            record.uploaded_bytes += manifest.uploaded_bytes
+            record.state_keys += sum(manifest.state_keys.values())
+        run_all(writes, self.pool, deadline, f"checkpoint {n}'s manifests")
+        for task in tasks:
+            task.attempted_manifest = manifests[task.id]
+        record.step_done("upload")
+        return manifests
+
+    def _changelog_partition(self, task: Task) -> TopicPartition:
+        return TopicPartition(changelog_topic(self.manager.plan.group, task.stage.id), task.partition)
+
+    def _changelog_ends(self, tasks: list[Task]) -> dict[str, int]:
+        """With a changelog, where each snapshotted task's changelog continues: its end
+        now, which every earlier checkpoint's changes lie below (they committed before
+        this checkpoint began) and the next one's above."""
+        if self.changelog is None or not tasks:
+            return {}
+        partitions = {t.id: self._changelog_partition(t) for t in tasks}
+        ends = self.changelog.written_ends(list(partitions.values()))
+        return {tid: ends[(tp.topic, tp.partition)] for tid, tp in partitions.items()}
+
+    def _changelog_records(self, record: CheckpointRecord, tasks: list[Task], barriers: dict[str, Barrier],
+                           written: dict[str, WrittenCapture]) -> list[tuple[str, int, bytes, bytes]]:
+        """The changelog records of the tasks whose snapshot is not due: each task's
+        changes, with its input offsets, to its partition of its stage's changelog."""
+        records = []
+        for task in tasks:
+            barrier = barriers[task.id]
+            where = self._changelog_partition(task)
+            for key, value in encode_parts(record.checkpoint_id, barrier.offset, barrier.others,
+                                           written[task.id].changes):
+                records.append((where.topic, where.partition, key, value))
+                record.logged_bytes += len(key) + len(value)
+        record.logged_tasks = len(tasks)
+        return records
 
     def _retain(self, record: CheckpointRecord, stateful: list[Task], manifests: dict[str, Manifest]) -> None:
         """After the commit: older local snapshot copies go, and each task's retention
@@ -512,6 +585,10 @@ class CheckpointCoordinator:
     def _retain_task(self, task: Task, manifest: Manifest) -> None:
         task.state.directory.prune_snapshots(keep={manifest.snapshot})
         self.manager.retention[(task.topic, task.partition)].completed(manifest)
+        if self.changelog is not None and manifest.changelog_offset is not None:
+            partition = self._changelog_partition(task)
+            partition.offset = manifest.changelog_offset  # what the snapshot holds goes
+            self.changelog.trim([partition])
 
     def _mid_manifest_fault(self, task: Task):
         """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind
@@ -530,7 +607,9 @@ class CheckpointCoordinator:
         n = record.checkpoint_id
         self.last_id = n
         for task in tasks:
-            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifests.get(task.id),
+            # A task that logged its changes goes on from the snapshot its changelog continues.
+            manifest = manifests.get(task.id, task.completed.manifest if task.state is not None else None)
+            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest,
                                                  savepoint=task.completed.savepoint,
                                                  other_offsets=record.barriers[task.id].others)
             task.attempted_manifest = None

@@ -5,7 +5,8 @@
 deterministically at every step of a checkpoint; unset, the hooks cost one dict lookup
 per phase per checkpoint.
 
-The sink phases count only checkpoints in which a transactional sink had writes.
+The sink phases count only checkpoints in which a transactional sink had writes, the
+changelog phase only checkpoints in which a task logged its changes.
 
 `EOS_FAULT=after_persist@3:stop` freezes the process there instead (SIGSTOP to itself):
 a test resumes it with SIGCONT once the group has moved on, to check that a zombie
@@ -37,6 +38,9 @@ PHASES = (
 # writes to prepare: after they prepared (at the barrier), and between the Kafka commit
 # and theirs.
 SINK_PHASES = ("after_prepare", "after_kafka_commit")
+# Reached only by checkpoints in which a task logged its changes to the changelog instead
+# of a snapshot (--snapshot-interval): after they went into the transaction, before its commit.
+CHANGELOG_PHASES = ("after_changelog",)
 
 
 class FaultInjector:
@@ -51,8 +55,8 @@ class FaultInjector:
         if spec:
             spec, _, action = spec.partition(":")
             phase, _, count = spec.partition("@")
-            if phase not in PHASES:
-                raise ValueError(f"EOS_FAULT phase {phase!r} is not one of {', '.join(PHASES)}")
+            if phase not in PHASES + CHANGELOG_PHASES:
+                raise ValueError(f"EOS_FAULT phase {phase!r} is not one of {', '.join(PHASES + CHANGELOG_PHASES)}")
             if action not in ("", "kill", "stop", "fail-consumer"):
                 raise ValueError(f"EOS_FAULT action {action!r} is not kill, stop or fail-consumer")
             self.phase = phase

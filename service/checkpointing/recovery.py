@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import TopicPartition
 
+from connectors.changelog import Changelog, changelog_topic
+
 from eos.errors import (
     CorruptSnapshotError,
     PartitionCountChangedError,
@@ -71,18 +73,23 @@ class Restored:
     # Set after a fallback: the restored state belongs to this (older) offset, and the
     # records from here up to completed.offset must be replayed without outputs.
     replay_from: int | None = None
+    # The other inputs' offsets (topic -> offset) the restored state belongs with, from
+    # its snapshot or the changelog replayed after it (None: nothing recorded them).
+    input_offsets: dict[str, int] | None = None
 
 
 def restore_task(task: Task, committed: TopicPartition,
                  known: list[Manifest] | None = None, fallback: bool = False,
-                 others: list[TopicPartition] | None = None) -> Restored:
+                 others: list[TopicPartition] | None = None, changelog: Changelog | None = None) -> Restored:
     """Opens the task's state at the checkpoint its committed offset names. The task's
     manifests in `known` (this process wrote or read them) are used without reading
     storage, so a rewind works while checkpoint storage is unreachable. With `fallback`,
     a missing or corrupt snapshot is replaced by the newest intact older one (see the
     module doc). `others` are the committed offsets of the task's other inputs: each
-    committed in the same transaction as the lead's, so naming the same checkpoint."""
-    restored = _restore_lead(task, committed, known, fallback)
+    committed in the same transaction as the lead's, so naming the same checkpoint.
+    A snapshot older than the committed checkpoint is brought up to it by replaying
+    the task's `changelog` from where the snapshot left it."""
+    restored = _restore_lead(task, committed, known, fallback, changelog)
     if not others:
         return restored
     if restored.replay_from is not None:
@@ -90,11 +97,12 @@ def restore_task(task: Task, committed: TopicPartition,
             f"{task.id}: falling back to an older checkpoint is not supported for a task with several inputs "
             f"({', '.join(i.topic for i in task.inputs)})")
     completed = restored.completed
-    offsets = tuple((tp.topic, _other_offset(task, completed, tp)) for tp in others)
+    offsets = tuple((tp.topic, _other_offset(task, completed, tp, restored.input_offsets)) for tp in others)
     return Restored(dataclasses.replace(completed, other_offsets=offsets), restored.stats, restored.seconds)
 
 
-def _other_offset(task: Task, completed: CompletedCheckpoint, committed: TopicPartition) -> int | None:
+def _other_offset(task: Task, completed: CompletedCheckpoint, committed: TopicPartition,
+                  recorded: dict[str, int] | None) -> int | None:
     """Where another input of the task continues: its committed offset, which must
     belong to the lead's checkpoint (and agree with its manifest)."""
     where = f"{task.id}: topic {committed.topic!r} partition {committed.partition}"
@@ -110,16 +118,16 @@ def _other_offset(task: Task, completed: CompletedCheckpoint, committed: TopicPa
         raise CorruptSnapshotError(
             f"{where} was committed with checkpoint {reference.checkpoint_id}, the lead input with "
             f"{completed.checkpoint_id}: the inputs of one task always commit together")
-    manifest = completed.manifest
-    if manifest is not None and manifest.input_offsets.get(committed.topic) != committed.offset:
+    if recorded is not None and recorded.get(committed.topic) != committed.offset:
         raise CorruptSnapshotError(
-            f"snapshot {manifest.snapshot} records offset {manifest.input_offsets.get(committed.topic)} for "
-            f"{committed.topic!r}, but offset {committed.offset} is committed")
+            f"the state of {task.id} (snapshot {completed.manifest.snapshot if completed.manifest else '-'}) "
+            f"records offset {recorded.get(committed.topic)} for {committed.topic!r}, but offset "
+            f"{committed.offset} is committed")
     return committed.offset
 
 
 def _restore_lead(task: Task, committed: TopicPartition, known: list[Manifest] | None,
-                  fallback: bool) -> Restored:
+                  fallback: bool, changelog: Changelog | None) -> Restored:
     began = time.monotonic()
     where = f"topic {task.topic!r} partition {task.partition}"
     if committed.offset < 0:
@@ -137,6 +145,7 @@ def _restore_lead(task: Task, committed: TopicPartition, known: list[Manifest] |
         return Restored(CompletedCheckpoint(0, committed.offset, None), None, time.monotonic() - began)
     manifest: Manifest | None = None
     stats = None
+    recorded: dict[str, int] | None = None
     if task.state is not None:
         if reference.snapshot is None:
             log.warning("%s: committed offset %d carries no state snapshot (written with "
@@ -148,6 +157,9 @@ def _restore_lead(task: Task, committed: TopicPartition, known: list[Manifest] |
                 _check_manifest(manifest, task, committed.offset, reference)
                 _check_partition_count(manifest, task)
                 stats = task.state.open(manifest)
+                recorded = dict(manifest.input_offsets)
+                if manifest.checkpoint_id < reference.checkpoint_id:
+                    recorded = _replay_changelog(task, manifest, committed.offset, reference, changelog)
             except SnapshotLostError as exc:  # a store out of reach is not a lost snapshot: no fallback
                 if not fallback:
                     raise
@@ -160,7 +172,27 @@ def _restore_lead(task: Task, committed: TopicPartition, known: list[Manifest] |
                  "%d downloaded", task.id, reference.checkpoint_id, reference.snapshot, elapsed,
                  stats.files, stats.reused_local, stats.downloaded)
     return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, manifest,
-                                        savepoint=reference.savepoint), stats, elapsed)
+                                        savepoint=reference.savepoint), stats, elapsed, input_offsets=recorded)
+
+
+def _replay_changelog(task: Task, manifest: Manifest, offset: int, reference: CheckpointReference,
+                      changelog: Changelog | None) -> dict[str, int]:
+    """Brings the state opened from `manifest` up to the committed checkpoint with the
+    changes later checkpoints logged; returns the other inputs' offsets they recorded."""
+    if changelog is None:
+        raise SnapshotMissingError(f"{task.id}: snapshot {manifest.snapshot} is older than the committed "
+                                   f"checkpoint {reference.checkpoint_id}, and no changelog reader was given")
+    topic = changelog_topic(task.state.job, task.stage.id)
+    replayed = changelog.replay(topic, task.partition, manifest.changelog_offset, manifest.checkpoint_id,
+                                reference.checkpoint_id, task.state.apply_changes)
+    if replayed.header.offset != offset:
+        raise CorruptSnapshotError(
+            f"{task.id}: the changelog's checkpoint {reference.checkpoint_id} records offset "
+            f"{replayed.header.offset}, but offset {offset} is committed")
+    log.info("%s: replayed %d checkpoints (%d changes) of changelog %s[%d] after snapshot %s in %.3fs",
+             task.id, replayed.checkpoints, replayed.entries, topic, task.partition, manifest.snapshot,
+             replayed.seconds)
+    return {topic: o for topic, o in replayed.header.others if o is not None}
 
 
 def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointReference,
@@ -195,7 +227,7 @@ def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointRefer
                     "%d..%d without emitting outputs", task.id, older.checkpoint_id, snapshot,
                     older.source_offset, elapsed, older.source_offset, committed.offset - 1)
         return Restored(CompletedCheckpoint(reference.checkpoint_id, committed.offset, older,
-                                            savepoint=reference.savepoint), stats,
+                                            savepoint=reference.savepoint, snapshot_due=True), stats,
                         elapsed, replay_from=older.source_offset)
     if failures:
         tried = "; ".join(failures)
@@ -217,13 +249,21 @@ def _check_older(older: Manifest, task: Task, offset: int, reference: Checkpoint
 
 
 def _check_manifest(manifest: Manifest, task: Task, offset: int, reference: CheckpointReference) -> None:
-    """The manifest must describe exactly the checkpoint the offset was committed with."""
+    """The manifest must describe exactly the checkpoint the offset was committed with, or
+    an earlier one of its history that a changelog continues (the replay then checks
+    that it ends at the committed offset)."""
     problems = []
     if (manifest.topic, manifest.partition) != (task.topic, task.partition):
         problems.append(f"it belongs to {manifest.topic}[{manifest.partition}]")
-    if manifest.checkpoint_id != reference.checkpoint_id:
-        problems.append(f"it is checkpoint {manifest.checkpoint_id}, not {reference.checkpoint_id}")
-    if manifest.source_offset != offset:
+    if manifest.checkpoint_id > reference.checkpoint_id:
+        problems.append(f"it is checkpoint {manifest.checkpoint_id}, after {reference.checkpoint_id}")
+    elif manifest.checkpoint_id < reference.checkpoint_id:
+        if manifest.changelog_offset is None:
+            problems.append(f"it is checkpoint {manifest.checkpoint_id}, not {reference.checkpoint_id}, and no "
+                            "changelog continues it")
+        elif manifest.source_offset > offset:
+            problems.append(f"it records offset {manifest.source_offset}, past the committed offset {offset}")
+    elif manifest.source_offset != offset:
         problems.append(f"it records offset {manifest.source_offset}, but offset {offset} is committed")
     if problems:
         raise CorruptSnapshotError(

@@ -58,6 +58,11 @@ from statestore.storage import S3Settings
                    "aborts and the worker rewinds.")
 @click.option("--min-pause", type=DURATION, default="0s", show_default=True,
               help="Minimum time from the end of one checkpoint to the start of the next.")
+@click.option("--snapshot-interval", type=DURATION, default="0s", show_default=True,
+              help="0: every checkpoint snapshots the state. Otherwise a checkpoint writes the state's "
+                   "changes to the stage's changelog topic inside its transaction, and a task's state is "
+                   "snapshotted at most this often: short checkpoint intervals (low latency) without a "
+                   "snapshot each time. Exactly-once only.")
 @click.option("--max-task-idle", type=DURATION, default="0s", show_default=True,
               help="How long a task reading several inputs (a join) waits for an input with nothing "
                    "buffered before it runs the other inputs' records; it always waits for records "
@@ -140,7 +145,7 @@ from statestore.storage import S3Settings
                    "fixed-delay:ATTEMPTS:DELAY or exponential-backoff:MAX.")
 def run(job_file: Path, kafka: KafkaSettings, group: str | None, state_dir: Path,
         checkpoint_storage: str, checkpoint_interval: float, checkpoint_timeout: float, min_pause: float,
-        max_task_idle: float, tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
+        snapshot_interval: float, max_task_idle: float, tolerable_failures: int, checkpoints_retained: int, checkpoint_mode: str,
         storage_scrub_interval: float, fallback_to_older_checkpoint: bool, s3: S3Settings, worker_id: str,
         params: tuple[str, ...], processing_guarantee: str, session_timeout: float, max_poll_interval: float,
         transaction_timeout: float | None, static_membership: bool, leave_group_on_stop: bool, fence_departed: bool,
@@ -158,7 +163,8 @@ def run(job_file: Path, kafka: KafkaSettings, group: str | None, state_dir: Path
         checkpoint_storage=checkpoint_storage, group=group, worker_id=worker_id,
         params=parsed_params, processing_guarantee=processing_guarantee,
         checkpoint_interval_s=interval_s,
-        checkpoint_timeout_s=timeout_s, min_pause_s=min_pause, max_task_idle_s=max_task_idle,
+        checkpoint_timeout_s=timeout_s, min_pause_s=min_pause, snapshot_interval_s=snapshot_interval,
+        max_task_idle_s=max_task_idle,
         tolerable_failures=tolerable_failures, checkpoints_retained=checkpoints_retained,
         checkpoint_mode=checkpoint_mode, fallback_to_older_checkpoint=fallback_to_older_checkpoint,
         storage_scrub_interval_s=storage_scrub_interval,

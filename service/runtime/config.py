@@ -105,6 +105,9 @@ class WorkerConfig:
     checkpoint_interval_s: float = 1.0
     checkpoint_timeout_s: float = DEFAULT_CHECKPOINT_TIMEOUT_S
     min_pause_s: float = 0.0
+    # 0: every checkpoint snapshots the state. Otherwise checkpoints log state changes to
+    # a changelog topic inside their transactions and snapshot at most this often.
+    snapshot_interval_s: float = 0.0
     tolerable_failures: int = 3
     checkpoints_retained: int = 3
     checkpoint_mode: str = INCREMENTAL
@@ -190,6 +193,12 @@ class WorkerConfig:
         if self.checkpoint_mode not in (INCREMENTAL, FULL):
             raise ConfigurationError(
                 f"--checkpoint-mode must be {INCREMENTAL} or {FULL}, not {self.checkpoint_mode!r}")
+        if self.snapshot_interval_s < 0:
+            raise ConfigurationError("--snapshot-interval must be 0 (a snapshot with every checkpoint) or positive")
+        if self.snapshot_interval_s > 0 and self.processing_guarantee != EXACTLY_ONCE:
+            raise ConfigurationError(
+                "--snapshot-interval logs state changes inside each checkpoint's transaction, which only "
+                f"{EXACTLY_ONCE} has; with {self.processing_guarantee} every checkpoint snapshots the state")
         if self.checkpoint_timeout_s <= 0:
             raise ConfigurationError("--checkpoint-timeout must be positive")
         if self.tolerable_failures < 0:

@@ -54,6 +54,9 @@ class CompletedCheckpoint:
     uncommitted: bool = False
     # Where the task's other inputs (topic -> offset) continue, when it has several.
     other_offsets: tuple[tuple[str, int | None], ...] = ()
+    # The state was rebuilt in a way its changelog does not continue (an older snapshot
+    # and its input replayed): the next checkpoint takes a snapshot.
+    snapshot_due: bool = False
 
     def offset_of(self, topic: str, lead: str) -> int | None:
         return self.offset if topic == lead else dict(self.other_offsets).get(topic)

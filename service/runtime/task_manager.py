@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, TopicPartition
 
+from connectors.changelog import Changelog
 from connectors.kafka_sink import Produce
 from connectors.kafka_source import KafkaSource
 from connectors.two_phase import SinkContext, TwoPhaseCommitSink
@@ -50,7 +51,8 @@ class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource, produce: Callable[[], Produce],
                  storage: CheckpointStorage, token: str, metrics: WorkerMetrics, errors: ErrorHandler,
                  partition_counts: PartitionCounts, missing_input: MissingInput,
-                 restore: Restore = restore_task, global_tables: dict[str, Any] | None = None) -> None:
+                 restore: Restore = restore_task, global_tables: dict[str, Any] | None = None,
+                 changelog: Changelog | None = None) -> None:
         self.plan = plan
         self.config = config
         self.source = source
@@ -64,6 +66,8 @@ class TaskManager:
         self.missing_input = missing_input
         # How a task gets back to its committed state (a resumed savepoint wraps it).
         self.restore_task = restore
+        # Reads back the changes checkpoints logged after a task's snapshot.
+        self.changelog = changelog
         self.digests = DigestCache()
         # The worker's global tables, by uid, for tasks' lookups.
         self.global_tables = global_tables or {}
@@ -121,7 +125,8 @@ class TaskManager:
             tid = task_id(topic, partition)
             directory = TaskDirectory(self.config.state_dir, self.plan.group, tid, self.token)
             state = TaskState(directory, self.storage, self.plan.group, tid, self.digests,
-                              incremental=self.config.incremental_checkpoints)
+                              incremental=self.config.incremental_checkpoints,
+                              logs_changes=self.config.snapshot_interval_s > 0)
             self.retention[(topic, partition)] = RetainedSnapshots(
                 self.storage, task_prefix(self.plan.group, tid), self.config.checkpoints_retained,
                 state.restorer.load_manifest,
@@ -204,7 +209,7 @@ class TaskManager:
         for task in tasks:
             restored = self.restore_task(task, by_tp[(task.topic, task.partition)], (known or {}).get(task.id),
                                          fallback=self.config.fallback_to_older_checkpoint,
-                                         others=[by_tp[i.key] for i in task.others])
+                                         others=[by_tp[i.key] for i in task.others], changelog=self.changelog)
             offset = restored.completed.offset
             replay_until = None
             if restored.replay_from is not None and restored.replay_from < offset:
@@ -316,3 +321,5 @@ class TaskManager:
 
     def close_all(self) -> None:
         self._close(list(self.tasks))
+        if self.changelog is not None:
+            self.changelog.close()

@@ -14,6 +14,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
+from connectors.changelog import TOPIC_CONFIG as CHANGELOG_CONFIG
+from connectors.changelog import changelog_topic
 from eos.errors import ConfigurationError
 from service.job.planner import Plan
 from statestore.murmur2 import partition_for
@@ -50,14 +52,16 @@ def _partition_counts(admin: AdminClient, topics: list[str], reported: list[str]
 
 
 def ensure_topics(plan: Plan, admin_config: dict[str, object],
-                  dead_letter_topic: str | None = None) -> dict[str, int]:
+                  dead_letter_topic: str | None = None, changelogs: bool = False) -> dict[str, int]:
     """Returns the partition count of every topic the job reads or writes. The
-    dead-letter topic, when the job uses one, is created like a repartition topic."""
+    dead-letter topic, when the job uses one, is created like a repartition topic; with
+    `changelogs`, each stateful stage's changelog topic like its input."""
     admin, reported = _admin(admin_config)
     repartition = plan.repartition_inputs
     external = [i.topic for s in plan.stages for i in s.inputs if not i.repartition] + plan.sink_topics
     external += [t.options["topic"] for t in plan.global_tables]
-    owned = [i.topic for i in repartition] + ([dead_letter_topic] if dead_letter_topic else [])
+    changelog_of = {changelog_topic(plan.group, s.id): s for s in plan.stages if s.stateful_uids} if changelogs else {}
+    owned = [i.topic for i in repartition] + ([dead_letter_topic] if dead_letter_topic else []) + list(changelog_of)
     counts = _partition_counts(admin, external + owned, reported, admin_config.get("bootstrap.servers"))
     missing = [t for t in external if t not in counts]
     if missing:
@@ -81,6 +85,16 @@ def ensure_topics(plan: Plan, admin_config: dict[str, object],
         wanted = counts[plan.stages[0].topic]
         to_create.append(NewTopic(dead_letter_topic, num_partitions=wanted, replication_factor=-1))
         counts[dead_letter_topic] = wanted
+    for name, stage in changelog_of.items():
+        wanted = counts[stage.topic]
+        have = counts.get(name)
+        if have is None:
+            to_create.append(NewTopic(name, num_partitions=wanted, replication_factor=-1, config=CHANGELOG_CONFIG))
+            counts[name] = wanted
+        elif have != wanted:
+            raise ConfigurationError(
+                f"changelog topic {name!r} has {have} partitions but stage {stage.id!r} reads {wanted}; each task "
+                "logs its state changes to its own partition")
     create_topics(admin, to_create)
     return counts
 

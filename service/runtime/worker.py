@@ -13,6 +13,7 @@ import signal
 import uuid
 from typing import Any
 
+from connectors.changelog import Changelog
 from connectors.group import GroupView, client_id, new_stamp
 from connectors.kafka_source import KafkaSource, consumer_config
 from connectors.offsets import ClusterOffsets
@@ -158,7 +159,8 @@ class Worker:
         # Admin-style clients (topics, group view, fencer, partition counts) share these settings.
         client_config = {"bootstrap.servers": c.bootstrap_servers, **kafka}
         partition_counts = ensure_topics(self.plan, client_config,
-                                         errors.dlq_topic if errors.uses_dead_letter else None)
+                                         errors.dlq_topic if errors.uses_dead_letter else None,
+                                         changelogs=c.snapshot_interval_s > 0)
         check_key_partitioning(self.plan, {**client_config, "isolation.level": "read_committed"}, partition_counts)
         for node in self.plan.transactional_sinks():  # reachable and as declared, before any input is read
             sink = node.options["sink"]
@@ -205,14 +207,16 @@ class Worker:
         owner = self.owner
         offsets = ClusterOffsets(client_config, waits=self.monitor.kafka_waits)
         missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
+        changelog = Changelog(client_config, timeout_s=call_timeout)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
                                    self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
-                                   global_tables)
+                                   global_tables, changelog=changelog)
         coordinator = CheckpointCoordinator(
             self.manager, self.owner, self.source, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
             timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s, metrics=self.metrics,
-            faults=self._faults())
+            faults=self._faults(), changelog=changelog if c.snapshot_interval_s > 0 else None,
+            snapshot_interval_s=c.snapshot_interval_s)
         self.monitor.attach(self.manager, coordinator)
         manager = self.manager
         self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
