@@ -8,8 +8,10 @@ record with the broker's append time (`message.timestamp.type=LogAppendTime`); a
 `read_committed` reader of the output notes when each output arrives, on the same clock.
 Latency of an order = when its output was read - when its input was appended. Reported
 per interval (100 ms, 250 ms, 1 s): p50, p99 and max over the steady part of the run,
-for eos and for Quix Streams at the same commit interval; and the maximum throughput
-of eos at 100 ms against 1 s.
+for eos (a snapshot with every checkpoint, the default), eos with a changelog (state
+changes logged in each checkpoint's transaction, a snapshot every SNAPSHOT_INTERVAL) and
+Quix Streams at the same commit interval; and the maximum throughput of both eos modes
+at 100 ms against the default at 1 s.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from runner import MAIN_PY, REPO
 
 INTERVALS_S = (0.1, 0.25, 1.0)
 WARMUP_S = 5.0
+SNAPSHOT_INTERVAL = "30s"
 
 
 def _eos_command(ctx_bootstrap: str, group: str, workdir, input_topic: str, output_topic: str,
@@ -48,7 +51,13 @@ def _quix_command(bootstrap: str, group: str, workdir, input_topic: str, output_
             "--commit-interval", str(interval_s), "--state-dir", str(workdir / "quix-state")]
 
 
-CANDIDATES = {"eos": _eos_command, "quix": _quix_command}
+def _eos_changelog_command(*args) -> list[str]:
+    return [*_eos_command(*args), "--snapshot-interval", SNAPSHOT_INTERVAL]
+
+
+CANDIDATES = {"eos": _eos_command, "eos-changelog": _eos_changelog_command, "quix": _quix_command}
+# The same modes in runner.py's throughput runs.
+THROUGHPUT_CANDIDATES = {"eos": "eos-exactly-once-prekeyed", "eos-changelog": "eos-exactly-once-prekeyed-changelog"}
 
 
 def _create_input(bootstrap: str, topic: str) -> None:
@@ -186,30 +195,36 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
     return result
 
 
-def max_throughput(bootstrap: str, interval_s: float, records: int, users: int, reps: int, log) -> float | None:
+def max_throughput(bootstrap: str, candidate: str, interval_s: float, records: int, users: int, reps: int,
+                   log) -> float | None:
     """The prekeyed running sum's throughput with checkpoints every `interval_s`."""
     topic = workload.ensure_input(bootstrap, records, users, log=log)
     logdir = runner.Path(runner.tempfile.mkdtemp(prefix="bench-lat-tput-"))
     rates = []
     for rep in range(reps):
-        r = runner.run_once(runner.REGISTRY["eos-exactly-once-prekeyed"], bootstrap=bootstrap, input_topic=topic,
+        r = runner.run_once(runner.REGISTRY[THROUGHPUT_CANDIDATES[candidate]], bootstrap=bootstrap, input_topic=topic,
                             records=records, users=users, rep=rep, commit_interval=interval_s, timeout=900.0,
                             verify=False, keep_topics=False, logdir=logdir,
                             broker_pid=runner.find_broker_pid(bootstrap), log=log)
         if r.get("ok"):
             rates.append(r["records_per_s"])
-            log(f"  throughput @ {interval_s * 1000:.0f} ms, rep {rep}: {r['records_per_s']:,.0f} records/s")
+            log(f"  {candidate} throughput @ {interval_s * 1000:.0f} ms, rep {rep}: {r['records_per_s']:,.0f} records/s")
     return sorted(rates)[len(rates) // 2] if rates else None
 
 
 def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int, log) -> dict:
     runner.ensure_quix_venv(log)
-    log("latency: maximum throughput at 1 s and 100 ms checkpoint intervals")
-    tput = {str(i): max_throughput(bootstrap, i, records, users, reps, log) for i in (1.0, 0.1)}
-    rate = (tput["1.0"] or 20_000) / 2
+    log("latency: maximum throughput at 1 s and 100 ms checkpoint intervals, each eos mode")
+    tput = {f"{c}@{i}": max_throughput(bootstrap, c, i, records, users, reps, log)
+            for i in (1.0, 0.1) for c in THROUGHPUT_CANDIDATES}
+    rate = (tput["eos@1.0"] or 20_000) / 2
     log(f"latency: orders at {rate:,.0f}/s (half the maximum at 1 s), {seconds:.0f} s per run")
     runs = [latency_run(bootstrap, candidate, interval, rate, seconds, users, log)
             for interval in INTERVALS_S for candidate in CANDIDATES]
+    baseline = tput["eos@1.0"]
     return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,
-            "throughput_100ms_vs_1s": (tput["0.1"] / tput["1.0"]) if tput["0.1"] and tput["1.0"] else None,
+            "snapshot_interval": SNAPSHOT_INTERVAL,
+            # each mode at 100 ms against the default (a snapshot with every checkpoint) at 1 s
+            "throughput_100ms_vs_1s": {c: tput[f"{c}@0.1"] / baseline if tput[f"{c}@0.1"] and baseline else None
+                                       for c in THROUGHPUT_CANDIDATES},
             "runs": runs}

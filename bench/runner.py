@@ -155,6 +155,13 @@ register(
     description="eos running_sum (key_by -> repartition topic), at-least-once",
 )
 register(
+    "eos-exactly-once-prekeyed-changelog",
+    lambda ctx: [*_eos_args(ctx, REPO / "examples" / "running_sum_prekeyed.py", "exactly-once"),
+                 "--snapshot-interval", "30s"],
+    description="the prekeyed running sum with a changelog: state changes logged in each checkpoint's "
+                "transaction, a snapshot every 30 s",
+)
+register(
     "eos-exactly-once-prekeyed",
     lambda ctx: _eos_args(ctx, REPO / "examples" / "running_sum_prekeyed.py", "exactly-once"),
     description="eos running sum keyed by the record key (input keyed by user): no repartition",
