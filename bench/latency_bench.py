@@ -195,28 +195,32 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
     return result
 
 
-def max_throughput(bootstrap: str, candidate: str, interval_s: float, records: int, users: int, reps: int,
-                   log) -> float | None:
-    """The prekeyed running sum's throughput with checkpoints every `interval_s`."""
+def max_throughput(bootstrap: str, configs: list[tuple[str, float]], records: int, users: int, reps: int,
+                   log) -> dict[str, float | None]:
+    """The prekeyed running sum's throughput per (eos mode, checkpoint interval), median
+    of `reps`; the configurations take turns within each rep, so drift of this shared
+    machine reaches them alike."""
     topic = workload.ensure_input(bootstrap, records, users, log=log)
     logdir = runner.Path(runner.tempfile.mkdtemp(prefix="bench-lat-tput-"))
-    rates = []
+    rates: dict[str, list[float]] = {f"{c}@{i}": [] for c, i in configs}
     for rep in range(reps):
-        r = runner.run_once(runner.REGISTRY[THROUGHPUT_CANDIDATES[candidate]], bootstrap=bootstrap, input_topic=topic,
-                            records=records, users=users, rep=rep, commit_interval=interval_s, timeout=900.0,
-                            verify=False, keep_topics=False, logdir=logdir,
-                            broker_pid=runner.find_broker_pid(bootstrap), log=log)
-        if r.get("ok"):
-            rates.append(r["records_per_s"])
-            log(f"  {candidate} throughput @ {interval_s * 1000:.0f} ms, rep {rep}: {r['records_per_s']:,.0f} records/s")
-    return sorted(rates)[len(rates) // 2] if rates else None
+        for candidate, interval_s in configs:
+            r = runner.run_once(runner.REGISTRY[THROUGHPUT_CANDIDATES[candidate]], bootstrap=bootstrap,
+                                input_topic=topic, records=records, users=users, rep=rep,
+                                commit_interval=interval_s, timeout=900.0, verify=False, keep_topics=False,
+                                logdir=logdir, broker_pid=runner.find_broker_pid(bootstrap), log=log)
+            if r.get("ok"):
+                rates[f"{candidate}@{interval_s}"].append(r["records_per_s"])
+                log(f"  {candidate} throughput @ {interval_s * 1000:.0f} ms, rep {rep}: "
+                    f"{r['records_per_s']:,.0f} records/s")
+    return {key: sorted(found)[len(found) // 2] if found else None for key, found in rates.items()}
 
 
 def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int, log) -> dict:
     runner.ensure_quix_venv(log)
     log("latency: maximum throughput at 1 s and 100 ms checkpoint intervals, each eos mode")
-    tput = {f"{c}@{i}": max_throughput(bootstrap, c, i, records, users, reps, log)
-            for i in (1.0, 0.1) for c in THROUGHPUT_CANDIDATES}
+    tput = max_throughput(bootstrap, [(c, i) for i in (1.0, 0.1) for c in THROUGHPUT_CANDIDATES], records, users,
+                          reps, log)
     rate = (tput["eos@1.0"] or 20_000) / 2
     log(f"latency: orders at {rate:,.0f}/s (half the maximum at 1 s), {seconds:.0f} s per run")
     runs = [latency_run(bootstrap, candidate, interval, rate, seconds, users, log)

@@ -184,6 +184,8 @@ def test_without_checkpoints_offsets_alone_are_committed_periodically(clock):
     ({"checkpoint_mode": "sometimes"}, "--checkpoint-mode must be incremental or full"),
     ({"checkpoint_timeout_s": 0}, "--checkpoint-timeout must be positive"),
     ({"tolerable_failures": -1}, "--tolerable-failures must be 0 or more"),
+    ({"snapshot_interval_s": -1}, "--snapshot-interval must be 0"),
+    ({"snapshot_interval_s": 30, "processing_guarantee": "at-least-once"}, "only exactly-once has"),
 ])
 def test_impossible_knobs_are_refused(tmp_path, changes, message):
     config = WorkerConfig(job_file=tmp_path / "job.py", bootstrap_servers="x", state_dir=tmp_path,

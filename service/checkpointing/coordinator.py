@@ -60,7 +60,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from connectors.changelog import Changelog, changelog_topic
 from connectors.transactions import DONE, Kind, Outcome, OutputOwner, verdict
 from connectors.two_phase import commit_prepared
 from eos.errors import (
@@ -71,13 +70,13 @@ from eos.errors import (
     SinkUnavailableError,
     StateStoreError,
 )
+from service.checkpointing.changelog import CheckpointChangelog
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import format_metadata
 from service.monitoring.metrics import WorkerMetrics
 from service.runtime.config import OFFSET_COMMIT_INTERVAL_S
 from service.runtime.task import CompletedCheckpoint, Task
 from service.runtime.task_manager import TaskManager
-from statestore.changelog import encode_parts
 from statestore.manifest import Manifest
 from statestore.retention import snapshot_name
 from statestore.snapshots import run_all
@@ -207,8 +206,7 @@ class CheckpointCoordinator:
     def __init__(self, manager: TaskManager, owner: OutputOwner, consumer: object,
                  *, job: str, worker: str, token: str, interval_s: float, timeout_s: float,
                  min_pause_s: float, metrics: WorkerMetrics,
-                 faults: FaultInjector, changelog: Changelog | None = None,
-                 snapshot_interval_s: float = 0.0) -> None:
+                 faults: FaultInjector, changelog: CheckpointChangelog | None = None) -> None:
         self.manager = manager
         self.owner = owner
         self.consumer = consumer
@@ -223,7 +221,6 @@ class CheckpointCoordinator:
         # With a changelog, a task's state is snapshotted at most every snapshot interval;
         # the checkpoints in between log its changes in their transactions instead.
         self.changelog = changelog
-        self.snapshot_interval_s = snapshot_interval_s
         self.history: deque[CheckpointRecord] = deque(maxlen=HISTORY_SIZE)
         # The checkpoint running right now, for the status page (read from its thread).
         self.current: CheckpointRecord | None = None
@@ -298,7 +295,7 @@ class CheckpointCoordinator:
         record.step_done("barrier")
         self.faults.hit("after_barrier")
         stateful = [t for t in tasks if t.state is not None] if self.snapshots else []
-        snapshotted = {t.id for t in stateful if self._snapshot_due(t)}
+        snapshotted = {t.id for t in stateful if self.changelog is None or self.changelog.snapshot_due(t)}
         captured = {t.id: t.state.capture() for t in stateful}
         record.step_done("capture")
         for task in tasks:
@@ -328,14 +325,6 @@ class CheckpointCoordinator:
             return self._ended(record, tasks, manifests, began, failure)
         self._in_flight = (record, tasks, began, self._background.submit(job))
         return record
-
-    def _snapshot_due(self, task: Task) -> bool:
-        """Whether the checkpoint snapshots the task's state (always, without a changelog)
-        rather than logging its changes: its changelog needs a snapshot to continue, and
-        replays grow with the time since it."""
-        base = task.completed.manifest
-        return (self.changelog is None or base is None or base.changelog_offset is None
-                or task.completed.snapshot_due or time.time() - base.created_at >= self.snapshot_interval_s)
 
     def _prepare_sinks(self, record: CheckpointRecord, tasks: list[Task]) -> None:
         """Every transactional sink of the checkpoint's tasks prepares what it was given
@@ -471,7 +460,9 @@ class CheckpointCoordinator:
             raise CheckpointTimeoutError(
                 f"checkpoint {n} took {elapsed:.1f}s until its snapshots were durable, over its "
                 f"{self.timeout_s:g}s timeout")
-        logged = self._changelog_records(record, [t for t in stateful if t.id not in snapshotted], barriers, written)
+        logging = [t for t in stateful if t.id not in snapshotted]
+        logged = self.changelog.records(n, logging, barriers, written) if logging else []
+        record.logged_tasks, record.logged_bytes = len(logging), sum(len(r[2]) + len(r[3]) for r in logged)
         if logged:
             if epoch is None:
                 raise RuntimeError("a changelog needs checkpoints committed in the background (exactly-once)")
@@ -519,7 +510,7 @@ class CheckpointCoordinator:
         plans = {t.id: t.state.plan_upload(local_dirs[t.id], t.completed.manifest) for t in tasks}
         run_all([call for t in tasks for call in t.state.persister.upload_calls(plans[t.id])],
                 self.pool, deadline, f"checkpoint {n}")
-        continued_from = self._changelog_ends(tasks)
+        continued_from = self.changelog.continued_from(tasks) if self.changelog is not None else {}
         manifests: dict[str, Manifest] = {}
         writes = []
         for task in tasks:
@@ -543,34 +534,6 @@ class CheckpointCoordinator:
         record.step_done("upload")
         return manifests
 
-    def _changelog_partition(self, task: Task) -> TopicPartition:
-        return TopicPartition(changelog_topic(self.manager.plan.group, task.stage.id), task.partition)
-
-    def _changelog_ends(self, tasks: list[Task]) -> dict[str, int]:
-        """With a changelog, where each snapshotted task's changelog continues: its end
-        now, which every earlier checkpoint's changes lie below (they committed before
-        this checkpoint began) and the next one's above."""
-        if self.changelog is None or not tasks:
-            return {}
-        partitions = {t.id: self._changelog_partition(t) for t in tasks}
-        ends = self.changelog.written_ends(list(partitions.values()))
-        return {tid: ends[(tp.topic, tp.partition)] for tid, tp in partitions.items()}
-
-    def _changelog_records(self, record: CheckpointRecord, tasks: list[Task], barriers: dict[str, Barrier],
-                           written: dict[str, WrittenCapture]) -> list[tuple[str, int, bytes, bytes]]:
-        """The changelog records of the tasks whose snapshot is not due: each task's
-        changes, with its input offsets, to its partition of its stage's changelog."""
-        records = []
-        for task in tasks:
-            barrier = barriers[task.id]
-            where = self._changelog_partition(task)
-            for key, value in encode_parts(record.checkpoint_id, barrier.offset, barrier.others,
-                                           written[task.id].changes):
-                records.append((where.topic, where.partition, key, value))
-                record.logged_bytes += len(key) + len(value)
-        record.logged_tasks = len(tasks)
-        return records
-
     def _retain(self, record: CheckpointRecord, stateful: list[Task], manifests: dict[str, Manifest]) -> None:
         """After the commit: older local snapshot copies go, and each task's retention
         deletes what no retained checkpoint lists. Tasks' deletions are independent
@@ -585,10 +548,8 @@ class CheckpointCoordinator:
     def _retain_task(self, task: Task, manifest: Manifest) -> None:
         task.state.directory.prune_snapshots(keep={manifest.snapshot})
         self.manager.retention[(task.topic, task.partition)].completed(manifest)
-        if self.changelog is not None and manifest.changelog_offset is not None:
-            partition = self._changelog_partition(task)
-            partition.offset = manifest.changelog_offset  # what the snapshot holds goes
-            self.changelog.trim([partition])
+        if self.changelog is not None:
+            self.changelog.trim(task, manifest)
 
     def _mid_manifest_fault(self, task: Task):
         """The hook that, under EOS_FAULT=mid_manifest, leaves a torn manifest behind
@@ -621,6 +582,7 @@ class CheckpointCoordinator:
         m.labels(m.checkpoint_duration).observe(record.duration_s)
         m.labels(m.checkpoint_last_size).set(record.size_bytes)
         m.labels(m.checkpoint_last_uploaded).set(record.uploaded_bytes)
+        m.labels(m.checkpoint_last_logged).set(record.logged_bytes)
         m.labels(m.checkpoint_alignment).set(record.alignment_s)
         m.labels(m.checkpoint_sync_duration).observe(record.sync_s)
         m.labels(m.checkpoint_async_duration).observe(record.async_s)

@@ -41,6 +41,9 @@ class WorkerMetrics:
                                           "Total state size referenced by the last checkpoint.")
         self.checkpoint_last_uploaded = gauge("eos_checkpoint_last_uploaded_bytes",
                                               "Bytes uploaded by the last checkpoint (incremental).")
+        self.checkpoint_last_logged = gauge("eos_checkpoint_last_logged_bytes",
+                                            "Bytes of state changes the last checkpoint logged to changelog "
+                                            "topics (--snapshot-interval).")
         # Flink's split of a checkpoint's duration: the synchronous part, while the loop
         # waits (capture at the barrier), and the asynchronous part (write, snapshot,
         # upload, commit) while records go on into the next transaction.

@@ -25,6 +25,7 @@ from eos.errors import (
     RecordError,
     WorkerReplacedError,
 )
+from service.checkpointing.changelog import CheckpointChangelog
 from service.checkpointing.coordinator import CheckpointCoordinator
 from service.checkpointing.faults import FaultInjector
 from service.checkpointing.recovery import restore_task
@@ -215,8 +216,9 @@ class Worker:
             self.manager, self.owner, self.source, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
             timeout_s=c.checkpoint_timeout_s, min_pause_s=c.min_pause_s, metrics=self.metrics,
-            faults=self._faults(), changelog=changelog if c.snapshot_interval_s > 0 else None,
-            snapshot_interval_s=c.snapshot_interval_s)
+            faults=self._faults(),
+            changelog=CheckpointChangelog(changelog, self.group, c.snapshot_interval_s) if c.snapshot_interval_s > 0
+            else None)
         self.monitor.attach(self.manager, coordinator)
         manager = self.manager
         self.scrubber = StorageScrubber(lambda: manager.tasks.values(), c.storage_scrub_interval_s, self.metrics)
