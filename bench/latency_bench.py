@@ -25,6 +25,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import async_snapshot_bench
 import runner
 import workload
 from runner import MAIN_PY, REPO
@@ -32,6 +33,9 @@ from runner import MAIN_PY, REPO
 INTERVALS_S = (0.1, 0.25, 1.0)
 WARMUP_S = 5.0
 SNAPSHOT_INTERVAL = "30s"
+# A store that answers each request 20 ms later, as a remote object store does.
+REMOTE_LATENCY_MS = 20.0
+REMOTE_INTERVAL_S = 0.1
 
 
 def _eos_command(ctx_bootstrap: str, group: str, workdir, input_topic: str, output_topic: str,
@@ -147,7 +151,9 @@ def _appended(bootstrap: str, topic: str) -> dict[int, float]:
 
 
 def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, seconds: float, users: int,
-                log) -> dict:
+                log, storage: tuple[list[str], dict[str, str]] | None = None) -> dict:
+    """One candidate at one interval. `storage`: eos's checkpoint storage arguments and
+    environment instead of a local directory."""
     run_id = uuid.uuid4().hex[:8]
     input_topic, output_topic = f"bench-lat-in-{run_id}", f"bench-lat-out-{run_id}"
     _create_input(bootstrap, input_topic)
@@ -155,11 +161,16 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
     workdir = runner.Path(runner.tempfile.mkdtemp(prefix=f"bench-lat-{candidate}-"))
     argv = CANDIDATES[candidate](bootstrap, f"bench-lat-{candidate}-{run_id}", workdir, input_topic, output_topic,
                                  interval_s)
+    env = None
+    if storage is not None:
+        at = argv.index("--checkpoint-storage")
+        argv = [*argv[:at], *storage[0], *argv[at + 2:]]
+        env = {**runner.os.environ, **storage[1]}
     reader = Reader(bootstrap, output_topic)
     reader.start()
     with open(workdir / "candidate.log", "wb") as out:
         proc = runner.subprocess.Popen(argv, stdout=out, stderr=runner.subprocess.STDOUT, cwd=str(REPO),
-                                       start_new_session=True)
+                                       start_new_session=True, env=env)
     try:
         time.sleep(3.0)  # the candidate joins its group before the feed starts
         feed = Feed(bootstrap, input_topic, rate, users)
@@ -188,9 +199,11 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
         return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
     result = {"candidate": candidate, "interval_s": interval_s, "rate": rate, "ok": missing == 0,
+              "storage": "s3-remote" if storage is not None else "file",
               "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": 1000 * latencies[-1], "records": len(latencies),
               "missing": missing}
-    log(f"  {candidate} @ {interval_s * 1000:.0f} ms: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+    where = " (S3)" if storage is not None else ""
+    log(f"  {candidate}{where} @ {interval_s * 1000:.0f} ms: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
         f"max {result['max_ms']:.0f} ms ({len(latencies):,} orders at {rate:,.0f}/s, {missing} missing)")
     return result
 
@@ -225,6 +238,12 @@ def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int,
     log(f"latency: orders at {rate:,.0f}/s (half the maximum at 1 s), {seconds:.0f} s per run")
     runs = [latency_run(bootstrap, candidate, interval, rate, seconds, users, log)
             for interval in INTERVALS_S for candidate in CANDIDATES]
+    log(f"latency: checkpoints to S3 with {REMOTE_LATENCY_MS:.0f} ms added per request, {REMOTE_INTERVAL_S * 1000:.0f} ms "
+        "checkpoint interval")
+    with async_snapshot_bench.storage("s3-remote", runner.Path(runner.tempfile.mkdtemp(prefix="bench-lat-s3-")),
+                                      REMOTE_LATENCY_MS) as remote:
+        runs += [latency_run(bootstrap, candidate, REMOTE_INTERVAL_S, rate, seconds, users, log, storage=remote)
+                 for candidate in THROUGHPUT_CANDIDATES]
     baseline = tput["eos@1.0"]
     return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,
             "snapshot_interval": SNAPSHOT_INTERVAL,
