@@ -238,11 +238,12 @@ def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int,
     log(f"latency: orders at {rate:,.0f}/s (half the maximum at 1 s), {seconds:.0f} s per run")
     runs = [latency_run(bootstrap, candidate, interval, rate, seconds, users, log)
             for interval in INTERVALS_S for candidate in CANDIDATES]
+    remote_rate = rate / 2  # a quarter of the maximum: the worker has room for checkpoints' work
     log(f"latency: checkpoints to S3 with {REMOTE_LATENCY_MS:.0f} ms added per request, {REMOTE_INTERVAL_S * 1000:.0f} ms "
-        "checkpoint interval")
+        f"checkpoint interval, orders at {remote_rate:,.0f}/s")
     with async_snapshot_bench.storage("s3-remote", runner.Path(runner.tempfile.mkdtemp(prefix="bench-lat-s3-")),
                                       REMOTE_LATENCY_MS) as remote:
-        runs += [latency_run(bootstrap, candidate, REMOTE_INTERVAL_S, rate, seconds, users, log, storage=remote)
+        runs += [latency_run(bootstrap, candidate, REMOTE_INTERVAL_S, remote_rate, seconds, users, log, storage=remote)
                  for candidate in THROUGHPUT_CANDIDATES]
     baseline = tput["eos@1.0"]
     return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,

@@ -351,7 +351,8 @@ def latency_table(results: dict) -> str:
              "| p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
     for run in latency["runs"]:
         if run.get("ok"):
-            remote = " (checkpoints to S3, 20 ms a request)" if run.get("storage") == "s3-remote" else ""
+            remote = (f" (checkpoints to S3, 20 ms a request; {run['rate']:,.0f} orders/s)"
+                      if run.get("storage") == "s3-remote" else "")
             lines.append(f"| {run['candidate']}{remote} | {run['interval_s'] * 1000:.0f} ms | {run['p50_ms']:.0f} | "
                          f"{run['p99_ms']:.0f} | {run['max_ms']:.0f} |")
     ratios = latency.get("throughput_100ms_vs_1s")

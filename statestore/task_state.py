@@ -77,7 +77,10 @@ class TaskState:
         self._idle.set()
 
     def open(self, manifest: Manifest | None) -> RestoreStats | None:
-        """Builds a fresh working database, from `manifest`'s snapshot when given."""
+        """Builds a fresh working database, from `manifest`'s snapshot when given (the one
+        open until now is closed first: a restore may open several before one holds)."""
+        if self.store is not None:
+            self.discard_working_db()
         if not self._acquired:
             working = self.directory.acquire()
             self._acquired = True

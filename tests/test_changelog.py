@@ -17,6 +17,7 @@ from service.checkpointing.faults import CHANGELOG_PHASES
 from tests.harness.savepoints import committed_offsets
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_process import wait_for
+from tests.harness.workload import make_orders, produce_orders
 from tests.test_running_sum_eos import _random_kills
 
 pytestmark = pytest.mark.kafka
@@ -86,25 +87,51 @@ def test_sigkill_at_random_moments_with_a_changelog(bootstrap, tmp_path):
     assert report.outputs == 12_000
 
 
-def test_changelog_records_deleted_before_their_replay_stop_the_worker(bootstrap, tmp_path):
-    """What a restore needs from the changelog is gone: the worker says so and stops,
-    rather than continuing from a snapshot that lacks those changes."""
-    scenario = _changelog_run(bootstrap, tmp_path, records=3_000, chunk=300, chunk_pause_s=0.2)
+def _delete_changelog(scenario: RunningSum) -> str:
+    """Deletes every record of the keyed stage's changelog; returns its name."""
+    admin = AdminClient({"bootstrap.servers": scenario.bootstrap})
+    changelog = changelog_topic(scenario.group, KEYED_STAGE)
+    partitions = [TopicPartition(changelog, p) for p in range(scenario.partitions)]
+    ends = {tp.partition: future.result().offset
+            for tp, future in admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}).items()}
+    assert all(end > 0 for end in ends.values()), ends
+    for future in admin.delete_records([TopicPartition(changelog, p, end) for p, end in ends.items()]).values():
+        future.result()
+    return changelog
+
+
+def _run_then_delete_the_changelog(scenario: RunningSum) -> str:
     scenario.start_feeding()
     first = scenario.start_worker()
     scenario.wait_fed()
     scenario.wait_complete(first)
     first.kill()
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    changelog = changelog_topic(scenario.group, KEYED_STAGE)
-    ends = {p: admin.list_offsets({TopicPartition(changelog, p): OffsetSpec.latest()})[TopicPartition(changelog, p)]
-            .result().offset for p in range(scenario.partitions)}
-    assert all(end > 0 for end in ends.values()), ends
-    for future in admin.delete_records([TopicPartition(changelog, p, end) for p, end in ends.items()]).values():
-        future.result()
+    return _delete_changelog(scenario)
+
+
+def test_changelog_records_deleted_before_their_replay_stop_the_worker(bootstrap, tmp_path):
+    """What a restore needs from the changelog is gone: the worker says so and stops,
+    rather than continuing from a snapshot that lacks those changes."""
+    scenario = _changelog_run(bootstrap, tmp_path, records=3_000, chunk=300, chunk_pause_s=0.2)
+    changelog = _run_then_delete_the_changelog(scenario)
     second = scenario.start_worker()
     assert second.wait(120) != 0
     log = second.log_text()
     assert re.search(rf"changelog '{re.escape(changelog)}' partition \d+: records from offset \d+ on were deleted",
                      log), log[-3000:]
 
+
+def test_with_fallback_a_lost_changelog_is_rebuilt_from_the_snapshot_and_the_input(bootstrap, tmp_path):
+    """`--fallback-to-older-checkpoint`: the snapshot the changelog continued is intact,
+    so the task restores it and replays its input since then without outputs."""
+    scenario = _changelog_run(bootstrap, tmp_path, records=3_000, chunk=300, chunk_pause_s=0.2)
+    _run_then_delete_the_changelog(scenario)
+    more = make_orders(1_000, scenario.users, seed=8, start_id=3_000)
+    produce_orders(bootstrap, scenario.input, more, scenario.key_by_user)
+    second = scenario.start_worker(extra_args=["--snapshot-interval", "30s", "--fallback-to-older-checkpoint"])
+    everything = {**scenario.orders, **more}
+    scenario.wait_complete(second, expected=set(everything))
+    assert second.terminate() == 0, second.log_tail()
+    report = scenario.check(everything)
+    assert report.ok, report.summary()
+    assert "replaying offsets" in second.log_text(), second.log_tail()

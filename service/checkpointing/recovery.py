@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from confluent_kafka import TopicPartition
 
 from connectors.changelog import Changelog, changelog_topic
-
 from eos.errors import (
     CorruptSnapshotError,
     PartitionCountChangedError,
@@ -192,7 +191,7 @@ def _replay_changelog(task: Task, manifest: Manifest, offset: int, reference: Ch
     log.info("%s: replayed %d checkpoints (%d changes) of changelog %s[%d] after snapshot %s in %.3fs",
              task.id, replayed.checkpoints, replayed.entries, topic, task.partition, manifest.snapshot,
              replayed.seconds)
-    return {topic: o for topic, o in replayed.header.others if o is not None}
+    return {other: at for other, at in replayed.header.others if at is not None}
 
 
 def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointReference,
@@ -204,7 +203,9 @@ def _fall_back(task: Task, committed: TopicPartition, reference: CheckpointRefer
                 task.id, cause)
     restorer = task.state.restorer
     if broken is not None:
-        candidates = list(broken.lineage)
+        # A snapshot the changelog continued may itself be intact (its replay failed).
+        intact_maybe = [broken.snapshot] if broken.checkpoint_id < reference.checkpoint_id else []
+        candidates = intact_maybe + list(broken.lineage)
     else:
         try:
             stored = restorer.stored_snapshots()
