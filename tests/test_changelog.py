@@ -48,12 +48,7 @@ def test_a_worker_killed_between_snapshots_is_rebuilt_from_its_changelog(bootstr
 
     wait_for(checkpoints_past_the_snapshot, 90, 0.2, "checkpoints of the keyed stage after its first snapshot")
     doomed.kill()
-    survivor = scenario.start_worker()
-    scenario.wait_fed()
-    scenario.wait_complete(survivor)
-    assert survivor.terminate() == 0, survivor.log_tail()
-    report = scenario.check()
-    assert report.ok, report.summary()
+    survivor = scenario.survivor_finishes()
     assert any(n > 0 for n in _replays(survivor.log_text())), \
         f"the survivor replayed no changelog:\n{survivor.log_tail()}"
 
@@ -68,12 +63,7 @@ def test_kill_at_checkpoint_phase_with_a_changelog(bootstrap, tmp_path, phase):
     scenario.start_feeding()
     doomed = scenario.start_worker(fault=f"{phase}@6")
     assert doomed.wait(120) == -signal.SIGKILL, f"fault {phase} did not fire:\n{doomed.log_tail()}"
-    survivor = scenario.start_worker()
-    scenario.wait_fed()
-    scenario.wait_complete(survivor)
-    assert survivor.terminate() == 0, survivor.log_tail()
-    report = scenario.check()
-    assert report.ok, report.summary()
+    scenario.survivor_finishes()
 
 
 def test_sigkill_at_random_moments_with_a_changelog(bootstrap, tmp_path):

@@ -85,12 +85,7 @@ def test_more_failures_than_tolerated_stop_the_worker_loudly_and_a_restart_resum
     assert [row for _, row in _failures(worker)][-3:] == [1, 2, 3], _failures(worker)
 
     s3_proxy.restore()
-    survivor = scenario.start_worker()
-    scenario.wait_fed()
-    scenario.wait_complete(survivor)
-    assert survivor.terminate() == 0, survivor.log_tail()
-    report = scenario.check()
-    assert report.ok, report.summary()
+    scenario.survivor_finishes()
 
 
 def test_a_checkpoint_slower_than_its_timeout_fails_and_aborts(bootstrap, tmp_path, s3_server, s3_proxy):

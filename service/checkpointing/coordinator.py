@@ -26,6 +26,11 @@ For checkpoint n, in one worker:
                sent, whose outcome their recovery reads), and the record carries the
                outcome (rewind, replaced, fatal) for the worker's loop to act on
 
+With a changelog (`--snapshot-interval`), a task whose snapshot is not due takes no
+snapshot and uploads nothing: its written changes go into the closed transaction, to its
+partition of the stage's changelog, just before COMMITTED, and its offsets keep naming
+its last snapshot (service/checkpointing/changelog.py; recovery replays them).
+
 At most one checkpoint is in flight: the next barrier waits until it completed, while
 records keep flowing into the open transaction. The loop learns of the background
 part's end at its next turn (`poll`), on its own thread, where every outcome is acted

@@ -116,3 +116,14 @@ class RunningSum:
 
     def check(self, orders: dict[int, Order] | None = None) -> OracleReport:
         return check_running_sum(orders or self.orders, self.outputs())
+
+    def survivor_finishes(self, **overrides) -> WorkerProcess:
+        """A new worker runs the rest of the fed input to its end and stops cleanly, and
+        the oracle passes the whole output; returns the worker, for its log."""
+        survivor = self.start_worker(**overrides)
+        self.wait_fed()
+        self.wait_complete(survivor)
+        assert survivor.terminate() == 0, survivor.log_tail()
+        report = self.check()
+        assert report.ok, report.summary()
+        return survivor
