@@ -48,6 +48,7 @@ class Owner:
         if self.failing:
             return Outcome(Kind.REWIND, "commit_transaction failed: broker says no", counts=True)
         self.commits += 1
+        self.committed = offsets
         return DONE
 
 
@@ -177,6 +178,21 @@ def test_without_checkpoints_offsets_alone_are_committed_periodically(clock):
     assert not _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S - 0.1)
     assert _at(clock, coordinator, start, OFFSET_COMMIT_INTERVAL_S)
     assert coordinator.trigger().error is None and owner.commits == 1
+
+
+def test_without_checkpoints_a_stateful_task_commits_no_snapshot_even_one_it_was_restored_from(clock):
+    """Restored from a snapshot of an earlier run with checkpoints, then run without:
+    its offsets move on without state, so they must name none (a restart then starts
+    the state empty, loudly), never the old snapshot, which belongs to older offsets."""
+    coordinator, manager, owner = _coordinator(clock, interval_s=0)
+    old = SimpleNamespace(snapshot="chk-0000000003-old", changelog_offset=None, state_keys={})
+    manager.task.state = SimpleNamespace()
+    manager.task.completed = CompletedCheckpoint(3, 0, old)
+    manager.touch()
+    clock.now += OFFSET_COMMIT_INTERVAL_S
+    assert coordinator.trigger().error is None
+    assert [tp.metadata for tp in owner.committed] == ["eos1:4:-"]
+    assert manager.task.completed.manifest is None
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -437,7 +437,7 @@ class CheckpointCoordinator:
                           epoch: int | None) -> dict[str, Manifest]:
         """The asynchronous part (or, without a pool, the rest of the synchronous one):
         write, snapshot, upload, manifests (or, for tasks whose snapshot is not due, the
-        changelog), commit."""
+        changelog), commit. Returns the manifest each task's committed offsets name."""
         n = record.checkpoint_id
         deadline = began + self.timeout_s
         name = snapshot_name(n, self.token)
@@ -465,20 +465,22 @@ class CheckpointCoordinator:
             raise CheckpointTimeoutError(
                 f"checkpoint {n} took {elapsed:.1f}s until its snapshots were durable, over its "
                 f"{self.timeout_s:g}s timeout")
-        logging = [t for t in stateful if t.id not in snapshotted]
-        logged = self.changelog.records(n, logging, barriers, written) if logging else []
-        record.logged_tasks, record.logged_bytes = len(logging), sum(len(r[2]) + len(r[3]) for r in logged)
+        logging_tasks = [t for t in stateful if t.id not in snapshotted]
+        logged = self.changelog.records(n, logging_tasks, barriers, written) if logging_tasks else []
+        record.logged_tasks, record.logged_bytes = len(logging_tasks), sum(len(r[2]) + len(r[3]) for r in logged)
+        # The snapshot each task's offsets name: its new one, or the one its changelog continues.
+        named = {**{t.id: t.completed.manifest for t in logging_tasks}, **manifests}
         if logged:
             if epoch is None:
                 raise RuntimeError("a changelog needs checkpoints committed in the background (exactly-once)")
             record.commit_error = self.owner.produce_closed(epoch, logged)
             if record.commit_error is not None:
-                return manifests
+                return named
             record.step_done("changelog")
             self.faults.hit("after_changelog")
         offsets = []
         for task in tasks:
-            snapshot = manifests[task.id].snapshot if task.id in manifests else self._base_snapshot(task)
+            snapshot = named[task.id].snapshot if task.id in named else None
             metadata = format_metadata(n, snapshot, task.completed.savepoint)
             barrier = barriers[task.id]
             for topic, offset in ((task.topic, barrier.offset), *barrier.others):
@@ -490,21 +492,16 @@ class CheckpointCoordinator:
         if epoch is not None:
             record.commit_error = self.owner.commit_closed(epoch, offsets)
             if record.commit_error is not None:
-                return manifests
+                return named
         else:
             record.outcome = self.owner.commit(offsets, self.consumer)
             if not record.outcome.committed:
-                return manifests
+                return named
         record.step_done("commit")
         record.phase = Phase.COMMITTED
         self.faults.hit("after_commit")
         self._retain(record, [t for t in stateful if t.id in manifests], manifests)
-        return manifests
-
-    @staticmethod
-    def _base_snapshot(task: Task) -> str | None:
-        """The snapshot a task's changelog continues (None for a task without state)."""
-        return task.completed.manifest.snapshot if task.state is not None and task.completed.manifest else None
+        return named
 
     def _persist(self, record: CheckpointRecord, tasks: list[Task], barriers: dict[str, Barrier],
                  written: dict[str, WrittenCapture], deadline: float, name: str) -> dict[str, Manifest]:
@@ -573,9 +570,7 @@ class CheckpointCoordinator:
         n = record.checkpoint_id
         self.last_id = n
         for task in tasks:
-            # A task that logged its changes goes on from the snapshot its changelog continues.
-            manifest = manifests.get(task.id, task.completed.manifest if task.state is not None else None)
-            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifest,
+            task.completed = CompletedCheckpoint(n, record.offsets[task.id], manifests.get(task.id),
                                                  savepoint=task.completed.savepoint,
                                                  other_offsets=record.barriers[task.id].others)
             task.attempted_manifest = None
