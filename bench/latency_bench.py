@@ -9,7 +9,8 @@ record with the broker's append time (`message.timestamp.type=LogAppendTime`); a
 Latency of an order = when its output was read - when its input was appended. Reported
 per interval (100 ms, 250 ms, 1 s): p50, p99 and max over the steady part of the run,
 for eos (a snapshot with every checkpoint, the default), eos with a changelog (state
-changes logged in each checkpoint's transaction, a snapshot every SNAPSHOT_INTERVAL) and
+changes logged in each checkpoint's transaction, a snapshot every
+runner.CHANGELOG_SNAPSHOT_INTERVAL) and
 Quix Streams at the same commit interval; and the maximum throughput of both eos modes
 at 100 ms against the default at 1 s.
 """
@@ -32,7 +33,6 @@ from runner import MAIN_PY, REPO
 
 INTERVALS_S = (0.1, 0.25, 1.0)
 WARMUP_S = 5.0
-SNAPSHOT_INTERVAL = "30s"
 # A store that answers each request 20 ms later, as a remote object store does.
 REMOTE_LATENCY_MS = 20.0
 REMOTE_INTERVAL_S = 0.1
@@ -56,7 +56,7 @@ def _quix_command(bootstrap: str, group: str, workdir, input_topic: str, output_
 
 
 def _eos_changelog_command(*args) -> list[str]:
-    return [*_eos_command(*args), "--snapshot-interval", SNAPSHOT_INTERVAL]
+    return [*_eos_command(*args), "--snapshot-interval", runner.CHANGELOG_SNAPSHOT_INTERVAL]
 
 
 CANDIDATES = {"eos": _eos_command, "eos-changelog": _eos_changelog_command, "quix": _quix_command}
@@ -247,7 +247,7 @@ def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int,
                  for candidate in THROUGHPUT_CANDIDATES]
     baseline = tput["eos@1.0"]
     return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,
-            "snapshot_interval": SNAPSHOT_INTERVAL,
+            "snapshot_interval": runner.CHANGELOG_SNAPSHOT_INTERVAL,
             # each mode at 100 ms against the default (a snapshot with every checkpoint) at 1 s
             "throughput_100ms_vs_1s": {c: tput[f"{c}@0.1"] / baseline if tput[f"{c}@0.1"] and baseline else None
                                        for c in THROUGHPUT_CANDIDATES},

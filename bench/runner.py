@@ -154,12 +154,15 @@ register(
     lambda ctx: _eos_args(ctx, REPO / "examples" / "running_sum.py", "at-least-once"),
     description="eos running_sum (key_by -> repartition topic), at-least-once",
 )
+# How often eos's changelog mode snapshots the state in the benchmarks that run it.
+CHANGELOG_SNAPSHOT_INTERVAL = "30s"
+
 register(
     "eos-exactly-once-prekeyed-changelog",
     lambda ctx: [*_eos_args(ctx, REPO / "examples" / "running_sum_prekeyed.py", "exactly-once"),
-                 "--snapshot-interval", "30s"],
+                 "--snapshot-interval", CHANGELOG_SNAPSHOT_INTERVAL],
     description="the prekeyed running sum with a changelog: state changes logged in each checkpoint's "
-                "transaction, a snapshot every 30 s",
+                f"transaction, a snapshot every {CHANGELOG_SNAPSHOT_INTERVAL}",
 )
 register(
     "eos-exactly-once-prekeyed",

@@ -155,7 +155,7 @@ class TaskState:
         loop's thread."""
         try:
             logged = self.logs_changes and snapshot is None
-            log = {cf: list(entries) for cf, entries in self._captured_flushed.items()} if logged else {}
+            log = self._captured_flushed if logged else {}  # taken, not copied: later flushes log anew
             batch, count = self.store.new_batch(), 0
             for changes in captured:
                 cf = changes.table.cf

@@ -331,7 +331,6 @@ def test_a_savepoint_leaves_a_click_that_waits_for_its_table_unprocessed(bootstr
     assert report.ok, report.summary()
 
 
-
 @pytest.mark.parametrize("phase", [p for p in PHASES if p not in SINK_PHASES])
 def test_a_kill_at_each_checkpoint_phase_of_a_task_with_two_inputs_loses_and_repeats_nothing(bootstrap, tmp_path,
                                                                                              phase):
