@@ -195,7 +195,14 @@ class TaskStore:
 
     @_io("take a checkpoint")
     def checkpoint(self, target: Path) -> None:
-        """A consistent, hard-linked copy of the database (memtables flushed first)."""
+        """A consistent, hard-linked copy of the database (memtables flushed first).
+
+        The memtables are flushed by an explicit call before the copy: the binding lets
+        other Python threads run during a flush but not during a checkpoint, and the
+        checkpoint's own flush would otherwise hold the loop for as long as RocksDB
+        takes to write the state's changes to files."""
+        for view in self._views.values():
+            view.flush(wait=True)
         rocksdict.Checkpoint(self._db).create_checkpoint(str(target))
 
     def close(self) -> None:
