@@ -23,14 +23,18 @@ pytestmark = pytest.mark.kafka
 
 
 def _random_kills(scenario: RunningSum, kills: int, seed: int, machines: int = 1, **spec) -> None:
-    """`machines` > 1: successive workers use different state directories, as workers
-    moving between machines do, so restores download from storage."""
+    """Each worker is killed 1 to 3.5 s after it got its partitions: counted from its
+    start, a loaded machine's start-up can take all of it, and a worker killed before it
+    processed anything tests nothing. `machines` > 1: successive workers use different
+    state directories, as workers moving between machines do, so restores download from
+    storage."""
     rng = random.Random(seed)
     scenario.start_feeding()
     for i in range(kills):
         if machines > 1:
             spec["state_dir"] = scenario.workdir / f"state-{i % machines}"
         worker = scenario.start_worker(**spec)
+        worker.wait_assigned()
         time.sleep(rng.uniform(1.0, 3.5))
         assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
         worker.kill()
