@@ -133,11 +133,13 @@ class WorkerProcess:
 
 
 def kill_at_random(start: Callable[[int], WorkerProcess], kills: int, seed: int) -> None:
-    """Starts a worker (`start(i)`) and SIGKILLs it 2 to 4 s later, `kills` times: kills
-    that land at random moments of processing and checkpointing."""
+    """Starts a worker (`start(i)`) and SIGKILLs it 2 to 4 s after it got its partitions,
+    `kills` times: kills that land at random moments of processing and checkpointing
+    (counted from the start, a loaded machine's start-up could take all of it)."""
     rng = random.Random(seed)
     for i in range(kills):
         worker = start(i)
+        worker.wait_assigned()
         time.sleep(rng.uniform(2.0, 4.0))
         assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
         worker.kill()
