@@ -157,7 +157,7 @@ class CapturedChanges:
     def __init__(self, table: _CachedTable, values: dict[Any, Any]) -> None:
         self.table, self.values = table, values
         self.sealed: dict[Any, bytes] = {}
-        self.deletions = 0  # counted by write_into, for merge
+        self.deletions: int | None = None  # counted by write_into, for merge
         # A map table's captured keys by the key whose map they belong to.
         self.index: dict[Any, set[Any]] = {}
 
@@ -199,7 +199,7 @@ class CapturedChanges:
         key per record, and a Python loop over them holds the loop's interpreter lock
         twice as long."""
         cache = self.table.cache
-        if not self.deletions:
+        if self.deletions == 0:
             cache.update(self.values)
         else:
             for entry, value in self.values.items():
