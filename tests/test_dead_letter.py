@@ -4,7 +4,6 @@ dead-letter topic holds each poison record exactly once, across SIGKILLs."""
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 
 from tests.harness.kafka import produce, read_all
 from tests.harness.scenario import RunningSum
-from tests.harness.worker_process import REPO
+from tests.harness.worker_process import REPO, kill_at_random, wait_for
 from tests.harness.workload import encode
 
 JOBS = REPO / "tests" / "jobs"
@@ -46,13 +45,9 @@ def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    rng = random.Random(5)
-    for _ in range(4):
-        worker = scenario.start_worker()
-        time.sleep(rng.uniform(1.0, 2.5))
-        worker.kill()
+    kill_at_random(lambda _: scenario.start_worker(), kills=4, seed=5, delay_s=(1.0, 2.5))
     feeder.join()
-    dead = _finish_and_read_dead_letters(scenario)
+    dead = _finish_and_read_dead_letters(scenario, expected=len(poison))
     values = [value for _, value, _ in dead]
     assert sorted(values) == sorted(v for _, v in poison), "dead-letter topic differs from the poison set"
     for key, value, headers in dead:
@@ -62,16 +57,20 @@ def test_poison_records_go_to_the_dead_letter_topic_exactly_once(bootstrap, tmp_
         assert h["eos.operator"] in (b"orders", b"by-user", b"totals"), h
 
 
-def _finish_and_read_dead_letters(scenario: RunningSum) -> list:
-    """Runs a worker to the end of the input, checks the good records with the oracle and
-    returns the dead-letter topic's records as (key, value, headers)."""
+def _finish_and_read_dead_letters(scenario: RunningSum, expected: int) -> list:
+    """Runs a worker until every good record has its output and `expected` dead letters
+    are committed (a partition's last bad records may come after its last good ones),
+    checks the good records with the oracle and returns the dead-letter topic's records
+    as (key, value, headers)."""
+    dlq = f"{scenario.group}-dlq"
     worker = scenario.start_worker()
     scenario.wait_complete(worker)
-    time.sleep(1.5)
+    wait_for(lambda: len(read_all(scenario.bootstrap, dlq)) >= expected, 60, 0.5,
+             lambda: f"{expected} dead letters:\n{worker.log_tail()}")
     assert worker.terminate() == 0, worker.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
-    return read_all(scenario.bootstrap, f"{scenario.group}-dlq", with_headers=True)
+    return read_all(scenario.bootstrap, dlq, with_headers=True)
 
 
 BAD_KINDS = {
@@ -89,7 +88,7 @@ def test_every_kind_of_bad_record_goes_to_the_dead_letter_topic(bootstrap, tmp_p
     orders = [encode(o) for o in scenario.orders.values()]
     bad = [(key, value) for key, value, _, _ in BAD_KINDS.values()]
     produce(bootstrap, scenario.input, orders[:1_000] + bad + orders[1_000:])
-    dead = _finish_and_read_dead_letters(scenario)
+    dead = _finish_and_read_dead_letters(scenario, expected=len(BAD_KINDS))
     assert len(dead) == len(BAD_KINDS), [(k, h) for k, _, h in dead]
     by_key = {key: (value, dict(headers)) for key, value, headers in dead}
     for name, (key, value, operator, error_class) in BAD_KINDS.items():

@@ -6,7 +6,6 @@ broker and checks the committed output with the independent oracle.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
 import time
@@ -17,27 +16,23 @@ from service.checkpointing.faults import PHASES, SINK_PHASES
 from tests.harness.kafka import group_members
 from tests.harness.savepoints import committed_offsets, start_controlled
 from tests.harness.scenario import RunningSum
-from tests.harness.worker_process import wait_for
+from tests.harness.worker_process import WorkerProcess, kill_at_random, wait_for
 
 pytestmark = pytest.mark.kafka
 
 
 def _random_kills(scenario: RunningSum, kills: int, seed: int, machines: int = 1, **spec) -> None:
-    """Each worker is killed 1 to 3.5 s after it got its partitions: counted from its
-    start, a loaded machine's start-up can take all of it, and a worker killed before it
-    processed anything tests nothing. `machines` > 1: successive workers use different
-    state directories, as workers moving between machines do, so restores download from
-    storage."""
-    rng = random.Random(seed)
-    scenario.start_feeding()
-    for i in range(kills):
+    """Kills workers 1 to 3.5 s after they got their partitions while the input is fed.
+    `machines` > 1: successive workers use different state directories, as workers
+    moving between machines do, so restores download from storage."""
+
+    def start(i: int) -> WorkerProcess:
         if machines > 1:
             spec["state_dir"] = scenario.workdir / f"state-{i % machines}"
-        worker = scenario.start_worker(**spec)
-        worker.wait_assigned()
-        time.sleep(rng.uniform(1.0, 3.5))
-        assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
-        worker.kill()
+        return scenario.start_worker(**spec)
+
+    scenario.start_feeding()
+    kill_at_random(start, kills, seed, delay_s=(1.0, 3.5))
     scenario.wait_fed()
 
 

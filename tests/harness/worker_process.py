@@ -132,15 +132,17 @@ class WorkerProcess:
             return ""
 
 
-def kill_at_random(start: Callable[[int], WorkerProcess], kills: int, seed: int) -> None:
-    """Starts a worker (`start(i)`) and SIGKILLs it 2 to 4 s after it got its partitions,
-    `kills` times: kills that land at random moments of processing and checkpointing
-    (counted from the start, a loaded machine's start-up could take all of it)."""
+def kill_at_random(start: Callable[[int], WorkerProcess], kills: int, seed: int,
+                   delay_s: tuple[float, float] = (2.0, 4.0)) -> None:
+    """Starts a worker (`start(i)`) and SIGKILLs it `delay_s` (2 to 4 s) after it got its
+    partitions, `kills` times: kills that land at random moments of processing and
+    checkpointing. Counted from the start, a loaded machine's start-up could take all of
+    it, and a worker killed before it processed anything tests nothing."""
     rng = random.Random(seed)
     for i in range(kills):
         worker = start(i)
         worker.wait_assigned()
-        time.sleep(rng.uniform(2.0, 4.0))
+        time.sleep(rng.uniform(*delay_s))
         assert worker.alive(), f"worker died on its own:\n{worker.log_tail()}"
         worker.kill()
 
