@@ -34,25 +34,38 @@ class FileStorage:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.url = f"file://{self.root}"
+        self._root = str(self.root)
+        # Directories this process made or found, so that a write does not ask again.
+        # Every file system call hands the interpreter lock back, and getting it back
+        # while the processing loop runs costs up to a switch interval (5 ms): a
+        # checkpoint's uploads are paid in such calls, not in bytes.
+        self._directories: set[Path] = set()
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         except OSError as exc:
             raise StorageError(f"cannot create checkpoint storage directory {self.root}: {exc}") from exc
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if path != self.root and self.root not in path.parents:
+        """The key's file, found lexically (no file system calls): keys are made by this
+        product, and one that climbs out of the root (`..`, an absolute path) is refused."""
+        path = os.path.normpath(os.path.join(self._root, key))
+        if path != self._root and not path.startswith(self._root + os.sep):
             raise StorageError(f"key {key!r} escapes checkpoint storage {self.root}")
-        return path
+        return Path(path)
 
     def describe(self, key: str) -> str:
         return str(self._path(key))
 
     def _prepare(self, key: str) -> tuple[Path, Path]:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        self._make_directory(path.parent)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         return path, tmp
+
+    def _make_directory(self, directory: Path, again: bool = False) -> None:
+        if again or directory not in self._directories:
+            directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            self._directories.add(directory)
 
     def _commit(self, tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
@@ -76,7 +89,12 @@ class FileStorage:
         file, synced, renamed over the key and the directory synced."""
         path, tmp = self._prepare(key)
         try:
-            with open(tmp, "wb", opener=_private_opener) as dst:
+            try:
+                dst = open(tmp, "wb", opener=_private_opener)
+            except FileNotFoundError:  # its directory was removed (empty) since it was made
+                self._make_directory(path.parent, again=True)
+                dst = open(tmp, "wb", opener=_private_opener)
+            with dst:
                 fill(dst)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -156,6 +174,7 @@ class FileStorage:
                     parent.rmdir()
                 except OSError:
                     break
+                self._directories.discard(parent)
                 parent = parent.parent
 
 
