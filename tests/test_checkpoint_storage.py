@@ -146,6 +146,17 @@ def test_keys_escaping_root_are_refused(storage: CheckpointStorage, key: str) ->
         storage.delete([key])
 
 
+def test_a_writer_finds_its_directory_again_after_another_process_removed_it(tmp_path: Path) -> None:
+    """A file storage remembers the directories it made; another worker's retention
+    removes a directory once it is empty, and the next write there still lands."""
+    writer, other = FileStorage(tmp_path / "checkpoints"), FileStorage(tmp_path / "checkpoints")
+    writer.put_bytes("job/tasks/t-0/shared/a.sst", b"a")
+    other.delete(["job/tasks/t-0/shared/a.sst"])
+    assert not (tmp_path / "checkpoints" / "job").exists()
+    writer.put_bytes("job/tasks/t-0/shared/b.sst", b"b")
+    assert other.get_bytes("job/tasks/t-0/shared/b.sst") == b"b"
+
+
 def test_open_storage_reads_aws_environment(s3_server: S3Server,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in s3_server.env().items():
