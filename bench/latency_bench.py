@@ -72,19 +72,29 @@ def _create_input(bootstrap: str, topic: str) -> None:
 
 
 class Feed:
-    """Orders at `rate` per second, keyed by user, until stopped: in a process of its own,
+    """Orders at `rate` per second, keyed by user, for `seconds`: in a process of its own,
     so that producing does not hold the interpreter lock the reader needs to see outputs
-    on time."""
+    on time. The orders are encoded before the clock starts (`ready`), so that the 2
+    cores the worker shares with the feed are not spent making up input: in a
+    deployment the producers run elsewhere."""
 
-    def __init__(self, bootstrap: str, topic: str, rate: float, users: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, rate: float, users: int, seconds: float) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with Kafka clients
-        self.stopped = context.Event()
+        self.ready, self.go, self.stopped = context.Event(), context.Event(), context.Event()
         self._sent = context.Value("q", 0)
-        self._process = context.Process(target=_feed, args=(bootstrap, topic, rate, users, self.stopped, self._sent),
-                                        daemon=True)
+        orders = int(rate * seconds) + 1
+        self._process = context.Process(target=_feed, daemon=True,
+                                        args=(bootstrap, topic, rate, users, orders, self.ready, self.go, self.stopped,
+                                              self._sent))
+
+    def prepare(self) -> None:
+        """Starts the process, which encodes the orders and waits for `start`."""
+        self._process.start()
 
     def start(self) -> None:
-        self._process.start()
+        if not self.ready.wait(300):
+            raise RuntimeError("the feed did not prepare its orders within 300s")
+        self.go.set()
 
     def join(self, timeout: float) -> None:
         self._process.join(timeout)
@@ -94,15 +104,19 @@ class Feed:
         return self._sent.value
 
 
-def _feed(bootstrap: str, topic: str, rate: float, users: int, stopped, sent) -> None:
-    records = workload.generate(10**9, users)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random",
+def _feed(bootstrap: str, topic: str, rate: float, users: int, orders: int, ready, go, stopped, sent) -> None:
+    records = list(workload.generate(orders, users))
+    # librdkafka's default linger: a batch per partition every 5 ms, as a producer left
+    # at its defaults sends them.
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": "murmur2_random",
                          "enable.idempotence": True})
+    ready.set()
+    go.wait()
     began, count = time.monotonic(), 0
-    while not stopped.is_set():
-        due = int((time.monotonic() - began) * rate)
+    while not stopped.is_set() and count < orders:
+        due = min(orders, int((time.monotonic() - began) * rate))
         while count < due:
-            key, value = next(records)
+            key, value = records[count]
             try:
                 producer.produce(topic, value, key)
             except BufferError:
@@ -129,8 +143,11 @@ class Reader(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        consumer = self.consumer
         while not self.stopped.is_set():
-            msgs = self.consumer.consume(10_000, 0.05)
+            # What is there now, else the first to arrive: librdkafka's batch call would
+            # wait out its timeout for the batch to fill, and add that to every latency.
+            msgs = consumer.consume(10_000, 0) or consumer.consume(1, 0.05)
             now = time.time()  # when they became readable, not when each was parsed
             for msg in msgs:
                 if msg.error() is None:
@@ -171,9 +188,10 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
     with open(workdir / "candidate.log", "wb") as out:
         proc = runner.subprocess.Popen(argv, stdout=out, stderr=runner.subprocess.STDOUT, cwd=str(REPO),
                                        start_new_session=True, env=env)
+    feed = Feed(bootstrap, input_topic, rate, users, seconds)
+    feed.prepare()
     try:
         time.sleep(3.0)  # the candidate joins its group before the feed starts
-        feed = Feed(bootstrap, input_topic, rate, users)
         feed.start()
         time.sleep(seconds)
         feed.stopped.set()
