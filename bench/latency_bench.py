@@ -23,7 +23,7 @@ import time
 import uuid
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import async_snapshot_bench
@@ -131,7 +131,8 @@ def _feed(bootstrap: str, topic: str, rate: float, users: int, orders: int, read
 
 
 class Reader(threading.Thread):
-    """Notes when each output (by its order id) is first read, read_committed."""
+    """Notes when each output (by its order id) is first read, read_committed, and the
+    output's own timestamp: for eos, when the worker produced it."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
@@ -140,6 +141,7 @@ class Reader(threading.Thread):
                                   "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(workload.PARTITIONS)])
         self.seen: dict[int, float] = {}
+        self.produced: dict[int, float] = {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -151,7 +153,10 @@ class Reader(threading.Thread):
             now = time.time()  # when they became readable, not when each was parsed
             for msg in msgs:
                 if msg.error() is None:
-                    self.seen.setdefault(orjson.loads(msg.value())["last_id"], now)
+                    order = orjson.loads(msg.value())["last_id"]
+                    if order not in self.seen:
+                        self.seen[order] = now
+                        self.produced[order] = msg.timestamp()[1] / 1000
         self.consumer.close()
 
 
@@ -205,7 +210,14 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
         runner._kill_group(proc)
     appended = _appended(bootstrap, input_topic)
     start = min(appended.values()) + WARMUP_S
-    latencies = sorted(reader.seen[i] - t for i, t in appended.items() if t >= start and i in reader.seen)
+    steady = [(i, t) for i, t in appended.items() if t >= start and i in reader.seen]
+    latencies = sorted(reader.seen[i] - t for i, t in steady)
+    # An eos output's timestamp is when the worker produced it (the job keeps no event
+    # time): the latency splits into processing (input appended -> output produced) and
+    # the commit (produced -> readable). Quix gives outputs its inputs' timestamps.
+    split = {"processing": sorted(reader.produced[i] - t for i, t in steady),
+             "commit": sorted(reader.seen[i] - reader.produced[i] for i, _ in steady)} \
+        if candidate.startswith("eos") else {}
     missing = sum(1 for i in appended if i not in reader.seen)
     workload.delete_topics(bootstrap, [input_topic, output_topic])
     runner.shutil.rmtree(workdir, ignore_errors=True)
@@ -213,16 +225,20 @@ def latency_run(bootstrap: str, candidate: str, interval_s: float, rate: float, 
         log(f"  {candidate} @ {interval_s * 1000:.0f} ms: no output (see its log)")
         return {"candidate": candidate, "interval_s": interval_s, "ok": False}
 
-    def pct(q: float) -> float:
-        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    def pct(q: float, values: list[float] = latencies) -> float:
+        return 1000 * values[min(len(values) - 1, int(q * len(values)))]
 
     result = {"candidate": candidate, "interval_s": interval_s, "rate": rate, "ok": missing == 0,
               "storage": "s3-remote" if storage is not None else "file",
               "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": 1000 * latencies[-1], "records": len(latencies),
-              "missing": missing}
+              "missing": missing,
+              **{f"{part}_{name}_ms": pct(q, values) for part, values in split.items()
+                 for name, q in (("p50", 0.5), ("p99", 0.99))}}
     where = " (S3)" if storage is not None else ""
     log(f"  {candidate}{where} @ {interval_s * 1000:.0f} ms: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-        f"max {result['max_ms']:.0f} ms ({len(latencies):,} orders at {rate:,.0f}/s, {missing} missing)")
+        f"max {result['max_ms']:.0f} ms ({len(latencies):,} orders at {rate:,.0f}/s, {missing} missing)"
+        + "".join(f"; {part} p50 {result[f'{part}_p50_ms']:.0f} / p99 {result[f'{part}_p99_ms']:.0f} ms"
+                  for part in split))
     return result
 
 

@@ -348,13 +348,15 @@ def join_table(results: dict) -> str:
 def latency_table(results: dict) -> str:
     latency = results["latency"]
     lines = [f"| end-to-end latency at {latency['rate']:,.0f} orders/s (half the maximum) | checkpoint interval "
-             "| p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+             "| p50 ms | p99 ms | max ms | p99 processing / commit ms |", "|---|---:|---:|---:|---:|---:|"]
     for run in latency["runs"]:
         if run.get("ok"):
             remote = (f" (checkpoints to S3, 20 ms a request; {run['rate']:,.0f} orders/s)"
                       if run.get("storage") == "s3-remote" else "")
+            split = (f"{run['processing_p99_ms']:.0f} / {run['commit_p99_ms']:.0f}"
+                     if "processing_p99_ms" in run else "-")
             lines.append(f"| {run['candidate']}{remote} | {run['interval_s'] * 1000:.0f} ms | {run['p50_ms']:.0f} | "
-                         f"{run['p99_ms']:.0f} | {run['max_ms']:.0f} |")
+                         f"{run['p99_ms']:.0f} | {run['max_ms']:.0f} | {split} |")
     ratios = latency.get("throughput_100ms_vs_1s")
     if isinstance(ratios, dict):  # each eos mode at 100 ms against the default at 1 s
         said = [f"{mode} {ratio:.2f}x" for mode, ratio in ratios.items() if ratio]
