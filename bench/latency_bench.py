@@ -32,6 +32,12 @@ import workload
 from runner import MAIN_PY, REPO
 
 INTERVALS_S = (0.1, 0.25, 1.0)
+# Latency against load at the shortest interval: these fractions of the maximum
+# throughput at 1 s, beside the half the main runs use.
+SWEEP_FRACTIONS = (0.1, 0.25, 0.4)
+SWEEP_INTERVAL_S = 0.1
+# The target: p99 within the checkpoint interval plus this.
+TARGET_MARGIN_MS = 100.0
 WARMUP_S = 5.0
 # A store that answers each request 20 ms later, as a remote object store does.
 REMOTE_LATENCY_MS = 20.0
@@ -279,10 +285,59 @@ def latency(bootstrap: str, records: int, users: int, seconds: float, reps: int,
                                       REMOTE_LATENCY_MS) as remote:
         runs += [latency_run(bootstrap, candidate, REMOTE_INTERVAL_S, remote_rate, seconds, users, log, storage=remote)
                  for candidate in THROUGHPUT_CANDIDATES]
+    log(f"latency against load: {', '.join(f'{f:.0%}' for f in SWEEP_FRACTIONS)} of the maximum, "
+        f"{SWEEP_INTERVAL_S * 1000:.0f} ms checkpoint interval")
+    sweep = [latency_run(bootstrap, candidate, SWEEP_INTERVAL_S, 2 * rate * fraction, seconds, users, log)
+             for fraction in SWEEP_FRACTIONS for candidate in THROUGHPUT_CANDIDATES]
     baseline = tput["eos@1.0"]
     return {"rate": rate, "seconds": seconds, "users": users, "max_throughput": tput,
+            "sweep": sweep,
             "snapshot_interval": runner.CHANGELOG_SNAPSHOT_INTERVAL,
             # each mode at 100 ms against the default (a snapshot with every checkpoint) at 1 s
             "throughput_100ms_vs_1s": {c: tput[f"{c}@0.1"] / baseline if tput[f"{c}@0.1"] and baseline else None
                                        for c in THROUGHPUT_CANDIDATES},
             "runs": runs}
+
+
+def plot(result: dict, path: runner.Path) -> None:
+    """Left: p50 and p99 per checkpoint interval at half the maximum, each candidate that
+    kept up, against the target. Right: eos's p99 against load at 100 ms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_interval, by_load) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"eos": "#4878a8", "eos-changelog": "#d8742c", "quix": "#6a9f58"}
+    local = [r for r in result["runs"] if r.get("ok") and r.get("storage") == "file"]
+    intervals = sorted({r["interval_s"] for r in local})
+    for candidate, color in colors.items():
+        runs = {r["interval_s"]: r for r in local if r["candidate"] == candidate}
+        known = [i for i in intervals if i in runs]
+        if not known:
+            continue
+        ms = [1000 * i for i in known]
+        by_interval.plot(ms, [runs[i]["p99_ms"] for i in known], "o-", color=color, label=f"{candidate} p99")
+        by_interval.plot(ms, [runs[i]["p50_ms"] for i in known], "s:", color=color, label=f"{candidate} p50")
+    target = [1000 * i + TARGET_MARGIN_MS for i in intervals]
+    by_interval.plot([1000 * i for i in intervals], target, "r--", label="target (interval + 100 ms)")
+    by_interval.set_xscale("log"), by_interval.set_xticks([1000 * i for i in intervals])
+    by_interval.set_xticklabels([f"{1000 * i:.0f}" for i in intervals])
+    by_interval.set_xlabel("checkpoint interval, ms"), by_interval.set_ylabel("latency, ms")
+    by_interval.set_title(f"at {result['rate']:,.0f} orders/s (half the maximum)", fontsize=9)
+    sweep = [*result.get("sweep", []),
+             *(r for r in local if r["interval_s"] == SWEEP_INTERVAL_S and r["candidate"] in THROUGHPUT_CANDIDATES)]
+    for candidate in THROUGHPUT_CANDIDATES:
+        runs = sorted((r for r in sweep if r.get("ok") and r["candidate"] == candidate), key=lambda r: r["rate"])
+        if runs:
+            rates = [r["rate"] / 1000 for r in runs]
+            by_load.plot(rates, [r["p99_ms"] for r in runs], "o-", color=colors[candidate], label=f"{candidate} p99")
+            by_load.plot(rates, [r["p50_ms"] for r in runs], "s:", color=colors[candidate], label=f"{candidate} p50")
+    by_load.axhline(1000 * SWEEP_INTERVAL_S + TARGET_MARGIN_MS, color="r", linestyle="--", label="target")
+    by_load.set_yscale("log"), by_load.set_xlabel("thousand orders / s"), by_load.set_ylabel("latency, ms")
+    by_load.set_title(f"against load, checkpoints every {1000 * SWEEP_INTERVAL_S:.0f} ms", fontsize=9)
+    for ax in (by_interval, by_load):
+        ax.legend(fontsize=7)
+    fig.suptitle("End-to-end exactly-once latency: input appended to output readable (read_committed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

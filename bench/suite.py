@@ -500,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         if section in sections:
             results[key] = run()
             out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # a later section may fail
+    if "latency" in sections and not quick:
+        latency_bench.plot(results["latency"], DOCS / "latency.png")
     if "scaling" in sections:  # a quick run's plot says so in its title
         scaling_bench.plot(results["scaling_per_core"], DOCS / "scaling.png", quick)
     if "postgres" in sections and not quick:
