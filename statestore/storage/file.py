@@ -62,8 +62,8 @@ class FileStorage:
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         return path, tmp
 
-    def _make_directory(self, directory: Path, again: bool = False) -> None:
-        if again or directory not in self._directories:
+    def _make_directory(self, directory: Path) -> None:
+        if directory not in self._directories:
             directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             self._directories.add(directory)
 
@@ -92,7 +92,8 @@ class FileStorage:
             try:
                 dst = open(tmp, "wb", opener=_private_opener)
             except FileNotFoundError:  # its directory was removed (empty) since it was made
-                self._make_directory(path.parent, again=True)
+                self._directories.discard(path.parent)
+                self._make_directory(path.parent)
                 dst = open(tmp, "wb", opener=_private_opener)
             with dst:
                 fill(dst)
