@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from service.job.planner import plan, repartition_topic
 from service.membership.slot import transactional_id
 from service.runtime.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
+from tests.harness.savepoints import start_controlled, wait_settled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
 from tests.harness.worker_process import REPO, wait_for
@@ -275,7 +277,8 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
         scenario.start_feeding()
         pool.start("a")
         pool.start("b")
-        tasks = 2 * scenario.partitions  # input and repartition partitions
+        # The group assigns the input's partitions; each carries its repartition partition.
+        tasks = scenario.partitions
         for victim, how in (("a", "term"), ("b", "kill"), ("a", "kill"), ("b", "term")):
             survivor = "b" if victim == "a" else "a"
             # More committed output since the last change: checkpoints with state exist.
@@ -292,6 +295,73 @@ def test_workers_on_separate_machines_restore_each_others_tasks_from_shared_stor
     _assert_exactly_once(scenario)
     downloads = [int(n) for n in re.findall(r"(\d+) downloaded", pool.log_texts())]
     assert any(downloads), "no task was ever restored from the shared storage"
+
+
+def test_a_worker_that_joins_later_takes_an_equal_share_of_every_stage(bootstrap, tmp_path):
+    """librdkafka's cooperative-sticky assignor hands a joining member whole topics: left
+    to it, the second worker would take every task of one stage and leave the first with
+    every task of the other. The repartition stage's partition p travels with the
+    source's partition p, so each worker holds half of each stage, and the group itself
+    assigns only the source's partitions."""
+    scenario = RunningSum(bootstrap, tmp_path, records=8_000, partitions=8, chunk=400, chunk_pause_s=0.3)
+    scenario.start_feeding()
+    first = start_controlled(scenario, worker_id="a").wait_ready()
+    workers = [first]
+    try:
+        wait_for(lambda: len(first.status()["tasks"]) == 16, 90, 0.25, "the first worker to hold every task")
+        workers.append(start_controlled(scenario, worker_id="b").wait_ready())
+        wait_settled(workers)
+        repartition = repartition_topic(scenario.group, "by-user")
+        for worker in workers:
+            tasks = {t["task"] for t in worker.status()["tasks"]}
+            sources = {int(t.rpartition("-")[2]) for t in tasks if t.startswith(scenario.input + "-")}
+            carried = {int(t.rpartition("-")[2]) for t in tasks if t.startswith(repartition + "-")}
+            assert len(sources) == 4 and carried == sources, (worker.url, sorted(tasks))
+        assignment = group_assignment(bootstrap, scenario.group)
+        assert {topic for partitions in assignment.values() for topic, _ in partitions} == {scenario.input}
+        scenario.wait_fed()
+        scenario.wait_complete(None, timeout=180)
+        for worker in workers:
+            assert worker.process.terminate() == 0, worker.process.log_tail()
+    finally:
+        for worker in workers:
+            worker.process.kill()
+    _assert_exactly_once(scenario)
+
+
+def test_a_worker_stops_when_the_group_assigns_another_member_a_partition_it_takes_along(bootstrap, tmp_path):
+    """A worker of another version that subscribes to the repartition topic itself is
+    given its partitions by the group, while this version takes them along with the
+    source's: both would run those tasks. The worker stops at once, naming the other."""
+    scenario = RunningSum(bootstrap, tmp_path, records=1_000)
+    repartition = repartition_topic(scenario.group, "by-user")
+    create_topics(bootstrap, [repartition], scenario.partitions)
+    other = Consumer({"bootstrap.servers": bootstrap, "group.id": scenario.group,
+                      "client.id": f"{scenario.group}-older", "partition.assignment.strategy": "cooperative-sticky"})
+    other.subscribe([scenario.input, repartition])
+    stop = threading.Event()
+
+    def keep_polling() -> None:
+        while not stop.is_set():
+            other.poll(0.1)
+
+    def holds_every_partition() -> bool:
+        other.poll(0.1)
+        return len(other.assignment()) == 2 * scenario.partitions
+
+    worker = None
+    try:
+        wait_for(holds_every_partition, 30, 0, "the other member to hold every partition")
+        threading.Thread(target=keep_polling, daemon=True).start()
+        worker = scenario.start_worker()
+        assert worker.wait(90) == 1, worker.log_tail()
+        log = worker.log_text()
+        assert "to worker older" in log and "Every worker of a group must run the same version" in log, log
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.kill()
+        other.close()
 
 
 def test_graceful_stop_leaves_the_group_at_once(bootstrap, tmp_path):

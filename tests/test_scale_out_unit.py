@@ -82,10 +82,6 @@ class _ScriptedView:
     def members(self) -> list[Member] | None:
         return self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
 
-    def workers(self) -> set[str] | None:
-        members = self.members()
-        return None if members is None else {m.worker for m in members}
-
 
 def _member(worker: str, stamp: str | None, member_id: str = "m") -> Member:
     return Member(worker, stamp, member_id, f"job-{worker}#{stamp}", "/10.0.0.7")
@@ -102,35 +98,35 @@ class _FakeProducer:
         return 0
 
 
-def _fencer(answers) -> tuple[DepartedWorkerFencer, list[str]]:
+def _fencer(answers) -> tuple[DepartedWorkerFencer, _ScriptedView, list[str]]:
     fenced: list[str] = []
-    fencer = DepartedWorkerFencer(_ScriptedView(answers), "w1", {}, 1.0,
-                                  producer_factory=lambda config: _FakeProducer(fenced, config))
-    return fencer, fenced
+    view = _ScriptedView(answers)
+    fencer = DepartedWorkerFencer(view.group, "w1", {}, 1.0, producer_factory=lambda config: _FakeProducer(fenced, config))
+    return fencer, view, fenced
 
 
 def test_only_workers_seen_before_and_gone_now_are_fenced():
     looks = [[_member(w, "1") for w in ws] if ws is not None else None
              for ws in (["w1", "w2", "w3"], ["w1", "w3"], None, ["w1", "w4"], ["w1", "w4"])]
-    fencer, fenced = _fencer(looks)
-    assert fencer.after_rebalance() == []            # first look: nothing known to have left
-    assert fencer.after_rebalance() == ["w2"]
-    assert fencer.after_rebalance() == []            # the group could not be described
-    assert fencer.after_rebalance() == ["w3"]        # compared with the last successful look
-    assert fencer.after_rebalance() == []
+    fencer, view, fenced = _fencer(looks)
+    assert fencer.after_rebalance(view.members()) == []            # first look: nothing known to have left
+    assert fencer.after_rebalance(view.members()) == ["w2"]
+    assert fencer.after_rebalance(view.members()) == []            # the group could not be described
+    assert fencer.after_rebalance(view.members()) == ["w3"]        # compared with the last successful look
+    assert fencer.after_rebalance(view.members()) == []
     assert fenced == ["job-w2", "job-w2#1", "job-w3", "job-w3#1"]  # every id of each departed slot's pool
 
 
 def test_a_worker_never_fences_itself():
-    fencer, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w2", "1")]])
-    fencer.after_rebalance()
-    assert fencer.after_rebalance() == [] and fenced == []
+    fencer, view, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w2", "1")]])
+    fencer.after_rebalance(view.members())
+    assert fencer.after_rebalance(view.members()) == [] and fenced == []
 
 
 def test_a_slot_whose_new_process_is_listed_is_not_fenced():
-    fencer, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w1", "1"), _member("w2", "2")]])
-    fencer.after_rebalance()
-    assert fencer.after_rebalance() == [] and fenced == []
+    fencer, view, fenced = _fencer([[_member("w1", "1"), _member("w2", "1")], [_member("w1", "1"), _member("w2", "2")]])
+    fencer.after_rebalance(view.members())
+    assert fencer.after_rebalance(view.members()) == [] and fenced == []
 
 
 OWN = "0000000002000-aaaaaa"

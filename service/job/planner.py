@@ -9,7 +9,8 @@ Inputs meet in one stage when an operator needs them together: a join, or a stat
 operator after a merge. Such inputs must be co-partitioned (same partition count, keys
 hashed alike); a stream re-keyed for a join is repartitioned to match the other side:
 its repartition topic takes that side's partition count and key serde. The first input
-of a stage is its *lead*: the consumer group assigns lead partitions, and each task takes
+of a stage is its *lead*: the consumer group assigns lead partitions (or a lead travels
+with the first source's partition, service/runtime/colocation.py), and each task takes
 the same partition of the stage's other inputs along.
 
 When nothing between a stage's start and a `key_by` changes the record value (only
@@ -131,11 +132,6 @@ class Plan:
     job: Job
     group: str
     stages: list[Stage]
-
-    @property
-    def input_topics(self) -> list[str]:
-        """The topics the consumer group assigns: each stage's lead."""
-        return [s.topic for s in self.stages]
 
     @property
     def all_input_topics(self) -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
-from connectors.group import GroupView
+from connectors.group import Member
 from connectors.transactions import ProducerFactory
 from service.membership.slot import transactional_ids
 
@@ -31,21 +31,21 @@ log = logging.getLogger(__name__)
 
 
 class DepartedWorkerFencer:
-    def __init__(self, view: GroupView, own_worker: str, producer_config: dict[str, Any], timeout_s: float,
+    def __init__(self, group: str, own_worker: str, producer_config: dict[str, Any], timeout_s: float,
                  producer_factory: ProducerFactory = Producer) -> None:
-        self.view = view
-        self.group = view.group
+        self.group = group
         self.own_worker = own_worker
         self.timeout_s = timeout_s
         self.producer_factory = producer_factory
         self._producer_config = producer_config
         self._previous: set[str] | None = None
 
-    def after_rebalance(self) -> list[str]:
-        """Fences the slots that lost their last member since the previous call; returns them."""
-        live = self.view.workers()
-        if live is None:  # noticed at a later rebalance, or the transaction timeout ends it
+    def after_rebalance(self, members: list[Member] | None) -> list[str]:
+        """Fences the slots that lost their last member since the previous look at the
+        group (`members`, None: it could not be described); returns them."""
+        if members is None:  # noticed at a later rebalance, or the transaction timeout ends it
             return []
+        live = {m.worker for m in members}
         departed = sorted((self._previous or set()) - live - {self.own_worker})
         self._previous = live
         for worker in departed:

@@ -155,12 +155,15 @@ class JobSummary:
     job: str  # the group
     state: str  # running | stopped
     workers: tuple[str, ...]
-    partitions: int  # assigned (running) or with committed offsets (stopped)
+    partitions: int  # input partitions: assigned or with committed offsets
 
 
 def list_jobs(client_config: dict[str, Any], timeout_s: float = 15.0) -> list[JobSummary]:
     """The cluster's eos jobs: groups whose members are eos workers (running), and
-    groups without members whose committed offsets carry checkpoint metadata (stopped)."""
+    groups without members whose committed offsets carry checkpoint metadata (stopped).
+    A running job's partitions are those the group assigns and those with committed
+    offsets: the group does not assign the partitions that travel with the source's
+    (service/runtime/colocation.py)."""
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
@@ -171,24 +174,30 @@ def list_jobs(client_config: dict[str, Any], timeout_s: float = 15.0) -> list[Jo
     ids = sorted(g.group_id for g in listed.valid)
     if not ids:
         return []
+
+    def committed(group: str) -> set[tuple[str, int]]:
+        offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                    request_timeout=timeout_s)[group].result(timeout_s)
+        return {(tp.topic, tp.partition) for tp in offsets.topic_partitions or ()
+                if (tp.metadata or "").startswith("eos1:")}
+
     jobs = []
     described = admin.describe_consumer_groups(ids, request_timeout=timeout_s)
     for group in ids:
         description = described[group].result(timeout_s)
-        workers, partitions = [], 0
+        workers, assigned = [], set()
         for member in description.members:
             identity = member_identity(group, member.group_instance_id, member.client_id)
             if identity is not None and identity[1] is not None:
                 workers.append(identity[0])
-                partitions += len(member.assignment.topic_partitions) if member.assignment else 0
+                assigned.update((tp.topic, tp.partition) for tp in
+                                (member.assignment.topic_partitions if member.assignment else ()))
         if workers:
-            jobs.append(JobSummary(group, "running", tuple(sorted(workers)), partitions))
+            jobs.append(JobSummary(group, "running", tuple(sorted(workers)), len(assigned | committed(group))))
             continue
         if description.members:
             continue  # some other application's consumers
-        offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                    request_timeout=timeout_s)[group].result(timeout_s)
-        ours = [tp for tp in offsets.topic_partitions or () if (tp.metadata or "").startswith("eos1:")]
+        ours = committed(group)
         if ours:
             jobs.append(JobSummary(group, "stopped", (), len(ours)))
     return jobs

@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from connectors.group import GroupView
 from connectors.kafka_source import ASSIGNED, LOST, ConsumerFailed, KafkaSource, OutOfRange, Rebalance
 from connectors.transactions import Kind, Outcome, OutputOwner
 from eos.errors import (
@@ -66,7 +67,8 @@ class ProcessingLoop:
                  global_positions: list[TopicPartition] | None = None,
                  monitor: WorkerMonitor, metrics: WorkerMetrics,
                  input_topics: list[str], consume_batch: int, state_cache_bytes: int, tolerable_failures: int,
-                 fencer: DepartedWorkerFencer | None, tick: Callable[["ProcessingLoop"], None]) -> None:
+                 fencer: DepartedWorkerFencer | None, tick: Callable[["ProcessingLoop"], None],
+                 group_view: GroupView | None = None) -> None:
         self.source = source
         self.owner = owner
         self.manager = manager
@@ -74,6 +76,8 @@ class ProcessingLoop:
         self.missing_input = missing_input
         self.monitor = monitor
         self.fencer = fencer
+        # The group's members, looked at once after each rebalance (fencing, colocation).
+        self.group_view = group_view
         # Where the global tables' partitions continue: read from the next assignment on
         # (the first, and the first of each new consumer).
         self.global_positions = global_positions or []
@@ -175,18 +179,22 @@ class ProcessingLoop:
     def rebalanced(self, rebalances: list[Rebalance]) -> None:
         """Acts on what one or more rebalances did, taken together: a task whose partition
         was revoked or lost at any point is released first (its partition may have been
-        another member's meanwhile), then the partitions assigned in the end get tasks."""
+        another member's meanwhile), then the partitions assigned in the end get tasks,
+        with the tasks their anchor partitions carry (service/runtime/colocation.py)."""
+        members = self.group_view.members() if self.group_view is not None else None
         if self.fencer is not None:
-            self.fencer.after_rebalance()
+            self.fencer.after_rebalance(members)
+        self.manager.colocation.check_members(members or ())
         assigned = set(self.manager.tasks)
         taken: set[TaskKey] = set()
         lost = False
         for rebalance in rebalances:
+            keys = self.manager.colocation.tasks_of(rebalance.partitions)
             if rebalance.kind == ASSIGNED:
-                assigned.update(rebalance.partitions)
+                assigned.update(keys)
             else:
-                assigned.difference_update(rebalance.partitions)
-                taken.update(rebalance.partitions)
+                assigned.difference_update(keys)
+                taken.update(keys)
                 lost = lost or rebalance.kind == LOST
         released = sorted(taken & set(self.manager.tasks))
         if released:

@@ -27,6 +27,7 @@ from eos.errors import KafkaClientError, MissingInputError, RecordError
 from service.checkpointing.recovery import Restored, restore_task
 from service.job.planner import Plan, Stage
 from service.monitoring.metrics import WorkerMetrics
+from service.runtime.colocation import Colocation
 from service.runtime.config import EXACTLY_ONCE, WorkerConfig
 from service.runtime.error_policy import ErrorHandler
 from service.runtime.inputs import PartitionGroup
@@ -52,8 +53,10 @@ class TaskManager:
                  storage: CheckpointStorage, token: str, metrics: WorkerMetrics, errors: ErrorHandler,
                  partition_counts: PartitionCounts, missing_input: MissingInput,
                  restore: Restore = restore_task, global_tables: dict[str, Any] | None = None,
-                 changelog: Changelog | None = None) -> None:
+                 changelog: Changelog | None = None, colocation: Colocation | None = None) -> None:
         self.plan = plan
+        # Which tasks come with the partitions the group assigns.
+        self.colocation = colocation if colocation is not None else Colocation(plan, {})
         self.config = config
         self.source = source
         # The current producer's produce functions: each (re)start binds the chains to them.
@@ -71,7 +74,7 @@ class TaskManager:
         self.digests = DigestCache()
         # The worker's global tables, by uid, for tasks' lookups.
         self.global_tables = global_tables or {}
-        # Tasks by their lead partition, which the group assigns.
+        # Tasks by their lead partition, which the group assigns (or an anchor carries).
         self.tasks: dict[TaskKey, Task] = {}
         # Where each partition's records go: every input partition of every task.
         self.routes: dict[TaskKey, Callable[[list], None]] = {}
@@ -98,7 +101,7 @@ class TaskManager:
         counts = self.partition_counts.of(topics | {t for topic in topics for t in self.plan.time_topics(topic)})
         new = [self._create(topic, partition, counts) for topic, partition in keys]
         positions = self._restore(new)
-        leads = {(t.topic, t.partition) for t in new}
+        leads = {(t.topic, t.partition) for t in new if not self.colocation.carried((t.topic, t.partition))}
         self.source.take([p for p in positions if (p.topic, p.partition) not in leads])
         self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
@@ -308,7 +311,7 @@ class TaskManager:
                 continue
             for task_input in task.inputs:
                 self.routes.pop(task_input.key, None)
-            self.source.give_back([i.key for i in task.others])
+            self.source.give_back([i.key for i in (task.inputs if self.colocation.carried(key) else task.others)])
             for sink in task.sinks.values():
                 sink.close()
             if task.state is not None:

@@ -39,6 +39,7 @@ from service.membership.slot import SlotGuard, transactional_ids
 from service.monitoring.metrics import WorkerMetrics
 from service.monitoring.monitor import WorkerMonitor
 from service.monitoring.status import FAILED, RUNNING, STOPPED, STOPPING
+from service.runtime.colocation import Colocation
 from service.runtime.config import EXACTLY_ONCE, OFFSET_COMMIT_INTERVAL_S, WorkerConfig
 from service.runtime.error_policy import ErrorHandler, dead_letter_topic
 from service.runtime.loop import ProcessingLoop
@@ -187,7 +188,7 @@ class Worker:
         fencer = None
         if c.processing_guarantee == EXACTLY_ONCE and c.fence_departed_workers:
             fencer = DepartedWorkerFencer(
-                self.group_view, c.worker_id,
+                self.group, c.worker_id,
                 {**client_config, "transaction.timeout.ms": int(c.transaction_timeout_s * 1000)},
                 timeout_s=call_timeout)
         # The user's auto.offset.reset says only where partitions with nothing committed
@@ -211,7 +212,8 @@ class Worker:
         changelog = Changelog(client_config, timeout_s=call_timeout)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,
                                    self.metrics, errors, PartitionCounts(client_config), missing_input, restore,
-                                   global_tables, changelog=changelog)
+                                   global_tables, changelog=changelog,
+                                   colocation=Colocation(self.plan, partition_counts))
         coordinator = CheckpointCoordinator(
             self.manager, self.owner, self.source, job=self.plan.job.name,
             worker=c.worker_id, token=self.token, interval_s=c.checkpoint_interval_s,
@@ -229,9 +231,10 @@ class Worker:
             missing_input=missing_input, global_positions=global_positions,
             monitor=self.monitor, metrics=self.metrics, input_topics=self.plan.all_input_topics + [t.options["topic"] for t in self.plan.global_tables],
             consume_batch=c.consume_batch, state_cache_bytes=c.state_cache_bytes,
-            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self._tick)
+            tolerable_failures=c.tolerable_failures, fencer=fencer, tick=self._tick,
+            group_view=self.group_view)
         # The producer starts with the first assignment (ProcessingLoop._assigned).
-        self.source.subscribe(self.plan.input_topics)
+        self.source.subscribe(self.manager.colocation.group_topics)
         self.scrubber.start()
         log.info("worker %s of job %s (group %s, incarnation %s) started: stages %s", c.worker_id,
                  self.plan.job.name, self.group, self.stamp,

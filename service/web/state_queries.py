@@ -96,7 +96,7 @@ class StateQueries:
             return Response.json(504, {"error": f"the worker's loop did not answer within {REPLY_TIMEOUT_S:.0f}s"})
         status, body = query.answer
         if status == 307:
-            owner = self._owner(query.stage.topic, query.partition)
+            owner = self._owner(*self.manager.colocation.assigned_with((query.stage.topic, query.partition)))
             if owner is None:
                 return Response(503, _dumps({**body, "error": f"no worker holds partition {query.partition} of "
                                                              f"{query.stage.topic} right now (a rebalance?)"}),
