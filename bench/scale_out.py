@@ -12,9 +12,10 @@ throughput
 recovery
     Two workers run the two-stage running sum on orders keyed by order id, fed live at a
     fixed rate (id i goes to partition i % 4). After a warm-up one worker is taken away;
-    its tasks (input partitions and repartition partitions, read from the group's
-    assignment just before) are watched on the committed output: a task has recovered
-    when an output derived from it, for an order produced after the death, is committed.
+    its tasks (the input partitions the group assigned it just before, and the
+    repartition partitions that travel with them) are watched on the committed output: a
+    task has recovered when an output derived from it, for an order produced after the
+    death, is committed.
     Reported per scenario: the time from the death until every task of the dead worker
     (and until the first of them) produces output again. Scenarios:
 
@@ -168,7 +169,8 @@ def throughput_run(bootstrap: str, input_topic: str, records: int, workers: int,
                     return
                 watching.wait(0.1)
 
-        expected_tasks = 2 * partitions if job == TWO_STAGE_JOB else partitions
+        # The group assigns the input's partitions; a repartition stage's travel with them.
+        expected_tasks = partitions
         balance = threading.Thread(target=watch_balance, daemon=True)
         balance.start()
         try:
@@ -354,7 +356,9 @@ def recovery_run(args: argparse.Namespace, scenario: str) -> dict:
         time.sleep(args.warmup)
         repartition = f"{cluster.group}-by-user-repartition"
         users = _user_partitions(args.bootstrap, repartition)
-        owned = _owned_by(args.bootstrap, cluster.group, "a")
+        # The group assigns input partitions; repartition partition p travels with input partition p.
+        owned = [(topic, partition) for _, partition in _owned_by(args.bootstrap, cluster.group, "a")
+                 for topic in (input_topic, repartition)]
         victim = cluster.procs["a"]
         signalled_at = time.monotonic()
         if scenario.startswith("kill"):
