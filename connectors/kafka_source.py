@@ -92,6 +92,8 @@ PREFETCHED_RECORDS_PER_PARTITION = 30_000
 # 4 workers starting together held their tasks 0.8 s later than at this interval
 # (docs/bench, "Scaling per core"); a heartbeat is a few bytes.
 HEARTBEAT_INTERVAL_MS = 250
+# Asking for a topic's metadata before taking its partitions along (KafkaSource.take).
+METADATA_TIMEOUT_S = 5.0
 
 
 def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeout_ms: int,
@@ -261,13 +263,26 @@ class KafkaSource:
                 self.seek(position)
 
     def take(self, positions: list[TopicPartition]) -> None:
-        """Adds partitions of a task's other inputs to the assignment, at their tasks'
-        positions (the group assigned their lead)."""
+        """Adds partitions to the assignment at their tasks' positions, beside what the
+        group assigned: a task's other inputs, a carried task's lead, a global table.
+        librdkafka starts fetching a partition of a topic it holds nothing of only once
+        its next metadata refresh found the topic (0.6-1 s here); asked for the topic's
+        metadata first, it fetches within a fetch wait."""
         if positions:
+            self._learn_topics({p.topic for p in positions})
             self.consumer.incremental_assign(positions)
             for position in positions:
                 self.ends.pop((position.topic, position.partition), None)
             self._reapply_holds(positions)
+
+    def _learn_topics(self, topics: set[str]) -> None:
+        """Asks for the metadata of the topics the consumer holds no partition of (only
+        outside its callbacks: a nested call clears the client's call state)."""
+        for topic in sorted(topics - {tp.topic for tp in self.consumer.assignment()}):
+            try:
+                self.consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+            except KafkaException as exc:  # then it waits for the next refresh, as without asking
+                log.debug("metadata of %s: %s", topic, exc)
 
     def give_back(self, partitions: list[tuple[str, int]]) -> None:
         """Removes partitions `take` added, when their task is released."""
