@@ -21,7 +21,7 @@ from service.job.planner import plan, repartition_topic
 from service.membership.slot import transactional_id
 from service.runtime.topics import ensure_topics
 from tests.harness.kafka import create_topics, group_assignment, group_members, unique_name
-from tests.harness.savepoints import start_controlled, wait_settled
+from tests.harness.savepoints import start_controlled
 from tests.harness.scenario import RunningSum
 from tests.harness.worker_pool import WorkerPool, run_chaos
 from tests.harness.worker_process import REPO, wait_for
@@ -310,15 +310,21 @@ def test_a_worker_that_joins_later_takes_an_equal_share_of_every_stage(bootstrap
     try:
         wait_for(lambda: len(first.status()["tasks"]) == 16, 90, 0.25, "the first worker to hold every task")
         workers.append(start_controlled(scenario, worker_id="b").wait_ready())
-        wait_settled(workers)
         repartition = repartition_topic(scenario.group, "by-user")
-        for worker in workers:
-            tasks = {t["task"] for t in worker.status()["tasks"]}
-            sources = {int(t.rpartition("-")[2]) for t in tasks if t.startswith(scenario.input + "-")}
-            carried = {int(t.rpartition("-")[2]) for t in tasks if t.startswith(repartition + "-")}
-            assert len(sources) == 4 and carried == sources, (worker.url, sorted(tasks))
+
+        def partitions(tasks: list[str], topic: str) -> set[int]:
+            return {int(t.rpartition("-")[2]) for t in tasks if t.startswith(topic + "-")}
+
+        def held() -> list[list[str]]:
+            return [sorted(t["task"] for t in worker.status()["tasks"]) for worker in workers]
+
+        def each_holds_half_of_each_stage() -> bool:
+            shares = [(partitions(tasks, scenario.input), partitions(tasks, repartition)) for tasks in held()]
+            return all(len(sources) == 4 and carried == sources for sources, carried in shares)
+
+        wait_for(each_holds_half_of_each_stage, 60, 0.5, lambda: f"each worker to hold half of each stage: {held()}")
         assignment = group_assignment(bootstrap, scenario.group)
-        assert {topic for partitions in assignment.values() for topic, _ in partitions} == {scenario.input}
+        assert {topic for owned in assignment.values() for topic, _ in owned} == {scenario.input}
         scenario.wait_fed()
         scenario.wait_complete(None, timeout=180)
         for worker in workers:
@@ -349,10 +355,11 @@ def test_a_worker_stops_when_the_group_assigns_another_member_a_partition_it_tak
         other.poll(0.1)
         return len(other.assignment()) == 2 * scenario.partitions
 
+    poller = threading.Thread(target=keep_polling, daemon=True)
     worker = None
     try:
         wait_for(holds_every_partition, 30, 0, "the other member to hold every partition")
-        threading.Thread(target=keep_polling, daemon=True).start()
+        poller.start()
         worker = scenario.start_worker()
         assert worker.wait(90) == 1, worker.log_tail()
         log = worker.log_text()
@@ -361,6 +368,8 @@ def test_a_worker_stops_when_the_group_assigns_another_member_a_partition_it_tak
         stop.set()
         if worker is not None:
             worker.kill()
+        if poller.is_alive():
+            poller.join()  # a consumer must not be closed while another thread polls it
         other.close()
 
 

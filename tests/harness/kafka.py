@@ -18,13 +18,25 @@ def unique_name(prefix: str) -> str:
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 4) -> None:
+    """Returns once the cluster lists every topic with a leader for each partition: a
+    broker answers a creation before its metadata lists the topic, and a worker started
+    in between refuses to run without its input."""
+    names = list(names)
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
-        operation_timeout=30,
-    )
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+                                  operation_timeout=30)
     for future in futures.values():
         future.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while True:
+        listed = admin.list_topics(timeout=10).topics
+        pending = [n for n in names if n not in listed or listed[n].error is not None
+                   or len(listed[n].partitions) != partitions
+                   or any(p.leader < 0 for p in listed[n].partitions.values())]
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"the cluster did not list {pending} within 30 s of creating them"
+        time.sleep(0.05)
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
