@@ -26,7 +26,7 @@ def _two_stage(partitions: int | None = None) -> Job:
 
 def test_a_repartition_stage_with_the_sources_partition_count_travels_with_the_source():
     colocation = Colocation(plan(_two_stage(), GROUP), {"orders": 4, REPARTITION: 4})
-    assert colocation.group_topics == ["orders"]
+    assert colocation.group_topics == ["orders"] and colocation.carries
     assert colocation.tasks_of([("orders", 1), ("orders", 3)]) == [
         ("orders", 1), (REPARTITION, 1), ("orders", 3), (REPARTITION, 3)]
     assert colocation.carried((REPARTITION, 2)) and not colocation.carried(("orders", 2))
@@ -36,7 +36,7 @@ def test_a_repartition_stage_with_the_sources_partition_count_travels_with_the_s
 
 def test_a_repartition_stage_with_another_partition_count_stays_assigned_by_the_group():
     colocation = Colocation(plan(_two_stage(partitions=8), GROUP), {"orders": 4, REPARTITION: 8})
-    assert colocation.group_topics == ["orders", REPARTITION]
+    assert colocation.group_topics == ["orders", REPARTITION] and not colocation.carries
     assert colocation.tasks_of([("orders", 1), (REPARTITION, 6)]) == [("orders", 1), (REPARTITION, 6)]
     assert not colocation.carried((REPARTITION, 6))
 

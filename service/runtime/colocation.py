@@ -48,6 +48,11 @@ class Colocation:
                 tasks.extend((carried, partition) for carried in self._carried_topics)
         return tasks
 
+    @property
+    def carries(self) -> bool:
+        """Whether any stage travels with the anchor (and the group's members are worth a look)."""
+        return bool(self._carried_topics)
+
     def carried(self, key: TaskKey) -> bool:
         """Whether the task's lead partition is taken along rather than group-assigned."""
         return key[0] in self._carried_topics

@@ -76,7 +76,8 @@ class ProcessingLoop:
         self.missing_input = missing_input
         self.monitor = monitor
         self.fencer = fencer
-        # The group's members, looked at once after each rebalance (fencing, colocation).
+        # The group's members, looked at once after each rebalance by those that need them
+        # (fencing, colocation): the look is a call to the cluster on the loop's thread.
         self.group_view = group_view
         # Where the global tables' partitions continue: read from the next assignment on
         # (the first, and the first of each new consumer).
@@ -181,7 +182,8 @@ class ProcessingLoop:
         was revoked or lost at any point is released first (its partition may have been
         another member's meanwhile), then the partitions assigned in the end get tasks,
         with the tasks their anchor partitions carry (service/runtime/colocation.py)."""
-        members = self.group_view.members() if self.group_view is not None else None
+        looks = self.group_view is not None and (self.fencer is not None or self.manager.colocation.carries)
+        members = self.group_view.members() if looks else None
         if self.fencer is not None:
             self.fencer.after_rebalance(members)
         self.manager.colocation.check_members(members or ())
