@@ -332,7 +332,8 @@ class TransactionOwner:
         self._closed_metadata = consumer.consumer_group_metadata()
         self._closed_at, self._open_at = self._open_at, 1 - self._open_at
         self._closed_epoch += 1
-        self._held = HeldOutput(closing.producer, following.produce, self._max_message_bytes, self._wait_drained)
+        self._held = HeldOutput(closing.producer, following.produce, self._max_message_bytes, self._wait_drained,
+                                self._release_if_drained)
         self._routed.route(self._held)
         return DONE
 
@@ -351,6 +352,19 @@ class TransactionOwner:
         if held is not None:
             self._routed.route(self._members[self._open_at].produce)
             held.release()
+
+    def _release_if_drained(self) -> bool:
+        """Releases the held records if the closed transaction's producer has delivered
+        its own (its delivery reports served first), for the hold to ask between polls.
+        A hold thrown away with its transaction stays held."""
+        if self._held is None:
+            return False
+        if self._closed_at is not None:
+            self._members[self._closed_at].producer.poll(0)
+            if not self._held.drained():
+                return False
+        self._release()
+        return True
 
     def _wait_drained(self) -> None:
         """Waits until the closed transaction's records are in the log, then releases the

@@ -25,7 +25,8 @@ def test_a_held_record_costs_about_its_size_and_is_released_unchanged():
     """Up to 100,000 records may wait here while a partition's leader is away; orjson's
     output keeps its 4 KiB working buffer, which would make that 400 MiB."""
     target = Target()
-    held = HeldOutput(closing=[object()], target=target, max_message_bytes=1 << 20, wait_drained=lambda: None)
+    held = HeldOutput(closing=[object()], target=target, max_message_bytes=1 << 20, wait_drained=lambda: None,
+                      release_if_drained=lambda: False)
     records = 10_000
     tracemalloc.start()
     try:

@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from connectors.kafka_waits import KafkaWaits
+from connectors.held_output import DRAIN_CHECK_EVERY
 from connectors.transactions import DONE, AtLeastOnceOwner, Kind, TransactionOwner
 
 
@@ -530,3 +531,23 @@ def test_a_commit_that_comes_after_its_transactions_were_given_up_touches_nothin
     failure = harness.owner.commit_closed(epoch, [TopicPartition("orders", 0, 42)])
     assert failure is not None and failure.code() == KafkaError._STATE
     assert all("commit_transaction" not in p.calls for p in harness.producers)
+
+
+def test_held_records_go_out_once_the_closed_producer_has_delivered_without_waiting_for_the_loops_poll():
+    """The loop polls the owner once per batch of input: a batch of thousands of records
+    would otherwise all be held even when the closed producer drained a millisecond after
+    the barrier. The held records are checked every DRAIN_CHECK_EVERY records and go out
+    in order, ahead of those that follow them."""
+    harness = _pool({}, {})
+    first, second = harness.producers
+    first.undelivered = 3
+    assert harness.owner.close_epoch(Consumer()) == DONE
+    produced = [b"%d" % i for i in range(3 * DRAIN_CHECK_EVERY)]
+    for value in produced[:DRAIN_CHECK_EVERY]:
+        harness.owner.produce.fast("out", value, b"k")
+    assert not second.values, "released before the closed transaction's records were in the log"
+    first.undelivered = 0
+    for value in produced[DRAIN_CHECK_EVERY:]:
+        harness.owner.produce.fast("out", value, b"k")
+    assert second.values == produced
+    assert harness.owner.poll() == DONE and second.values == produced
