@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from connectors.kafka_errors import Cause, cause_of, describe, error_of
@@ -25,6 +25,8 @@ TIMEOUT_S = 10.0
 # How long a listing rides out a cluster that answers "ask again" (leadership moving
 # after a broker restart, a partition without a leader for a moment).
 RETRY_FOR_S = 60.0
+
+T = TypeVar("T")
 
 
 class ClusterOffsets:
@@ -57,27 +59,47 @@ class ClusterOffsets:
     def starts(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         return self._list(partitions, OffsetSpec.earliest())
 
+    def settled_commits(self, group: str, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets (with their metadata) as of its completed commits.
+        Offsets a transaction still holds open are left out, not waited for: a
+        `read_committed` consumer's `committed()` waits for them to settle (KIP-447), and
+        those of a process killed between sending its offsets and committing settle only
+        when its slot's next process initialises the transactional id, or when the
+        transaction times out."""
+        def ask() -> list[TopicPartition]:
+            request = [ConsumerGroupTopicPartitions(group, [TopicPartition(tp.topic, tp.partition) for tp in partitions])]
+            listed = self.admin.list_consumer_group_offsets(request, require_stable=False, request_timeout=TIMEOUT_S)
+            found = listed[group].result().topic_partitions or []
+            for tp in found:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            return found
+
+        return self._ask("read committed offsets", ask) if partitions else []
+
     def _list(self, partitions: list[TopicPartition], spec: OffsetSpec,
               isolation: IsolationLevel = IsolationLevel.READ_COMMITTED) -> dict[tuple[str, int], int]:
-        """One ListOffsets, asked again while the cluster says to (retriable errors, or
-        no leader known yet) for up to RETRY_FOR_S, and for as long as it does not answer
-        at all: a listing changes nothing, so one that timed out is simply asked again,
-        and the loop is marked as waiting for Kafka meanwhile (/healthz says so), as for
-        committed offsets. Any other error, or one that outlasts RETRY_FOR_S, is raised.
-        Each new attempt has a new admin client: after a broker restart the old one keeps
-        the partitions' old leader epochs, and is refused (FENCED_LEADER_EPOCH) for as
-        long as it asks."""
-        if not partitions:
-            return {}
+        def ask() -> dict[tuple[str, int], int]:
+            futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
+                                              isolation_level=isolation, request_timeout=TIMEOUT_S)
+            return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+        return self._ask("list partition offsets", ask) if partitions else {}
+
+    def _ask(self, what: str, call: Callable[[], T]) -> T:
+        """One request, asked again while the cluster says to (retriable errors, or no
+        leader known yet) for up to RETRY_FOR_S, and for as long as it does not answer at
+        all: a reading changes nothing, so one that timed out is simply asked again, and
+        the loop is marked as waiting for Kafka meanwhile (/healthz says so). Any other
+        error, or one that outlasts RETRY_FOR_S, is raised. Each new attempt has a new
+        admin client: after a broker restart the old one keeps the partitions' old
+        leader epochs, and is refused (FENCED_LEADER_EPOCH) for as long as it asks."""
         deadline = time.monotonic() + RETRY_FOR_S
         delays = backoff_delays(cap_s=5.0)
-        with self.waits.waiting("list partition offsets"):
+        with self.waits.waiting(what):
             while True:
                 try:
-                    futures = self.admin.list_offsets(
-                        {TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-                        isolation_level=isolation, request_timeout=TIMEOUT_S)
-                    return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+                    return call()
                 except KafkaException as exc:
                     err = error_of(exc)
                     cause = cause_of(err)
@@ -85,7 +107,7 @@ class ClusterOffsets:
                     asked_again = cause is Cause.RETRIABLE or err.code() == KafkaError._NOENT
                     if not (unanswered or asked_again) or (asked_again and time.monotonic() > deadline):
                         raise
-                    log.info("listing offsets: %s; asking again", describe(err))
+                    log.info("%s: %s; asking again", what, describe(err))
                     self._admin = None
                     time.sleep(next(delays) if self._retry_pause_s is None else self._retry_pause_s)
 

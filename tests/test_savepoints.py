@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from service.membership.slot import transactional_ids
 from service.savepoints.resume import open_savepoint
 from statestore.murmur2 import partition_for
 from statestore.savepoint_manifest import MANIFEST_NAME
@@ -103,6 +105,32 @@ def test_a_restarted_resumed_worker_continues_from_its_checkpoints_not_the_savep
     assert again.process.terminate() == 0, again.process.log_tail()
     log = again.process.log_tail(400)
     assert "from savepoint" not in log.split("worker w1 of job")[-1], "the restart went back to the savepoint"
+    report = scenario.check()
+    assert report.ok, report.summary()
+
+
+def test_a_resumed_worker_starts_while_its_killed_predecessor_left_the_groups_offsets_in_an_open_transaction(
+        bootstrap, tmp_path):
+    """A SIGKILL between a checkpoint's `send_offsets_to_transaction` and its commit leaves
+    the slot's transaction open, holding offsets of the group, until the slot's next
+    process initialises its transactional id (or the transaction times out, minutes
+    later). Resuming from a savepoint looks at the group's committed offsets before
+    that; a read that waits for those offsets to settle waits for itself."""
+    scenario = RunningSum(bootstrap, tmp_path, records=4_000)
+    _, after = _split(scenario, 2_000)
+    location = _run_then_stop(scenario, tmp_path / "savepoints", 2_000)
+    killed = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_ids(scenario.group, "w1")[0],
+                       "transaction.timeout.ms": 300_000})
+    killed.init_transactions(30)
+    killed.begin_transaction()
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": scenario.group})
+    killed.send_offsets_to_transaction([TopicPartition(scenario.input, 0, 1)], member.consumer_group_metadata(), 30)
+    member.close()  # and the producer is left as a killed process leaves it: open, never committed
+
+    scenario.feed_all_now(after)
+    resumed = start_controlled(scenario, extra_args=["--from-savepoint", location]).wait_ready(timeout=25)
+    scenario.wait_complete(resumed.process)
+    assert resumed.process.terminate() == 0, resumed.process.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
 

@@ -11,6 +11,7 @@ import gc
 import logging
 import signal
 import uuid
+from functools import partial
 from typing import Any
 
 from connectors.changelog import Changelog
@@ -202,12 +203,12 @@ class Worker:
             start_from=start_from, waits=self.monitor.kafka_waits)
         global_tables, global_positions = self._global_tables(partition_counts, c.bootstrap_servers,
                                                               {**kafka, "isolation.level": "read_committed"})
+        offsets = ClusterOffsets(client_config, waits=self.monitor.kafka_waits)
         restore = restore_task
         if resume is not None:
-            resume.check_group_history(self.source.consumer, partition_counts)
+            resume.check_group_history(partial(offsets.settled_commits, self.group), partition_counts)
             restore = resume.restore_fn(restore_task)
         owner = self.owner
-        offsets = ClusterOffsets(client_config, waits=self.monitor.kafka_waits)
         missing_input = MissingInput(c.on_missing_input, offsets, self.metrics)
         changelog = Changelog(client_config, timeout_s=call_timeout)
         self.manager = TaskManager(self.plan, c, self.source, lambda: owner.produce, storage, self.token,

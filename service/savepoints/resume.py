@@ -59,7 +59,6 @@ from statestore.storage.base import CheckpointStorage, ObjectNotFound, StorageEr
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 50_000
-COMMITTED_TIMEOUT_S = 30.0
 
 RestoreFn = Callable[..., Restored]
 
@@ -168,16 +167,20 @@ class SavepointResume:
                  self.manifest.kind, self.manifest.job, self.manifest.group, len(self.manifest.files()),
                  self.manifest.total_keys, time.monotonic() - began)
 
-    def check_group_history(self, consumer: Any, partition_counts: dict[str, int]) -> None:
+    def check_group_history(self, settled_commits: Callable[[list[TopicPartition]], list[TopicPartition]],
+                            partition_counts: dict[str, int]) -> None:
         """Resuming a job with repartition topics is safe only where those topics hold
         nothing from another history: in the group the savepoint was taken from, if the
         group has not moved on since (its committed offsets are the savepoint's, as after
-        stop-with-savepoint), or in a group without a history of its own."""
+        stop-with-savepoint), or in a group without a history of its own. The group's
+        completed commits are what count (`settled_commits`): this runs before the slot's
+        transactional ids are initialised, which is what ends a transaction a killed
+        predecessor left open with offsets of the group in it."""
         self.partition_counts = dict(partition_counts)
         if not self.plan.repartition_stages:
             return  # no topic between stages: offsets and state are all that matter
         partitions = [TopicPartition(t, p) for t in self.plan.all_input_topics for p in range(partition_counts[t])]
-        committed = consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
+        committed = settled_commits(partitions)
         same_group = self.manifest.group == self.plan.group
         for tp in committed:
             if tp.offset < 0:
