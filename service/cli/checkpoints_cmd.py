@@ -27,11 +27,15 @@ def _when(seconds: float) -> str:
 
 
 def _committed_snapshots(bootstrap: str, catalogs: list[TaskCatalog]) -> dict[tuple[str, str], str]:
-    """(job, task) -> the snapshot its committed offset names: what a restart restores."""
-    from confluent_kafka import Consumer, TopicPartition
+    """(job, task) -> the snapshot its committed offset names: what a restart restores.
+    The group's completed commits: a transaction a killed worker left open is not waited
+    for (a restart ends it)."""
+    from confluent_kafka import TopicPartition
 
+    from connectors.offsets import ClusterOffsets
     from service.checkpointing.recovery import parse_metadata
 
+    offsets = ClusterOffsets({"bootstrap.servers": bootstrap})
     result: dict[tuple[str, str], str] = {}
     for job in sorted({c.job for c in catalogs}):
         partitions = []
@@ -39,15 +43,10 @@ def _committed_snapshots(bootstrap: str, catalogs: list[TaskCatalog]) -> dict[tu
             topic, _, partition = catalog.task.rpartition("-")
             if topic and partition.isdigit():
                 partitions.append(TopicPartition(topic, int(partition)))
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": job,
-                             "enable.auto.commit": False})
-        try:
-            for tp in consumer.committed(partitions, timeout=30):
-                reference = parse_metadata(tp.metadata)
-                if reference is not None and reference.snapshot is not None:
-                    result[(job, f"{tp.topic}-{tp.partition}")] = reference.snapshot
-        finally:
-            consumer.close()
+        for tp in offsets.settled_commits(job, partitions):
+            reference = parse_metadata(tp.metadata)
+            if reference is not None and reference.snapshot is not None:
+                result[(job, f"{tp.topic}-{tp.partition}")] = reference.snapshot
     return result
 
 
