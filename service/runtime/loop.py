@@ -224,7 +224,8 @@ class ProcessingLoop:
         be committed: their next owner redoes it from the last checkpoint, and the open
         transaction, which holds its outputs, is aborted. Lost partitions (the session
         expired) abort in any case, with the slot in doubt: a newer process of this slot
-        may have started meanwhile."""
+        may have started meanwhile. A checkpoint in flight covers these tasks and its
+        background part reads them until it ends, so it ends before they go."""
         if lost:
             outcome = self.owner.abort(f"lost partitions {_ids(keys)} without a chance to commit (session "
                                        "expired?)", counts=False, identity_in_doubt=True)
@@ -234,6 +235,7 @@ class ProcessingLoop:
         else:
             self.manager.release(keys)
             return
+        self.coordinator.settle_in_flight()
         self.manager.release(keys)
         self.settle(outcome)
 
