@@ -29,7 +29,8 @@ def test_broker_down_for_15_seconds_mid_run(private_broker, tmp_path):
     scenario.feed_all_now(half)
     controlled = start_controlled(scenario, membership=None)  # the product default
     worker = controlled.process
-    time.sleep(2.0)  # mid-run: some of the first half processed, maybe committed
+    controlled.wait_ready()
+    wait_for(lambda: scenario.ids_seen(), 60, 0.2, "the first committed output")  # mid-run
     broker.stop()
     try:
         wait_for(lambda: _health(controlled.url)[0] == 503 and "Kafka unreachable" in _health(controlled.url)[1],

@@ -19,11 +19,14 @@ def test_sigusr1_prints_every_threads_stack_and_the_worker_runs_on(bootstrap, tm
     worker = scenario.start_worker()
     wait_for(lambda: "assigned" in worker.log_text(), 60, 0.2, "the worker to get partitions")
     worker.signal(signal.SIGUSR1)
-    wait_for(lambda: "most recent call first" in worker.log_text(), 20, 0.2, "a stack dump in the log")
-    log = worker.log_text()
-    assert "service/runtime/loop.py" in log and "in turn" in log, log  # the main loop's frame is there
+    # The dump is written thread by thread, the main thread last: wait for the frame itself.
+    wait_for(lambda: _shows_the_main_loop(worker.log_text()), 20, 0.2, lambda: f"the main loop's frame in the log:\n{worker.log_tail()}")
     scenario.wait_fed()
     scenario.wait_complete(worker)
     assert worker.terminate() == 0, worker.log_tail()
     report = scenario.check()
     assert report.ok, report.summary()
+
+
+def _shows_the_main_loop(log: str) -> bool:
+    return "most recent call first" in log and "service/runtime/loop.py" in log and "in turn" in log
