@@ -162,6 +162,8 @@ class KafkaSource:
         # A fatal error to report at the next consume (fault injection, see `fail`).
         self._failure: KafkaError | None = None
         self._events: list[Rebalance] = []
+        # The group's share of the assignment; `take` adds partitions beside it.
+        self._group_assigned: set[tuple[str, int]] = set()
         self._out_of_range: list[OutOfRange] = []
         # Where the consumer last found each partition's end (an end-of-partition event):
         # records read later lie at or past it. Forgotten when the partition is sought.
@@ -186,6 +188,7 @@ class KafkaSource:
             log.warning("the failed consumer did not close within %.0fs; left behind", close_timeout_s)
         self.consumer = Consumer(self.config)
         self._events, self._out_of_range = [], []
+        self._group_assigned.clear()
         self.ends.clear()
         self._holds.clear()
         self._resume_at.clear()
@@ -223,19 +226,26 @@ class KafkaSource:
         consumer.incremental_assign(partitions)
         if partitions:
             consumer.pause(partitions)
+        self._group_assigned.update(_keys(partitions))
         self._events.append(Rebalance(ASSIGNED, _keys(partitions)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
+        self._group_assigned.difference_update(_keys(partitions))
         self._forget(_keys(partitions))
         if partitions:
             self._events.append(Rebalance(REVOKED, _keys(partitions)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.incremental_unassign(partitions)
+        self._group_assigned.difference_update(_keys(partitions))
         self._forget(_keys(partitions))
         if partitions:
             self._events.append(Rebalance(LOST, _keys(partitions)))
+
+    def group_assignment(self) -> set[tuple[str, int]]:
+        """The partitions the group assigned to this consumer, without those `take` added."""
+        return set(self._group_assigned)
 
     def _forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drops what was kept about partitions no longer assigned."""

@@ -171,6 +171,21 @@ def test_a_global_table_is_read_whole_by_each_worker_and_met_by_a_value_of_the_r
         assert seen[i] == name, f"order {i} (country {code}) met {seen[i]!r}, not {name!r}"
 
 
+def test_a_worker_reading_a_global_table_leaves_the_group_when_it_stops(bootstrap, tmp_path):
+    """The global table's partitions are read by the worker's consumer beside the ones the
+    group assigned; they are no part of the group's assignment, and a stopping worker
+    that has given the group's partitions back has left, with the table still read."""
+    run = JoinRun(bootstrap, tmp_path, "orders_with_country.py", ["countries", "orders"],
+                  partitions={"countries": 3})
+    run.feed([oracle.Event("countries", "c1", {"name": "one"}, oracle.base_time())], chunk=1, pause_s=0)
+    run.wait_fed()
+    worker = run.start_worker()
+    worker.wait_assigned()
+    assert worker.terminate() == 0, worker.log_tail()
+    log = worker.log_text()
+    assert "left the group; the remaining workers take over" in log, log
+
+
 PROBES = 1_000_000  # order ids from here on are probes, not checked one by one
 
 

@@ -274,7 +274,7 @@ class ProcessingLoop:
         self.source.consumer.unsubscribe()
         while time.monotonic() < deadline:
             self._drain_rebalances()
-            if not self.source.consumer.assignment() and still_member() is False:
+            if not self.source.group_assignment() and still_member() is False:
                 return True
         return False
 
