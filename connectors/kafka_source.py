@@ -35,6 +35,7 @@ from confluent_kafka import (
 )
 
 from connectors.kafka_waits import KafkaWaits, backoff_delays
+from connectors.reading import FETCH_WAIT_MAX_MS, learn_topics, read_available
 from eos.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ PREFETCHED_RECORDS_PER_PARTITION = 30_000
 # 4 workers starting together held their tasks 0.8 s later than at this interval
 # (docs/bench, "Scaling per core"); a heartbeat is a few bytes.
 HEARTBEAT_INTERVAL_MS = 250
-# Asking for a topic's metadata before taking its partitions along (KafkaSource.take).
-METADATA_TIMEOUT_S = 5.0
 
 
 def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeout_ms: int,
@@ -123,7 +122,7 @@ def consumer_config(bootstrap: str, group: str, client_id: str, *, session_timeo
         # librdkafka waits a whole second after finding its local queue full: far too
         # long for a loop that drains the queue in milliseconds.
         "fetch.queue.backoff.ms": 10,
-        "fetch.wait.max.ms": 50,
+        "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
         # Tasks with several inputs need to know when an input has nothing more for now.
         "enable.partition.eof": True,
         "client.id": client_id,
@@ -279,20 +278,11 @@ class KafkaSource:
         its next metadata refresh found the topic (0.6-1 s here); asked for the topic's
         metadata first, it fetches within a fetch wait."""
         if positions:
-            self._learn_topics({p.topic for p in positions})
+            learn_topics(self.consumer, {p.topic for p in positions} - {tp.topic for tp in self.consumer.assignment()})
             self.consumer.incremental_assign(positions)
             for position in positions:
                 self.ends.pop((position.topic, position.partition), None)
             self._reapply_holds(positions)
-
-    def _learn_topics(self, topics: set[str]) -> None:
-        """Asks for the metadata of the topics the consumer holds no partition of (only
-        outside its callbacks: a nested call clears the client's call state)."""
-        for topic in sorted(topics - {tp.topic for tp in self.consumer.assignment()}):
-            try:
-                self.consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
-            except KafkaException as exc:  # then it waits for the next refresh, as without asking
-                log.debug("metadata of %s: %s", topic, exc)
 
     def give_back(self, partitions: list[tuple[str, int]]) -> None:
         """Removes partitions `take` added, when their task is released."""
@@ -359,12 +349,7 @@ class KafkaSource:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise ConsumerFailed(failure)
-        consumer = self.consumer
-        msgs = consumer.consume(max_records, 0)
-        if not msgs:
-            msgs = consumer.consume(1, timeout)
-            if msgs and max_records > 1:
-                msgs += consumer.consume(max_records - 1, 0)
+        msgs = read_available(self.consumer, max_records, timeout)
         # map() calls the C method per record without a Python frame: the cheapest
         # complete check that no error event hides in the batch.
         if msgs and any(map(_message_error, msgs)):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 from connectors.changelog import TOPIC_CONFIG as CHANGELOG_CONFIG
 from connectors.changelog import changelog_topic
+from connectors.reading import open_reader, read_available
 from eos.errors import ConfigurationError
 from service.job.planner import Plan
 from statestore.murmur2 import partition_for
@@ -166,14 +167,13 @@ def check_key_partitioning(plan: Plan, consumer_config: dict[str, object], count
     topics = sorted({i.topic for s in plan.stages if len(s.inputs) > 1 for i in s.inputs if not i.repartition})
     if not topics:
         return
-    consumer = Consumer({**consumer_config, "group.id": "eos-partitioning-check", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = open_reader(consumer_config, "eos-partitioning-check",
+                           [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(counts[t])])
     try:
-        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(counts[t])])
         pending = {(t, p): SAMPLED_PER_PARTITION for t in topics for p in range(counts[t])}
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
+            for msg in read_available(consumer, 500, 0.5):
                 key = (msg.topic(), msg.partition())
                 if key not in pending:
                     continue

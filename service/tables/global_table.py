@@ -22,8 +22,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from connectors.reading import open_reader, read_available
 from connectors.serdes import BYTES, Serde, SerdeError
 from eos.errors import KafkaClientError, RecordError
 from service.job.api import Node
@@ -102,17 +103,15 @@ class GlobalTable:
         consumers see it); returns where the worker's consumer continues."""
         self.partitions = partitions
         began = time.monotonic()
-        consumer = Consumer({**consumer_config, "group.id": f"eos-global-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "enable.partition.eof": True})
+        consumer = open_reader(consumer_config, f"eos-global-{uuid.uuid4().hex}", self.positions())
         try:
-            consumer.assign(self.positions())
             pending = set(range(partitions))
             read = 0
             while pending:
                 if time.monotonic() - began > timeout_s:
                     raise KafkaClientError(f"global table {self.uid!r}: could not read topic {self.topic!r} to its "
                                            f"end within {timeout_s:.0f}s (partitions {sorted(pending)} left)")
-                for msg in consumer.consume(5000, BOOTSTRAP_POLL_S):
+                for msg in read_available(consumer, 5000, BOOTSTRAP_POLL_S):
                     err = msg.error()
                     if err is None:
                         self.apply([msg])
