@@ -2,8 +2,9 @@
 
 RocksDB's column families (`{uid}:{name}`) do not say whether a state is a value or a
 map state, nor how its values are encoded; the job's code does. `aggregate` and
-`reduce` keep one value state, `acc`, with the operator's codec; a `process` operator
-declares its states in `KeyedProcessFunction.open`, which is called here against a
+`reduce` keep one value state, `acc`, with the operator's codec, and the other built-in
+operators the states `BUILT_IN_STATES` names; only a `process` operator declares its
+states in user code, `KeyedProcessFunction.open`, which is called here against a
 recording context (no state store behind it). Savepoints use this to write every state
 in its canonical form, and to encode restored values the way the resumed code reads
 them.
@@ -22,6 +23,15 @@ from statestore.savepoint_manifest import MAP_STATE, VALUE_STATE
 from statestore.ttl import ttl_codec
 
 log = logging.getLogger(__name__)
+
+# The states of built-in operators other than aggregates and windows, each with the
+# operator's codec (service/tables/operators.py, service/tables/stream_join.py).
+BUILT_IN_STATES = {
+    "table": (("rows", VALUE_STATE),),
+    "materialize": (("rows", VALUE_STATE),),
+    "table_aggregate": (("acc", VALUE_STATE),),
+    "stream_join": (("left", MAP_STATE), ("right", MAP_STATE)),
+}
 
 
 @dataclass(frozen=True)
@@ -61,22 +71,27 @@ def declared_states(plan: Plan) -> dict[str, DeclaredState]:
     """Every state the job's code declares, by column family name."""
     states: dict[str, DeclaredState] = {}
     for stage in plan.stages:
+        operators = {i.root.uid: i.root for i in stage.inputs} | {n.uid: n for n in stage.nodes()}
         for uid in stage.stateful_uids:
-            node = _find(stage.root, uid)
+            node = operators.get(uid)
             if node is None:
-                continue
+                continue  # an event-time clock: per task, not per key
             if node.kind in ("aggregate", "reduce"):
                 codec = node.options.get("codec") or JSON_CODEC
                 declared = [("acc", VALUE_STATE, codec if node.options.get("ttl_ms") is None else ttl_codec(codec))]
+            elif node.kind in BUILT_IN_STATES:
+                declared = [(name, kind, node.options["codec"]) for name, kind in BUILT_IN_STATES[node.kind]]
             elif node.kind == "window":
                 name = "sessions" if isinstance(node.options["shape"], Session) else "windows"
                 declared = [(name, MAP_STATE, node.options["codec"])]
                 if isinstance(node.options["shape"], Count):
                     declared.append(("count", VALUE_STATE, JSON_CODEC))
-            else:
+            elif node.kind == "process":
                 declared = _process_states(uid, node.fn)
                 if node.options.get("timers"):
                     declared.append(("timers", MAP_STATE, JSON_CODEC))
+            else:
+                raise AssertionError(f"operator {uid!r}: the states of a {node.kind!r} are not known")
             for name, kind, codec in declared:
                 state = DeclaredState(uid, name, kind, codec, stage)
                 states[state.column_family] = state
@@ -99,14 +114,3 @@ def _process_states(uid: str, factory: Any) -> list[tuple[str, str, ValueCodec]]
         log.warning("operator %r: cannot list its states by calling open() (%s: %s); states it has "
                     "opened in a task are still known", uid, type(exc).__name__, exc)
     return context.declared
-
-
-def _find(root: Any, uid: str) -> Any:
-    for child in root.children:
-        if child.uid == uid:
-            return child
-        if child.kind != "key_by":
-            found = _find(child, uid)
-            if found is not None:
-                return found
-    return None
