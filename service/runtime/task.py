@@ -111,6 +111,9 @@ class Task:
         # Whether the task sent output outside any record since the last checkpoint
         # began (the marker of its input going idle): only a checkpoint commits it.
         self.sent_without_records = False
+        # Rewound after a failed checkpoint: the next checkpoint covers the task even if it
+        # reads nothing, so that its failing again (storage still away) counts in the row.
+        self.rewound = False
         self.completed = CompletedCheckpoint(0, None, None)
         # The manifest of a checkpoint persisted but not (yet known to be) committed:
         # if its commit's outcome was ambiguous, Kafka's committed offset decides.
@@ -434,6 +437,7 @@ class Task:
         """What the task does from here on belongs to the next checkpoint."""
         self.records_since_checkpoint = 0
         self.sent_without_records = False
+        self.rewound = False
 
     @property
     def changed(self) -> bool:
@@ -443,8 +447,11 @@ class Task:
         committed offset records that it descends from the savepoint. A task whose sink
         holds work (say, a commit it could not make after its checkpoint completed) is
         covered too, so that the next checkpoint settles it; so is one that sent output
-        with no record, which nothing but a checkpoint commits."""
-        return ((self.records_since_checkpoint > 0 or self.sent_without_records or self.completed.uncommitted
+        with no record, which nothing but a checkpoint commits, and one rewound after a
+        failed checkpoint: a checkpoint without it (one of a stateless stage only) says
+        nothing of whether its snapshot can be stored now."""
+        return ((self.records_since_checkpoint > 0 or self.sent_without_records or self.rewound
+                 or self.completed.uncommitted
                  or (self.state is not None and self.state.store is not None and self.state.changed_since_snapshot())
                  or any(sink.pending for sink in self.sinks.values()))
                 and self.replay_until is None)

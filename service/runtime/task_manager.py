@@ -301,6 +301,8 @@ class TaskManager:
             known[task.id] = [m for m in (task.completed.manifest, task.attempted_manifest) if m is not None]
         for position in self._restore(tasks, known, rewind=True):
             self.source.seek(position)
+        for task in tasks:
+            task.rewound = True
         log.info("rewound %d tasks to their last committed checkpoint", len(tasks))
 
     def _close(self, keys: list[TaskKey]) -> None:
