@@ -322,9 +322,11 @@ class Worker:
         if self.manager is not None:
             self.manager.close_all()
         if self.source is not None:
-            # After a failure, closing may wait on a group that is moving the partitions
-            # away; the session timeout bounds what waiting longer could achieve.
-            bound = None if self.failure is None else self.config.session_timeout_ms / 1000 + 5
+            # Closing may wait on a group that is moving partitions (after a failure, or a
+            # stop that came while this worker was still joining, seen with a static
+            # member staying in the group); the session timeout bounds what waiting
+            # longer could achieve.
+            bound = self.config.session_timeout_ms / 1000 + 5
             if not self.source.close(bound):
                 log.warning("the consumer did not close within %.0fs; the group drops this worker "
                             "after its session timeout", bound)
