@@ -2,7 +2,8 @@
 
 Every figure is reported against a baseline measured in the same run on the same broker:
 throughput as a ratio to the plain confluent-kafka transactional loop (the practical
-ceiling for a Python process) and to Quix Streams; the dead-letter path as a ratio of
+ceiling for a Python process) and to Quix Streams, and with large state also to a bound
+(bench/state_bound.py: the same job with RocksDB doing nothing); the dead-letter path as a ratio of
 1% poison to clean input; monitoring as a ratio of scraped to unscraped; rows into
 PostgreSQL as a ratio to a plain psycopg COPY loop on the same server; failover (a
 worker SIGKILLed and restarted at once, as a supervisor does, until its tasks produce
@@ -48,6 +49,7 @@ import scaling_bench  # noqa: E402
 import async_snapshot_bench  # noqa: E402
 import join_bench  # noqa: E402 (registers the join candidates)
 import latency_bench  # noqa: E402
+import state_bound  # noqa: E402
 import window_bench  # noqa: E402 (registers the window candidates)
 import workload  # noqa: E402
 from runner import MAIN_PY, REGISTRY, register, run_benchmark, run_once  # noqa: E402
@@ -65,6 +67,7 @@ def _eos_dlq(ctx: runner.RunContext) -> list[str]:
 
 register("eos-exactly-once-dlq", _eos_dlq,
          description="eos running_sum, exactly-once, error policy dead-letter")
+state_bound.register_candidate()
 runpy.run_path(str(BENCH_DIR / "metrics_overhead.py"),
                init_globals={"register": register, "RunContext": runner.RunContext, "MAIN_PY": MAIN_PY,
                              "REPO": REPO, "BENCH_DIR": BENCH_DIR})
@@ -423,6 +426,8 @@ def readme_tables(results: dict) -> list[str]:
     tables = [headline_table(results)]
     if "rss" in results:
         tables.append(rss_table(results))
+    if "state_bound" in results:
+        tables.append(state_bound.table(results["state_bound"]))
     for key, table in (("windows", window_table), ("joins", join_table), ("latency", latency_table),
                        ("async_snapshots", async_table), ("failover", failover_table),
                        ("scaling_per_core", scaling_table)):
@@ -447,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("BENCH_KAFKA_PORT", "39792")),
                     help="port of the local broker to start when no bootstrap is given")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every section")
-    ap.add_argument("--only", default="throughput,windows,joins,latency,async-snapshots,failover,scaling,"
-                                      "monitoring,dead-letter,state-size,rss,postgres")
+    ap.add_argument("--only", default="throughput,state-bound,windows,joins,latency,async-snapshots,failover,"
+                                      "scaling,monitoring,dead-letter,state-size,rss,postgres")
     ap.add_argument("--cpu-per-worker", type=float, default=scaling_bench.DEFAULT_CPU_PER_WORKER,
                     help="section scaling: the CPU share (cores) of each worker's cgroup")
     args = ap.parse_args(argv)
@@ -476,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {  # section: (results key, what runs it)
         "throughput": ("throughput", lambda: throughput(
             b, records, *(([10_000], [1]) if quick else ([10_000, 100_000, 1_000_000], [3, 1, 1])), log)),
+        "state-bound": ("state_bound", lambda: state_bound.state_bound(b, records, 1 if quick else reps, log)),
         "windows": ("windows", lambda: window_bench.window_throughput(b, records, 1_000 if quick else 10_000,
                                                                       reps, log)),
         "joins": ("joins", lambda: join_bench.join_throughput(b, records, 1_000 if quick else 10_000, reps, log)),
