@@ -48,6 +48,26 @@ Restore = Callable[..., Restored]
 TaskKey = tuple[str, int]
 
 
+class StepTimes:
+    """Seconds per step of taking over partitions, for the log line that reports it: a
+    failover's time is spent here, and the total alone does not say where."""
+
+    def __init__(self) -> None:
+        self._began = self._mark = time.monotonic()
+        self.steps: dict[str, float] = {}
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.steps[step] = now - self._mark
+        self._mark = now
+
+    def total(self) -> float:
+        return time.monotonic() - self._began
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f}s" for step, seconds in self.steps.items())
+
+
 class TaskManager:
     def __init__(self, plan: Plan, config: WorkerConfig, source: KafkaSource, produce: Callable[[], Produce],
                  storage: CheckpointStorage, token: str, metrics: WorkerMetrics, errors: ErrorHandler,
@@ -96,16 +116,18 @@ class TaskManager:
         if not keys:
             self.ready = True
             return []
-        began = time.monotonic()
+        steps = StepTimes()
         topics = {t for topic, _ in keys for t in self.plan.stage_of(topic).topics}
         counts = self.partition_counts.of(topics | {t for topic in topics for t in self.plan.time_topics(topic)})
         new = [self._create(topic, partition, counts) for topic, partition in keys]
-        positions = self._restore(new)
+        steps.done("create")
+        positions = self._restore(new, steps=steps)
         leads = {(t.topic, t.partition) for t in new if not self.colocation.carried((t.topic, t.partition))}
         self.source.take([p for p in positions if (p.topic, p.partition) not in leads])
-        self.metrics.labels(self.metrics.recovery_duration).set(time.monotonic() - began)
+        steps.done("take")
+        self.metrics.labels(self.metrics.recovery_duration).set(steps.total())
         self.metrics.labels(self.metrics.tasks).set(len(self.tasks))
-        log.info("assigned %s (restored in %.2fs)", ", ".join(t.id for t in new), time.monotonic() - began)
+        log.info("assigned %s (restored in %.2fs: %s)", ", ".join(t.id for t in new), steps.total(), steps)
         self.ready = True
         return [p for p in positions if (p.topic, p.partition) in leads]
 
@@ -200,12 +222,14 @@ class TaskManager:
                           expired_counter=expired_counter)
 
     def _restore(self, tasks: list[Task], known: dict[str, list[Manifest]] | None = None,
-                 rewind: bool = False) -> list[TopicPartition]:
+                 rewind: bool = False, steps: StepTimes | None = None) -> list[TopicPartition]:
         """Restores `tasks` from their committed offsets; returns where to consume from."""
         if not tasks:
             return []
+        steps = steps if steps is not None else StepTimes()
         committed = self.source.committed_with_retry(
             [TopicPartition(i.topic, i.partition) for t in tasks for i in t.inputs], timeout=self.committed_timeout_s)
+        steps.done("committed offsets")
         by_tp = {(c.topic, c.partition): c for c in committed}
         produce = self.produce()
         self.task_starts += 1
@@ -231,8 +255,10 @@ class TaskManager:
                 # listing it now would stall processing, so orphans wait for the next
                 # assignment's sweep.
                 retention.restored(restored.completed.manifest, sweep_orphans=not rewind)
+        steps.done("state")
         self._place_unread_inputs(tasks)
         self._skip_missing_input(tasks)
+        steps.done("input offsets")
         return [p for task in tasks for p in self.positions_of(task)]
 
     def _place_unread_inputs(self, tasks: list[Task]) -> None:
