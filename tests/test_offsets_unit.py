@@ -73,3 +73,22 @@ def test_a_cluster_that_does_not_answer_is_waited_out_and_the_wait_is_shown(monk
     assert all(blocked is not None and blocked[0] == "list partition offsets" for blocked in admin.blocked), \
         admin.blocked
     assert admin.waits.blocked_for(time.monotonic()) is None
+
+
+class _UnreachableAdmin(FakeAdmin):
+    def list_topics(self, **_):
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+
+def test_connecting_ahead_of_the_first_question_keeps_that_client_and_leaves_a_failure_to_the_question():
+    made = []
+    admin = _UnreachableAdmin([7])
+
+    def factory(config):
+        made.append(admin)
+        return admin
+
+    cluster = ClusterOffsets({}, admin_factory=factory, retry_pause_s=0.0)
+    cluster.connect()  # the cluster does not answer: no error yet
+    assert cluster.starts([TopicPartition("t", 0)]) == {("t", 0): 7}
+    assert len(made) == 1, "the first question goes to the client that connected"

@@ -236,6 +236,7 @@ class Worker:
             group_view=self.group_view)
         # The producer starts with the first assignment (ProcessingLoop._assigned).
         self.source.subscribe(self.manager.colocation.group_topics)
+        offsets.connect()  # while the consumer joins
         self.scrubber.start()
         log.info("worker %s of job %s (group %s, incarnation %s) started: stages %s", c.worker_id,
                  self.plan.job.name, self.group, self.stamp,
