@@ -56,14 +56,13 @@ def state_bound(bootstrap: str, records: int, reps: int, log) -> dict:
 
     result = runner.run_benchmark(bootstrap=bootstrap, records_list=[records], users_list=[USERS], reps=reps,
                                   only=[PLAIN, EOS, CANDIDATE], log=log)
-    cfg = result["configs"][0]
-    rates = {name: cfg["candidates"][name]["summary"].get("records_per_s", {}).get("median")
-             for name in (PLAIN, EOS, CANDIDATE)}
-    cpu = {name: cfg["candidates"][name]["summary"].get("cpu_us_per_record", {}).get("median")
-           for name in (PLAIN, EOS, CANDIDATE)}
-    return {"records": records, "users": USERS, "reps": reps, "records_per_s": rates, "cpu_us_per_record": cpu,
-            "runs": {name: cfg["candidates"][name]["summary"].get("records_per_s", {}).get("values")
-                     for name in (PLAIN, EOS, CANDIDATE)}}
+    summaries = {name: result["configs"][0]["candidates"][name]["summary"] for name in (PLAIN, EOS, CANDIDATE)}
+
+    def each(figure: str, statistic: str) -> dict:
+        return {name: summary.get(figure, {}).get(statistic) for name, summary in summaries.items()}
+
+    return {"records": records, "users": USERS, "reps": reps, "records_per_s": each("records_per_s", "median"),
+            "cpu_us_per_record": each("cpu_us_per_record", "median"), "runs": each("records_per_s", "values")}
 
 
 def table(bound: dict) -> str:
